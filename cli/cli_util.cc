@@ -1,0 +1,64 @@
+#include "cli/cli_util.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <string_view>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/str_format.h"
+
+namespace dsv4::cli {
+
+std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
+                                    const std::string& flag_file) {
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [flag_file](std::string_view path) {
+    return path.find(flag_file) != std::string_view::npos;
+  };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  config.normalize_filename = [](std::string_view path) { return std::string(path); };
+  absl::SetFlagsUsageConfig(config);
+  absl::SetProgramUsageMessage(usage);
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  return std::vector<std::string>(positional.begin() + 1, positional.end());
+}
+
+int ExitCode(const absl::Status& status, const std::string& command) {
+  if (status.ok()) return 0;
+  std::cerr << "dsv4 " << command << ": " << status.message() << "\n";
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+absl::StatusOr<std::string> FindProjectFile(const std::string& relative) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> roots = {fs::current_path()};
+  if (const char* home = std::getenv("DSV4_HOME")) roots.emplace_back(home);
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) roots.push_back(exe.parent_path().parent_path().parent_path());
+  for (const fs::path& root : roots) {
+    if (fs::exists(root / relative)) return (root / relative).string();
+  }
+  return absl::NotFoundError("cannot find " + relative +
+                             " (looked in the current directory, $DSV4_HOME and next to the "
+                             "dsv4 executable)");
+}
+
+std::string FormatBytes(uint64_t bytes) { return absl::StrFormat("%.1f MB", bytes / 1e6); }
+
+std::string FormatCount(int64_t n) {
+  if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
+  if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
+  return absl::StrFormat("%d", n);
+}
+
+}  // namespace dsv4::cli

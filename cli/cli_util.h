@@ -1,0 +1,35 @@
+// Shared plumbing for the dsv4 subcommands: per-subcommand flag parsing and help, and
+// turning a Status into an exit code with a message on stderr.
+#ifndef DSV4_CLI_CLI_UTIL_H_
+#define DSV4_CLI_CLI_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace dsv4::cli {
+
+// Parses Abseil flags for one subcommand. `usage` is printed by --help together with the
+// flags defined in source files whose path contains `flag_file` (e.g. "cmd_run.cc"), so
+// each subcommand's --help lists only its own flags. Returns the positional arguments
+// (argv[0] excluded).
+std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
+                                    const std::string& flag_file);
+
+// Prints "dsv4 <command>: <message>" for a non-OK status and returns the exit code
+// (0 for OK, 2 for INVALID_ARGUMENT / NOT_FOUND, 1 otherwise).
+int ExitCode(const absl::Status& status, const std::string& command);
+
+// Finds a file shipped with the project (e.g. "models/v4-mini/config.json"): in the
+// current directory, under $DSV4_HOME, or relative to the dsv4 executable (build/bin/).
+absl::StatusOr<std::string> FindProjectFile(const std::string& relative);
+
+std::string FormatBytes(uint64_t bytes);  // "12.3 MB" (decimal units)
+std::string FormatCount(int64_t n);       // "1.60B", "312.4M", "1024"
+
+}  // namespace dsv4::cli
+
+#endif  // DSV4_CLI_CLI_UTIL_H_

@@ -1,0 +1,73 @@
+// CPU kernels used by the model. All fp32, row-major, raw pointers with explicit sizes so
+// callers can run them on views of larger buffers. GEMMs go through OpenBLAS.
+#ifndef DSV4_CORE_KERNELS_H_
+#define DSV4_CORE_KERNELS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dsv4 {
+
+// Sets the number of OpenBLAS threads (default 1: one thread per MPI rank).
+void SetBlasThreads(int threads);
+int BlasThreads();
+
+// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major; op transposes when
+// the flag is set. lda/ldb/ldc are row strides of A, B, C as stored.
+void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+          int64_t ldc);
+
+// y[rows, out] = x[rows, in] · w[out, in]ᵀ: the "linear" of every projection.
+void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y);
+Tensor Linear(const Tensor& x, const Tensor& w);  // x [.., in], w [out, in] → [.., out]
+
+// y = x * rsqrt(mean(x²) + eps) * w per row of length dim; w may be null (weightless).
+// In-place when y == x.
+void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y);
+
+// Numerically stable softmax over each row of length n, in place.
+void SoftmaxRows(float* x, int64_t rows, int64_t n);
+
+float Silu(float x);                  // x * sigmoid(x)
+float Sigmoid(float x);
+float Softplus(float x);              // log(1 + e^x); x itself when x > 20
+void SiluInPlace(float* x, int64_t n);
+
+// Indices of the k largest values of x[0..n), largest first; ties go to the lower index.
+std::vector<int> TopK(const float* x, int64_t n, int k);
+
+// Rotary embedding on interleaved pairs (x[2i], x[2i+1]) of a `dim`-long vector, with
+// optional YaRN frequency scaling as in DeepSeek's reference code. The angle is
+// fp32(fp32(pos) * freq_i), matching the reference's rounding.
+struct RopeParams {
+  int dim = 64;                  // rotated dims (qk_rope_head_dim)
+  double base = 10000.0;
+  double factor = 1.0;           // YaRN factor
+  int64_t original_seq_len = 0;  // > 0 switches YaRN on
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+};
+
+class Rope {
+ public:
+  explicit Rope(const RopeParams& params);
+  const RopeParams& params() const { return params_; }
+  const std::vector<float>& freqs() const { return freqs_; }  // dim/2 entries
+  // Rotates x[0..dim) in place for position pos; inverse rotates by -θ.
+  void Apply(float* x, int64_t pos, bool inverse = false) const;
+
+ private:
+  RopeParams params_;
+  std::vector<float> freqs_;
+};
+
+// In-place orthonormal Walsh–Hadamard transform (Sylvester order) of x[0..n), n a power
+// of two: x ← H_n x / sqrt(n).
+void HadamardInPlace(float* x, int64_t n);
+
+}  // namespace dsv4
+
+#endif  // DSV4_CORE_KERNELS_H_

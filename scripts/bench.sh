@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# make bench: runs every benchmark harness (build/bin/bench_*); each writes its JSON to
+# bench/results/. BENCH=name runs just bench_name.
+set -euo pipefail
+BUILD_DIR=${1:-build}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+mkdir -p bench/results
+for b in "$BUILD_DIR"/bin/bench_*; do
+  name=$(basename "$b")
+  if [ -n "${BENCH:-}" ] && [ "$name" != "bench_$BENCH" ]; then continue; fi
+  echo "== $name"
+  "$b"
+done
