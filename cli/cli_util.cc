@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -15,11 +15,11 @@ namespace dsv4::cli {
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
                                     const std::string& flag_file) {
   absl::FlagsUsageConfig config;
-  config.contains_help_flags = [flag_file](std::string_view path) {
-    return path.find(flag_file) != std::string_view::npos;
+  config.contains_help_flags = [flag_file](absl::string_view path) {
+    return path.find(flag_file) != absl::string_view::npos;
   };
   config.contains_helpshort_flags = config.contains_help_flags;
-  config.normalize_filename = [](std::string_view path) { return std::string(path); };
+  config.normalize_filename = [](absl::string_view path) { return std::string(path); };
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(usage);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);

@@ -16,18 +16,18 @@ namespace dsv4 {
 
 // What a tensor is, for generating plausible values and for accounting.
 enum class TensorRole {
-  kEmbedding,     // embed.weight
-  kHead,          // head.weight
-  kNormWeight,    // RMSNorm gains
-  kLinear,        // a weight matrix [out, in] (any dtype)
-  kScale,         // E8M0 block scales of the preceding linear
-  kHcFn,          // mHC projections
+  kEmbedding,   // embed.weight
+  kHead,        // head.weight
+  kNormWeight,  // RMSNorm gains
+  kLinear,      // a weight matrix [out, in] (any dtype)
+  kScale,       // E8M0 block scales of the preceding linear
+  kHcFn,        // mHC projections
   kHcBase,
   kHcScale,
   kAttnSink,
-  kApe,           // compressor positional bias
+  kApe,  // compressor positional bias
   kGateBias,
-  kTid2Eid,       // hash-routing table
+  kTid2Eid,  // hash-routing table
   kEngramTable,
   kEngramConv,
 };
@@ -42,17 +42,27 @@ struct TensorSpec {
   int64_t nbytes() const;
 };
 
-// The full list, in a stable order (globals, then layers, then MTP).
+// The full list, in a stable order (globals, then layers, then MTP). Empty for
+// deepseek_v3 (planner only). Engram tensors are not listed: the V4.1 checkpoint names
+// are unpublished; the Engram issue will add them.
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 
-// Parameter counts: total, and active per token (one token's routed top-k experts,
-// the shared expert, all dense weights; embedding rows counted once, Engram excluded).
+// Parameter counts, following DeepSeek's published convention ("671B total, 37B active;
+// the 685B checkpoint adds 14B of MTP"):
+// - total: the main model, embedding and head included, MTP and Engram excluded;
+// - active_per_token: everything in `total` except the routed experts and the embedding
+//   matrix, plus k routed experts per MoE layer and one embedding row (the head counts
+//   in full);
+// - routed_expert: all routed experts of the main layers;
+// - mtp: the MTP blocks (V3: including their embedding/head copies);
+// - engram: Engram table rows × engram_head_dim (its projections are not counted).
+// Scales and tid2eid are not parameters; an FP4 byte holds two.
 struct ParameterCount {
   int64_t total = 0;
   int64_t active_per_token = 0;
-  int64_t routed_expert = 0;  // all routed experts
-  int64_t mtp = 0;            // in the MTP blocks
-  int64_t engram = 0;         // Engram tables
+  int64_t routed_expert = 0;
+  int64_t mtp = 0;
+  int64_t engram = 0;
 };
 ParameterCount CountParameters(const ModelConfig& config);
 

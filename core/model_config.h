@@ -15,7 +15,7 @@
 namespace dsv4 {
 
 struct RopeScaling {
-  std::string type;                       // "yarn" or empty (off)
+  std::string type;  // "yarn" or empty (off)
   double factor = 1.0;
   int64_t original_max_position_embeddings = 0;  // > 0 switches YaRN on
   double beta_fast = 32.0;
@@ -24,14 +24,14 @@ struct RopeScaling {
 
 // Optional Engram memory (V4.1 naming; see spec §6).
 struct EngramConfig {
-  std::vector<int> layer_ids;        // engram_layer_ids; empty = no Engram
-  int max_ngram_size = 0;            // engram_max_ngram_size (N)
-  int n_heads = 0;                   // engram_n_heads (K, per n-gram order)
-  int head_dim = 0;                  // engram_head_dim (d_e)
-  std::vector<int64_t> vocab_size;   // engram_vocab_size, per order n = 2..N
-  int64_t pad_token_id = 2;          // engram_pad_token_id
-  int kernel_size = 4;               // engram_kernel_size
-  int64_t seed = 0;                  // engram_seed
+  std::vector<int> layer_ids;       // engram_layer_ids; empty = no Engram
+  int max_ngram_size = 0;           // engram_max_ngram_size (N)
+  int n_heads = 0;                  // engram_n_heads (K, per n-gram order)
+  int head_dim = 0;                 // engram_head_dim (d_e)
+  std::vector<int64_t> vocab_size;  // engram_vocab_size, per order n = 2..N
+  int64_t pad_token_id = 2;         // engram_pad_token_id
+  int kernel_size = 4;              // engram_kernel_size
+  int64_t seed = 0;                 // engram_seed
   bool enabled() const { return !layer_ids.empty(); }
 };
 
@@ -40,35 +40,35 @@ struct ModelConfig {
   std::string model_type;  // "deepseek_v4" or "deepseek_v3"
 
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;             // d
-  int num_hidden_layers = 0;           // L
-  int num_attention_heads = 0;         // H
-  int num_key_value_heads = 1;         // V4: 1 (one shared K=V vector); V3: H
-  int64_t head_dim = 0;                // D (V3: qk_nope_head_dim + qk_rope_head_dim)
-  int64_t qk_rope_head_dim = 0;        // r
-  int64_t q_lora_rank = 0;             // Q
-  int o_groups = 0;                    // G
-  int64_t o_lora_rank = 0;             // R
-  int64_t sliding_window = 0;          // W
-  std::vector<int> compress_ratios;    // L + num_nextn_predict_layers entries
+  int64_t hidden_size = 0;           // d
+  int num_hidden_layers = 0;         // L
+  int num_attention_heads = 0;       // H
+  int num_key_value_heads = 1;       // V4: 1 (one shared K=V vector); V3: H
+  int64_t head_dim = 0;              // D (V3: qk_nope_head_dim + qk_rope_head_dim)
+  int64_t qk_rope_head_dim = 0;      // r
+  int64_t q_lora_rank = 0;           // Q
+  int o_groups = 0;                  // G
+  int64_t o_lora_rank = 0;           // R
+  int64_t sliding_window = 0;        // W
+  std::vector<int> compress_ratios;  // L + num_nextn_predict_layers entries
   double compress_rope_theta = 160000.0;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   int64_t max_position_embeddings = 0;
-  int index_n_heads = 0;               // HI
-  int64_t index_head_dim = 0;          // DI
-  int64_t index_topk = 0;              // KI
-  int n_routed_experts = 0;            // E
+  int index_n_heads = 0;       // HI
+  int64_t index_head_dim = 0;  // DI
+  int64_t index_topk = 0;      // KI
+  int n_routed_experts = 0;    // E
   int n_shared_experts = 1;
-  int num_experts_per_tok = 0;         // k
-  int64_t moe_intermediate_size = 0;   // F
+  int num_experts_per_tok = 0;        // k
+  int64_t moe_intermediate_size = 0;  // F
   double routed_scaling_factor = 1.0;
-  std::string scoring_func;            // "sqrtsoftplus" (V4), "sigmoid" (V3), "softmax"
-  std::string topk_method;             // "noaux_tc" (bias used for selection only)
+  std::string scoring_func;  // "sqrtsoftplus" (V4), "sigmoid" (V3), "softmax"
+  std::string topk_method;   // "noaux_tc" (bias used for selection only)
   bool norm_topk_prob = true;
   int num_hash_layers = 0;
-  double swiglu_limit = 0.0;           // 0 = no clamp
-  int hc_mult = 1;                     // n
+  double swiglu_limit = 0.0;  // 0 = no clamp
+  int hc_mult = 1;            // n
   int hc_sinkhorn_iters = 0;
   double hc_eps = 1e-6;
   int num_nextn_predict_layers = 0;
