@@ -1,0 +1,257 @@
+#include "core/yaml_reader.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace dsv4 {
+namespace {
+
+// How a node reads in "got ..." messages.
+std::string Describe(const YAML::Node& node) {
+  if (!node.IsDefined() || node.IsNull()) return "nothing";
+  if (node.IsSequence()) return "a sequence";
+  if (node.IsMap()) return "a map";
+  return absl::StrCat("\"", node.Scalar(), "\"");
+}
+
+absl::string_view RuleText(NumberRule rule, bool integer) {
+  switch (rule) {
+    case NumberRule::kPositive:
+      return integer ? "a positive integer" : "a positive number";
+    case NumberRule::kNonNegative:
+      return integer ? "a non-negative integer" : "a non-negative number";
+    case NumberRule::kFraction:
+      return "a number in (0, 1]";
+  }
+  return "a number";
+}
+
+bool Satisfies(double value, NumberRule rule) {
+  switch (rule) {
+    case NumberRule::kPositive:
+      return value > 0;
+    case NumberRule::kNonNegative:
+      return value >= 0;
+    case NumberRule::kFraction:
+      return value > 0 && value <= 1;
+  }
+  return false;
+}
+
+std::string JoinPath(absl::string_view parent, absl::string_view key) {
+  return parent.empty() ? std::string(key) : absl::StrCat(parent, ".", key);
+}
+
+}  // namespace
+
+YamlReader::YamlReader(std::string file, absl::Status status)
+    : file_(std::move(file)), status_(std::move(status)) {}
+
+YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::move(file)) {
+  try {
+    std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {
+      Fail(docs[1], "", absl::StrCat("expected one YAML document, found ", docs.size()));
+    } else if (docs.size() == 1) {
+      root_ = docs[0];
+    }
+  } catch (const YAML::Exception& e) {
+    // Parser errors carry a 0-based mark; other yaml-cpp errors may not.
+    const std::string where = e.mark.is_null() ? file_ : absl::StrCat(file_, ":", e.mark.line + 1);
+    status_ = absl::InvalidArgumentError(absl::StrCat(where, ": YAML syntax error: ", e.msg));
+  }
+}
+
+YamlReader YamlReader::FromFile(const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) {
+    return YamlReader(
+        path, absl::NotFoundError(absl::StrCat(
+                  "cannot open ", path, ": ",
+                  std::filesystem::exists(path, error) ? "not a regular file" : "no such file")));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return YamlReader(path, absl::NotFoundError(absl::StrCat("cannot open ", path)));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return YamlReader(path, absl::DataLossError(absl::StrCat("cannot read ", path)));
+  return YamlReader(text.str(), path);
+}
+
+YamlMap YamlReader::Root(std::vector<absl::string_view> allowed) {
+  if (ok() && (!root_.IsDefined() || root_.IsNull())) {
+    status_ = absl::InvalidArgumentError(absl::StrCat(file_, ": the file is empty"));
+  }
+  return YamlMap(this, ok() ? root_ : YAML::Node(), "", std::move(allowed));
+}
+
+std::string YamlReader::Where(const YAML::Node& at) const {
+  if (!at.IsDefined()) return file_;
+  const YAML::Mark mark = at.Mark();
+  return mark.is_null() ? file_ : absl::StrCat(file_, ":", mark.line + 1);
+}
+
+void YamlReader::Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message) {
+  if (!ok()) return;
+  status_ = absl::InvalidArgumentError(
+      key_path.empty() ? absl::StrCat(Where(at), ": ", message)
+                       : absl::StrCat(Where(at), ": ", key_path, ": ", message));
+}
+
+YamlMap::YamlMap(YamlReader* reader, YAML::Node node, std::string path,
+                 std::vector<absl::string_view> allowed, std::optional<YAML::Node> anchor)
+    : reader_(reader), anchor_(anchor.value_or(node)), path_(std::move(path)) {
+  if (!reader_->ok() || !node.IsDefined() || node.IsNull()) return;
+  if (!node.IsMap()) {
+    reader_->Fail(node, path_, absl::StrCat("expected a map, got ", Describe(node)));
+    return;
+  }
+  // Copies: the iterator's pair is a temporary, so references into it would dangle.
+  for (const auto& pair : node) {
+    const YAML::Node key = pair.first;
+    if (!key.IsScalar()) {
+      reader_->Fail(key, path_, absl::StrCat("keys must be plain names, got ", Describe(key)));
+      return;
+    }
+    const std::string name = key.Scalar();
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      reader_->Fail(key, JoinPath(path_, name),
+                    absl::StrCat("unknown key (allowed: ", absl::StrJoin(allowed, ", "), ")"));
+      return;
+    }
+    if (Has(name)) {
+      reader_->Fail(key, JoinPath(path_, name), "duplicate key");
+      return;
+    }
+    entries_.push_back({name, key, pair.second});
+  }
+}
+
+const YamlMap::Entry* YamlMap::Find(absl::string_view key) const {
+  for (const Entry& entry : entries_) {
+    if (entry.name == key) return &entry;
+  }
+  return nullptr;
+}
+
+bool YamlMap::Has(absl::string_view key) const { return Find(key) != nullptr; }
+
+YAML::Node YamlMap::Get(absl::string_view key) const {
+  const Entry* entry = Find(key);
+  return entry ? entry->value : YAML::Node(YAML::NodeType::Undefined);
+}
+
+std::string YamlMap::Path(absl::string_view key) const { return JoinPath(path_, key); }
+
+std::string YamlMap::Where(absl::string_view key) const {
+  const Entry* entry = Find(key);
+  return reader_->Where(entry ? entry->key : anchor_);
+}
+
+void YamlMap::Fail(absl::string_view key, absl::string_view message) const {
+  const Entry* entry = Find(key);
+  reader_->Fail(entry ? entry->value : anchor_, Path(key), message);
+}
+
+int YamlMap::Int(absl::string_view key, NumberRule rule, std::optional<int> default_value) const {
+  if (!Has(key)) {
+    if (!default_value) Fail(key, "missing required key");
+    return default_value.value_or(0);
+  }
+  return ReadYamlInt(*reader_, Get(key), Path(key), rule).value_or(default_value.value_or(0));
+}
+
+double YamlMap::Number(absl::string_view key, NumberRule rule,
+                       std::optional<double> default_value) const {
+  if (!Has(key)) {
+    if (!default_value) Fail(key, "missing required key");
+    return default_value.value_or(0);
+  }
+  return ReadYamlNumber(*reader_, Get(key), Path(key), rule).value_or(default_value.value_or(0));
+}
+
+std::string YamlMap::String(absl::string_view key, std::optional<std::string> default_value) const {
+  if (!Has(key)) {
+    if (!default_value) Fail(key, "missing required key");
+    return default_value.value_or("");
+  }
+  return ReadYamlString(*reader_, Get(key), Path(key)).value_or(default_value.value_or(""));
+}
+
+std::vector<std::string> YamlMap::Strings(absl::string_view key, bool required) const {
+  std::vector<std::string> out;
+  if (!Has(key)) {
+    if (required) Fail(key, "missing required key");
+    return out;
+  }
+  const YAML::Node list = Get(key);
+  if (!list.IsSequence()) {
+    Fail(key, absl::StrCat("expected a list of strings, got ", Describe(list)));
+    return out;
+  }
+  for (const YAML::Node& element : list) {
+    std::optional<std::string> item =
+        ReadYamlString(*reader_, element, absl::StrCat(Path(key), "[", out.size(), "]"));
+    if (!item) return {};
+    out.push_back(std::move(*item));
+  }
+  return out;
+}
+
+YamlMap YamlMap::Map(absl::string_view key, std::vector<absl::string_view> allowed,
+                     bool required) const {
+  const Entry* entry = Find(key);
+  if (!entry) {
+    if (required) Fail(key, "missing required key");
+    return YamlMap(reader_, YAML::Node(YAML::NodeType::Undefined), Path(key), std::move(allowed),
+                   anchor_);
+  }
+  return YamlMap(reader_, entry->value, Path(key), std::move(allowed), entry->key);
+}
+
+std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
+                               absl::string_view key_path, NumberRule rule) {
+  int64_t value = 0;
+  if (!reader.ok()) return std::nullopt;
+  if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value) ||
+      value > std::numeric_limits<int>::max() || !Satisfies(static_cast<double>(value), rule)) {
+    reader.Fail(node, key_path,
+                absl::StrCat("expected ", RuleText(rule, true), ", got ", Describe(node)));
+    return std::nullopt;
+  }
+  return static_cast<int>(value);
+}
+
+std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
+                                     absl::string_view key_path, NumberRule rule) {
+  double value = 0;
+  if (!reader.ok()) return std::nullopt;
+  if (!node.IsScalar() || !absl::SimpleAtod(node.Scalar(), &value) || !std::isfinite(value) ||
+      !Satisfies(value, rule)) {
+    reader.Fail(node, key_path,
+                absl::StrCat("expected ", RuleText(rule, false), ", got ", Describe(node)));
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<std::string> ReadYamlString(YamlReader& reader, const YAML::Node& node,
+                                          absl::string_view key_path) {
+  if (!reader.ok()) return std::nullopt;
+  if (!node.IsScalar()) {
+    reader.Fail(node, key_path, absl::StrCat("expected a string, got ", Describe(node)));
+    return std::nullopt;
+  }
+  return node.Scalar();
+}
+
+}  // namespace dsv4

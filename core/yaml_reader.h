@@ -1,0 +1,117 @@
+// Strict reading of hand-written YAML configuration files (cluster and hardware YAML).
+//
+// Every error names the file, the 1-based line and the key path:
+//   cluster-configs/local.yaml:7: topology.chips_per_node: expected a positive integer, got "four"
+// Unknown and duplicate keys are errors, so a typo never passes silently. The reader keeps
+// the first error and later reads return defaults, so parsing code reads straight through
+// and checks status() once. Nothing throws: yaml-cpp exceptions become errors.
+#ifndef DSV4_CORE_YAML_READER_H_
+#define DSV4_CORE_YAML_READER_H_
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "yaml-cpp/yaml.h"
+
+namespace dsv4 {
+
+// What a number must satisfy; the rule's wording goes into the error message.
+enum class NumberRule {
+  kPositive,     // > 0
+  kNonNegative,  // >= 0
+  kFraction,     // in (0, 1]
+};
+
+class YamlMap;
+
+class YamlReader {
+ public:
+  // Parses `text` (exactly one YAML document); `file` names it in errors.
+  YamlReader(const std::string& text, std::string file);
+  // Reads and parses `path`; a missing file is NotFound.
+  static YamlReader FromFile(const std::string& path);
+
+  const std::string& file() const { return file_; }
+  const absl::Status& status() const { return status_; }
+  bool ok() const { return status_.ok(); }
+
+  // The top-level map, limited to `allowed` keys.
+  YamlMap Root(std::vector<absl::string_view> allowed);
+
+  // Records "file:line: key_path: message" at `at` unless an error is already recorded.
+  void Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message);
+  // "file:line" of `at` (just "file" when the node has no position).
+  std::string Where(const YAML::Node& at) const;
+
+ private:
+  YamlReader(std::string file, absl::Status status);
+
+  std::string file_;
+  YAML::Node root_;
+  absl::Status status_;
+};
+
+// A map node at a key path. Reads of absent keys return the default, or record
+// "missing required key" at `anchor` (the line naming the map) when there is no default.
+class YamlMap {
+ public:
+  // `anchor` locates errors about absent keys; by default the map itself.
+  YamlMap(YamlReader* reader, YAML::Node node, std::string path,
+          std::vector<absl::string_view> allowed, std::optional<YAML::Node> anchor = std::nullopt);
+
+  bool Has(absl::string_view key) const;
+  // The value of `key`; an undefined node when absent.
+  YAML::Node Get(absl::string_view key) const;
+  // "parent.key", for error messages.
+  std::string Path(absl::string_view key) const;
+  const std::string& path() const { return path_; }
+  YamlReader& reader() const { return *reader_; }
+
+  // "file:line" of `key` (of the anchor when absent).
+  std::string Where(absl::string_view key) const;
+  // Records an error about `key` at its value's line (the anchor's line when absent).
+  void Fail(absl::string_view key, absl::string_view message) const;
+
+  // Integers are counts here: at most 2^31 - 1. `rule` is kPositive or kNonNegative.
+  int Int(absl::string_view key, NumberRule rule,
+          std::optional<int> default_value = std::nullopt) const;
+  double Number(absl::string_view key, NumberRule rule,
+                std::optional<double> default_value = std::nullopt) const;
+  std::string String(absl::string_view key,
+                     std::optional<std::string> default_value = std::nullopt) const;
+  // A sequence of strings; absent = empty when `required` is false.
+  std::vector<std::string> Strings(absl::string_view key, bool required = false) const;
+  // A nested map limited to `allowed` keys; absent = an empty map when `required` is false.
+  YamlMap Map(absl::string_view key, std::vector<absl::string_view> allowed,
+              bool required = false) const;
+
+ private:
+  struct Entry {
+    std::string name;
+    YAML::Node key;
+    YAML::Node value;
+  };
+  const Entry* Find(absl::string_view key) const;
+
+  YamlReader* reader_;
+  YAML::Node anchor_;  // where "missing required key" points
+  std::string path_;
+  std::vector<Entry> entries_;  // file order
+};
+
+// Scalar parsing shared by YamlMap and callers that walk sequences themselves. On failure
+// they record the error at `node` under `key_path` and return nullopt.
+std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
+                               absl::string_view key_path, NumberRule rule);
+std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
+                                     absl::string_view key_path, NumberRule rule);
+std::optional<std::string> ReadYamlString(YamlReader& reader, const YAML::Node& node,
+                                          absl::string_view key_path);
+
+}  // namespace dsv4
+
+#endif  // DSV4_CORE_YAML_READER_H_
