@@ -30,10 +30,12 @@ struct TensorView {
   size_t nbytes = 0;
 };
 
-// Parses a safetensors header (the JSON after the 8-byte length) for a file of
-// `file_size` bytes and validates it: known dtypes, byte counts that match shapes,
-// offsets inside the data section, no overlaps. `file` is used in error messages.
-// Exposed on its own for the fuzzer and tests.
+// Parses and validates the header of a whole safetensors file held in `bytes[0, size)`:
+// the 8-byte little-endian header length (at most 100 MB, as in the official reader), the
+// JSON header (`__metadata__` is ignored), known dtypes, byte counts that match shapes,
+// offsets inside the data section, no two tensors overlapping. Gaps between tensors are
+// allowed. Entries come back sorted by name. Any bad input gives InvalidArgument naming
+// `file` (and the tensor); it never throws. Exposed on its own for the fuzzer and tests.
 struct HeaderEntry {
   std::string name;
   DType dtype;
@@ -41,11 +43,11 @@ struct HeaderEntry {
   uint64_t begin;  // offsets relative to the start of the data section
   uint64_t end;
 };
-absl::StatusOr<std::vector<HeaderEntry>> ParseSafetensorsHeader(const uint8_t* bytes,
-                                                                size_t size,
+absl::StatusOr<std::vector<HeaderEntry>> ParseSafetensorsHeader(const uint8_t* bytes, size_t size,
                                                                 const std::string& file);
 
-// One memory-mapped .safetensors file.
+// One memory-mapped (read-only) .safetensors file. Only the pages of tensors that are
+// read get loaded.
 class SafetensorsFile {
  public:
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
@@ -66,9 +68,10 @@ class SafetensorsFile {
   std::map<std::string, TensorView> tensors_;
 };
 
-// A checkpoint directory: a single model.safetensors, or shards listed in
-// model.safetensors.index.json. Shards are opened (mapped) on first use, so a rank that
-// asks only for some tensors maps only the files holding them.
+// A checkpoint directory: shards listed in model.safetensors.index.json ("weight_map":
+// tensor → file) if it exists, else a single model.safetensors. Shards are opened (mapped)
+// on first use, so a rank that asks only for some tensors maps only the files holding
+// them. Not thread-safe: Get/Load* may open files.
 class Checkpoint {
  public:
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
@@ -76,13 +79,15 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   std::vector<std::string> TensorNames() const;  // sorted
   bool Has(const std::string& name) const;
+  // NotFound naming the tensor when it is absent; the view lives as long as the Checkpoint.
   absl::StatusOr<const TensorView*> Get(const std::string& name);
 
   // Dequantised fp32 weight of a parameter by its full tensor name. For "X.weight":
   // F8_E4M3 uses "X.scale" (128×128 E8M0 blocks), I8 is packed FP4 with "X.scale"
-  // (1×32 E8M0 blocks); BF16/F16/F32 are converted directly.
+  // (1×32 E8M0 blocks); BF16/F16/F32 (and E8M0 scales) are converted directly. A missing
+  // scale, a scale of the wrong shape or dtype, or an integer tensor is an error.
   absl::StatusOr<Tensor> LoadF32(const std::string& name);
-  absl::StatusOr<std::vector<int64_t>> LoadI64(const std::string& name);
+  absl::StatusOr<std::vector<int64_t>> LoadI64(const std::string& name);  // I64 only
 
  private:
   std::string dir_;
@@ -90,19 +95,26 @@ class Checkpoint {
   std::map<std::string, std::unique_ptr<SafetensorsFile>> open_files_;
 };
 
-// Exact dequantisation of stored views.
-absl::StatusOr<Tensor> ToF32(const TensorView& view);  // BF16, F16, F32
+// Exact dequantisation of stored views. Each checks dtypes, byte counts and scale shapes
+// (FP8: scale [⌈N/128⌉, ⌈K/128⌉]; FP4 in I8 [N, K/2]: scale [N, ⌈K/32⌉]) and names both
+// tensors on a mismatch.
+absl::StatusOr<Tensor> ToF32(const TensorView& view);  // BF16, F16, F32, F8_E8M0
 absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale);
 absl::StatusOr<Tensor> DequantFp4(const TensorView& weight, const TensorView& scale);
 
-// Writes tensors into one .safetensors file (header keys sorted, 8-byte aligned data).
+// Writes tensors into one .safetensors file as the official writer does: header keys
+// sorted, `"__metadata__": {"format": "pt"}`, the header padded with spaces so the data
+// starts 8-byte aligned, and the data contiguous (no gaps, which the official reader
+// rejects), ordered by element size then name so each tensor is aligned to its element
+// size.
 class SafetensorsWriter {
  public:
+  // Adds (or replaces) a tensor; `bytes` is its little-endian data, checked by Write.
   void Add(const std::string& name, DType dtype, Shape shape, std::vector<uint8_t> bytes);
   size_t size() const { return entries_.size(); }
-  uint64_t data_bytes() const;
+  uint64_t data_bytes() const;  // the data section's size; sum these for total_size
   absl::Status Write(const std::string& path) const;
-  std::vector<std::string> names() const;
+  std::vector<std::string> names() const;  // sorted
 
  private:
   struct Entry {
@@ -113,7 +125,8 @@ class SafetensorsWriter {
   std::map<std::string, Entry> entries_;
 };
 
-// Writes model.safetensors.index.json mapping each tensor to its file.
+// Writes dir/model.safetensors.index.json:
+// {"metadata": {"total_size": N}, "weight_map": {tensor: file, ...}}.
 absl::Status WriteSafetensorsIndex(const std::string& dir,
                                    const std::map<std::string, std::string>& weight_map,
                                    uint64_t total_size);
