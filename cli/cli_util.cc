@@ -58,6 +58,7 @@ std::string FormatBytes(uint64_t bytes) { return absl::StrFormat("%.1f MB", byte
 std::string FormatCount(int64_t n) {
   if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
   if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
+  if (n >= 10'000) return absl::StrFormat("%.1fK", n / 1e3);
   return absl::StrFormat("%d", n);
 }
 

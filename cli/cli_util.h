@@ -28,7 +28,7 @@ int ExitCode(const absl::Status& status, const std::string& command);
 absl::StatusOr<std::string> FindProjectFile(const std::string& relative);
 
 std::string FormatBytes(uint64_t bytes);  // "12.3 MB" (decimal units)
-std::string FormatCount(int64_t n);       // "1.60B", "312.4M", "1024"
+std::string FormatCount(int64_t n);       // "1.60B", "312.4M", "622.5K", "1024"
 
 }  // namespace dsv4::cli
 

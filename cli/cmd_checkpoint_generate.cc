@@ -36,13 +36,12 @@ absl::Status Generate() {
   const std::string preset = absl::GetFlag(FLAGS_preset);
   if (config_path.empty() == preset.empty())
     return absl::InvalidArgumentError("give exactly one of --preset NAME or --config FILE");
-  if (absl::GetFlag(FLAGS_out).empty())
-    return absl::InvalidArgumentError("--out DIR is required");
+  if (absl::GetFlag(FLAGS_out).empty()) return absl::InvalidArgumentError("--out DIR is required");
   if (!preset.empty()) {
     absl::StatusOr<std::string> found = FindProjectFile("models/" + preset + "/config.json");
     if (!found.ok())
-      return absl::NotFoundError("unknown preset '" + preset + "': " +
-                                 std::string(found.status().message()));
+      return absl::NotFoundError("unknown preset '" + preset +
+                                 "': " + std::string(found.status().message()));
     config_path = *found;
   }
   absl::StatusOr<std::string> text = ReadFile(config_path);

@@ -22,9 +22,12 @@ namespace {
 std::string LayerSchedule(const ModelConfig& c) {
   int window = 0, csa = 0, hca = 0;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    if (c.ratio(i) == 0) ++window;
-    else if (c.is_csa(i)) ++csa;
-    else ++hca;
+    if (c.ratio(i) == 0)
+      ++window;
+    else if (c.is_csa(i))
+      ++csa;
+    else
+      ++hca;
   }
   return absl::StrFormat("%d layers (%d window-only, %d CSA, %d HCA), %d hash-routed, %d MTP",
                          c.num_hidden_layers, window, csa, hca, c.num_hash_layers,
@@ -85,8 +88,8 @@ absl::Status Inspect(const std::string& dir) {
   const ParameterCount params = CountParameters(c);
   std::cout << absl::StrFormat(
       "parameters   %s total, %s active per token (routed experts %s, MTP %s)\n",
-      FormatCount(params.total), FormatCount(params.active_per_token), FormatCount(params.routed_expert),
-      FormatCount(params.mtp));
+      FormatCount(params.total), FormatCount(params.active_per_token),
+      FormatCount(params.routed_expert), FormatCount(params.mtp));
 
   // Verification against the layout the config implies.
   std::vector<std::string> problems;
@@ -101,8 +104,7 @@ absl::Status Inspect(const std::string& dir) {
     }
     if ((*view)->shape != spec.shape)
       problems.push_back(absl::StrFormat("%s: shape %s, expected %s", spec.name,
-                                         ShapeToString((*view)->shape),
-                                         ShapeToString(spec.shape)));
+                                         ShapeToString((*view)->shape), ShapeToString(spec.shape)));
     if ((*view)->dtype != spec.dtype)
       problems.push_back(absl::StrFormat("%s: dtype %s, expected %s", spec.name,
                                          DTypeName((*view)->dtype), DTypeName(spec.dtype)));
@@ -124,9 +126,9 @@ absl::Status Inspect(const std::string& dir) {
       std::cout << "  " << problems[i] << "\n";
     if (problems.size() > kShown)
       std::cout << absl::StrFormat("  ... and %d more\n", problems.size() - kShown);
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s does not match its config.json (%d problems, first: %s)", dir, problems.size(),
-        problems.front()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s does not match its config.json (%d problems, first: %s)", dir,
+                        problems.size(), problems.front()));
   }
   std::cout << absl::StrFormat(
       "verify       OK: all %d tensors the config implies are present with the right shape and "

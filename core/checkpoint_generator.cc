@@ -214,8 +214,8 @@ absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed
       for (float x : values) Append(bytes, x);
       break;
     default:
-      return absl::InternalError(absl::StrFormat("no generator for %s (%s)", spec.name,
-                                                 DTypeName(spec.dtype)));
+      return absl::InternalError(
+          absl::StrFormat("no generator for %s (%s)", spec.name, DTypeName(spec.dtype)));
   }
   writer.Add(spec.name, spec.dtype, spec.shape, std::move(bytes));
   if (unit.scale) {

@@ -1,7 +1,7 @@
 #include "core/progress.h"
 
-#include <cstdio>
 #include <unistd.h>
+#include <cstdio>
 
 #include <algorithm>
 
