@@ -1,5 +1,6 @@
 #include "cli/cli_util.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -21,8 +22,22 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
   config.contains_helpshort_flags = config.contains_help_flags;
   config.normalize_filename = [](absl::string_view path) { return std::string(path); };
   absl::SetFlagsUsageConfig(config);
-  absl::SetProgramUsageMessage(usage);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  absl::SetProgramUsageMessage(usage + "\n\nFlags may be spelled with dashes or underscores.");
+  // Abseil spells flags with underscores; accept the dashed spelling (--shard-mb) too by
+  // rewriting flag names (not values) before parsing.
+  std::vector<std::string> storage(argv, argv + argc);
+  std::vector<char*> args;
+  for (size_t i = 0; i < storage.size(); ++i) {
+    std::string& arg = storage[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j)
+        if (arg[j] == '-') arg[j] = '_';
+    }
+    args.push_back(arg.data());
+  }
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   return std::vector<std::string>(positional.begin() + 1, positional.end());
 }
 

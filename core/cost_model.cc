@@ -1,0 +1,814 @@
+#include "core/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace dsv4 {
+namespace {
+
+constexpr double kBf16Bytes = 2;
+constexpr double kF32Bytes = 4;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int Idx(ComputeDtype dtype) { return static_cast<int>(dtype); }
+
+// Σ_{x=0}^{n} ⌊x/m⌋ for n ≥ −1: q full blocks of m values, then r values equal to q.
+double SumFloorDivUpTo(int64_t n, int64_t m) {
+  if (n < 0) return 0;
+  const double q = static_cast<double>((n + 1) / m);
+  const double r = static_cast<double>(n + 1) - q * m;
+  return m * q * (q - 1) / 2 + q * r;
+}
+
+// Σ_{x=a}^{b} ⌊x/m⌋ for 0 ≤ a, m ≥ 1 (0 when b < a).
+double SumFloorDiv(int64_t a, int64_t b, int64_t m) {
+  if (b < a) return 0;
+  return SumFloorDivUpTo(b, m) - SumFloorDivUpTo(a - 1, m);
+}
+
+// Σ_{x=a}^{b} min(cap, ⌊x/m⌋).
+double SumMinFloorDiv(int64_t a, int64_t b, int64_t m, int64_t cap) {
+  if (b < a) return 0;
+  const int64_t knee = cap * m;  // from here on ⌊x/m⌋ ≥ cap
+  if (b < knee) return SumFloorDiv(a, b, m);
+  if (a >= knee) return static_cast<double>(cap) * static_cast<double>(b - a + 1);
+  return SumFloorDiv(a, knee - 1, m) + static_cast<double>(cap) * static_cast<double>(b - knee + 1);
+}
+
+// Bytes of an [rows, cols] dense matrix in the checkpoint's dense format (FP8 with 128×128
+// E8M0 block scales, or BF16), and the format it is stored in.
+void AddDense(const ModelConfig& c, int64_t rows, int64_t cols, WeightBytes* w) {
+  if (c.fp8_weights) {
+    const int64_t b = c.weight_block_size;
+    w->bytes[static_cast<int>(WeightFormat::kFp8)] +=
+        static_cast<double>(rows * cols + CeilDiv(rows, b) * CeilDiv(cols, b));
+  } else {
+    w->bytes[static_cast<int>(WeightFormat::kBf16)] += kBf16Bytes * rows * cols;
+  }
+}
+
+void AddBytes(WeightFormat format, double bytes, WeightBytes* w) {
+  w->bytes[static_cast<int>(format)] += bytes;
+}
+
+// The arithmetic of dense-format GEMMs: FP8 weights run with FP8 activations.
+ComputeDtype DenseDtype(const ModelConfig& c) {
+  return c.fp8_weights ? ComputeDtype::kFp8 : ComputeDtype::kBf16;
+}
+
+ComputeDtype ExpertDtype(const ModelConfig& c) {
+  return c.expert_dtype == "bf16" ? ComputeDtype::kBf16 : ComputeDtype::kFp8;
+}
+
+struct ChunkTotals {
+  double tokens = 0;   // Σ count · new_tokens
+  double sampled = 0;  // Σ count · sampled_tokens
+  double seqs = 0;     // Σ count
+};
+
+ChunkTotals Totals(absl::Span<const SequenceChunk> chunks) {
+  ChunkTotals t;
+  for (const SequenceChunk& ch : chunks) {
+    t.tokens += ch.count * static_cast<double>(ch.new_tokens);
+    t.sampled += ch.count * static_cast<double>(ch.sampled_tokens);
+    t.seqs += ch.count;
+  }
+  return t;
+}
+
+// Σ over the chunk's new positions p of f(p + 1), the number of positions visible.
+// Each helper takes the chunk's first and last visible-length x = p + 1.
+struct VisibleRange {
+  int64_t first;  // context + 1
+  int64_t last;   // context + new_tokens
+};
+VisibleRange Visible(const SequenceChunk& ch) {
+  return {ch.context + 1, ch.context + ch.new_tokens};
+}
+
+// mHC (V4) or plain residual adds (V3) of both sub-layers, plus the RMSNorms that follow.
+void AddMhc(const ModelConfig& c, double tokens, StepCost* cost) {
+  WorkCounters& w = cost->at(CostComponent::kMhc);
+  const double d = static_cast<double>(c.hidden_size);
+  if (c.is_v4()) {
+    const double n = c.hc_mult, mix = c.mix_dim();
+    // Per sub-layer: fn projection (F32), pre-mix, post-mix; X read twice and written once
+    // (bf16), y written, f read, the norm reading and writing y.
+    const double flops = 2 * mix * n * d + 2 * n * d + 2 * n * (n + 1) * d;
+    w.flops[Idx(ComputeDtype::kFp32)] += 2 * tokens * flops;
+    w.activation_bytes += 2 * tokens * kBf16Bytes * (3 * n * d + 4 * d);
+    w.weight_bytes += 2 * kF32Bytes * (mix * n * d + mix + 3);
+  } else {
+    w.flops[Idx(ComputeDtype::kBf16)] += 2 * tokens * 2 * d;
+    w.activation_bytes += 2 * tokens * kBf16Bytes * 5 * d;
+  }
+}
+
+void AddV4Attention(const ModelConfig& c, int layer, absl::Span<const SequenceChunk> chunks,
+                    const CostOptions& o, StepCost* cost) {
+  const ChunkTotals t = Totals(chunks);
+  const double d = c.hidden_size, H = c.num_attention_heads, D = c.head_dim;
+  const double Q = c.q_lora_rank, G = c.o_groups, R = c.o_lora_rank;
+  const ComputeDtype dense = DenseDtype(c);
+  const int m = c.ratio(layer);
+
+  WorkCounters& proj = cost->at(CostComponent::kAttentionProjections);
+  proj.flops[Idx(dense)] += t.tokens * 2 * (d * Q + Q * H * D + d * D + G * R * d);
+  proj.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * H * D * R;  // wo_a, BF16
+  proj.activation_bytes +=
+      t.tokens * kBf16Bytes * ((d + Q) + (Q + H * D) + (d + D) + (H * D + G * R) + (G * R + d));
+
+  const double entry = static_cast<double>(KvEntryBytes(c, o.kv));
+  const double key = static_cast<double>(IndexKeyBytes(c, o.kv));
+  const int64_t W = c.sliding_window;
+  WorkCounters& core = cost->at(CostComponent::kCoreAttention);
+  double entries_attended = 0;  // Σ over queries of visible entries
+  for (const SequenceChunk& ch : chunks) {
+    const VisibleRange x = Visible(ch);
+    const double T = static_cast<double>(ch.new_tokens);
+    // Window: min(W, x) raw entries per query, read once per chunk (shared by its queries)
+    // and T new entries written.
+    double per_query = SumMinFloorDiv(x.first, x.last, 1, W);
+    double read = static_cast<double>(std::min<int64_t>(W, ch.context)) + T;
+    double written = T;
+    if (m == 4) {
+      // CSA: each query gathers its own top-k compressed entries (no reuse across queries).
+      const double selected = SumMinFloorDiv(x.first, x.last, 4, c.index_topk);
+      per_query += selected;
+      read += selected;
+    } else if (m > 0) {
+      // HCA: all completed blocks, read once per chunk.
+      per_query += SumFloorDiv(x.first, x.last, m);
+      read += static_cast<double>(x.last / m);
+    }
+    if (m > 0) written += static_cast<double>(x.last / m - ch.context / m);
+    entries_attended += ch.count * per_query;
+    core.kv_bytes += ch.count * entry * (read + written);
+  }
+  core.flops[Idx(o.attention_dtype)] += entries_attended * 4 * H * D;  // QK and PV, all heads
+  core.activation_bytes += t.tokens * kBf16Bytes * 2 * H * D;          // q in, o out
+
+  if (m <= 0) return;
+  const double cw = (m == 4 ? 2 : 1);  // overlapping compressor width factor
+  WorkCounters& comp = cost->at(CostComponent::kCompressor);
+  comp.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * 2 * d * cw * D;  // wkv, wgate
+  // a_t and g_t (F32) written to the state and read back when the block is pooled.
+  comp.activation_bytes += t.tokens * (kBf16Bytes * d + 2 * 2 * kF32Bytes * cw * D);
+
+  if (m != 4) return;
+  const double HI = c.index_n_heads, DI = c.index_head_dim;
+  WorkCounters& idx = cost->at(CostComponent::kIndexer);
+  idx.flops[Idx(dense)] += t.tokens * 2 * Q * HI * DI;  // wq_b
+  idx.flops[Idx(ComputeDtype::kBf16)] +=
+      t.tokens * 2 * (d * HI + 2 * d * 2 * DI);  // weights_proj, compressor
+  idx.activation_bytes += t.tokens * (kBf16Bytes * (Q + HI * DI + HI) + 2 * 2 * kF32Bytes * 2 * DI);
+  WorkCounters& scores = cost->at(CostComponent::kIndexerScores);
+  double keys_scored = 0;
+  for (const SequenceChunk& ch : chunks) {
+    const VisibleRange x = Visible(ch);
+    keys_scored += ch.count * SumFloorDiv(x.first, x.last, 4);
+    // Keys read once per chunk (every query scores all of them), new keys written.
+    const int64_t keys = x.last / 4;
+    scores.kv_bytes += ch.count * key * static_cast<double>(keys + keys - ch.context / 4);
+  }
+  scores.flops[Idx(o.index_score_dtype)] += keys_scored * (2 * HI * DI + 2 * HI);
+}
+
+void AddV3Attention(const ModelConfig& c, absl::Span<const SequenceChunk> chunks,
+                    const CostOptions& o, StepCost* cost) {
+  const ChunkTotals t = Totals(chunks);
+  const double d = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank;
+  const double nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, v = c.v_head_dim;
+  const double kvr = c.kv_lora_rank;
+  const ComputeDtype dense = DenseDtype(c);
+  const double entry = (kvr + rope) * o.v3_kv_element_bytes;
+
+  WorkCounters& proj = cost->at(CostComponent::kAttentionProjections);
+  WorkCounters& core = cost->at(CostComponent::kCoreAttention);
+  proj.flops[Idx(dense)] +=
+      t.tokens * 2 * (d * Q + Q * H * (nope + rope) + d * (kvr + rope) + H * v * d);
+  proj.activation_bytes +=
+      t.tokens * kBf16Bytes * ((d + Q) + (Q + H * (nope + rope)) + (d + kvr + rope) + (H * v + d));
+  for (const SequenceChunk& ch : chunks) {
+    const double T = static_cast<double>(ch.new_tokens);
+    const double ctx = static_cast<double>(ch.context) + T;  // entries after the chunk
+    const double attended = SumFloorDiv(ch.context + 1, ch.context + ch.new_tokens, 1);  // Σ (p+1)
+    // Absorbed MLA attends over the latents directly (decode); the non-absorbed form
+    // first up-projects every visible latent through kv_b (prefill). Take the cheaper.
+    const double absorbed_proj = T * 2 * H * (nope * kvr + kvr * v);
+    const double absorbed_core = attended * 2 * H * (2 * kvr + rope);
+    const double expanded_proj = ctx * 2 * kvr * H * (nope + v);
+    const double expanded_core = attended * 2 * H * (nope + rope + v);
+    if (absorbed_proj + absorbed_core <= expanded_proj + expanded_core) {
+      proj.flops[Idx(dense)] += ch.count * absorbed_proj;
+      core.flops[Idx(o.attention_dtype)] += ch.count * absorbed_core;
+      core.kv_bytes += ch.count * entry * (ctx + T);
+    } else {
+      proj.flops[Idx(dense)] += ch.count * expanded_proj;
+      core.flops[Idx(o.attention_dtype)] += ch.count * expanded_core;
+      // Latents read, expanded K and V written and read back once.
+      core.kv_bytes +=
+          ch.count * (entry * (ctx + T) + 2 * kBf16Bytes * ctx * H * (nope + rope + v));
+    }
+  }
+  core.activation_bytes += t.tokens * kBf16Bytes * H * (nope + rope + v);
+}
+
+void AddFfn(const ModelConfig& c, int layer, double tokens, StepCost* cost) {
+  const double d = c.hidden_size;
+  const ComputeDtype dense = DenseDtype(c);
+  if (!IsMoeLayer(c, layer)) {
+    const double I = c.intermediate_size;
+    WorkCounters& ffn = cost->at(CostComponent::kDenseFfn);
+    ffn.flops[Idx(dense)] += tokens * 2 * 3 * d * I;
+    ffn.activation_bytes += tokens * kBf16Bytes * (2 * d + 3 * I);
+    return;
+  }
+  const double E = c.n_routed_experts, F = c.moe_intermediate_size;
+  WorkCounters& router = cost->at(CostComponent::kRouter);
+  router.flops[Idx(ComputeDtype::kBf16)] += tokens * 2 * d * E;
+  router.activation_bytes += tokens * (kBf16Bytes * d + kF32Bytes * E);
+  WorkCounters& shared = cost->at(CostComponent::kSharedExpert);
+  shared.flops[Idx(dense)] += tokens * c.n_shared_experts * 2 * 3 * d * F;
+  shared.activation_bytes += tokens * c.n_shared_experts * kBf16Bytes * (2 * d + 3 * F);
+}
+
+// Attention-rank weights of a layer by component, in the order the builders charge them.
+struct LayerWeightSplit {
+  double mhc = 0, attention = 0, compressor = 0, indexer = 0, router = 0, ffn = 0, engram = 0,
+         head = 0;
+};
+
+bool IsEngramLayer(const ModelConfig& c, int layer) {
+  const std::vector<int>& ids = c.engram.layer_ids;
+  return std::find(ids.begin(), ids.end(), layer) != ids.end();
+}
+
+double EngramWidth(const ModelConfig& c) {
+  return static_cast<double>(c.engram.max_ngram_size - 1) * c.engram.n_heads * c.engram.head_dim;
+}
+
+// Weights of a layer, split by component and by format.
+LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytes* by_format) {
+  LayerWeightSplit s;
+  WeightBytes w;
+  const int64_t d = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank;
+  auto take = [&](double* slot) {  // moves what was added since the last call into `slot`
+    const double total = w.total();
+    *slot += total;
+    *by_format += w;
+    w = WeightBytes{};
+  };
+  if (c.is_v4()) {
+    const int64_t n = c.hc_mult, mix = c.mix_dim();
+    AddBytes(WeightFormat::kFp32, 2 * kF32Bytes * (mix * n * d + mix + 3), &w);
+    AddBytes(WeightFormat::kBf16, 2 * kBf16Bytes * d, &w);  // attn_norm, ffn_norm
+    take(&s.mhc);
+    const int64_t D = c.head_dim, G = c.o_groups, R = c.o_lora_rank;
+    AddBytes(WeightFormat::kFp32, kF32Bytes * H, &w);  // attn_sink
+    AddDense(c, Q, d, &w);
+    AddDense(c, H * D, Q, &w);
+    AddDense(c, D, d, &w);
+    AddBytes(WeightFormat::kBf16, kBf16Bytes * (Q + D + G * R * (H * D / G)), &w);  // norms, wo_a
+    AddDense(c, d, G * R, &w);
+    take(&s.attention);
+    const int m = c.ratio(layer);
+    auto compressor = [&](int64_t dim) {
+      const int64_t width = (m == 4 ? 2 : 1) * dim;
+      AddBytes(WeightFormat::kFp32, kF32Bytes * m * width, &w);  // ape
+      AddBytes(WeightFormat::kBf16, kBf16Bytes * (2 * width * d + dim), &w);
+    };
+    if (m > 0) compressor(D);
+    take(&s.compressor);
+    if (m == 4) {
+      const int64_t HI = c.index_n_heads, DI = c.index_head_dim;
+      AddDense(c, HI * DI, Q, &w);
+      AddBytes(WeightFormat::kBf16, kBf16Bytes * HI * d, &w);
+      compressor(DI);
+    }
+    take(&s.indexer);
+  } else {
+    const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, v = c.v_head_dim;
+    const int64_t kvr = c.kv_lora_rank;
+    AddBytes(WeightFormat::kBf16, 2 * kBf16Bytes * d, &w);  // the two layer norms
+    take(&s.mhc);
+    AddDense(c, Q, d, &w);
+    AddDense(c, H * (nope + rope), Q, &w);
+    AddDense(c, kvr + rope, d, &w);
+    AddDense(c, H * (nope + v), kvr, &w);
+    AddDense(c, d, H * v, &w);
+    AddBytes(WeightFormat::kBf16, kBf16Bytes * (Q + kvr), &w);  // q_a and kv_a norms
+    take(&s.attention);
+  }
+  if (IsMoeLayer(c, layer)) {
+    const int64_t E = c.n_routed_experts, F = c.moe_intermediate_size;
+    AddBytes(WeightFormat::kBf16, kBf16Bytes * E * d, &w);  // gate
+    if (c.is_hash_layer(layer)) {
+      AddBytes(WeightFormat::kInt, 8.0 * c.vocab_size * c.num_experts_per_tok, &w);  // tid2eid
+    } else {
+      AddBytes(WeightFormat::kFp32, kF32Bytes * E, &w);  // bias
+    }
+    take(&s.router);
+    for (int i = 0; i < c.n_shared_experts; ++i) {
+      AddDense(c, F, d, &w);
+      AddDense(c, d, F, &w);
+      AddDense(c, F, d, &w);
+    }
+  } else {
+    const int64_t I = c.intermediate_size;
+    AddDense(c, I, d, &w);
+    AddDense(c, d, I, &w);
+    AddDense(c, I, d, &w);
+  }
+  take(&s.ffn);
+  if (IsEngramLayer(c, layer)) {
+    const double width = EngramWidth(c), n = c.hc_mult;
+    // Value and per-stream key projections with biases; per-stream norms and the conv.
+    AddBytes(WeightFormat::kBf16,
+             kBf16Bytes * ((1 + n) * (width * d + d) + 3 * n * d + n * d * c.engram.kernel_size),
+             &w);
+    take(&s.engram);
+  }
+  if (c.is_mtp(layer) && c.is_v4()) {
+    AddDense(c, d, d, &w);  // e_proj
+    AddDense(c, d, d, &w);  // h_proj
+    const int64_t n = c.hc_mult;
+    AddBytes(WeightFormat::kBf16, 3 * kBf16Bytes * d, &w);  // enorm, hnorm, norm
+    AddBytes(WeightFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
+    take(&s.head);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string_view CostComponentName(CostComponent component) {
+  switch (component) {
+    case CostComponent::kEmbedding:
+      return "embedding";
+    case CostComponent::kMhc:
+      return "mhc";
+    case CostComponent::kAttentionProjections:
+      return "attention_projections";
+    case CostComponent::kCompressor:
+      return "compressor";
+    case CostComponent::kIndexer:
+      return "indexer";
+    case CostComponent::kIndexerScores:
+      return "indexer_scores";
+    case CostComponent::kCoreAttention:
+      return "core_attention";
+    case CostComponent::kRouter:
+      return "router";
+    case CostComponent::kSharedExpert:
+      return "shared_expert";
+    case CostComponent::kDenseFfn:
+      return "dense_ffn";
+    case CostComponent::kRoutedExperts:
+      return "routed_experts";
+    case CostComponent::kEngram:
+      return "engram";
+    case CostComponent::kHead:
+      return "head";
+  }
+  return "?";
+}
+
+OpClass ComponentOpClass(CostComponent component) {
+  return component == CostComponent::kCoreAttention || component == CostComponent::kIndexerScores
+             ? OpClass::kAttention
+             : OpClass::kGemm;
+}
+
+bool IsExpertSide(CostComponent component) { return component == CostComponent::kRoutedExperts; }
+
+std::string_view BottleneckName(Bottleneck b) {
+  switch (b) {
+    case Bottleneck::kCompute:
+      return "compute";
+    case Bottleneck::kHbm:
+      return "hbm";
+    case Bottleneck::kIntraNodeLinks:
+      return "intra_node_links";
+    case Bottleneck::kIntraSupernodeLinks:
+      return "intra_supernode_links";
+    case Bottleneck::kCrossSupernodeLinks:
+      return "cross_supernode_links";
+    case Bottleneck::kLinkLatency:
+      return "link_latency";
+    case Bottleneck::kEngram:
+      return "engram";
+  }
+  return "?";
+}
+
+std::string_view WeightFormatName(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kFp32:
+      return "fp32";
+    case WeightFormat::kBf16:
+      return "bf16";
+    case WeightFormat::kFp8:
+      return "fp8";
+    case WeightFormat::kFp4:
+      return "fp4";
+    case WeightFormat::kInt:
+      return "int";
+  }
+  return "?";
+}
+
+double WorkCounters::total_flops() const {
+  double sum = 0;
+  for (double f : flops) sum += f;
+  return sum;
+}
+
+WorkCounters& WorkCounters::operator+=(const WorkCounters& other) {
+  for (int i = 0; i < kNumComputeDtypes; ++i) flops[i] += other.flops[i];
+  weight_bytes += other.weight_bytes;
+  kv_bytes += other.kv_bytes;
+  activation_bytes += other.activation_bytes;
+  return *this;
+}
+
+WorkCounters& WorkCounters::operator*=(double factor) {
+  for (double& f : flops) f *= factor;
+  weight_bytes *= factor;
+  kv_bytes *= factor;
+  activation_bytes *= factor;
+  return *this;
+}
+
+ExchangeCounters& ExchangeCounters::operator+=(const ExchangeCounters& other) {
+  for (int i = 0; i < kNumLinkClasses; ++i) bytes[i] += other.bytes[i];
+  exchanges += other.exchanges;
+  hops = std::max(hops, other.hops);
+  return *this;
+}
+
+ExchangeCounters& ExchangeCounters::operator*=(double factor) {
+  for (double& b : bytes) b *= factor;
+  exchanges *= factor;
+  return *this;
+}
+
+double StepCost::total_flops() const {
+  double sum = 0;
+  for (const WorkCounters& w : work) sum += w.total_flops();
+  return sum;
+}
+
+double StepCost::hbm_bytes() const {
+  double sum = 0;
+  for (const WorkCounters& w : work) sum += w.hbm_bytes();
+  return sum;
+}
+
+StepCost& StepCost::operator+=(const StepCost& other) {
+  for (int i = 0; i < kNumCostComponents; ++i) work[i] += other.work[i];
+  dispatch += other.dispatch;
+  combine += other.combine;
+  engram_bytes += other.engram_bytes;
+  engram_fetches += other.engram_fetches;
+  engram_hide_fraction = std::max(engram_hide_fraction, other.engram_hide_fraction);
+  micro_batches = std::max(micro_batches, other.micro_batches);
+  colocated = colocated || other.colocated;
+  return *this;
+}
+
+StepCost& StepCost::operator*=(double factor) {
+  for (WorkCounters& w : work) w *= factor;
+  dispatch *= factor;
+  combine *= factor;
+  engram_bytes *= factor;
+  engram_fetches *= factor;
+  return *this;
+}
+
+double WeightBytes::total() const {
+  double sum = 0;
+  for (double b : bytes) sum += b;
+  return sum;
+}
+
+WeightBytes& WeightBytes::operator+=(const WeightBytes& other) {
+  for (int i = 0; i < kNumWeightFormats; ++i) bytes[i] += other.bytes[i];
+  return *this;
+}
+
+WeightBytes& WeightBytes::operator*=(double factor) {
+  for (double& b : bytes) b *= factor;
+  return *this;
+}
+
+bool IsMoeLayer(const ModelConfig& config, int layer) {
+  return config.is_v4() || config.is_mtp(layer) || layer >= config.first_k_dense_replace;
+}
+
+WeightBytes AttentionLayerWeights(const ModelConfig& config, int layer) {
+  WeightBytes w;
+  SplitLayerWeights(config, layer, &w);
+  return w;
+}
+
+WeightBytes RoutedExpertWeights(const ModelConfig& config) {
+  const int64_t d = config.hidden_size, F = config.moe_intermediate_size;
+  WeightBytes w;
+  if (config.expert_dtype == "fp4") {
+    // Two FP4 codes per byte plus one E8M0 scale per 32 inputs, for w1, w3 ([F, d]) and w2.
+    AddBytes(WeightFormat::kFp4,
+             static_cast<double>(2 * (F * d / 2 + F * d / 32) + (d * F / 2 + d * F / 32)), &w);
+  } else if (config.expert_dtype == "fp8") {
+    const int64_t b = config.weight_block_size;
+    AddBytes(WeightFormat::kFp8,
+             static_cast<double>(3 * F * d + 2 * CeilDiv(F, b) * CeilDiv(d, b) +
+                                 CeilDiv(d, b) * CeilDiv(F, b)),
+             &w);
+  } else {
+    AddBytes(WeightFormat::kBf16, kBf16Bytes * 3 * F * d, &w);
+  }
+  return w;
+}
+
+WeightBytes EdgeWeights(const ModelConfig& config) {
+  const double d = config.hidden_size, V = config.vocab_size;
+  WeightBytes w;
+  AddBytes(WeightFormat::kBf16, kBf16Bytes * (2 * V * d + d), &w);  // embed, head, norm
+  if (config.is_v4()) {
+    const double n = config.hc_mult;
+    AddBytes(WeightFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
+  }
+  return w;
+}
+
+StepCost AttentionLayerCost(const ModelConfig& config, int layer,
+                            absl::Span<const SequenceChunk> chunks, const CostOptions& options) {
+  StepCost cost;
+  const ChunkTotals t = Totals(chunks);
+  if (t.tokens <= 0) return cost;
+  WeightBytes unused;
+  const LayerWeightSplit weights = SplitLayerWeights(config, layer, &unused);
+  AddMhc(config, t.tokens, &cost);
+  if (config.is_v4()) {
+    AddV4Attention(config, layer, chunks, options, &cost);
+  } else {
+    AddV3Attention(config, chunks, options, &cost);
+  }
+  AddFfn(config, layer, t.tokens, &cost);
+  cost.at(CostComponent::kMhc).weight_bytes = weights.mhc;
+  cost.at(CostComponent::kAttentionProjections).weight_bytes = weights.attention;
+  cost.at(CostComponent::kCompressor).weight_bytes = weights.compressor;
+  cost.at(CostComponent::kIndexer).weight_bytes = weights.indexer;
+  cost.at(CostComponent::kRouter).weight_bytes = weights.router;
+  cost.at(IsMoeLayer(config, layer) ? CostComponent::kSharedExpert : CostComponent::kDenseFfn)
+      .weight_bytes = weights.ffn;
+
+  if (IsEngramLayer(config, layer)) {
+    const double width = EngramWidth(config), d = config.hidden_size, n = config.hc_mult;
+    WorkCounters& engram = cost.at(CostComponent::kEngram);
+    engram.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * (1 + n) * width * d;
+    engram.activation_bytes += t.tokens * kBf16Bytes * (width + 4 * n * d);
+    engram.weight_bytes = weights.engram;
+    cost.engram_bytes += t.tokens * EngramBytesPerToken(config, options);
+    cost.engram_fetches += 1;
+    cost.engram_hide_fraction = EngramHideFraction(config);
+  }
+  if (config.is_mtp(layer) && config.is_v4()) {
+    // MTP: e_proj and h_proj on each token, then the shared head on its predictions.
+    const double d = config.hidden_size;
+    WorkCounters& head = cost.at(CostComponent::kHead);
+    head.flops[Idx(DenseDtype(config))] += t.tokens * 2 * 2 * d * d;
+    head.activation_bytes += t.tokens * kBf16Bytes * 4 * d;
+    head.weight_bytes = weights.head;
+    StepCost edge = EdgeCost(config, chunks);
+    edge.at(CostComponent::kEmbedding) = WorkCounters{};  // MTP reuses the main embedding rows
+    cost += edge;
+  }
+  return cost;
+}
+
+StepCost RoutedExpertCost(const ModelConfig& config, double token_expert_pairs,
+                          double local_experts) {
+  StepCost cost;
+  if (token_expert_pairs <= 0 || local_experts <= 0) return cost;
+  const double d = config.hidden_size, F = config.moe_intermediate_size;
+  WorkCounters& w = cost.at(CostComponent::kRoutedExperts);
+  w.flops[Idx(ExpertDtype(config))] += token_expert_pairs * 2 * 3 * d * F;
+  // FP8 tokens in, w1/w3 outputs and h (bf16), bf16 outputs.
+  w.activation_bytes += token_expert_pairs * (d + kBf16Bytes * (3 * F + d));
+  const double hit =
+      local_experts <= 1
+          ? local_experts
+          : local_experts * (1 - std::pow(1 - 1 / local_experts, token_expert_pairs));
+  w.weight_bytes += std::min(hit, token_expert_pairs) * RoutedExpertWeights(config).total();
+  return cost;
+}
+
+StepCost EdgeCost(const ModelConfig& config, absl::Span<const SequenceChunk> chunks) {
+  StepCost cost;
+  const ChunkTotals t = Totals(chunks);
+  const double d = config.hidden_size, V = config.vocab_size;
+  const double n = config.is_v4() ? config.hc_mult : 1;
+  WorkCounters& embed = cost.at(CostComponent::kEmbedding);
+  embed.weight_bytes += t.tokens * kBf16Bytes * d;  // one row per token
+  embed.activation_bytes += t.tokens * kBf16Bytes * n * d;
+  if (t.sampled <= 0) return cost;
+  WorkCounters& head = cost.at(CostComponent::kHead);
+  head.flops[Idx(ComputeDtype::kBf16)] += t.sampled * 2 * d * V;
+  head.flops[Idx(ComputeDtype::kFp32)] += t.sampled * 2 * n * n * d;  // hc_head
+  head.activation_bytes += t.sampled * (kBf16Bytes * (n + 2) * d + kF32Bytes * V);
+  head.weight_bytes += kBf16Bytes * (V * d + d) + (config.is_v4() ? kF32Bytes * n * n * d : 0);
+  return cost;
+}
+
+StepCost LayerCost(const ModelConfig& config, int layer, absl::Span<const SequenceChunk> chunks,
+                   const CostOptions& options) {
+  StepCost cost = AttentionLayerCost(config, layer, chunks, options);
+  if (IsMoeLayer(config, layer)) {
+    cost += RoutedExpertCost(config, Totals(chunks).tokens * config.num_experts_per_tok,
+                             config.n_routed_experts);
+  }
+  return cost;
+}
+
+double SequenceStateBytes(const ModelConfig& config, const CostOptions& options,
+                          int64_t positions) {
+  if (config.is_v4()) return static_cast<double>(SequenceKvBytes(config, options.kv, positions));
+  return static_cast<double>(positions) * config.num_hidden_layers *
+         (config.kv_lora_rank + config.qk_rope_head_dim) * options.v3_kv_element_bytes;
+}
+
+double DispatchBytesPerCopy(const ModelConfig& config) {
+  const int64_t d = config.hidden_size;
+  return static_cast<double>(d + 4 * CeilDiv(d, 128) + 8 * config.num_experts_per_tok);
+}
+
+double CombineBytesPerCopy(const ModelConfig& config) { return kBf16Bytes * config.hidden_size; }
+
+double ProbabilityHit(const ModelConfig& config, double experts) {
+  const double E = config.n_routed_experts;
+  const int k = config.num_experts_per_tok;
+  if (experts >= E) return 1;
+  if (experts <= 0) return 0;
+  // P(none of k draws without replacement from n lands among x specific experts).
+  auto miss = [k](double n, double x) {
+    double p = 1;
+    for (int i = 0; i < k; ++i) p *= std::max(0.0, (n - x - i) / (n - i));
+    return p;
+  };
+  const int groups = config.n_group, picked = config.topk_group;
+  if (groups <= 1 || picked >= groups) return 1 - miss(E, experts);
+  const double per_group = E / groups;
+  if (experts >= per_group) {
+    // Whole groups: hit when one of them is among the `picked` selected groups.
+    const double whole = experts / per_group;
+    double p = 1;
+    for (int i = 0; i < picked; ++i) p *= std::max(0.0, (groups - whole - i) / (groups - i));
+    return 1 - p;
+  }
+  // Part of one group: the group must be selected, then one of the k experts drawn from
+  // the selected groups' experts must land on these.
+  return static_cast<double>(picked) / groups * (1 - miss(picked * per_group, experts));
+}
+
+void AddAllToAllCost(const ModelConfig& config, double tokens, const ExpertGeometry& g,
+                     StepCost* cost) {
+  const double e = g.experts_per_rank;
+  const double p_rank = ProbabilityHit(config, e);
+  const double self = g.sender_is_expert ? 1 : 0;
+  const double in_node = std::max(0.0, g.same_node - self);
+  const double in_supernode = std::max(0.0, g.same_supernode - g.same_node);
+  const double outside = std::max(0.0, g.expert_ranks - g.same_supernode);
+  std::array<double, kNumLinkClasses> copies{};
+  int hops = 1;
+  if (!g.hierarchical) {
+    copies[0] = p_rank * in_node;
+    copies[1] = p_rank * in_supernode;
+    copies[2] = p_rank * outside;
+  } else {
+    // One copy per destination supernode, relayed there to each destination node, then
+    // to each destination rank; relay sends are charged to the sender (by symmetry every
+    // rank relays as much as it has relayed for it).
+    const double rpn = std::max(1.0, g.ranks_per_node);
+    const double rps = std::max(1.0, g.ranks_per_supernode);
+    const double p_node = ProbabilityHit(config, e * rpn);
+    const double p_sn = ProbabilityHit(config, e * rps);
+    copies[2] = p_sn * outside / rps;
+    const double relayed_nodes = p_sn > 0 ? copies[2] * (rps / rpn - 1) * p_node / p_sn : 0;
+    copies[1] = p_node * in_supernode / rpn + relayed_nodes;
+    const double node_arrivals = copies[1] + (p_sn > 0 ? copies[2] * p_node / p_sn : 0);
+    copies[0] = p_rank * in_node + (p_node > 0 ? node_arrivals * (rpn - 1) * p_rank / p_node : 0);
+    hops = outside > 0 || in_supernode > 0 ? 2 : 1;
+  }
+  const double dispatch = DispatchBytesPerCopy(config), combine = CombineBytesPerCopy(config);
+  for (int c = 0; c < kNumLinkClasses; ++c) {
+    cost->dispatch.bytes[c] += tokens * copies[c] * dispatch;
+    cost->combine.bytes[c] += tokens * copies[c] * combine;
+  }
+  cost->dispatch.exchanges += 1;
+  cost->combine.exchanges += 1;
+  cost->dispatch.hops = std::max(cost->dispatch.hops, hops);
+  cost->combine.hops = std::max(cost->combine.hops, hops);
+}
+
+double EngramHideFraction(const ModelConfig& config) {
+  if (!config.engram.enabled()) return 0;
+  const int first =
+      *std::min_element(config.engram.layer_ids.begin(), config.engram.layer_ids.end());
+  return static_cast<double>(first) / config.num_hidden_layers;
+}
+
+double EngramBytesPerToken(const ModelConfig& config, const CostOptions& options) {
+  return EngramWidth(config) * options.engram_element_bytes;
+}
+
+RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,
+                          const std::array<LinkSpec, kNumLinkClasses>& links,
+                          const EngramPath& engram) {
+  RankTime t;
+  const double hbm = hw.AchievableHbmBandwidth();
+  for (int i = 0; i < kNumCostComponents; ++i) {
+    const WorkCounters& w = cost.work[i];
+    const CostComponent component = static_cast<CostComponent>(i);
+    double flop_time = 0;
+    for (int dt = 0; dt < kNumComputeDtypes; ++dt) {
+      if (w.flops[dt] > 0) {
+        flop_time += w.flops[dt] /
+                     hw.AchievableFlops(static_cast<ComputeDtype>(dt), ComponentOpClass(component));
+      }
+    }
+    const double mem_time = w.hbm_bytes() / hbm;
+    const double time = std::max(flop_time, mem_time);
+    t.component[i] = time;
+    (IsExpertSide(component) ? t.expert_compute : t.attention_compute) += time;
+    (flop_time >= mem_time ? t.compute_bound : t.hbm_bound) += time;
+  }
+  const double eff = hw.Efficiency(OpClass::kAllToAll).value;
+  auto exchange_time = [&](const ExchangeCounters& x) {
+    std::array<double, kNumLinkClasses> seconds{};
+    std::array<double, kNumLinkClasses> used_latency{};
+    for (int c = 0; c < kNumLinkClasses; ++c) {
+      if (x.bytes[c] <= 0) continue;
+      seconds[c] = x.bytes[c] / (links[c].bandwidth * eff);
+      t.link[c] += seconds[c];
+      used_latency[c] = links[c].latency;
+    }
+    // Intra-node and intra-supernode traffic share the scale-up port; cross-supernode
+    // traffic uses the scale-out NIC in parallel.
+    const double bandwidth_time = std::max(seconds[0] + seconds[1], seconds[2]);
+    std::sort(used_latency.begin(), used_latency.end(), std::greater<>());
+    double hop_latency = used_latency[0];
+    if (x.hops > 1) hop_latency += used_latency[1];
+    const double latency = x.exchanges * hop_latency;
+    t.latency += latency;
+    return bandwidth_time + latency;
+  };
+  t.dispatch = exchange_time(cost.dispatch);
+  t.combine = exchange_time(cost.combine);
+  if (cost.engram_bytes > 0 && engram.bandwidth > 0) {
+    t.engram = cost.engram_bytes / engram.bandwidth + cost.engram_fetches * engram.latency;
+    t.engram_exposed = std::max(0.0, t.engram - cost.engram_hide_fraction * t.compute());
+  }
+  return t;
+}
+
+StepTime ModelledTime(absl::Span<const StepCost> ranks, const HardwareSpec& hw,
+                      const std::array<LinkSpec, kNumLinkClasses>& links,
+                      const EngramPath& engram) {
+  StepTime out;
+  RankTime& s = out.stages;
+  double busiest_compute = 0, busiest_port = 0;
+  int micro_batches = 1;
+  for (const StepCost& cost : ranks) {
+    const RankTime t = RankModelledTime(cost, hw, links, engram);
+    for (int i = 0; i < kNumCostComponents; ++i)
+      s.component[i] = std::max(s.component[i], t.component[i]);
+    for (int c = 0; c < kNumLinkClasses; ++c) s.link[c] = std::max(s.link[c], t.link[c]);
+    s.attention_compute = std::max(s.attention_compute, t.attention_compute);
+    s.expert_compute = std::max(s.expert_compute, t.expert_compute);
+    s.compute_bound = std::max(s.compute_bound, t.compute_bound);
+    s.hbm_bound = std::max(s.hbm_bound, t.hbm_bound);
+    s.dispatch = std::max(s.dispatch, t.dispatch);
+    s.combine = std::max(s.combine, t.combine);
+    s.latency = std::max(s.latency, t.latency);
+    s.engram = std::max(s.engram, t.engram);
+    s.engram_exposed = std::max(s.engram_exposed, t.engram_exposed);
+    busiest_compute = std::max(busiest_compute, t.compute());
+    // A co-located rank sends (and receives) both exchanges; a rank with one role sends
+    // one exchange and receives the other, in opposite directions of a duplex port.
+    busiest_port = std::max(
+        busiest_port, cost.colocated ? t.dispatch + t.combine : std::max(t.dispatch, t.combine));
+    micro_batches = std::max(micro_batches, cost.micro_batches);
+  }
+  const double loop = s.attention_compute + s.dispatch + s.expert_compute + s.combine;
+  out.total = std::max({busiest_compute, busiest_port, loop / micro_batches}) + s.engram_exposed;
+  out.busy = {s.compute_bound, s.hbm_bound, s.link[0],       s.link[1],
+              s.link[2],       s.latency,   s.engram_exposed};
+  out.binding = static_cast<Bottleneck>(std::max_element(out.busy.begin(), out.busy.end()) -
+                                        out.busy.begin());
+  return out;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,269 @@
+// The cost model (core/cost_model.h): weight inventory against the checkpoint layout,
+// closed-form attention sums against token-by-token sums, routing probabilities, link
+// accounting and the step-time formula; and the engine-style per-layer accumulation
+// against the planner's per-step number for a small layout.
+#include "core/cost_model.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint_layout.h"
+#include "core/cluster_config.h"
+#include "core/model_config.h"
+#include "gtest/gtest.h"
+#include "planner/layout_search.h"
+#include "planner/workload.h"
+
+namespace dsv4 {
+namespace {
+
+const std::string kRoot = DSV4_SOURCE_DIR;
+
+ModelConfig Model(const std::string& name) {
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(kRoot + "/models/" + name + "/config.json");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+ClusterConfig Cluster(const std::string& path) {
+  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(kRoot + "/" + path);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return *cluster;
+}
+
+double Rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }
+
+// In memory wo_a is BF16 (the official converter dequantises it); in the checkpoint it
+// is FP8 with block scales. Everything else is stored as released.
+double CheckpointBytesAsLoaded(const ModelConfig& config) {
+  double bytes = 0;
+  for (const TensorSpec& t : ExpectedTensors(config)) {
+    if (t.name.find("attn.wo_a.") != std::string::npos) {
+      if (t.role == TensorRole::kLinear) bytes += 2.0 * NumElements(t.shape);
+      continue;
+    }
+    bytes += static_cast<double>(t.nbytes());
+  }
+  return bytes;
+}
+
+TEST(CostModelTest, WeightInventoryMatchesTheCheckpointLayout) {
+  for (const char* name : {"v4-tiny", "v4-mini", "deepseek-v4-flash", "deepseek-v4-pro"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig config = Model(name);
+    const int layers = config.num_hidden_layers + config.num_nextn_predict_layers;
+    WeightBytes total = EdgeWeights(config);
+    for (int layer = 0; layer < layers; ++layer) {
+      total += AttentionLayerWeights(config, layer);
+      WeightBytes experts = RoutedExpertWeights(config);
+      experts *= config.n_routed_experts;
+      total += experts;
+    }
+    EXPECT_LT(Rel(total.total(), CheckpointBytesAsLoaded(config)), 1e-12);
+  }
+}
+
+TEST(CostModelTest, V4ProWeightsByFormat) {
+  const ModelConfig config = Model("deepseek-v4-pro");
+  // One routed expert: 3 · 3072 · 7168 FP4 parameters at half a byte plus a scale per 32.
+  EXPECT_DOUBLE_EQ(RoutedExpertWeights(config).bytes[static_cast<int>(WeightFormat::kFp4)],
+                   3.0 * 3072 * 7168 * (0.5 + 1.0 / 32));
+}
+
+// Chunked costs use closed-form sums over positions; they must equal token-by-token sums.
+TEST(CostModelTest, ChunkSumsEqualTokenByTokenSums) {
+  const ModelConfig config = Model("v4-tiny");  // window 8, CSA top-k 4, HCA ratio 8
+  const CostOptions options;
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    SCOPED_TRACE(layer);
+    for (int64_t context : {0, 3, 37, 500}) {
+      const SequenceChunk chunk{1, context, 61, 1};
+      const StepCost whole = AttentionLayerCost(config, layer, {chunk}, options);
+      StepCost steps;
+      for (int64_t p = context; p < context + chunk.new_tokens; ++p) {
+        steps += AttentionLayerCost(config, layer, {SequenceChunk{1, p, 1, 0}}, options);
+      }
+      for (CostComponent c : {CostComponent::kCoreAttention, CostComponent::kIndexerScores,
+                              CostComponent::kAttentionProjections, CostComponent::kMhc}) {
+        EXPECT_LT(Rel(whole.at(c).total_flops(), steps.at(c).total_flops()), 1e-12)
+            << CostComponentName(c);
+      }
+    }
+  }
+}
+
+TEST(CostModelTest, V4DecodeAttentionFlopsByLayerType) {
+  const ModelConfig config = Model("deepseek-v4-pro");
+  const CostOptions options;
+  const int64_t p = 100000;  // the new token sits at position p and sees p + 1 positions
+  const double per_entry = 4.0 * 128 * 512;  // QK and PV over D = 512 for 128 heads
+  const SequenceChunk decode{1, p, 1, 1};
+  // Layer 2 is CSA: the window plus the top-1024 compressed entries.
+  EXPECT_DOUBLE_EQ(AttentionLayerCost(config, 2, {decode}, options)
+                       .at(CostComponent::kCoreAttention)
+                       .total_flops(),
+                   per_entry * (128 + 1024));
+  // Layer 3 is HCA: the window plus every completed 128-token block.
+  EXPECT_DOUBLE_EQ(AttentionLayerCost(config, 3, {decode}, options)
+                       .at(CostComponent::kCoreAttention)
+                       .total_flops(),
+                   per_entry * (128 + (p + 1) / 128));
+  // The CSA indexer scores all (p + 1) / 4 compressed keys with 64 heads of 128 dims.
+  EXPECT_DOUBLE_EQ(AttentionLayerCost(config, 2, {decode}, options)
+                       .at(CostComponent::kIndexerScores)
+                       .total_flops(),
+                   (p + 1) / 4 * (2.0 * 64 * 128 + 2 * 64));
+}
+
+TEST(CostModelTest, ProbabilityHit) {
+  const ModelConfig v4 = Model("deepseek-v4-pro");
+  EXPECT_NEAR(ProbabilityHit(v4, 1), 6.0 / 384, 1e-12);  // k / E
+  EXPECT_DOUBLE_EQ(ProbabilityHit(v4, 384), 1);
+  EXPECT_DOUBLE_EQ(ProbabilityHit(v4, 0), 0);
+  const ModelConfig v3 = Model("deepseek-v3");  // 8 groups of 32, 4 groups per token
+  EXPECT_NEAR(ProbabilityHit(v3, 32), 0.5, 1e-12);
+  EXPECT_NEAR(ProbabilityHit(v3, 64), 1 - 15.0 / 70, 1e-12);  // C(6,4) / C(8,4) miss
+  // Expected experts hit per token sum to k over single-expert units.
+  EXPECT_NEAR(256 * ProbabilityHit(v3, 1), 8, 1e-9);
+}
+
+TEST(CostModelTest, AllToAllBytesFollowTheTopology) {
+  const ModelConfig config = Model("deepseek-v4-pro");
+  ExpertGeometry one_node;
+  one_node.expert_ranks = 8;
+  one_node.experts_per_rank = 48;
+  one_node.same_node = one_node.same_supernode = one_node.ranks_per_node =
+      one_node.ranks_per_supernode = 8;
+  one_node.sender_is_expert = true;
+  StepCost cost;
+  AddAllToAllCost(config, 100, one_node, &cost);
+  const double copies = 7 * ProbabilityHit(config, 48);
+  EXPECT_NEAR(cost.dispatch.bytes[0], 100 * copies * DispatchBytesPerCopy(config), 1e-6);
+  EXPECT_NEAR(cost.combine.bytes[0], 100 * copies * CombineBytesPerCopy(config), 1e-6);
+  EXPECT_EQ(cost.dispatch.bytes[1] + cost.dispatch.bytes[2], 0);
+
+  // Across four supernodes of 32 ranks, relaying sends one copy per destination supernode.
+  ExpertGeometry wide;
+  wide.expert_ranks = 128;
+  wide.experts_per_rank = 3;
+  wide.same_node = wide.ranks_per_node = 8;
+  wide.same_supernode = wide.ranks_per_supernode = 32;
+  StepCost flat, relayed;
+  AddAllToAllCost(config, 100, wide, &flat);
+  wide.hierarchical = true;
+  AddAllToAllCost(config, 100, wide, &relayed);
+  EXPECT_NEAR(relayed.dispatch.bytes[2],
+              100 * 3 * ProbabilityHit(config, 96) * DispatchBytesPerCopy(config), 1e-6);
+  EXPECT_LT(relayed.dispatch.bytes[2], flat.dispatch.bytes[2]);
+  EXPECT_EQ(relayed.dispatch.hops, 2);
+}
+
+TEST(CostModelTest, StepTimeCombinesStagesAndMicroBatches) {
+  const ClusterConfig cluster = Cluster("cluster-configs/local.yaml");
+  const HardwareSpec& hw = cluster.hardware;
+  const auto& links = cluster.topology.links;
+  StepCost attention, expert;
+  attention.at(CostComponent::kAttentionProjections).flops[static_cast<int>(ComputeDtype::kFp8)] =
+      hw.AchievableFlops(ComputeDtype::kFp8, OpClass::kGemm) * 0.010;  // 10 ms of compute
+  attention.dispatch.bytes[0] =
+      links[0].bandwidth * hw.Efficiency(OpClass::kAllToAll).value * 0.004;
+  attention.combine.bytes[0] = links[0].bandwidth * hw.Efficiency(OpClass::kAllToAll).value * 0.006;
+  expert.at(CostComponent::kRoutedExperts).weight_bytes = hw.AchievableHbmBandwidth() * 0.008;
+  expert.dispatch = attention.dispatch;
+  expert.combine = attention.combine;
+
+  const StepTime serial = ModelledTime({attention, expert}, hw, links);
+  EXPECT_NEAR(serial.total, 0.010 + 0.004 + 0.008 + 0.006, 1e-12);
+  EXPECT_EQ(serial.binding, Bottleneck::kCompute);
+  EXPECT_NEAR(serial.busy[static_cast<int>(Bottleneck::kHbm)], 0.008, 1e-12);
+
+  // Two micro-batches: the loop takes half as long per micro-batch, so the busiest
+  // resource (attention compute, 10 ms) binds.
+  attention.micro_batches = expert.micro_batches = 2;
+  EXPECT_NEAR(ModelledTime({attention, expert}, hw, links).total, 0.014, 1e-12);
+  attention.micro_batches = expert.micro_batches = 3;
+  EXPECT_NEAR(ModelledTime({attention, expert}, hw, links).total, 0.010, 1e-12);
+
+  // A co-located rank does both sides' compute and sends both exchanges.
+  StepCost both = attention;
+  both += expert;
+  both.dispatch = attention.dispatch;  // its own tokens' exchanges, sent once
+  both.combine = attention.combine;
+  both.colocated = true;
+  both.micro_batches = 4;
+  EXPECT_NEAR(ModelledTime({both}, hw, links).total, 0.018, 1e-12);
+
+  // Latency: one exchange round per MoE layer per micro-batch.
+  StepCost rounds;
+  rounds.dispatch.bytes[0] = 1;
+  rounds.dispatch.exchanges = 10;
+  EXPECT_NEAR(ModelledTime({rounds}, hw, links).stages.latency, 10 * links[0].latency, 1e-15);
+}
+
+// The engine accumulates counters layer by layer from its batch; the planner sums
+// identical layers once. On a small layout (one attention and one expert rank, so the
+// busiest expert rank receives exactly the mean) both must give the same step time.
+TEST(CostModelTest, EngineAccumulationMatchesThePlannersStep) {
+  const ModelConfig config = Model("v4-mini");
+  const ClusterConfig cluster = Cluster("cluster-configs/local.yaml");
+  absl::StatusOr<planner::Workload> workload = planner::ParseWorkload(
+      "name: t\nrate: {requests_per_s: 1}\ninput_tokens: 300\noutput_tokens: 40\n"
+      "speculative: {draft_tokens: 1, acceptance: 0.7}\n",
+      "t.yaml");
+  ASSERT_TRUE(workload.ok()) << workload.status();
+  const CostOptions options;
+  for (int micro_batches : {1, 2}) {
+    planner::UnitLayout layout;
+    layout.phase = planner::Phase::kDecode;
+    layout.attention_ranks = layout.expert_ranks = 1;
+    layout.batch = 6;
+    layout.micro_batches = micro_batches;
+    const std::vector<SequenceChunk> chunks =
+        planner::DecodeChunks(*workload, static_cast<double>(layout.batch) / micro_batches);
+    const planner::UnitStep planned =
+        planner::BuildUnitStep(config, cluster, *workload, layout, chunks, options);
+
+    // Engine-style: every layer of every micro-batch, one call each.
+    ExpertGeometry geometry;
+    geometry.experts_per_rank = config.n_routed_experts;
+    geometry.same_node = geometry.same_supernode = geometry.ranks_per_node =
+        geometry.ranks_per_supernode = 1;
+    StepCost attention, expert;
+    for (int mb = 0; mb < micro_batches; ++mb) {
+      double tokens = 0;
+      for (const SequenceChunk& ch : chunks) tokens += ch.count * ch.new_tokens;
+      for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+        attention += AttentionLayerCost(config, layer, chunks, options);
+        expert +=
+            RoutedExpertCost(config, tokens * config.num_experts_per_tok, config.n_routed_experts);
+        AddAllToAllCost(config, tokens, geometry, &attention);
+      }
+      attention += EdgeCost(config, chunks);
+      // The MTP draft: one token per sequence through the MTP block.
+      std::vector<SequenceChunk> draft = chunks;
+      double draft_tokens = 0;
+      for (SequenceChunk& ch : draft) {
+        ch.new_tokens = ch.sampled_tokens = 1;
+        draft_tokens += ch.count;
+      }
+      attention += AttentionLayerCost(config, config.num_hidden_layers, draft, options);
+      expert += RoutedExpertCost(config, draft_tokens * config.num_experts_per_tok,
+                                 config.n_routed_experts);
+      AddAllToAllCost(config, draft_tokens, geometry, &attention);
+    }
+    expert.dispatch = attention.dispatch;
+    expert.combine = attention.combine;
+    attention.micro_batches = expert.micro_batches = micro_batches;
+
+    const HardwareSpec& hw = cluster.hardware;
+    const StepTime engine = ModelledTime({attention, expert}, hw, cluster.topology.links);
+    const StepTime planner_time = ModelledTime(planned.ranks, hw, cluster.topology.links);
+    EXPECT_LT(Rel(planner_time.total, engine.total), 1e-9) << micro_batches;
+    EXPECT_LT(Rel(planned.ranks[0].total_flops(), attention.total_flops()), 1e-9);
+    EXPECT_LT(Rel(planned.ranks[1].hbm_bytes(), expert.hbm_bytes()), 1e-9);
+  }
+}
+
+}  // namespace
+}  // namespace dsv4

@@ -1,0 +1,344 @@
+// The capacity planner: workload validation, the sweep on V4-Pro and the Atlas 950
+// SuperPoD, scaling-law sanity, memory limits, infeasible answers, reports, the emitted
+// cluster YAML and the CLI.
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/cluster_config.h"
+#include "core/model_config.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "planner/layout_search.h"
+#include "planner/report.h"
+#include "planner/workload.h"
+#include "tests/test_util.h"
+
+namespace dsv4::planner {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kRoot = DSV4_SOURCE_DIR;
+
+ModelConfig Model(const std::string& name) {
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(kRoot + "/models/" + name + "/config.json");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+ClusterConfig Cluster(const std::string& path) {
+  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(kRoot + "/" + path);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return *cluster;
+}
+
+Workload LoadShipped(const std::string& name) {
+  absl::StatusOr<Workload> w = LoadWorkload(kRoot + "/workloads/" + name + ".yaml");
+  EXPECT_TRUE(w.ok()) << w.status();
+  return *w;
+}
+
+absl::Status ParseError(const std::string& text) { return ParseWorkload(text, "w.yaml").status(); }
+
+const char kMinimal[] =
+    "name: t\nrate: {requests_per_s: 10}\ninput_tokens: 1000\noutput_tokens: 100\n";
+
+TEST(WorkloadTest, ShippedWorkloadsLoad) {
+  const Workload chat = LoadShipped("chat");
+  EXPECT_EQ(chat.name, "chat");
+  EXPECT_DOUBLE_EQ(chat.requests_per_s, 400);
+  EXPECT_NEAR(chat.input.Mean(), 2000, 0.05 * 2000);  // the 32k clamp trims the tail a little
+  EXPECT_NEAR(chat.output.Mean(), 500, 0.05 * 500);
+  EXPECT_DOUBLE_EQ(*chat.slo_tpot, 0.050);
+  const Workload long_context = LoadShipped("long-context");
+  EXPECT_GE(long_context.input.Quantile(0.5), 100000);
+  EXPECT_LE(long_context.input.Max(), 1000000);
+  const Workload agent = LoadShipped("agent");
+  EXPECT_NEAR(agent.speculative.TokensPerStep(), 1 + 0.75 + 0.75 * 0.75, 1e-12);
+}
+
+TEST(WorkloadTest, DistributionsKeepTheirMean) {
+  for (const char* length : {"{distribution: lognormal, mean: 3000, sigma: 1.2}",
+                             "{distribution: exponential, mean: 3000}",
+                             "{distribution: uniform, min: 1000, max: 5000}"}) {
+    absl::StatusOr<Workload> w =
+        ParseWorkload(absl::StrCat("name: t\nrate: {requests_per_s: 1}\ninput_tokens: ", length,
+                                   "\noutput_tokens: 10\n"),
+                      "w.yaml");
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_NEAR(w->input.Mean(), 3000, 3) << length;
+    double total = 0;
+    for (const LengthBucket& b : w->input.buckets) total += b.weight;
+    EXPECT_NEAR(total, 1, 1e-12);
+  }
+  absl::StatusOr<Workload> rate = ParseWorkload(
+      "name: t\nrate: {output_tokens_per_s: 5000}\ninput_tokens: 10\noutput_tokens: 500\n",
+      "w.yaml");
+  ASSERT_TRUE(rate.ok());
+  EXPECT_DOUBLE_EQ(rate->requests_per_s, 10);
+}
+
+TEST(WorkloadTest, ErrorsNameFileLineAndKey) {
+  EXPECT_THAT(ParseError(std::string(kMinimal) + "prefix_cache_hitrate: 0.5\n").message(),
+              HasSubstr("w.yaml:5: prefix_cache_hitrate: unknown key"));
+  EXPECT_THAT(ParseError("name: t\nrate: {requests_per_s: 10}\ninput_tokens:\n  mean: lots\n"
+                         "  distribution: lognormal\n  sigma: 1\noutput_tokens: 100\n")
+                  .message(),
+              HasSubstr("w.yaml:4: input_tokens.mean: expected a positive number"));
+  EXPECT_THAT(ParseError("name: t\nrate: {requests_per_s: 1, output_tokens_per_s: 2}\n"
+                         "input_tokens: 1\noutput_tokens: 1\n")
+                  .message(),
+              HasSubstr("w.yaml:2: rate: give exactly one"));
+  EXPECT_THAT(ParseError(std::string(kMinimal) + "prefix_cache_hit_rate: 1\n").message(),
+              HasSubstr("w.yaml:5: prefix_cache_hit_rate: must be below 1"));
+  EXPECT_THAT(ParseError("name: t\nrate: {requests_per_s: 1}\ninput_tokens: {distribution: zipf}\n"
+                         "output_tokens: 1\n")
+                  .message(),
+              HasSubstr("input_tokens.distribution: unknown distribution"));
+  EXPECT_THAT(ParseError("name: t\nrate: {requests_per_s: 1}\noutput_tokens: 1\n").message(),
+              HasSubstr("input_tokens: missing required key"));
+  EXPECT_THAT(ParseError("name: t\nrate: {requests_per_s: 1}\ninput_tokens:\n  distribution: "
+                         "buckets\n  buckets:\n    - {tokens: 10, weight: 1}\n    - {tokens: 20}\n"
+                         "output_tokens: 1\n")
+                  .message(),
+              HasSubstr("w.yaml:7: input_tokens.buckets[1].weight: missing required key"));
+  EXPECT_EQ(LoadWorkload(kRoot + "/workloads/missing.yaml").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+class PlannerSweepTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    config_ = new ModelConfig(Model("deepseek-v4-pro"));
+    cluster_ = new ClusterConfig(Cluster("cluster-configs/atlas950-superpod.yaml"));
+    workload_ = new Workload(LoadShipped("chat"));
+    absl::StatusOr<PlanResult> result = RunPlanner(*config_, *cluster_, *workload_, {});
+    ASSERT_TRUE(result.ok()) << result.status();
+    result_ = new PlanResult(*std::move(result));
+  }
+  static void TearDownTestSuite() {
+    delete result_;
+    delete workload_;
+    delete cluster_;
+    delete config_;
+  }
+  static ModelConfig* config_;
+  static ClusterConfig* cluster_;
+  static Workload* workload_;
+  static PlanResult* result_;
+};
+ModelConfig* PlannerSweepTest::config_ = nullptr;
+ClusterConfig* PlannerSweepTest::cluster_ = nullptr;
+Workload* PlannerSweepTest::workload_ = nullptr;
+PlanResult* PlannerSweepTest::result_ = nullptr;
+
+TEST_F(PlannerSweepTest, FindsRankedFeasiblePlans) {
+  const PlanResult& r = *result_;
+  EXPECT_GE(r.candidates, 10000);
+  ASSERT_TRUE(r.feasible) << r.binding_constraint;
+  ASSERT_EQ(r.plans.size(), 10u);
+  for (size_t i = 1; i < r.plans.size(); ++i) {
+    EXPECT_GE(r.plans[i - 1].tokens_per_s_per_chip, r.plans[i].tokens_per_s_per_chip);
+  }
+  for (const Plan& p : r.plans) {
+    EXPECT_TRUE(p.feasible());
+    EXPECT_LE(p.ttft, *workload_->slo_ttft * (1 + 1e-9));
+    EXPECT_LE(p.tpot, *workload_->slo_tpot);
+    EXPECT_LE(p.chips, r.cluster_chips);
+    // Units serve the rate at no more than the planned load.
+    const double output = r.requests_per_s * workload_->output.Mean();
+    EXPECT_GE(p.decode_units * p.decode.tokens_per_s * p.decode.max_load, output * (1 - 1e-9));
+  }
+  EXPECT_FALSE(r.decode_frontier.empty());
+}
+
+// A plan never exceeds chip memory: every rank of every feasible plan fits in HBM less
+// the reserve, and the breakdown adds up.
+TEST_F(PlannerSweepTest, PlansNeverExceedChipMemory) {
+  for (const Plan& p : result_->plans) {
+    for (const PhaseEvaluation* e : {&p.prefill, &p.decode}) {
+      for (const MemoryUse* m : {&e->attention_memory, &e->expert_memory}) {
+        if (m->capacity == 0) continue;  // co-located: no separate expert chip
+        EXPECT_LE(m->used(), m->usable);
+        EXPECT_LE(m->usable, m->capacity);
+        EXPECT_DOUBLE_EQ(m->headroom(), m->usable - m->used());
+      }
+    }
+  }
+}
+
+TEST_F(PlannerSweepTest, ReportsCarryTheResult) {
+  const std::string table = FormatPlanTable(*result_);
+  EXPECT_THAT(table, HasSubstr("deepseek-v4-pro on atlas950-superpod"));
+  EXPECT_THAT(table, HasSubstr("Chosen plan"));
+  const nlohmann::json json = PlanResultToJson(*result_);
+  EXPECT_EQ(json["plans"].size(), 10u);
+  EXPECT_TRUE(json["feasible"].get<bool>());
+  const nlohmann::json& decode = json["plans"][0]["decode"];
+  EXPECT_GT(decode["memory"]["attention_rank"]["kv_GB"].get<double>(), 0);
+  EXPECT_GT(decode["memory"]["expert_rank"]["weights_GB"]["fp4"].get<double>(), 0);
+  EXPECT_TRUE(decode["busy_ms"].contains("cross_supernode_links"));
+  const std::string svg = RenderPlanSvg(*result_);
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_THAT(svg, HasSubstr("frontier"));
+  EXPECT_THAT(svg, HasSubstr("chosen:"));
+}
+
+TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
+  dsv4::testing::TempDir dir("plan");
+  const std::string path = dir.path() + "/unit.yaml";
+  absl::StatusOr<std::vector<std::string>> written =
+      WriteClusterConfigs(*result_, *config_, *cluster_, *workload_, path);
+  ASSERT_TRUE(written.ok()) << written.status();
+  ASSERT_EQ(written->size(), 2u);
+  const Plan& plan = result_->plans[0];
+  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig((*written)[0]);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  EXPECT_EQ(decode->roles.attention_ranks, plan.decode.layout.attention_ranks);
+  EXPECT_EQ(decode->roles.expert_ranks, plan.decode.layout.expert_ranks);
+  EXPECT_EQ(decode->engine.micro_batches, plan.decode.layout.micro_batches);
+  EXPECT_EQ(decode->engine.redundant_experts, plan.decode.layout.redundant_experts);
+  EXPECT_EQ(decode->engine.max_seqs_per_rank, plan.decode.layout.batch);
+  EXPECT_EQ(decode->hardware.name, cluster_->hardware.name);
+  absl::StatusOr<ClusterConfig> prefill = LoadClusterConfig((*written)[1]);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  EXPECT_EQ(prefill->roles.attention_ranks, plan.prefill.layout.attention_ranks);
+  EXPECT_EQ(prefill->engine.chunked_prefill_tokens, plan.prefill.layout.batch);
+
+  // Co-located units cannot run on dsv4-engine, and say so.
+  PlanResult colocated = *result_;
+  colocated.plans[0].decode.layout.colocated = true;
+  EXPECT_THAT(
+      WriteClusterConfigs(colocated, *config_, *cluster_, *workload_, path).status().message(),
+      HasSubstr("co-located"));
+}
+
+// Doubling HBM bandwidth never slows a plan, and memory-bound decode layouts get faster.
+TEST_F(PlannerSweepTest, MoreHbmBandwidthNeverSlowsDecode) {
+  ClusterConfig faster = *cluster_;
+  faster.hardware.hbm_bandwidth.value *= 2;
+  int memory_bound = 0;
+  for (int attention : {8, 64}) {
+    for (int batch : {1, 8, 64, 256}) {
+      UnitLayout layout;
+      layout.phase = Phase::kDecode;
+      layout.attention_ranks = attention;
+      layout.expert_ranks = 96;
+      layout.batch = batch;
+      layout.micro_batches = batch > 1 ? 2 : 1;
+      const PhaseEvaluation base = EvaluateLayout(*config_, *cluster_, *workload_, layout, {});
+      const PhaseEvaluation more = EvaluateLayout(*config_, faster, *workload_, layout, {});
+      EXPECT_LE(more.step.total, base.step.total);
+      if (base.step.binding == Bottleneck::kHbm) {
+        ++memory_bound;
+        EXPECT_LT(more.step.total, base.step.total);
+      }
+    }
+  }
+  EXPECT_GT(memory_bound, 0);
+  absl::StatusOr<PlanResult> again = RunPlanner(*config_, faster, *workload_, {});
+  ASSERT_TRUE(again.ok());
+  EXPECT_GE(again->plans[0].tokens_per_s_per_chip, result_->plans[0].tokens_per_s_per_chip);
+}
+
+TEST_F(PlannerSweepTest, ImpossibleSloNamesTheBindingConstraint) {
+  PlannerOptions options;
+  options.slo_tpot = 1e-4;
+  absl::StatusOr<PlanResult> r = RunPlanner(*config_, *cluster_, *workload_, options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->feasible);
+  EXPECT_THAT(r->binding_constraint, HasSubstr("TPOT"));
+  ASSERT_FALSE(r->plans.empty());  // the closest layouts, never an empty answer
+  EXPECT_THAT(absl::StrJoin(r->plans[0].violations, ";"), HasSubstr("TPOT"));
+  EXPECT_THAT(FormatPlanTable(*r), HasSubstr("NO LAYOUT MEETS THE CONSTRAINTS"));
+}
+
+TEST_F(PlannerSweepTest, TooLittleMemoryNamesMemory) {
+  ClusterConfig small = *cluster_;
+  small.hardware.hbm_capacity.value = 8e9;  // less than the attention weights
+  absl::StatusOr<PlanResult> r = RunPlanner(*config_, small, *workload_, {});
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->feasible);
+  EXPECT_THAT(r->binding_constraint, HasSubstr("memory"));
+  EXPECT_FALSE(r->plans.empty());
+}
+
+TEST_F(PlannerSweepTest, ObjectivesRankDifferently) {
+  PlannerOptions options;
+  options.objective = Objective::kChipsForRate;
+  absl::StatusOr<PlanResult> r = RunPlanner(*config_, *cluster_, *workload_, options);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(r->feasible);
+  for (size_t i = 1; i < r->plans.size(); ++i) EXPECT_LE(r->plans[i - 1].chips, r->plans[i].chips);
+  EXPECT_LE(r->plans[0].chips, result_->plans[0].chips);
+  options.objective = Objective::kCost;
+  r = RunPlanner(*config_, *cluster_, *workload_, options);
+  ASSERT_TRUE(r.ok());
+  for (size_t i = 1; i < r->plans.size(); ++i) {
+    EXPECT_LE(r->plans[i - 1].cost_per_hour, r->plans[i].cost_per_hour);
+  }
+}
+
+// DeepSeek-V3 (MLA, group-limited routing, dense first layers) plans too.
+TEST(PlannerTest, PlansDeepSeekV3) {
+  const ModelConfig config = Model("deepseek-v3");
+  const ClusterConfig cluster = Cluster("planner/validation/h800-deepseek.yaml");
+  absl::StatusOr<Workload> workload =
+      LoadWorkload(kRoot + "/planner/validation/deepseek-v3-day6.yaml");
+  ASSERT_TRUE(workload.ok()) << workload.status();
+  PlannerOptions options;
+  options.layouts = LayoutFamily::kBoth;
+  absl::StatusOr<PlanResult> r = RunPlanner(config, cluster, *workload, options);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->feasible) << r->binding_constraint;
+  EXPECT_GE(r->candidates, 10000);
+}
+
+TEST(PlannerTest, EngramNeedsMemoryNodes) {
+  ModelConfig config = Model("deepseek-v4-flash");
+  config.engram.layer_ids = {1, 14};
+  config.engram.max_ngram_size = 4;
+  config.engram.n_heads = 8;
+  config.engram.head_dim = 256;
+  config.engram.vocab_size = {16000000, 16000000, 16000000};
+  const ClusterConfig cluster = Cluster("cluster-configs/atlas950-superpod.yaml");
+  const Workload workload = LoadShipped("chat");
+  absl::StatusOr<PlanResult> r = RunPlanner(config, cluster, workload, {});
+  ASSERT_TRUE(r.ok());
+  ASSERT_FALSE(r->plans.empty());
+  // 2 layers × 3 orders × 8 heads × ~16M rows × 256 dims in BF16 ≈ 393 GB of tables.
+  EXPECT_GE(r->plans[0].memory_nodes, 1);
+  EXPECT_GT(r->plans[0].decode.step.stages.engram, 0);
+  EXPECT_GT(r->plans[0].decode.step.stages.component[static_cast<int>(CostComponent::kEngram)], 0);
+}
+
+TEST(PlannerCliTest, AcceptsDashedFlagsAndWritesOutputs) {
+  dsv4::testing::TempDir dir("plan-cli");
+  const auto run = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() +
+      " plan --model models/deepseek-v4-pro/config.json --cluster "
+      "cluster-configs/atlas950-superpod.yaml --workload workloads/chat.yaml --slo-tpot-ms 45 "
+      "--objective=chips-for-rate --top 3 --json " +
+      dir.path() + "/r.json --svg " + dir.path() + "/r.svg --emit-cluster-config " + dir.path() +
+      "/unit.yaml");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("TPOT <= 45.0 ms"));
+  EXPECT_THAT(run.output, HasSubstr("objective chips-for-rate"));
+  EXPECT_THAT(run.output, HasSubstr("loads as a cluster config"));
+  std::ifstream json(dir.path() + "/r.json");
+  EXPECT_EQ(nlohmann::json::parse(json)["plans"].size(), 3u);
+  EXPECT_TRUE(std::ifstream(dir.path() + "/unit.prefill.yaml").good());
+
+  const auto bad = dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                             " plan --model deepseek-v4-pro --cluster "
+                                             "atlas950-superpod --workload nope");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.output, HasSubstr("--workload: cannot open 'nope'"));
+}
+
+}  // namespace
+}  // namespace dsv4::planner
