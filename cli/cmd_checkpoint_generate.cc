@@ -1,4 +1,5 @@
 // dsv4 checkpoint generate: a synthetic, seeded checkpoint in the official layout.
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -63,6 +64,17 @@ absl::Status Generate() {
   const std::string out = absl::GetFlag(FLAGS_out);
   if (absl::Status s = GenerateCheckpoint(*config, *text, out, options); !s.ok()) return s;
   if (progress) progress->Finish();
+  // A tokenizer.json beside the config (the presets ship one) belongs in the checkpoint.
+  const std::filesystem::path tokenizer =
+      std::filesystem::path(config_path).parent_path() / "tokenizer.json";
+  if (std::filesystem::exists(tokenizer)) {
+    std::error_code error;
+    std::filesystem::copy_file(tokenizer, std::filesystem::path(out) / "tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing, error);
+    if (error)
+      return absl::InternalError("cannot copy " + tokenizer.string() + " to " + out + ": " +
+                                 error.message());
+  }
   const ParameterCount params = CountParameters(*config);
   std::cout << absl::StrFormat("wrote %s: %s parameters, seed %d\n", out, FormatCount(params.total),
                                options.seed);
@@ -77,7 +89,8 @@ int CheckpointGenerateMain(int argc, char** argv) {
       "dsv4 checkpoint generate --preset NAME --seed N --out DIR\n\n"
       "Writes a synthetic, seeded checkpoint in the official DeepSeek-V4 layout (config.json,\n"
       "sharded *.safetensors with model.safetensors.index.json; FP8 block-scaled dense\n"
-      "weights, FP4 routed experts, BF16/F32 where the release has them).",
+      "weights, FP4 routed experts, BF16/F32 where the release has them), plus the\n"
+      "tokenizer.json found beside the config.",
       "cmd_checkpoint_generate.cc");
   if (!args.empty())
     return ExitCode(absl::InvalidArgumentError("unexpected argument '" + args[0] + "'"),
