@@ -17,7 +17,8 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
                                     const std::string& flag_file) {
   absl::FlagsUsageConfig config;
   config.contains_help_flags = [flag_file](absl::string_view path) {
-    return path.find(flag_file) != absl::string_view::npos;
+    return path.find(flag_file) != absl::string_view::npos ||
+           path.find("cli/common_flags.cc") != absl::string_view::npos;
   };
   config.contains_helpshort_flags = config.contains_help_flags;
   config.normalize_filename = [](absl::string_view path) { return std::string(path); };
@@ -68,7 +69,12 @@ absl::StatusOr<std::string> FindProjectFile(const std::string& relative) {
                              "dsv4 executable)");
 }
 
-std::string FormatBytes(uint64_t bytes) { return absl::StrFormat("%.1f MB", bytes / 1e6); }
+std::string FormatBytes(double bytes) {
+  if (bytes >= 1e9) return absl::StrFormat("%.2f GB", bytes / 1e9);
+  if (bytes >= 1e6) return absl::StrFormat("%.1f MB", bytes / 1e6);
+  if (bytes >= 1e3) return absl::StrFormat("%.1f kB", bytes / 1e3);
+  return absl::StrFormat("%.0f B", bytes);
+}
 
 std::string FormatCount(int64_t n) {
   if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);

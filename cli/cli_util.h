@@ -13,9 +13,10 @@
 namespace dsv4::cli {
 
 // Parses Abseil flags for one subcommand. `usage` is printed by --help together with the
-// flags defined in source files whose path contains `flag_file` (e.g. "cmd_run.cc"), so
-// each subcommand's --help lists only its own flags. Returns the positional arguments
-// (argv[0] excluded).
+// flags defined in source files whose path contains `flag_file` (e.g. "cmd_run.cc") and
+// the shared ones (common_flags.h), so each subcommand's --help lists only its own flags.
+// Flag names may be spelled with dashes (--logits-out) or underscores. Returns the positional
+// arguments (argv[0] excluded).
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
                                     const std::string& flag_file);
 
@@ -27,8 +28,8 @@ int ExitCode(const absl::Status& status, const std::string& command);
 // current directory, under $DSV4_HOME, or relative to the dsv4 executable (build/bin/).
 absl::StatusOr<std::string> FindProjectFile(const std::string& relative);
 
-std::string FormatBytes(uint64_t bytes);  // "12.3 MB" (decimal units)
-std::string FormatCount(int64_t n);       // "1.60B", "312.4M", "622.5K", "1024"
+std::string FormatBytes(double bytes);  // "12.3 MB", "4.56 GB" (decimal units, scaled)
+std::string FormatCount(int64_t n);     // "1.60B", "312.4M", "622.5K", "1024"
 
 }  // namespace dsv4::cli
 

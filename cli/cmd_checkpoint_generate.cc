@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "cli/common_flags.h"
 #include "core/checkpoint_generator.h"
 #include "core/checkpoint_layout.h"
 #include "core/model_config.h"
@@ -17,7 +18,6 @@
 ABSL_FLAG(std::string, preset, "",
           "model preset under models/ (v4-tiny, v4-mini, deepseek-v4-flash, ...)");
 ABSL_FLAG(std::string, config, "", "path of a config.json to use instead of --preset");
-ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed always writes the same bytes");
 ABSL_FLAG(std::string, out, "", "output directory (created if missing)");
 ABSL_FLAG(uint64_t, shard_mb, 256, "largest shard file, in MiB");
 

@@ -7,6 +7,8 @@ namespace dsv4::cli {
 
 int CheckpointGenerateMain(int argc, char** argv);
 int CheckpointInspectMain(int argc, char** argv);
+int RunMain(int argc, char** argv);
+int PlanMain(int argc, char** argv);
 
 }  // namespace dsv4::cli
 

@@ -19,6 +19,9 @@ const Command kCommands[] = {
      dsv4::cli::CheckpointGenerateMain},
     {"checkpoint inspect", "summarise and verify a checkpoint directory",
      dsv4::cli::CheckpointInspectMain},
+    {"run", "run the forward pass in this process: logits, sampling, throughput, memory",
+     dsv4::cli::RunMain},
+    {"plan", "search serving layouts for a model, cluster and workload", dsv4::cli::PlanMain},
 };
 
 void PrintUsage(std::ostream& out) {

@@ -1,0 +1,241 @@
+#include "attention_node/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attention_node/sink_attention.h"
+
+namespace dsv4 {
+
+RopeParams LayerRopeParams(const ModelConfig& config, int layer) {
+  RopeParams params;
+  params.dim = static_cast<int>(config.qk_rope_head_dim);
+  if (config.ratio(layer) == 0) {
+    params.base = config.rope_theta;
+    return params;
+  }
+  params.base = config.compress_rope_theta;
+  params.factor = config.rope_scaling.factor;
+  params.original_seq_len = config.rope_scaling.original_max_position_embeddings;
+  params.beta_fast = config.rope_scaling.beta_fast;
+  params.beta_slow = config.rope_scaling.beta_slow;
+  return params;
+}
+
+absl::StatusOr<Attention> Attention::Load(WeightLoader& loader, const std::string& prefix,
+                                          const ModelConfig& config, int layer) {
+  Attention a;
+  a.heads_ = config.num_attention_heads;
+  a.head_dim_ = config.head_dim;
+  a.window_ = config.sliding_window;
+  a.groups_ = config.o_groups;
+  a.o_rank_ = config.o_lora_rank;
+  a.ratio_ = config.ratio(layer);
+  a.norm_eps_ = static_cast<float>(config.rms_norm_eps);
+  a.rope_ = Rope(LayerRopeParams(config, layer));
+  const int64_t d = config.hidden_size;
+  const int64_t hd = a.heads_ * a.head_dim_;
+  const int64_t q = config.q_lora_rank;
+  const struct {
+    Tensor* dst;
+    const char* name;
+    Shape shape;
+  } tensors[] = {
+      {&a.attn_sink_, "attn_sink", {a.heads_}},
+      {&a.wq_a_, "wq_a.weight", {q, d}},
+      {&a.q_norm_, "q_norm.weight", {q}},
+      {&a.wq_b_, "wq_b.weight", {hd, q}},
+      {&a.wkv_, "wkv.weight", {a.head_dim_, d}},
+      {&a.kv_norm_, "kv_norm.weight", {a.head_dim_}},
+      {&a.wo_a_, "wo_a.weight", {a.groups_ * a.o_rank_, hd / a.groups_}},
+      {&a.wo_b_, "wo_b.weight", {d, a.groups_ * a.o_rank_}},
+  };
+  for (const auto& t : tensors) {
+    absl::StatusOr<Tensor> w = loader.Load(absl::StrCat(prefix, ".", t.name), t.shape);
+    if (!w.ok()) return w.status();
+    *t.dst = std::move(*w);
+  }
+  if (a.ratio_ > 0) {
+    absl::StatusOr<Compressor> c =
+        Compressor::Load(loader, prefix + ".compressor", config, a.ratio_, a.head_dim_, a.rope_);
+    if (!c.ok()) return c.status();
+    a.compressor_ = std::move(*c);
+  }
+  if (a.ratio_ == 4) {
+    absl::StatusOr<Indexer> indexer = Indexer::Load(loader, prefix + ".indexer", config, a.rope_);
+    if (!indexer.ok()) return indexer.status();
+    a.indexer_ = std::move(*indexer);
+  }
+  return a;
+}
+
+void Attention::Forward(const float* x, int64_t rows, absl::Span<const AttentionSequence> sequences,
+                        AttentionWorkspace* ws, float* out) const {
+  ws->positions.resize(rows);
+  for (const AttentionSequence& s : sequences) {
+    for (int64_t i = 0; i < s.rows; ++i) ws->positions[s.row_begin + i] = s.start_pos + i;
+  }
+  Project(x, rows, ws);
+  ws->o.resize(rows * heads_ * head_dim_);
+  for (const AttentionSequence& s : sequences) {
+    // Compressed entries first: a block completed by a token of this step is visible to it.
+    for (int64_t i = 0; i < s.rows; ++i) {
+      const int64_t row = s.row_begin + i;
+      if (indexer_) {
+        const int64_t width = indexer_->compressor().width();
+        indexer_->compressor().Push(&s.state->index_compressor, ws->ikv.data() + row * width,
+                                    ws->iscore.data() + row * width, s.start_pos + i,
+                                    &s.state->index_keys);
+      }
+      if (compressor_) {
+        const int64_t width = compressor_->width();
+        compressor_->Push(&s.state->compressor, ws->ckv.data() + row * width,
+                          ws->cscore.data() + row * width, s.start_pos + i, &s.state->entries);
+      }
+    }
+    // Queries attend in blocks of consecutive positions (GEMMs over the block); a block much
+    // wider than the window would mostly compute masked scores.
+    const int64_t block = std::clamp<int64_t>(window_ / 4, 1, 32);
+    for (int64_t b = 0; b < s.rows; b += block) {
+      AttendBlock(s, b, std::min(block, s.rows - b), ws);
+    }
+    // The ring keeps the last W positions.
+    const int64_t end = s.start_pos + s.rows;
+    for (int64_t p = std::max(s.start_pos, end - window_); p < end; ++p) {
+      std::memcpy(s.state->window.data() + (p % window_) * head_dim_,
+                  ws->kv.data() + (s.row_begin + p - s.start_pos) * head_dim_,
+                  head_dim_ * sizeof(float));
+    }
+  }
+  ProjectOutput(rows, ws, out);
+}
+
+void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) const {
+  const int h = heads_;
+  const int64_t dh = head_dim_;
+  const int64_t d = wkv_.dim(1);
+  const int64_t q_rank = wq_a_.dim(0);
+  const int64_t r = rope_.params().dim;
+  ws->qr.resize(rows * q_rank);
+  ws->q.resize(rows * h * dh);
+  ws->kv.resize(rows * dh);
+  float* qr = ws->qr.data();
+  float* q = ws->q.data();
+  float* kv = ws->kv.data();
+  Linear(x, rows, d, wq_a_.data(), q_rank, qr);
+  RmsNorm(qr, q_norm_.data(), rows, q_rank, norm_eps_, qr);
+  Linear(qr, rows, q_rank, wq_b_.data(), h * dh, q);
+  RmsNorm(q, nullptr, rows * h, dh, norm_eps_, q);
+  Linear(x, rows, d, wkv_.data(), dh, kv);
+  RmsNorm(kv, kv_norm_.data(), rows, dh, norm_eps_, kv);
+  for (int64_t t = 0; t < rows; ++t) {
+    rope_.ApplyHeads(q + t * h * dh + dh - r, h, dh, ws->positions[t]);
+    rope_.Apply(kv + t * dh + dh - r, ws->positions[t]);
+  }
+  if (compressor_) {
+    ws->ckv.resize(rows * compressor_->width());
+    ws->cscore.resize(ws->ckv.size());
+    compressor_->Project(x, rows, ws->ckv.data(), ws->cscore.data());
+  }
+  if (indexer_) {
+    ws->iq.resize(rows * indexer_->heads() * indexer_->head_dim());
+    ws->iw.resize(rows * indexer_->heads());
+    indexer_->Project(x, qr, ws->positions.data(), rows, ws->iq.data(), ws->iw.data());
+    ws->ikv.resize(rows * indexer_->compressor().width());
+    ws->iscore.resize(ws->ikv.size());
+    indexer_->compressor().Project(x, rows, ws->ikv.data(), ws->iscore.data());
+  }
+}
+
+void Attention::AttendBlock(const AttentionSequence& s, int64_t first_row, int64_t count,
+                            AttentionWorkspace* ws) const {
+  const int64_t dh = head_dim_;
+  const int64_t w = window_;
+  const LayerKvState& state = *s.state;
+  const int64_t start = s.start_pos;
+  const int64_t t0 = start + first_row, t1 = t0 + count - 1;
+  // Runs of rows the block shares, with the coordinate of each run's first row (a position
+  // for window runs, an entry index for the compressed entries).
+  std::vector<KvSegment>& shared = ws->shared;
+  std::vector<int64_t>& first = ws->first;
+  shared.clear();
+  first.clear();
+  const int64_t lo = std::max<int64_t>(0, t0 - w + 1);
+  for (int64_t p = lo; p < start;) {  // older window positions, from the ring
+    const int64_t run = std::min(start - p, w - p % w);
+    shared.push_back({state.window.data() + (p % w) * dh, run});
+    first.push_back(p);
+    p += run;
+  }
+  const int64_t first_new = std::max(lo, start);  // this step's window positions
+  shared.push_back({ws->kv.data() + (s.row_begin + first_new - start) * dh, t1 - first_new + 1});
+  first.push_back(first_new);
+  const int64_t window_runs = static_cast<int64_t>(shared.size());
+  // Compressed entries s < ⌊(t+1)/m⌋: shared, unless the indexer must choose among them.
+  const bool select = indexer_ && (t1 + 1) / ratio_ > indexer_->topk();
+  if (ratio_ > 0 && !select) {
+    shared.push_back({state.entries.data(), (t1 + 1) / ratio_});
+    first.push_back(0);
+  }
+  const int64_t runs = static_cast<int64_t>(shared.size());
+  ws->ranges.resize(count * runs);
+  ws->private_rows.assign(count, KvSegment{});
+  if (select) ws->gathered.resize(count * indexer_->topk() * dh);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t t = t0 + i;
+    for (int64_t r = 0; r < runs; ++r) {
+      const int64_t begin = r < window_runs ? std::max<int64_t>(0, t - w + 1) : 0;
+      const int64_t end = r < window_runs ? t + 1 : (t + 1) / ratio_;
+      ws->ranges[i * runs + r] = {std::clamp(begin - first[r], int64_t{0}, shared[r].count),
+                                  std::clamp(end - first[r], int64_t{0}, shared[r].count)};
+    }
+    if (select) ws->private_rows[i] = SelectEntries(s, first_row + i, i, ws);
+  }
+  const int64_t row0 = s.row_begin + first_row;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
+  AttendWithSink(ws->q.data() + row0 * heads_ * dh, static_cast<int>(count), heads_, dh, shared,
+                 ws->ranges, ws->private_rows, attn_sink_.data(), scale,
+                 ws->o.data() + row0 * heads_ * dh, &ws->scores);
+}
+
+KvSegment Attention::SelectEntries(const AttentionSequence& s, int64_t i, int64_t slot,
+                                   AttentionWorkspace* ws) const {
+  const LayerKvState& state = *s.state;
+  const int64_t visible = (s.start_pos + i + 1) / ratio_;
+  if (visible <= indexer_->topk()) return {state.entries.data(), visible};
+  const int64_t row = s.row_begin + i;
+  const int heads = indexer_->heads();
+  indexer_->Select(ws->iq.data() + row * heads * indexer_->head_dim(), ws->iw.data() + row * heads,
+                   state.index_keys.data(), visible, &ws->selected, &ws->index_scratch);
+  float* dst = ws->gathered.data() + slot * indexer_->topk() * head_dim_;
+  for (size_t j = 0; j < ws->selected.size(); ++j) {
+    std::memcpy(dst + j * head_dim_, state.entries.data() + ws->selected[j] * head_dim_,
+                head_dim_ * sizeof(float));
+  }
+  return {dst, static_cast<int64_t>(ws->selected.size())};
+}
+
+void Attention::ProjectOutput(int64_t rows, AttentionWorkspace* ws, float* out) const {
+  const int h = heads_;
+  const int64_t dh = head_dim_;
+  const int64_t r = rope_.params().dim;
+  float* o = ws->o.data();
+  for (int64_t t = 0; t < rows; ++t) {
+    rope_.ApplyHeads(o + t * h * dh + dh - r, h, dh, ws->positions[t], /*inverse=*/true);
+  }
+  const int64_t group_in = h * dh / groups_;
+  const int64_t z_width = groups_ * o_rank_;
+  ws->z.resize(rows * z_width);
+  for (int64_t g = 0; g < groups_; ++g) {
+    Gemm(false, true, rows, o_rank_, group_in, 1.0f, o + g * group_in, h * dh,
+         wo_a_.data() + g * o_rank_ * group_in, group_in, 0.0f, ws->z.data() + g * o_rank_,
+         z_width);
+  }
+  Linear(ws->z.data(), rows, z_width, wo_b_.data(), wo_b_.dim(0), out);
+}
+
+}  // namespace dsv4

@@ -1,0 +1,108 @@
+// One layer's attention (spec §3.4–3.10): low-rank queries, a shared KV vector per
+// position, a sliding window for every layer, plus compressed entries for CSA (m = 4,
+// lightning-indexer top-k) and HCA (other m > 0, all completed blocks) layers; core
+// attention with a sink; de-rotation and the grouped low-rank output projection.
+//
+//   qr  = RMSNorm(wq_a·x; q_norm)                          [Q]
+//   q_h = RoPE(RMSNorm(wq_b·qr)_h, t)        (weightless per-head norm, last r dims)
+//   kv  = RoPE(RMSNorm(wkv·x; kv_norm), t)                  [D]
+//   o_h = AttendWithSink(q_h, visible(t), sink_h, D^−½)
+//   o_h = RoPE⁻¹(o_h, t);  z_g = wo_a[g]·concat(o_h, h ∈ group g);  out = wo_b·concat(z_g)
+//
+// Visibility for a query at position t (spec §3.8): window positions
+// max(0, t−W+1) … t; compressed entries s < ⌊(t+1)/m⌋ (HCA: all; CSA: the indexer's
+// selection). Entries completed by the step's own tokens are visible to them, so a
+// chunked prefill sees exactly what one prefill (or token-by-token decode) sees.
+#ifndef DSV4_ATTENTION_NODE_ATTENTION_H_
+#define DSV4_ATTENTION_NODE_ATTENTION_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "attention_node/compressor.h"
+#include "attention_node/indexer.h"
+#include "attention_node/kv_state.h"
+#include "attention_node/sink_attention.h"
+#include "core/kernels.h"
+#include "core/model_config.h"
+#include "core/tensor.h"
+#include "core/weight_loader.h"
+
+namespace dsv4 {
+
+// The RoPE of a layer: m = 0 uses rope_theta without YaRN; m > 0 uses
+// compress_rope_theta with the config's YaRN scaling (q, window kv, compressed entries,
+// indexer and output de-rotation alike).
+RopeParams LayerRopeParams(const ModelConfig& config, int layer);
+
+// One sequence's new tokens within a step's rows.
+struct AttentionSequence {
+  int64_t row_begin = 0;  // first row in the step's input
+  int64_t rows = 0;       // new tokens (a prefill chunk, or 1 when decoding)
+  int64_t start_pos = 0;  // absolute position of the first new token
+  LayerKvState* state = nullptr;
+};
+
+// Scratch buffers of Attention::Forward. A step keeps one and passes it to every layer,
+// so the layers reuse one allocation (fresh multi-megabyte buffers per layer would cost
+// page faults and zeroing).
+struct AttentionWorkspace {
+  std::vector<int64_t> positions;
+  std::vector<float> qr, q, kv, ckv, cscore, iq, iw, ikv, iscore, o, z;
+  std::vector<float> scores, gathered, index_scratch;
+  std::vector<int32_t> selected;
+  std::vector<KvSegment> shared, private_rows;
+  std::vector<int64_t> first;
+  std::vector<RowRange> ranges;
+};
+
+class Attention {
+ public:
+  // Loads "<prefix>.*" (prefix "layers.3.attn") for main layer or MTP block `layer`.
+  static absl::StatusOr<Attention> Load(WeightLoader& loader, const std::string& prefix,
+                                        const ModelConfig& config, int layer);
+
+  // out [T, d] for x [T, d] (the attn_norm output of the step's rows); appends each
+  // sequence's tokens to its state (window, compressed entries, indexer keys).
+  void Forward(const float* x, int64_t rows, absl::Span<const AttentionSequence> sequences,
+               AttentionWorkspace* workspace, float* out) const;
+
+ private:
+  Attention() = default;
+  // q (normed, rotated), kv (normed, rotated), qr and the compressor / indexer inputs of
+  // all rows.
+  void Project(const float* x, int64_t rows, AttentionWorkspace* ws) const;
+  // Attention of `count` queries of sequence `s` from its row `first_row` on.
+  void AttendBlock(const AttentionSequence& s, int64_t first_row, int64_t count,
+                   AttentionWorkspace* ws) const;
+  // The compressed entries the indexer selects for row i of sequence `s`, gathered into
+  // slot `slot` of the workspace when they are a strict subset.
+  KvSegment SelectEntries(const AttentionSequence& s, int64_t i, int64_t slot,
+                          AttentionWorkspace* ws) const;
+  // De-rotation and the grouped low-rank output projection of o into out [rows, d].
+  void ProjectOutput(int64_t rows, AttentionWorkspace* ws, float* out) const;
+
+  int heads_ = 0;
+  int64_t head_dim_ = 0, window_ = 0, groups_ = 0, o_rank_ = 0;
+  int ratio_ = 0;
+  float norm_eps_ = 1e-6f;
+  Rope rope_{RopeParams{}};
+  Tensor attn_sink_;                      // [H]
+  Tensor wq_a_;                           // [Q, d]
+  Tensor q_norm_;                         // [Q]
+  Tensor wq_b_;                           // [H·D, Q]
+  Tensor wkv_;                            // [D, d]
+  Tensor kv_norm_;                        // [D]
+  Tensor wo_a_;                           // [G·R, H·D/G]
+  Tensor wo_b_;                           // [d, G·R]
+  std::optional<Compressor> compressor_;  // m > 0
+  std::optional<Indexer> indexer_;        // m = 4
+};
+
+}  // namespace dsv4
+
+#endif  // DSV4_ATTENTION_NODE_ATTENTION_H_

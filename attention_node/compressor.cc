@@ -1,0 +1,97 @@
+#include "attention_node/compressor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+
+Compressor::Compressor(Tensor wkv, Tensor wgate, Tensor ape, Tensor norm, int ratio,
+                       const Rope& rope, float norm_eps)
+    : wkv_(std::move(wkv)),
+      wgate_(std::move(wgate)),
+      ape_(std::move(ape)),
+      norm_(std::move(norm)),
+      ratio_(ratio),
+      rope_(rope),
+      norm_eps_(norm_eps) {}
+
+absl::StatusOr<Compressor> Compressor::Load(WeightLoader& loader, const std::string& prefix,
+                                            const ModelConfig& config, int ratio, int64_t head_dim,
+                                            const Rope& rope) {
+  const int64_t width = (ratio == 4 ? 2 : 1) * head_dim;
+  absl::StatusOr<Tensor> wkv = loader.Load(prefix + ".wkv.weight", {width, config.hidden_size});
+  if (!wkv.ok()) return wkv.status();
+  absl::StatusOr<Tensor> wgate = loader.Load(prefix + ".wgate.weight", {width, config.hidden_size});
+  if (!wgate.ok()) return wgate.status();
+  absl::StatusOr<Tensor> ape = loader.Load(prefix + ".ape", {ratio, width});
+  if (!ape.ok()) return ape.status();
+  absl::StatusOr<Tensor> norm = loader.Load(prefix + ".norm.weight", {head_dim});
+  if (!norm.ok()) return norm.status();
+  return Compressor(std::move(*wkv), std::move(*wgate), std::move(*ape), std::move(*norm), ratio,
+                    rope, static_cast<float>(config.rms_norm_eps));
+}
+
+CompressorState Compressor::FreshState(int ratio, int64_t head_dim) {
+  const int64_t c = ratio == 4 ? 2 : 1;
+  const size_t size = static_cast<size_t>(c * ratio * c * head_dim);
+  CompressorState state;
+  state.kv.assign(size, 0.0f);
+  state.score.assign(size, -std::numeric_limits<float>::infinity());
+  return state;
+}
+
+void Compressor::Project(const float* x, int64_t rows, float* kv, float* score) const {
+  Linear(x, rows, wkv_.dim(1), wkv_.data(), width(), kv);
+  Linear(x, rows, wgate_.dim(1), wgate_.data(), width(), score);
+}
+
+void Compressor::Push(CompressorState* state, const float* kv, const float* score, int64_t pos,
+                      std::vector<float>* entries) const {
+  const int m = ratio_;
+  const int64_t w = width();
+  const int64_t dc = head_dim();
+  const int64_t slot = (overlap() ? m : 0) + pos % m;
+  const float* ape = ape_.data() + (pos % m) * w;
+  std::memcpy(state->kv.data() + slot * w, kv, w * sizeof(float));
+  float* score_row = state->score.data() + slot * w;
+  for (int64_t j = 0; j < w; ++j) score_row[j] = score[j] + ape[j];
+  if ((pos + 1) % m != 0) return;
+
+  // Candidates of channel j: (row, column) pairs — the previous block's first half and
+  // the current block's second half when overlapping, else the current block.
+  const int candidates = overlap() ? 2 * m : m;
+  auto column = [&](int i, int64_t j) {
+    return overlap() ? (i < m ? j : dc + j) : j;  // rows [0, m) previous, [m, 2m) current
+  };
+  const size_t first = entries->size();
+  entries->resize(first + dc);
+  float* entry = entries->data() + first;
+  std::vector<float> p(candidates);
+  for (int64_t j = 0; j < dc; ++j) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < candidates; ++i) top = std::max(top, state->score[i * w + column(i, j)]);
+    float sum = 0;
+    for (int i = 0; i < candidates; ++i) {
+      p[i] = std::exp(state->score[i * w + column(i, j)] - top);
+      sum += p[i];
+    }
+    float acc = 0;
+    for (int i = 0; i < candidates; ++i) acc += p[i] / sum * state->kv[i * w + column(i, j)];
+    entry[j] = acc;
+  }
+  RmsNorm(entry, norm_.data(), 1, dc, norm_eps_, entry);
+  const int64_t r = rope_.params().dim;
+  rope_.Apply(entry + dc - r, pos + 1 - m);
+
+  if (overlap()) {  // the current block becomes the next block's lookahead half
+    std::memcpy(state->kv.data(), state->kv.data() + m * w, m * w * sizeof(float));
+    std::memcpy(state->score.data(), state->score.data() + m * w, m * w * sizeof(float));
+  }
+}
+
+}  // namespace dsv4

@@ -1,0 +1,145 @@
+// Helpers shared by the benchmark harnesses: the machine description, this machine's
+// SGEMM peak and streaming-read bandwidth measured in the same run, and best-of timing.
+#ifndef DSV4_BENCH_BENCH_UTIL_H_
+#define DSV4_BENCH_BENCH_UTIL_H_
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/kernels.h"
+#include "nlohmann/json.hpp"
+
+namespace dsv4::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// CPU seconds this process has run: on a shared machine, time lost to other processes
+// inflates wall time but not this.
+inline double ProcessCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Wall and CPU seconds of one timed region.
+class Stopwatch {
+ public:
+  Stopwatch() : wall_(Clock::now()), cpu_(ProcessCpuSeconds()) {}
+  double wall() const { return SecondsSince(wall_); }
+  double cpu() const { return ProcessCpuSeconds() - cpu_; }
+
+ private:
+  Clock::time_point wall_;
+  double cpu_;
+};
+
+inline std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "unknown";
+}
+
+inline std::string UtcNow() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+inline nlohmann::json MachineJson() {
+  return {{"cpu_model", CpuModel()},
+          {"logical_cores", std::thread::hardware_concurrency()},
+          {"openblas_threads", BlasThreads()},
+          {"openblas_config", openblas_get_config()},
+          {"openblas_core", openblas_get_corename()},
+          {"date", UtcNow()}};
+}
+
+// Seconds per call of `fn`: the fastest of repeated batches (each ≥ ~2 ms) within
+// `budget_s`, after a warm-up call.
+inline double TimePerCall(const std::function<void()>& fn, double budget_s = 0.25) {
+  fn();
+  const auto t0 = Clock::now();
+  fn();
+  const double once = SecondsSince(t0);
+  const int per_batch = std::max(1, static_cast<int>(2e-3 / std::max(once, 1e-9)));
+  double best = std::numeric_limits<double>::infinity();
+  const auto start = Clock::now();
+  for (int batches = 0; batches < 5 || (batches < 1000 && SecondsSince(start) < budget_s);
+       ++batches) {
+    const auto b0 = Clock::now();
+    for (int i = 0; i < per_batch; ++i) fn();
+    best = std::min(best, SecondsSince(b0) / per_batch);
+  }
+  return best;
+}
+
+// OpenBLAS SGEMM GFLOP/s at n×n×n (the compute peak this machine reaches in practice).
+inline double SgemmPeakGflops(int n = 1024) {
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
+  for (float& x : a) x = dist(rng);
+  for (float& x : b) x = dist(rng);
+  const double s = TimePerCall(
+      [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
+                    n, 0.0f, c.data(), n);
+      },
+      1.0);
+  return 2.0 * n * n * n / s / 1e9;
+}
+
+// Streaming-read bandwidth (GB/s, 10^9 B/s) of one thread summing a buffer well above the
+// last-level cache: the best and the median of `passes`.
+struct Bandwidth {
+  double best_gbs = 0.0;
+  double median_gbs = 0.0;
+};
+
+inline Bandwidth ReadBandwidth(size_t bytes = size_t{512} << 20, int passes = 7) {
+  const size_t n = bytes / sizeof(float);
+  std::vector<float> buf(n, 1.0f);  // filled, so every page is mapped
+  constexpr int kLanes = 16;
+  std::vector<double> gbs;
+  volatile float sink = 0.0f;
+  for (int p = 0; p < passes; ++p) {
+    const auto t0 = Clock::now();
+    float acc[kLanes] = {};
+    for (size_t i = 0; i + kLanes <= n; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) acc[j] += buf[i + j];
+    }
+    const double s = SecondsSince(t0);
+    for (float a : acc) sink = sink + a;
+    gbs.push_back(static_cast<double>(n * sizeof(float)) / s / 1e9);
+  }
+  std::sort(gbs.begin(), gbs.end());
+  return {gbs.back(), gbs[gbs.size() / 2]};
+}
+
+}  // namespace dsv4::bench
+
+#endif  // DSV4_BENCH_BENCH_UTIL_H_

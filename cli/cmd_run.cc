@@ -1,0 +1,250 @@
+// dsv4 run: the single-process forward pass on a checkpoint — logits of a prompt (prefill,
+// or prefill then token-by-token decode), sampling, throughput and memory figures.
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "attention_node/model.h"
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "core/kernels.h"
+#include "core/kv_accounting.h"
+#include "core/model_config.h"
+#include "core/npy.h"
+#include "core/safetensors.h"
+#include "core/sampling.h"
+#include "expert_node/in_process_executor.h"
+
+ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json and safetensors)");
+ABSL_FLAG(std::string, tokens, "", "prompt token ids, comma-separated (e.g. 1,2,3)");
+ABSL_FLAG(std::string, logits_out, "",
+          "write the prompt's logits, float32 [T, vocab], to this .npy file");
+ABSL_FLAG(int64_t, decode_from, 0,
+          "prefill this many prompt tokens, then decode the rest one at a time (0: one prefill)");
+ABSL_FLAG(int64_t, generate, 0, "sample this many tokens after the prompt");
+ABSL_FLAG(double, temperature, 1.0, "sampling temperature (0: greedy)");
+ABSL_FLAG(double, top_p, 1.0, "nucleus sampling: keep the top tokens holding this mass");
+ABSL_FLAG(int32_t, top_k, 0, "keep the k most likely tokens (0: all)");
+ABSL_FLAG(int64_t, max_seq_len, 0,
+          "longest sequence accepted (0: the config's max_position_embeddings)");
+ABSL_FLAG(bool, mtp, true, "load (and validate) the MTP block; it never runs here");
+ABSL_FLAG(std::string, kv_report, "",
+          "configs (paths or preset names, comma-separated) to report KV state for, from the "
+          "config alone; works without --checkpoint");
+ABSL_FLAG(int64_t, kv_context, 1 << 20, "context length for --kv_report");
+ABSL_FLAG(int32_t, threads, 1, "OpenBLAS threads");
+
+namespace dsv4::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseTokens(const std::string& text) {
+  std::vector<int32_t> tokens;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(part, &id)) {
+      return absl::InvalidArgumentError(absl::StrCat("--tokens: \"", part, "\" is not an integer"));
+    }
+    tokens.push_back(id);
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("--tokens is empty: give a prompt");
+  return tokens;
+}
+
+absl::StatusOr<ModelConfig> LoadConfigByName(const std::string& name) {
+  if (name.find('/') == std::string::npos && name.find(".json") == std::string::npos) {
+    absl::StatusOr<std::string> path = FindProjectFile("models/" + name + "/config.json");
+    if (!path.ok()) return path.status();
+    return LoadModelConfig(*path);
+  }
+  return LoadModelConfig(name);
+}
+
+std::string PerToken(double bytes) { return absl::StrFormat("%.1f B/token", bytes); }
+
+// KV figures of one config in the three layouts; with `vs_v32`, the ratio to
+// DeepSeek-V3.2's cache at `context` tokens (the published V4 comparison).
+void PrintKvReport(const ModelConfig& config, const std::string& name, int64_t context,
+                   bool vs_v32) {
+  const KvCost f32 = ModelKvCost(config, {KvLayout::kRuntimeF32});
+  const KvCost bf16 = ModelKvCost(config, {KvLayout::kReferenceBf16});
+  const KvCost prod = ModelKvCost(config, {KvLayout::kProduction});
+  const KvCost prod_scaled = ModelKvCost(config, {KvLayout::kProduction, true});
+  std::cout << absl::StrFormat(
+      "kv %s: growth %s (runtime fp32), %s (reference bf16), %s (production FP8/FP4; %s with "
+      "KV-entry scales)\n",
+      name, PerToken(f32.bytes_per_token), PerToken(bf16.bytes_per_token),
+      PerToken(prod.bytes_per_token), PerToken(prod_scaled.bytes_per_token));
+  std::cout << absl::StrFormat(
+      "kv %s: fixed per sequence: windows %s (fp32) / %s (bf16) / %s (production), "
+      "compressor states %s (fp32)\n",
+      name, FormatBytes(f32.window_bytes), FormatBytes(bf16.window_bytes),
+      FormatBytes(prod.window_bytes), FormatBytes(f32.compressor_state_bytes));
+  std::cout << absl::StrFormat(
+      "kv %s at %d tokens: %s (production, fixed costs included) = %s per sequence\n", name,
+      context, PerToken(prod.PerTokenAt(context)), FormatBytes(prod.PerTokenAt(context) * context));
+  if (!vs_v32) return;
+  absl::StatusOr<ModelConfig> v3 = LoadConfigByName("deepseek-v3");
+  if (v3.ok()) {
+    const double v32 = V32KvBytesPerToken(*v3);
+    std::cout << absl::StrFormat(
+        "kv %s vs DeepSeek-V3.2 (FP8 MLA cache + FP8 indexer keys, %s): %.1f%% "
+        "(%.1f%% with KV-entry scales); published: Pro 10%%, Flash 7%%\n",
+        name, PerToken(v32), 100 * prod.PerTokenAt(context) / v32,
+        100 * prod_scaled.PerTokenAt(context) / v32);
+  }
+}
+
+absl::Status KvReportOnly() {
+  for (absl::string_view name :
+       absl::StrSplit(absl::GetFlag(FLAGS_kv_report), ',', absl::SkipWhitespace())) {
+    absl::StatusOr<ModelConfig> config = LoadConfigByName(std::string(name));
+    if (!config.ok()) return config.status();
+    if (!config->is_v4()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": not a deepseek_v4 config"));
+    }
+    PrintKvReport(*config, std::string(name), absl::GetFlag(FLAGS_kv_context), true);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run() {
+  SetBlasThreads(absl::GetFlag(FLAGS_threads));
+  const std::string dir = absl::GetFlag(FLAGS_checkpoint);
+  if (dir.empty()) {
+    if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
+    return absl::InvalidArgumentError("--checkpoint DIR is required");
+  }
+  absl::StatusOr<std::vector<int32_t>> tokens = ParseTokens(absl::GetFlag(FLAGS_tokens));
+  if (!tokens.ok()) return tokens.status();
+  const int64_t prompt = static_cast<int64_t>(tokens->size());
+  const int64_t decode_from = absl::GetFlag(FLAGS_decode_from);
+  const int64_t generate = absl::GetFlag(FLAGS_generate);
+  if (decode_from < 0 || decode_from > prompt) {
+    return absl::InvalidArgumentError(absl::StrCat("--decode_from must be in [0, ", prompt,
+                                                   "] (the prompt length), got ", decode_from));
+  }
+  if (generate < 0) return absl::InvalidArgumentError("--generate must be ≥ 0");
+  SamplingParams sampling{static_cast<float>(absl::GetFlag(FLAGS_temperature)),
+                          static_cast<float>(absl::GetFlag(FLAGS_top_p)),
+                          absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_seed)};
+  if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return s;
+
+  const Clock::time_point load_start = Clock::now();
+  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(dir);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir);
+  if (!checkpoint.ok()) return checkpoint.status();
+  ModelOptions options;
+  options.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
+  options.load_mtp = absl::GetFlag(FLAGS_mtp);
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(*config, checkpoint->get(), options);
+  if (!model.ok()) return model.status();
+  absl::StatusOr<std::unique_ptr<InProcessExecutor>> experts =
+      InProcessExecutor::Load(*config, checkpoint->get(), options.load_mtp);
+  if (!experts.ok()) return experts.status();
+  const Model& m = **model;
+  const int64_t total = prompt + std::max<int64_t>(generate - 1, 0);
+  if (m.max_seq_len() > 0 && total > m.max_seq_len()) {
+    return absl::OutOfRangeError(absl::StrCat("the prompt (", prompt, " tokens) and ", generate,
+                                              " generated tokens exceed the maximum of ",
+                                              m.max_seq_len(), " tokens"));
+  }
+  std::cerr << absl::StrFormat("loaded %s in %.2f s\n", dir, Seconds(load_start));
+
+  // The prompt: one prefill of the first `prefill` tokens, then one token per step.
+  const int64_t vocab = config->vocab_size;
+  const int64_t prefill = decode_from > 0 ? decode_from : prompt;
+  const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
+  const LogitRows rows = want_logits ? LogitRows::kAll : LogitRows::kLastPerSequence;
+  SequenceState state = m.NewSequence();
+  std::vector<float> logits;  // [prompt, vocab] when written out, else the last row
+  auto step = [&](absl::Span<const int32_t> ids) -> absl::Status {
+    StepInput in{&state, ids};
+    absl::StatusOr<Tensor> out = m.Forward({&in, 1}, **experts, rows);
+    if (!out.ok()) return out.status();
+    if (!want_logits) logits.clear();
+    logits.insert(logits.end(), out->data(), out->data() + out->numel());
+    return absl::OkStatus();
+  };
+  Clock::time_point start = Clock::now();
+  if (absl::Status s = step(absl::MakeConstSpan(*tokens).first(prefill)); !s.ok()) return s;
+  const double prefill_seconds = Seconds(start);
+  start = Clock::now();
+  for (int64_t t = prefill; t < prompt; ++t) {
+    if (absl::Status s = step(absl::MakeConstSpan(*tokens).subspan(t, 1)); !s.ok()) return s;
+  }
+  if (want_logits) {
+    if (absl::Status s =
+            WriteNpyF32(absl::GetFlag(FLAGS_logits_out), {prompt, vocab}, logits.data());
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Sampling: each new token comes from the previous position's logits.
+  std::vector<int32_t> generated;
+  Sampler sampler(sampling);
+  for (int64_t i = 0; i < generate; ++i) {
+    const int32_t next = sampler.Sample(absl::MakeConstSpan(logits).last(vocab));
+    generated.push_back(next);
+    if (i + 1 < generate) {
+      if (absl::Status s = step({&generated.back(), 1}); !s.ok()) return s;
+    }
+  }
+  const double decode_seconds = Seconds(start);
+  const int64_t decode_steps = (prompt - prefill) + std::max<int64_t>(generate - 1, 0);
+
+  if (generate > 0) std::cout << "generated: " << absl::StrJoin(generated, ",") << "\n";
+  std::cout << absl::StrFormat("prefill: %d tokens in %.3f s (%.1f tokens/s)\n", prefill,
+                               prefill_seconds, prefill / prefill_seconds);
+  if (decode_steps > 0) {
+    std::cout << absl::StrFormat("decode: %d tokens in %.3f s (%.1f tokens/s)\n", decode_steps,
+                                 decode_seconds, decode_steps / decode_seconds);
+  }
+  const int64_t weights = m.weight_bytes() + (*experts)->weight_bytes();
+  std::cout << absl::StrFormat(
+      "memory: weights %s resident (fp32; attention side %s incl. MTP %s, routed experts %s)\n",
+      FormatBytes(weights), FormatBytes(m.weight_bytes()), FormatBytes(m.mtp_weight_bytes()),
+      FormatBytes((*experts)->weight_bytes()));
+  std::cout << absl::StrFormat("memory: KV state %s after %d tokens (fp32) = %s amortised\n",
+                               FormatBytes(state.bytes()), state.position(),
+                               PerToken(static_cast<double>(state.bytes()) / state.position()));
+  PrintKvReport(*config, "this model", absl::GetFlag(FLAGS_kv_context), false);
+  if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunMain(int argc, char** argv) {
+  const std::vector<std::string> positional = ParseFlags(
+      argc, argv,
+      "dsv4 run --checkpoint DIR --tokens 1,2,3 [--logits-out FILE.npy] [--decode-from K]\n"
+      "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
+      "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"
+      "Runs the DeepSeek-V4 forward pass in this process (fp32, exact dequantisation): the\n"
+      "prompt's logits from position 0 (one prefill, or a prefill of K tokens then one token at\n"
+      "a time), optional sampling, tokens/s for prefill and decode, resident weight bytes and\n"
+      "KV-state bytes per token.",
+      "cmd_run.cc");
+  if (!positional.empty()) {
+    return ExitCode(absl::InvalidArgumentError("unexpected argument: " + positional[0]), "run");
+  }
+  return ExitCode(Run(), "run");
+}
+
+}  // namespace dsv4::cli
