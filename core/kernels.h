@@ -10,15 +10,17 @@
 
 namespace dsv4 {
 
-// Sets the number of OpenBLAS threads (default 1: one thread per MPI rank).
+// Sets the number of OpenBLAS threads. The default is 1 (one thread per MPI rank): the
+// first Gemm applies it unless SetBlasThreads was called before, overriding OpenBLAS's own
+// default of one thread per core. Call it before running kernels from several threads.
 void SetBlasThreads(int threads);
 int BlasThreads();
 
 // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major; op transposes when
-// the flag is set. lda/ldb/ldc are row strides of A, B, C as stored.
-void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc);
+// the flag is set. lda/ldb/ldc are row strides of A, B, C as stored (A is k×m when
+// transposed). With beta == 0, C is not read. Fewer than 8 rows, or n == 1, run as sgemv.
+void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ: the "linear" of every projection.
 void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y);
@@ -28,22 +30,27 @@ Tensor Linear(const Tensor& x, const Tensor& w);  // x [.., in], w [out, in] →
 // In-place when y == x.
 void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y);
 
-// Numerically stable softmax over each row of length n, in place.
+// Numerically stable softmax (max subtracted) over each row of length n, in place. -inf
+// entries get probability 0; a row that is all -inf becomes NaN, as in torch.
 void SoftmaxRows(float* x, int64_t rows, int64_t n);
 
-float Silu(float x);                  // x * sigmoid(x)
+// Softmax, Sigmoid and SiLU use a vectorisable exp with ~1 ulp error (std::exp does not
+// vectorise without -ffast-math).
+float Silu(float x);  // x * sigmoid(x)
 float Sigmoid(float x);
-float Softplus(float x);              // log(1 + e^x); x itself when x > 20
+float Softplus(float x);  // log(1 + e^x); x itself when x > 20 (as torch)
 void SiluInPlace(float* x, int64_t n);
 
-// Indices of the k largest values of x[0..n), largest first; ties go to the lower index.
+// Indices of the k largest values of x[0..n) (k ≤ n), largest first; ties go to the lower
+// index; NaN ranks above every number (as torch.topk).
 std::vector<int> TopK(const float* x, int64_t n, int k);
 
 // Rotary embedding on interleaved pairs (x[2i], x[2i+1]) of a `dim`-long vector, with
 // optional YaRN frequency scaling as in DeepSeek's reference code. The angle is
-// fp32(fp32(pos) * freq_i), matching the reference's rounding.
+// fp32(fp32(pos) * freq_i), matching the reference's rounding (spec §3.4). The rotated
+// vector is x[0..dim): callers pass a pointer to the rope part (the last dim elements).
 struct RopeParams {
-  int dim = 64;                  // rotated dims (qk_rope_head_dim)
+  int dim = 64;  // rotated dims (qk_rope_head_dim)
   double base = 10000.0;
   double factor = 1.0;           // YaRN factor
   int64_t original_seq_len = 0;  // > 0 switches YaRN on
@@ -58,6 +65,9 @@ class Rope {
   const std::vector<float>& freqs() const { return freqs_; }  // dim/2 entries
   // Rotates x[0..dim) in place for position pos; inverse rotates by -θ.
   void Apply(float* x, int64_t pos, bool inverse = false) const;
+  // Rotates `count` vectors x, x + stride, … (e.g. every head of one token) at the same
+  // position, computing the angles once.
+  void ApplyHeads(float* x, int64_t count, int64_t stride, int64_t pos, bool inverse = false) const;
 
  private:
   RopeParams params_;

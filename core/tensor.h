@@ -22,9 +22,9 @@ int64_t NumElements(const Shape& shape);
 
 class Tensor {
  public:
-  Tensor() = default;                      // empty: rank 0, no storage
-  explicit Tensor(Shape shape);            // zero-filled, contiguous
-  Tensor(Shape shape, float fill);         // filled with `fill`
+  Tensor() = default;               // empty: rank 0, no storage
+  explicit Tensor(Shape shape);     // zero-filled, contiguous
+  Tensor(Shape shape, float fill);  // filled with `fill`
   static Tensor FromVector(Shape shape, std::vector<float> values);
 
   const Shape& shape() const { return shape_; }

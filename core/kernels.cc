@@ -1,0 +1,351 @@
+#include "core/kernels.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <numbers>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+namespace {
+
+// Bad sizes or pointers are bugs in the caller (internal API), so they abort with the reason.
+#define KERNEL_CHECK(cond, ...)                                                               \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      std::fprintf(stderr, "%s:%d: Kernel check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
+                   absl::StrCat(__VA_ARGS__).c_str());                                        \
+      std::abort();                                                                           \
+    }                                                                                         \
+  } while (false)
+
+// OpenBLAS starts with one thread per core; the runtime wants one per MPI rank unless told
+// otherwise, so the first GEMM applies 1 unless SetBlasThreads ran before.
+std::once_flag g_blas_threads_once;
+std::atomic<int> g_blas_threads{1};
+
+void EnsureBlasThreads() {
+  std::call_once(g_blas_threads_once, [] { openblas_set_num_threads(1); });
+}
+
+// Below this many rows of C, Gemm runs one sgemv per row (see Gemm).
+constexpr int64_t kGemvMaxRows = 8;
+
+bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<blasint>::max(); }
+
+// Several independent partial sums: lets the compiler vectorise the reduction without
+// -ffast-math, and is more accurate than one running sum.
+constexpr int kLanes = 16;
+
+float SumSquares(const float* x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] * x[i + j];
+  }
+  for (int64_t j = 0; i < n; ++i, ++j) acc[j] += x[i] * x[i];
+  return std::accumulate(acc, acc + kLanes, 0.0f);
+}
+
+float MaxOf(const float* x, int64_t n) {
+  // GCC does not vectorise a float max without -ffinite-math-only, so the lanes are a
+  // vector-extension type.
+  using Lanes = float __attribute__((vector_size(kLanes * sizeof(float))));
+  Lanes acc;
+  for (int j = 0; j < kLanes; ++j) acc[j] = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Lanes v;
+    std::memcpy(&v, x + i, sizeof(v));
+    acc = v > acc ? v : acc;
+  }
+  float max = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < kLanes; ++j) max = std::max(max, acc[j]);
+  for (; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+// exp(x) for fp32 with ~1 ulp error (Cephes expf: range reduction by ln 2, degree-6
+// polynomial), written with plain arithmetic and bit casts so loops over it vectorise;
+// std::exp does not without -ffast-math. Results below ~3e-38 are flushed to 0 (so
+// exp(-inf) = 0, as masked softmax needs), overflow gives +inf, NaN stays NaN.
+inline float ExpFast(float x) {
+  constexpr float kLo = -86.5f;       // keeps 2^(n-1) a normal number
+  constexpr float kHi = 88.7228394f;  // ln(FLT_MAX)
+  constexpr float kLog2e = std::numbers::log2e_v<float>;
+  // ln 2 split in two so that n·kLn2Hi is exact for |n| ≤ 128.
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  // Adding 1.5·2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
+  constexpr float kRound = 12582912.0f;
+  const float xc = std::min(std::max(x, kLo), kHi);
+  const float t = xc * kLog2e + kRound;
+  const float n = t - kRound;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n as 2·2^(n-1), so that n = 128 (results just below FLT_MAX) stays finite.
+  const int32_t e = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
+  const float y = (2.0f * p) * std::bit_cast<float>((e + 126) << 23);
+  if (x < kLo) return 0.0f;
+  return x > kHi ? std::numeric_limits<float>::infinity() : y;
+}
+
+}  // namespace
+
+void SetBlasThreads(int threads) {
+  KERNEL_CHECK(threads >= 1, "threads = ", threads);
+  std::call_once(g_blas_threads_once, [] {});  // an explicit setting replaces the default
+  openblas_set_num_threads(threads);
+  g_blas_threads.store(threads);
+}
+
+int BlasThreads() { return g_blas_threads.load(); }
+
+void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  KERNEL_CHECK(FitsBlasInt(m) && FitsBlasInt(n) && FitsBlasInt(k), "m=", m, " n=", n, " k=", k);
+  // Row strides are of the matrices as stored: A is m×k, or k×m when transposed.
+  const int64_t a_cols = trans_a ? m : k;
+  const int64_t b_cols = trans_b ? k : n;
+  KERNEL_CHECK(lda >= std::max<int64_t>(1, a_cols) && FitsBlasInt(lda), "lda=", lda,
+               " for a stored A with ", a_cols, " columns");
+  KERNEL_CHECK(ldb >= std::max<int64_t>(1, b_cols) && FitsBlasInt(ldb), "ldb=", ldb,
+               " for a stored B with ", b_cols, " columns");
+  KERNEL_CHECK(ldc >= std::max<int64_t>(1, n) && FitsBlasInt(ldc), "ldc=", ldc, " for n=", n);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS would leave C untouched or scaled; spell out C = beta·C
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    }
+    return;
+  }
+  EnsureBlasThreads();
+  const auto op = [](bool t) { return t ? CblasTrans : CblasNoTrans; };
+  // Few rows: one sgemv per row. OpenBLAS 0.3.21's sgemm packs op(B) on every call and
+  // reaches only 15-35 GFLOP/s below 8 rows on this machine, where sgemv streams it at ~50
+  // (bench/kernels.cc).
+  if (m < kGemvMaxRows) {
+    for (int64_t i = 0; i < m; ++i) {
+      // c[i, :] = op(B)ᵀ · op(A)[i, :]
+      const float* a_row = trans_a ? a + i : a + i * lda;
+      const int64_t inc_a = trans_a ? lda : 1;
+      if (trans_b) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, alpha, b, ldb, a_row, inc_a, beta,
+                    c + i * ldc, 1);
+      } else {
+        cblas_sgemv(CblasRowMajor, CblasTrans, k, n, alpha, b, ldb, a_row, inc_a, beta, c + i * ldc,
+                    1);
+      }
+    }
+    return;
+  }
+  if (n == 1) {  // one column of C: a single sgemv
+    // c[:, 0] = op(A) · op(B)[:, 0]
+    const int64_t inc_b = trans_b ? 1 : ldb;
+    if (trans_a) {
+      cblas_sgemv(CblasRowMajor, CblasTrans, k, m, alpha, a, lda, b, inc_b, beta, c, ldc);
+    } else {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, alpha, a, lda, b, inc_b, beta, c, ldc);
+    }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c,
+              ldc);
+}
+
+void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y) {
+  Gemm(false, true, rows, out, in, 1.0f, x, std::max<int64_t>(in, 1), w, std::max<int64_t>(in, 1),
+       0.0f, y, std::max<int64_t>(out, 1));
+}
+
+Tensor Linear(const Tensor& x, const Tensor& w) {
+  KERNEL_CHECK(w.rank() == 2, "weight shape ", ShapeToString(w.shape()));
+  KERNEL_CHECK(x.rank() >= 1 && x.dim(-1) == w.dim(1), "x ", ShapeToString(x.shape()),
+               " does not match weight ", ShapeToString(w.shape()));
+  const Tensor xc = x.Contiguous();
+  const Tensor wc = w.Contiguous();
+  Shape out_shape = x.shape();
+  out_shape.back() = w.dim(0);
+  Tensor y(out_shape);
+  Linear(xc.data(), x.numel() / std::max<int64_t>(x.dim(-1), 1), w.dim(1), wc.data(), w.dim(0),
+         y.data());
+  return y;
+}
+
+void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y) {
+  KERNEL_CHECK(dim > 0 && rows >= 0, "rows=", rows, " dim=", dim);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    const float scale = 1.0f / std::sqrt(SumSquares(xr, dim) / static_cast<float>(dim) + eps);
+    if (w == nullptr) {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale;
+    } else {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * w[i];
+    }
+  }
+}
+
+void SoftmaxRows(float* x, int64_t rows, int64_t n) {
+  KERNEL_CHECK(n >= 0 && rows >= 0, "rows=", rows, " n=", n);
+  if (n == 0) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* xr = x + r * n;
+    const float max = MaxOf(xr, n);
+    float acc[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        xr[i + j] = ExpFast(xr[i + j] - max);
+        acc[j] += xr[i + j];
+      }
+    }
+    for (int64_t j = 0; i < n; ++i, ++j) {
+      xr[i] = ExpFast(xr[i] - max);
+      acc[j] += xr[i];
+    }
+    const float inv = 1.0f / std::accumulate(acc, acc + kLanes, 0.0f);
+    for (i = 0; i < n; ++i) xr[i] *= inv;
+  }
+}
+
+float Sigmoid(float x) { return 1.0f / (1.0f + ExpFast(-x)); }
+
+float Silu(float x) { return x / (1.0f + ExpFast(-x)); }
+
+float Softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+void SiluInPlace(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + ExpFast(-x[i]));
+}
+
+std::vector<int> TopK(const float* x, int64_t n, int k) {
+  KERNEL_CHECK(k >= 0 && k <= n && n <= std::numeric_limits<int>::max(), "k=", k, " n=", n);
+  std::vector<int> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  // A strict total order: larger value first, NaN above everything (as torch.topk), then the
+  // lower index.
+  const auto before = [x](int a, int b) {
+    const float va = x[a];
+    const float vb = x[b];
+    const bool na = std::isnan(va);
+    const bool nb = std::isnan(vb);
+    if (na != nb) return na;
+    if (!na && va != vb) return va > vb;
+    return a < b;
+  };
+  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
+  idx.resize(k);
+  std::sort(idx.begin(), idx.end(), before);
+  return idx;
+}
+
+Rope::Rope(const RopeParams& params) : params_(params) {
+  const int r = params.dim;
+  KERNEL_CHECK(r > 0 && r % 2 == 0, "rope dim ", r, " must be positive and even");
+  KERNEL_CHECK(params.base > 1.0, "rope base ", params.base);
+  const bool yarn = params.original_seq_len > 0;
+  if (yarn) {
+    KERNEL_CHECK(params.factor > 0.0 && params.beta_fast > 0.0 && params.beta_slow > 0.0,
+                 "YaRN factor ", params.factor, ", betas ", params.beta_fast, "/",
+                 params.beta_slow);
+  }
+  // Every step is rounded as the reference's fp32 tensor ops round it: exponent 2i/r in fp32,
+  // base^e in fp32, then the reciprocal.
+  const double base = static_cast<float>(params.base);
+  freqs_.resize(r / 2);
+  for (int i = 0; i < r / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(r);
+    freqs_[i] = 1.0f / static_cast<float>(std::pow(base, static_cast<double>(e)));
+  }
+  if (!yarn) return;
+  // YaRN correction range, in double as the reference computes it in Python floats: the pair
+  // index at which a frequency completes `beta` rotations over the original context.
+  const auto correction_dim = [&](double beta) {
+    return r *
+           std::log(static_cast<double>(params.original_seq_len) /
+                    (beta * 2.0 * std::numbers::pi)) /
+           (2.0 * std::log(params.base));
+  };
+  const double lo = std::max(std::floor(correction_dim(params.beta_fast)), 0.0);
+  double hi = std::min(std::ceil(correction_dim(params.beta_slow)), r - 1.0);
+  if (lo == hi) hi += 0.001;
+  const float span = static_cast<float>(hi - lo);
+  const float factor = static_cast<float>(params.factor);
+  for (int i = 0; i < r / 2; ++i) {
+    const float ramp =
+        std::clamp((static_cast<float>(i) - static_cast<float>(lo)) / span, 0.0f, 1.0f);
+    const float smooth = 1.0f - ramp;
+    // volatile keeps each product rounded to fp32, as the reference's separate tensor ops
+    // are; a fused multiply-add would change the last bit.
+    const volatile float scaled = freqs_[i] / factor * (1.0f - smooth);
+    const volatile float kept = freqs_[i] * smooth;
+    freqs_[i] = scaled + kept;
+  }
+}
+
+void Rope::Apply(float* x, int64_t pos, bool inverse) const { ApplyHeads(x, 1, 0, pos, inverse); }
+
+void Rope::ApplyHeads(float* x, int64_t count, int64_t stride, int64_t pos, bool inverse) const {
+  const float p = static_cast<float>(pos);
+  const int half = params_.dim / 2;
+  // Angles in blocks, each block's cos/sin computed once and applied to every vector.
+  constexpr int kBlock = 32;
+  float cos_t[kBlock];
+  float sin_t[kBlock];
+  for (int i0 = 0; i0 < half; i0 += kBlock) {
+    const int len = std::min(kBlock, half - i0);
+    for (int i = 0; i < len; ++i) {
+      // cos/sin of the fp32 angle, evaluated in double so they are correctly rounded.
+      const float theta = p * freqs_[i0 + i];
+      cos_t[i] = static_cast<float>(std::cos(static_cast<double>(theta)));
+      const float s = static_cast<float>(std::sin(static_cast<double>(theta)));
+      sin_t[i] = inverse ? -s : s;
+    }
+    for (int64_t v = 0; v < count; ++v) {
+      float* u = x + v * stride + 2 * i0;
+      for (int i = 0; i < len; ++i) {
+        const float a = u[2 * i];
+        const float b = u[2 * i + 1];
+        u[2 * i] = a * cos_t[i] - b * sin_t[i];
+        u[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
+      }
+    }
+  }
+}
+
+void HadamardInPlace(float* x, int64_t n) {
+  KERNEL_CHECK(n > 0 && (n & (n - 1)) == 0, "Hadamard size ", n, " is not a power of two");
+  // Butterflies of growing span h; this order gives the Sylvester matrix
+  // H[i][j] = (-1)^popcount(i & j).
+  for (int64_t h = 1; h < n; h *= 2) {
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j];
+        const float b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(n));
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+}  // namespace dsv4
