@@ -25,13 +25,16 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "core/kernels.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4 {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::CpuModel;
+using bench::SgemmPeakGflops;
+using bench::TimePerCall;
 using json = nlohmann::ordered_json;
 
 // The repository root, from this file's path (bench/kernels.cc).
@@ -45,92 +48,6 @@ std::vector<float> RandomVector(int64_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
   return v;
-}
-
-// Seconds per call of `fn`, from the fastest of several batches: calls are grouped into
-// batches of at least ~2 ms so the clock's resolution does not matter, and batches repeat
-// until `budget_s` is spent. The fastest batch is the least disturbed by other processes on
-// a shared machine.
-double TimePerCall(const std::function<void()>& fn, double budget_s = 0.25) {
-  fn();  // warm-up: page faults, OpenBLAS buffers, caches
-  const auto t0 = Clock::now();
-  fn();
-  const double once = std::chrono::duration<double>(Clock::now() - t0).count();
-  const int per_batch = std::max(1, static_cast<int>(2e-3 / std::max(once, 1e-9)));
-  double best = std::numeric_limits<double>::infinity();
-  const auto start = Clock::now();
-  for (int batches = 0;
-       batches < 5 ||
-       (batches < 1000 && std::chrono::duration<double>(Clock::now() - start).count() < budget_s);
-       ++batches) {
-    const auto b0 = Clock::now();
-    for (int i = 0; i < per_batch; ++i) fn();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - b0).count() / per_batch);
-  }
-  return best;
-}
-
-// Streaming-read bandwidth in GB/s (10^9 bytes/s) of one thread summing a `bytes`-sized
-// buffer (pick it well above the last-level cache): the best and the median of `passes`.
-struct Bandwidth {
-  double best_gbs = 0.0;
-  double median_gbs = 0.0;
-};
-
-Bandwidth MeasureReadBandwidth(size_t bytes, int passes) {
-  const size_t n = bytes / sizeof(float);
-  std::vector<float> buf(n, 1.0f);  // filled, so every page is really mapped
-  constexpr int kLanes = 16;
-  std::vector<double> gbs;
-  volatile float sink = 0.0f;
-  for (int p = 0; p < passes; ++p) {
-    const auto t0 = Clock::now();
-    float acc[kLanes] = {};
-    for (size_t i = 0; i + kLanes <= n; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) acc[j] += buf[i + j];
-    }
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    for (float a : acc) sink = sink + a;  // keeps the loop alive
-    gbs.push_back(static_cast<double>(n * sizeof(float)) / s / 1e9);
-  }
-  std::sort(gbs.begin(), gbs.end());
-  return {gbs.back(), gbs[gbs.size() / 2]};
-}
-
-// OpenBLAS SGEMM at 1024³ (row-major, no transposes), GFLOP/s.
-double SgemmPeakGflops() {
-  const int n = 1024;
-  const std::vector<float> a = RandomVector(n * n, 1);
-  const std::vector<float> b = RandomVector(n * n, 2);
-  std::vector<float> c(n * n);
-  const double s = TimePerCall(
-      [&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
-                    n, 0.0f, c.data(), n);
-      },
-      1.0);
-  return 2.0 * n * n * n / s / 1e9;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
-    }
-  }
-  return "unknown";
-}
-
-std::string UtcNow() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 struct LinearShape {
@@ -208,12 +125,7 @@ int Main(int argc, char** argv) {
   SetBlasThreads(threads);
 
   json result;
-  result["machine"] = {{"cpu_model", CpuModel()},
-                       {"logical_cores", std::thread::hardware_concurrency()},
-                       {"openblas_threads", BlasThreads()},
-                       {"openblas_config", openblas_get_config()},
-                       {"openblas_core", openblas_get_corename()},
-                       {"date", UtcNow()}};
+  result["machine"] = bench::MachineJson();
   std::printf("CPU %s, %u logical cores, OpenBLAS %s (%s), %d thread(s)\n", CpuModel().c_str(),
               std::thread::hardware_concurrency(), openblas_get_config(), openblas_get_corename(),
               BlasThreads());
@@ -224,7 +136,7 @@ int Main(int argc, char** argv) {
   std::printf("peak: OpenBLAS sgemm 1024^3 %.1f GFLOP/s (first run)\n", peak_before);
 
   const size_t bw_bytes = size_t{512} << 20;
-  const Bandwidth bw = MeasureReadBandwidth(bw_bytes, 7);
+  const bench::Bandwidth bw = bench::ReadBandwidth(bw_bytes, 7);
   result["read_bandwidth"] = {{"bytes", bw_bytes},
                               {"threads", 1},
                               {"best_gb_per_s", bw.best_gbs},
