@@ -13,7 +13,9 @@
 #include "absl/strings/str_format.h"
 #include "core/checkpoint_layout.h"
 #include "core/dtype.h"
+#include "core/engram_hash.h"
 #include "core/safetensors.h"
+#include "nlohmann/json.hpp"
 
 namespace dsv4 {
 namespace {
@@ -94,6 +96,7 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
       break;
     case TensorRole::kApe:
     case TensorRole::kGateBias:
+    case TensorRole::kBias:
     case TensorRole::kEngramConv:
       fill(0.0f, 0.1f);
       break;
@@ -102,7 +105,9 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
       break;
     case TensorRole::kScale:
     case TensorRole::kTid2Eid:
-      break;  // produced with their weight / by HashRouting
+    case TensorRole::kEngramMultipliers:
+    case TensorRole::kEngramTokenMap:
+      break;  // produced with their weight / by HashRouting / by IntegerTable
   }
   return v;
 }
@@ -180,6 +185,36 @@ std::vector<uint8_t> HashRouting(const TensorSpec& spec, int n_experts, Rng& rng
   return out;
 }
 
+// The I64 tensors that are data, not samples: hash routing and the Engram constants.
+std::vector<uint8_t> IntegerTable(const ModelConfig& config, const TensorSpec& spec, Rng& rng) {
+  std::vector<int64_t> values;
+  switch (spec.role) {
+    case TensorRole::kTid2Eid:
+      return HashRouting(spec, config.n_routed_experts, rng);
+    case TensorRole::kEngramMultipliers:
+      values = EngramMultipliers(config.engram.seed, spec.layer, EngramCompressedVocab(config),
+                                 config.engram.max_ngram_size);
+      break;
+    default:
+      values = SyntheticCanonicalMap(config);
+      break;
+  }
+  std::vector<uint8_t> out;
+  for (int64_t v : values) Append(out, v);
+  return out;
+}
+
+// Chunk checksums of an Engram table (see kEngramChecksumsFile).
+nlohmann::json TableChecksums(const TensorSpec& spec, const std::vector<uint8_t>& bytes) {
+  const size_t chunk = kEngramChecksumChunkRows * spec.shape[1] * DTypeSize(spec.dtype);
+  nlohmann::json list = nlohmann::json::array();
+  for (size_t at = 0; at < bytes.size(); at += chunk) {
+    list.push_back(absl::StrFormat(
+        "%016x", EngramChunkChecksum(bytes.data() + at, std::min(chunk, bytes.size() - at))));
+  }
+  return list;
+}
+
 // One unit of generation: a tensor, or a quantised weight together with its scale.
 struct Unit {
   const TensorSpec* weight;
@@ -188,11 +223,11 @@ struct Unit {
 };
 
 absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed,
-                      SafetensorsWriter& writer) {
+                      SafetensorsWriter& writer, nlohmann::json& checksums) {
   const TensorSpec& spec = *unit.weight;
   Rng rng(TensorSeed(seed, spec.name));
-  if (spec.role == TensorRole::kTid2Eid) {
-    writer.Add(spec.name, spec.dtype, spec.shape, HashRouting(spec, config.n_routed_experts, rng));
+  if (spec.dtype == DType::kI64) {
+    writer.Add(spec.name, spec.dtype, spec.shape, IntegerTable(config, spec, rng));
     return absl::OkStatus();
   }
   const std::vector<float> values = SampleValues(config, spec, rng);
@@ -217,6 +252,7 @@ absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed
       return absl::InternalError(
           absl::StrFormat("no generator for %s (%s)", spec.name, DTypeName(spec.dtype)));
   }
+  if (spec.role == TensorRole::kEngramTable) checksums[spec.name] = TableChecksums(spec, bytes);
   writer.Add(spec.name, spec.dtype, spec.shape, std::move(bytes));
   if (unit.scale) {
     const size_t expected = static_cast<size_t>(unit.scale->nbytes());
@@ -248,6 +284,18 @@ std::vector<Unit> PairUnits(const std::vector<TensorSpec>& specs) {
 
 }  // namespace
 
+uint64_t EngramChunkChecksum(const uint8_t* data, size_t size) {
+  uint64_t h = 1469598103934665603ull;
+  size_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, data + i, 8);
+    h = (h ^ word) * 1099511628211ull;
+  }
+  for (; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+  return h;
+}
+
 absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& config_json_text,
                                 const std::string& out_dir, const GenerateOptions& options) {
   std::error_code ec;
@@ -276,18 +324,30 @@ absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& co
   }
 
   std::map<std::string, std::string> weight_map;
+  nlohmann::json checksums = nlohmann::json::object();
   uint64_t done = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string file =
         absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     SafetensorsWriter writer;
     for (const Unit* unit : shards[i]) {
-      if (absl::Status s = EmitUnit(config, *unit, options.seed, writer); !s.ok()) return s;
+      if (absl::Status s = EmitUnit(config, *unit, options.seed, writer, checksums); !s.ok())
+        return s;
       done += unit->nbytes();
       if (options.progress) options.progress(done, total);
     }
     for (const std::string& name : writer.names()) weight_map[name] = file;
     if (absl::Status s = writer.Write(out_dir + "/" + file); !s.ok()) return s;
+  }
+  if (config.engram.enabled()) {
+    const std::string path = out_dir + "/" + kEngramChecksumsFile;
+    std::ofstream out(path);
+    out << nlohmann::json{{"algorithm", kEngramChecksumAlgorithm},
+                          {"chunk_rows", kEngramChecksumChunkRows},
+                          {"tensors", checksums}}
+               .dump(1)
+        << "\n";
+    if (!out) return absl::InternalError("cannot write " + path);
   }
   return WriteSafetensorsIndex(out_dir, weight_map, total);
 }

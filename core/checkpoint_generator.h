@@ -1,12 +1,15 @@
 // Synthetic, seeded checkpoints in the official DeepSeek-V4 layout: the tensor names,
 // shapes and dtypes of ExpectedTensors (FP8 block-scaled dense weights, FP4 routed
 // experts, BF16 and F32 where the release has them, I64 tid2eid), sharded with a
-// model.safetensors.index.json, plus the config.json. The values are random but scaled
+// model.safetensors.index.json, plus the config.json. With Engram, the hash multipliers
+// are NumPy-exact (core/engram_hash.h), the canonical map is synthetic (id mod V_comp),
+// and a checksum sidecar covers the tables. The values are random but scaled
 // so that activations stay well-conditioned through every layer, and the same seed
 // always gives the same bytes.
 #ifndef DSV4_CORE_CHECKPOINT_GENERATOR_H_
 #define DSV4_CORE_CHECKPOINT_GENERATOR_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -23,8 +26,20 @@ struct GenerateOptions {
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
+// Engram tables get a sidecar next to the shards, so a memory node refuses a corrupt
+// or mismatched table while verifying only the rows it serves:
+//   engram_checksums.json: {"algorithm": "fnv1a64-le-words", "chunk_rows": 65536,
+//                           "tensors": {"<table name>": ["<16 hex digits>", ...]}}
+// with one EngramChunkChecksum per chunk of chunk_rows rows (the last may be shorter).
+inline constexpr char kEngramChecksumsFile[] = "engram_checksums.json";
+inline constexpr char kEngramChecksumAlgorithm[] = "fnv1a64-le-words";
+inline constexpr int64_t kEngramChecksumChunkRows = 65536;
+// FNV-1a 64 over little-endian 64-bit words, then over the remaining bytes.
+uint64_t EngramChunkChecksum(const uint8_t* data, size_t size);
+
 // Writes `config_json_text` as out_dir/config.json and the tensors as
-// model-0000i-of-0000N.safetensors with an index. Creates out_dir if needed.
+// model-0000i-of-0000N.safetensors with an index (and engram_checksums.json for Engram
+// models). Creates out_dir if needed.
 absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& config_json_text,
                                 const std::string& out_dir, const GenerateOptions& options);
 

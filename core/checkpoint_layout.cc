@@ -1,9 +1,10 @@
 #include "core/checkpoint_layout.h"
 
-#include <set>
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/engram_hash.h"
 
 namespace dsv4 {
 namespace {
@@ -24,6 +25,10 @@ class LayoutBuilder {
     Add("hc_head_fn", {n, n * d}, DType::kF32, TensorRole::kHcFn);
     Add("hc_head_base", {n}, DType::kF32, TensorRole::kHcBase);
     Add("hc_head_scale", {1}, DType::kF32, TensorRole::kHcScale);
+    if (c_.engram.enabled()) {
+      Add(kEngramCanonicalIdsName, {c_.vocab_size}, DType::kI64, TensorRole::kEngramTokenMap);
+      engram_rows_ = EngramHeadSizes(c_.engram);
+    }
     for (int i = 0; i < c_.num_hidden_layers; ++i) {
       layer_ = i;
       Block(absl::StrCat("layers.", i, "."));
@@ -87,8 +92,37 @@ class LayoutBuilder {
     Add(p + "norm.weight", {dim}, DType::kBF16, TensorRole::kNormWeight);
   }
 
+  // The Engram module of a main layer (spec §6.4), in the demo's module names.
+  void Engram(int engram_index) {
+    const EngramConfig& e = c_.engram;
+    const int64_t d = c_.hidden_size, n = c_.hc_mult;
+    const int64_t width = int64_t{e.max_ngram_size - 1} * e.n_heads * e.head_dim;
+    int64_t rows = 0;
+    for (int64_t p : engram_rows_[engram_index]) rows += p;
+    const std::string p = EngramPrefix(layer_);
+    Add(EngramTableName(layer_), {rows, e.head_dim}, DType::kBF16, TensorRole::kEngramTable);
+    Add(p + "multipliers", {e.max_ngram_size}, DType::kI64, TensorRole::kEngramMultipliers);
+    Add(p + "value_proj.weight", {d, width}, DType::kBF16, TensorRole::kLinear);
+    Add(p + "value_proj.bias", {d}, DType::kBF16, TensorRole::kBias);
+    for (int i = 0; i < n; ++i) {
+      Add(absl::StrCat(p, "key_projs.", i, ".weight"), {d, width}, DType::kBF16,
+          TensorRole::kLinear);
+      Add(absl::StrCat(p, "key_projs.", i, ".bias"), {d}, DType::kBF16, TensorRole::kBias);
+    }
+    for (const char* norm : {"norm1.", "norm2.", "short_conv.norms."}) {
+      for (int i = 0; i < n; ++i) {
+        Add(absl::StrCat(p, norm, i, ".weight"), {d}, DType::kBF16, TensorRole::kNormWeight);
+      }
+    }
+    Add(p + "short_conv.conv.weight", {n * d, 1, e.kernel_size}, DType::kBF16,
+        TensorRole::kEngramConv);
+  }
+
   void Block(const std::string& p) {
     const int64_t d = c_.hidden_size, n = c_.hc_mult, mix = c_.mix_dim();
+    const std::vector<int>& engram_layers = c_.engram.layer_ids;
+    const auto engram = std::find(engram_layers.begin(), engram_layers.end(), layer_);
+    if (engram != engram_layers.end()) Engram(static_cast<int>(engram - engram_layers.begin()));
     const int64_t H = c_.num_attention_heads, D = c_.head_dim, Q = c_.q_lora_rank;
     const int64_t G = c_.o_groups, R = c_.o_lora_rank;
     const int64_t E = c_.n_routed_experts, F = c_.moe_intermediate_size;
@@ -140,40 +174,13 @@ class LayoutBuilder {
   const ModelConfig& c_;
   std::vector<TensorSpec> out_;
   int layer_ = -1;
+  std::vector<std::vector<int64_t>> engram_rows_;  // prime table sizes per Engram layer
 };
 
-bool IsPrime(int64_t v) {
-  if (v < 2) return false;
-  for (int64_t q = 2; q * q <= v; ++q) {
-    if (v % q == 0) return false;
-  }
-  return true;
-}
-
-// Engram table rows: the demo's scheme (spec §6.3), one distinct prime per (layer, order,
-// head), each the next unused prime above the previous one of its order.
-int64_t EngramTableRows(const EngramConfig& e) {
-  std::set<int64_t> used;
-  int64_t rows = 0;
-  for (size_t l = 0; l < e.layer_ids.size(); ++l) {
-    for (int order = 2; order <= e.max_ngram_size; ++order) {
-      int64_t p = e.vocab_size[order - 2] - 1;
-      for (int j = 0; j < e.n_heads; ++j) {
-        do {
-          ++p;
-        } while (!IsPrime(p) || used.count(p));
-        used.insert(p);
-        rows += p;
-      }
-    }
-  }
-  return rows;
-}
-
 // A tensor's parameter count; FP4 expert bytes hold two parameters each. Scales and the
-// hash-routing table are not parameters.
+// integer tables (tid2eid, Engram multipliers and canonical ids) are not parameters.
 int64_t Params(const TensorSpec& t) {
-  if (t.role == TensorRole::kScale || t.role == TensorRole::kTid2Eid) return 0;
+  if (t.role == TensorRole::kScale || t.dtype == DType::kI64) return 0;
   return NumElements(t.shape) * (t.dtype == DType::kI8 ? 2 : 1);
 }
 
@@ -209,6 +216,11 @@ ParameterCount CountV3(const ModelConfig& c) {
 
 int64_t TensorSpec::nbytes() const { return NumElements(shape) * DTypeSize(dtype); }
 
+std::string EngramPrefix(int layer) { return absl::StrCat("layers.", layer, ".engram."); }
+std::string EngramTableName(int layer) {
+  return EngramPrefix(layer) + "multi_head_embedding.embedding.weight";
+}
+
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
   if (!config.is_v4()) return {};
   return LayoutBuilder(config).Build();
@@ -223,6 +235,10 @@ ParameterCount CountParameters(const ModelConfig& config) {
       p.mtp += params;
       continue;
     }
+    if (t.role == TensorRole::kEngramTable) {
+      p.engram += params;
+      continue;
+    }
     p.total += params;
     if (t.expert >= 0) {
       p.routed_expert += params;
@@ -234,9 +250,6 @@ ParameterCount CountParameters(const ModelConfig& config) {
   }
   // Every token runs k of the E routed experts in each main layer (hash layers too).
   p.active_per_token += p.routed_expert / config.n_routed_experts * config.num_experts_per_tok;
-  if (config.engram.enabled()) {
-    p.engram = EngramTableRows(config.engram) * config.engram.head_dim;
-  }
   return p;
 }
 

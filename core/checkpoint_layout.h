@@ -27,9 +27,12 @@ enum class TensorRole {
   kAttnSink,
   kApe,  // compressor positional bias
   kGateBias,
-  kTid2Eid,  // hash-routing table
-  kEngramTable,
-  kEngramConv,
+  kTid2Eid,            // hash-routing table
+  kBias,               // linear biases (Engram projections)
+  kEngramTable,        // layers.N.engram.multi_head_embedding.embedding.weight
+  kEngramConv,         // layers.N.engram.short_conv.conv.weight
+  kEngramMultipliers,  // layers.N.engram.multipliers: I64 hash multipliers (spec §6.3)
+  kEngramTokenMap,     // engram.canonical_ids: I64 canonical id of each token (spec §6.2)
 };
 
 struct TensorSpec {
@@ -43,8 +46,8 @@ struct TensorSpec {
 };
 
 // The full list, in a stable order (globals, then layers, then MTP). Empty for
-// deepseek_v3 (planner only). Engram tensors are not listed: the V4.1 checkpoint names
-// are unpublished; the Engram issue will add them.
+// deepseek_v3 (planner only). The V4.1 Engram names are unpublished; Engram tensors use
+// the demo module's names under layers.N.engram. (see EngramTensors below).
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 
 // Parameter counts, following DeepSeek's published convention ("671B total, 37B active;
@@ -55,8 +58,10 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 //   in full);
 // - routed_expert: all routed experts of the main layers;
 // - mtp: the MTP blocks (V3: including their embedding/head copies);
-// - engram: Engram table rows × engram_head_dim (its projections are not counted).
-// Scales and tid2eid are not parameters; an FP4 byte holds two.
+// - engram: Engram table rows × engram_head_dim. The Engram projections, norms and conv
+//   run for every token and count in total and active_per_token like other dense weights.
+// Scales, tid2eid and the Engram multipliers and canonical map are not parameters; an FP4
+// byte holds two.
 struct ParameterCount {
   int64_t total = 0;
   int64_t active_per_token = 0;
@@ -65,6 +70,18 @@ struct ParameterCount {
   int64_t engram = 0;
 };
 ParameterCount CountParameters(const ModelConfig& config);
+
+// Names of the Engram tensors of main layer `layer` (demo module names; the table dtype
+// is BF16, the projections are BF16 [d, (N−1)·K·d_e] with BF16 biases):
+//   <p>multi_head_embedding.embedding.weight  [Σ primes, d_e]   the hashed table
+//   <p>multipliers                            [N] I64
+//   <p>value_proj.{weight,bias}, <p>key_projs.{i}.{weight,bias}   i < hc_mult
+//   <p>norm1.{i}.weight, <p>norm2.{i}.weight  gate RMSNorms of key and stream
+//   <p>short_conv.conv.weight [n·d, 1, kernel], <p>short_conv.norms.{i}.weight
+// with <p> = "layers.<layer>.engram."; plus the global engram.canonical_ids [V] I64.
+std::string EngramPrefix(int layer);
+std::string EngramTableName(int layer);
+inline constexpr char kEngramCanonicalIdsName[] = "engram.canonical_ids";
 
 }  // namespace dsv4
 

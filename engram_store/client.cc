@@ -1,0 +1,374 @@
+#include "engram_store/client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/engram_hash.h"
+#include "grpcpp/grpcpp.h"
+
+namespace dsv4::engram {
+
+struct EngramClient::FetchState {
+  struct PerLayer {
+    std::vector<int64_t> slot;    // per requested row: its index in `unique`
+    std::vector<int64_t> unique;  // distinct row ids
+    std::string bytes;            // unique.size() × row_bytes
+    int pending = 0;              // calls not finished
+    absl::Status status;
+  };
+  std::mutex mu;
+  std::condition_variable done;
+  std::vector<PerLayer> layers;
+};
+
+// One batched lookup of rows of one shard, re-sent to another replica on failure.
+struct EngramClient::Call {
+  std::shared_ptr<FetchState> fetch;
+  int index = 0;  // Engram layer index
+  int shard = 0;
+  std::vector<int64_t> slots;  // indices into the layer's `unique`
+  v1::LookupRequest request;
+  v1::LookupResponse response;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;  // one per attempt
+  std::vector<int> tried;
+  grpc::Status last;
+};
+
+namespace {
+
+uint64_t CacheKey(int index, int64_t row) {
+  return (static_cast<uint64_t>(index) << 56) | static_cast<uint64_t>(row);
+}
+
+}  // namespace
+
+class RemoteFetch : public EngramRowFetch {
+ public:
+  RemoteFetch(EngramClient* client, std::shared_ptr<EngramClient::FetchState> state)
+      : client_(client), state_(std::move(state)) {}
+
+  absl::Status Wait(int index, float* out) override {
+    const auto start = std::chrono::steady_clock::now();
+    EngramClient::FetchState::PerLayer& l = state_->layers[index];
+    {
+      std::unique_lock<std::mutex> lock(state_->mu);
+      state_->done.wait(lock, [&] { return l.pending == 0; });
+    }
+    const int64_t stall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - start)
+                              .count();
+    client_->FinishFetchWait(stall, l.status.ok());
+    if (!l.status.ok()) return l.status;
+    const EngramClient::Layer& layer = client_->layers_[index];
+    const int64_t dim = layer.row_bytes / DTypeSize(layer.dtype);
+    for (size_t i = 0; i < l.slot.size(); ++i) {
+      const absl::Status s =
+          RowsToF32(layer.dtype,
+                    reinterpret_cast<const uint8_t*>(l.bytes.data()) + l.slot[i] * layer.row_bytes,
+                    1, dim, out + i * dim);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  EngramClient* client_;
+  std::shared_ptr<EngramClient::FetchState> state_;
+};
+
+ClientOptions ClientOptions::FromCluster(const EngramSpec& spec) {
+  ClientOptions o;
+  o.servers = spec.servers;
+  o.replication = spec.replication;
+  return o;
+}
+
+EngramClient::EngramClient(const ModelConfig& config, const ClientOptions& options)
+    : options_(options),
+      plan_{static_cast<int>(options.servers.size()), options.replication},
+      health_(options.servers.size()) {
+  const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config.engram);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    int64_t rows = 0;
+    for (int64_t p : sizes[i]) rows += p;
+    layers_.push_back({config.engram.layer_ids[i], rows, 0, DType::kBF16});
+  }
+}
+
+absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Create(const ModelConfig& config,
+                                                                   const ClientOptions& options) {
+  if (!config.engram.enabled()) {
+    return absl::InvalidArgumentError("the model config has no Engram layers");
+  }
+  ShardPlan plan{static_cast<int>(options.servers.size()), options.replication};
+  if (absl::Status s = plan.Validate(); !s.ok()) return s;
+  if (options.max_batch_rows < 1) {
+    return absl::InvalidArgumentError("Engram client: max_batch_rows must be ≥ 1");
+  }
+  auto client = std::unique_ptr<EngramClient>(new EngramClient(config, options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  // Reconnect quickly to a node that comes back; the backoff decides when to use it.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  for (const std::string& address : options.servers) {
+    client->channels_.push_back(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    client->stubs_.push_back(v1::EngramStore::NewStub(client->channels_.back()));
+  }
+  if (absl::Status s = client->Handshake(); !s.ok()) return s;
+  return client;
+}
+
+absl::Status EngramClient::Handshake() {
+  std::vector<bool> known(layers_.size(), false);
+  std::string unreachable;
+  for (size_t i = 0; i < stubs_.size(); ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.deadline));
+    v1::StatsResponse stats;
+    const grpc::Status s = stubs_[i]->Stats(&context, v1::StatsRequest(), &stats);
+    if (!s.ok()) {  // a node may be down now; its replicas cover it
+      absl::StrAppend(&unreachable, " ", options_.servers[i], " (", s.error_message(), ")");
+      continue;
+    }
+    if (stats.server_index() != static_cast<int>(i) || stats.num_servers() != plan_.num_servers ||
+        stats.replication() != plan_.replication) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Engram store ", options_.servers[i], " serves as server ",
+                       stats.server_index(), " of ", stats.num_servers(), " with replication ",
+                       stats.replication(), ", but the cluster config lists it as server ", i,
+                       " of ", plan_.num_servers, " with replication ", plan_.replication));
+    }
+    for (const v1::TableShard& shard : stats.shards()) {
+      auto layer = std::find_if(layers_.begin(), layers_.end(),
+                                [&](const Layer& l) { return l.layer_id == shard.layer(); });
+      const std::optional<DType> dtype = DTypeFromName(shard.dtype());
+      if (layer == layers_.end() || layer->table_rows != shard.table_rows() || !dtype ||
+          !CheckRowDType(*dtype).ok() || shard.row_bytes() % DTypeSize(*dtype) != 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("Engram store ", options_.servers[i], " serves layer ", shard.layer(),
+                         " with ", shard.table_rows(), " rows of ", shard.dtype(),
+                         ", which does not match this model's config.json (another checkpoint?)"));
+      }
+      layer->row_bytes = shard.row_bytes();
+      layer->dtype = *dtype;
+      known[layer - layers_.begin()] = true;
+    }
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (!known[i]) {
+      return absl::UnavailableError(absl::StrCat("no Engram store server described layer ",
+                                                 layers_[i].layer_id,
+                                                 "; unreachable:", unreachable));
+    }
+  }
+  return absl::OkStatus();
+}
+
+EngramClient::~EngramClient() {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+std::unique_ptr<EngramRowFetch> EngramClient::Prefetch(std::vector<std::vector<int64_t>> rows) {
+  auto state = std::make_shared<FetchState>();
+  state->layers.resize(layers_.size());
+  std::vector<std::shared_ptr<Call>> calls;
+  uint64_t requested = 0, hits = 0;
+  for (size_t index = 0; index < layers_.size() && index < rows.size(); ++index) {
+    const Layer& layer = layers_[index];
+    FetchState::PerLayer& l = state->layers[index];
+    absl::flat_hash_map<int64_t, int64_t> slot_of;
+    for (int64_t row : rows[index]) {
+      auto [it, added] = slot_of.try_emplace(row, static_cast<int64_t>(l.unique.size()));
+      if (added) l.unique.push_back(row);
+      l.slot.push_back(it->second);
+    }
+    requested += rows[index].size();
+    l.bytes.resize(l.unique.size() * layer.row_bytes);
+    std::vector<std::vector<int64_t>> misses(plan_.num_servers);
+    for (size_t u = 0; u < l.unique.size(); ++u) {
+      const int64_t row = l.unique[u];
+      if (row < 0 || row >= layer.table_rows) {
+        l.status = absl::OutOfRangeError(absl::StrCat("Engram layer ", layer.layer_id, ": row ",
+                                                      row, " outside [0, ", layer.table_rows, ")"));
+        break;
+      }
+      if (CacheGet(static_cast<int>(index), row, l.bytes.data() + u * layer.row_bytes)) {
+        ++hits;
+      } else {
+        misses[plan_.ShardOf(layer.table_rows, row)].push_back(static_cast<int64_t>(u));
+      }
+    }
+    if (!l.status.ok()) continue;
+    for (int shard = 0; shard < plan_.num_servers; ++shard) {
+      const std::vector<int64_t>& m = misses[shard];
+      for (size_t from = 0; from < m.size(); from += options_.max_batch_rows) {
+        auto call = std::make_shared<Call>();
+        call->fetch = state;
+        call->index = static_cast<int>(index);
+        call->shard = shard;
+        const size_t to = std::min(m.size(), from + static_cast<size_t>(options_.max_batch_rows));
+        call->slots.assign(m.begin() + from, m.begin() + to);
+        call->request.set_layer(layer.layer_id);
+        for (int64_t u : call->slots) call->request.add_rows(l.unique[u]);
+        calls.push_back(std::move(call));
+        ++l.pending;
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.fetches;
+    stats_.rows_requested += requested;
+    stats_.cache_hits += hits;
+  }
+  // Every layer's pending count is final before the first call can complete.
+  for (std::shared_ptr<Call>& call : calls) Send(std::move(call));
+  return std::make_unique<RemoteFetch>(this, std::move(state));
+}
+
+int EngramClient::PickServer(const Call& call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const absl::Time now = absl::Now();
+  int fallback = -1;
+  for (int server : plan_.Replicas(call.shard)) {
+    if (std::find(call.tried.begin(), call.tried.end(), server) != call.tried.end()) continue;
+    if (health_[server].avoid_until <= now) return server;
+    if (fallback < 0) fallback = server;  // backed off, but better than giving up
+  }
+  return fallback;
+}
+
+void EngramClient::Send(std::shared_ptr<Call> call) {
+  const int server = PickServer(*call);
+  if (server < 0) {
+    FetchState& f = *call->fetch;
+    std::lock_guard<std::mutex> lock(f.mu);
+    FetchState::PerLayer& l = f.layers[call->index];
+    std::string tried;
+    for (int s : call->tried)
+      absl::StrAppend(&tried, tried.empty() ? "" : ", ", options_.servers[s]);
+    l.status = absl::UnavailableError(
+        absl::StrCat("Engram layer ", layers_[call->index].layer_id, " shard ", call->shard,
+                     ": every replica failed (", tried, "); last error: ",
+                     static_cast<int>(call->last.error_code()), " ", call->last.error_message()));
+    --l.pending;
+    f.done.notify_all();
+    return;
+  }
+  call->tried.push_back(server);
+  call->response.Clear();
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(options_.deadline));
+  grpc::ClientContext* ctx = context.get();
+  call->contexts.push_back(std::move(context));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++in_flight_;
+    ++stats_.rpcs;
+    if (call->tried.size() > 1) ++stats_.retries;
+  }
+  v1::EngramStore::Stub* stub = stubs_[server].get();
+  stub->async()->Lookup(ctx, &call->request, &call->response,
+                        [this, call](grpc::Status status) { Done(call, status); });
+}
+
+void EngramClient::Done(std::shared_ptr<Call> call, const grpc::Status& status) {
+  const int server = call->tried.back();
+  const Layer& layer = layers_[call->index];
+  grpc::Status s = status;
+  if (s.ok() && (call->response.row_bytes() != layer.row_bytes ||
+                 call->response.data().size() != call->slots.size() * layer.row_bytes)) {
+    s = grpc::Status(
+        grpc::StatusCode::INTERNAL,
+        absl::StrCat("malformed response: ", call->response.data().size(), " bytes of ",
+                     call->response.row_bytes(), "-byte rows for ", call->slots.size(), " rows"));
+  }
+  if (s.ok()) {
+    MarkSuccess(server);
+    FetchState& f = *call->fetch;
+    FetchState::PerLayer& l = f.layers[call->index];
+    const char* data = call->response.data().data();
+    for (size_t i = 0; i < call->slots.size(); ++i) {
+      const int64_t u = call->slots[i];
+      std::memcpy(l.bytes.data() + u * layer.row_bytes, data + i * layer.row_bytes,
+                  layer.row_bytes);
+      CachePut(call->index, l.unique[u], data + i * layer.row_bytes);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.rows_fetched += call->slots.size();
+    }
+    std::lock_guard<std::mutex> lock(f.mu);
+    --l.pending;
+    f.done.notify_all();
+  } else {
+    MarkFailure(server);
+    call->last = s;
+    Send(call);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--in_flight_ == 0) idle_.notify_all();
+}
+
+void EngramClient::MarkFailure(int server) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Health& h = health_[server];
+  ++h.failures;
+  const absl::Duration wait =
+      std::min(options_.max_backoff, options_.backoff * (1 << std::min(h.failures - 1, 20)));
+  h.avoid_until = absl::Now() + wait;
+}
+
+void EngramClient::MarkSuccess(int server) {
+  std::lock_guard<std::mutex> lock(mu_);
+  health_[server] = Health();
+}
+
+void EngramClient::CachePut(int index, int64_t row, const char* bytes) {
+  if (options_.cache_rows <= 0) return;
+  const uint64_t key = CacheKey(index, row);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = cache_.find(key); it != cache_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  lru_.emplace_front(key, std::string(bytes, layers_[index].row_bytes));
+  cache_[key] = lru_.begin();
+  if (static_cast<int64_t>(lru_.size()) > options_.cache_rows) {
+    cache_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+}
+
+bool EngramClient::CacheGet(int index, int64_t row, char* out) {
+  if (options_.cache_rows <= 0) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = cache_.find(CacheKey(index, row));
+  if (it == cache_.end()) return false;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  std::memcpy(out, it->second->second.data(), it->second->second.size());
+  return true;
+}
+
+void EngramClient::FinishFetchWait(int64_t stall_ns, bool ok) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.waits;
+  stats_.stall_ns += stall_ns;
+  if (!ok) ++stats_.failures;
+}
+
+ClientStats EngramClient::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace dsv4::engram

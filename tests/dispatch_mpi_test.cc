@@ -1,0 +1,402 @@
+// Dispatch and combine under mpirun (-np 6): each test runs on a sub-communicator of the
+// first n world ranks with its own topology. The expert on slot e computes
+// f_e(x) = (e + 1)·x + e, weighted on the expert side; inputs and weights are multiples of
+// 1/8 and small, so every sum is exact and results compare with EXPECT_EQ whatever the
+// summation order.
+#include <mpi.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "core/cluster_config.h"
+#include "core/tensor.h"
+#include "core/topology.h"
+#include "dispatch/dispatcher.h"
+#include "gtest/gtest.h"
+#include "tests/mpi_test_util.h"
+
+namespace dsv4 {
+namespace {
+
+using ::dsv4::testing::MpiTest;
+using ::dsv4::testing::WorldRank;
+
+struct Tokens {
+  Tensor x;  // [T, d]
+  std::vector<int32_t> slots;
+  std::vector<float> weights;
+};
+
+// T tokens, each routed to k distinct slots out of `num_slots`, seeded.
+Tokens MakeTokens(int64_t tokens, int64_t d, int num_slots, int k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Tokens t;
+  t.x = Tensor({tokens, d});
+  for (int64_t i = 0; i < tokens * d; ++i) t.x.data()[i] = static_cast<int>(rng() % 17) / 4.0f - 2;
+  for (int64_t i = 0; i < tokens; ++i) {
+    std::vector<int32_t> chosen;
+    while (static_cast<int>(chosen.size()) < k) {
+      const int32_t s = static_cast<int32_t>(rng() % num_slots);
+      if (std::find(chosen.begin(), chosen.end(), s) == chosen.end()) chosen.push_back(s);
+    }
+    for (int32_t s : chosen) {
+      t.slots.push_back(s);
+      t.weights.push_back(static_cast<int>(1 + rng() % 8) / 8.0f);
+    }
+  }
+  return t;
+}
+
+float F(int slot, float x) { return (slot + 1) * x + slot; }
+
+// out[t] = Σ_j w_j · f_{e_j}(x[t]), computed locally.
+std::vector<float> Reference(const Tokens& t, int k) {
+  const int64_t tokens = t.x.empty() ? 0 : t.x.dim(0);
+  const int64_t d = t.x.empty() ? 0 : t.x.dim(1);
+  std::vector<float> out(tokens * d, 0.0f);
+  for (int64_t i = 0; i < tokens; ++i) {
+    for (int j = 0; j < k; ++j) {
+      for (int64_t c = 0; c < d; ++c) {
+        out[i * d + c] += t.weights[i * k + j] * F(t.slots[i * k + j], t.x.data()[i * d + c]);
+      }
+    }
+  }
+  return out;
+}
+
+// The expert rank's work: y[row] = weight[row] · f_slot(x[row]).
+Tensor RunExperts(const ExpertBatch& batch) {
+  const int64_t d = batch.x.dim(1);
+  Tensor y({batch.rows(), d});
+  for (size_t i = 0; i < batch.slots.size(); ++i) {
+    for (int64_t row = batch.offsets[i]; row < batch.offsets[i + 1]; ++row) {
+      for (int64_t c = 0; c < d; ++c) {
+        y.data()[row * d + c] = batch.weights[row] * F(batch.slots[i], batch.x.data()[row * d + c]);
+      }
+    }
+  }
+  return y;
+}
+
+struct Result {
+  ExpertBatch batch;
+  Tensor out;
+  ExchangeTraffic traffic;
+};
+
+Result DispatchAndCombine(Dispatcher& dispatcher, const Tokens& t) {
+  Result r;
+  absl::StatusOr<DispatchHandle> handle = dispatcher.Dispatch(t.x, t.slots, t.weights, &r.batch);
+  EXPECT_TRUE(handle.ok()) << handle.status();
+  if (!handle.ok()) return r;
+  const absl::Status combined = dispatcher.Combine(*handle, RunExperts(r.batch), &r.out);
+  EXPECT_TRUE(combined.ok()) << combined;
+  r.traffic = handle->traffic();
+  return r;
+}
+
+// `supernodes` × 1 node × `chips` chips; ranks on chips per `rank_chips` (default r → r).
+Topology MakeTopology(std::vector<int> chips_per_supernode, int attention, int expert,
+                      std::vector<int> rank_chips = {}) {
+  TopologySpec spec;
+  for (int chips : chips_per_supernode) spec.supernodes.push_back({{NodeSpec{chips, ""}}});
+  RolesSpec roles{attention, expert, std::move(rank_chips)};
+  absl::StatusOr<Topology> topology = Topology::Build(spec, roles);
+  EXPECT_TRUE(topology.ok()) << topology.status();
+  return *std::move(topology);
+}
+
+// Slots split contiguously over ranks [first, first + count).
+std::vector<int> ContiguousPlacement(int num_slots, int first, int count) {
+  std::vector<int> rank_of_slot(num_slots);
+  for (int s = 0; s < num_slots; ++s) rank_of_slot[s] = first + s * count / num_slots;
+  return rank_of_slot;
+}
+
+// Runs `body` on a communicator of world ranks [0, n); the other ranks skip it.
+void OnRanks(int n, const std::function<void(MPI_Comm)>& body) {
+  MPI_Comm comm;
+  MPI_Comm_split(MPI_COMM_WORLD, WorldRank() < n ? 0 : MPI_UNDEFINED, WorldRank(), &comm);
+  if (comm == MPI_COMM_NULL) return;
+  body(comm);
+  MPI_Comm_free(&comm);
+}
+
+std::unique_ptr<Dispatcher> MakeDispatcher(MPI_Comm comm, const Topology& topology,
+                                           std::vector<int> rank_of_slot, int64_t d, int k,
+                                           DispatchMode mode) {
+  absl::StatusOr<std::unique_ptr<Dispatcher>> dispatcher =
+      Dispatcher::Create(comm, topology, std::move(rank_of_slot), {d, k, mode, 2});
+  EXPECT_TRUE(dispatcher.ok()) << dispatcher.status();
+  return dispatcher.ok() ? *std::move(dispatcher) : nullptr;
+}
+
+int64_t SumOverRanks(int64_t value, MPI_Comm comm) {
+  MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT64_T, MPI_SUM, comm);
+  return value;
+}
+
+// Every rank < attention holds `tokens` tokens; the others hold none.
+void ExpectMatchesReference(int attention, int expert, const Topology& topology,
+                            DispatchMode mode) {
+  constexpr int64_t kDim = 8;
+  constexpr int kSlots = 12, kTopK = 3;
+  OnRanks(attention + expert, [&](MPI_Comm comm) {
+    const int rank = WorldRank();
+    auto dispatcher = MakeDispatcher(comm, topology, ContiguousPlacement(kSlots, attention, expert),
+                                     kDim, kTopK, mode);
+    const Tokens t = MakeTokens(rank < attention ? 5 + rank : 0, kDim, kSlots, kTopK, 7 + rank);
+    Result r = DispatchAndCombine(*dispatcher, t);
+    EXPECT_EQ(r.out.ToVector(), Reference(t, kTopK)) << "rank " << rank;
+    // Every (token, slot) pair reaches its slot's rank exactly once.
+    std::vector<int64_t> pairs(kSlots, 0);
+    for (int32_t s : t.slots) ++pairs[s];
+    MPI_Allreduce(MPI_IN_PLACE, pairs.data(), kSlots, MPI_INT64_T, MPI_SUM, comm);
+    for (size_t i = 0; i < r.batch.slots.size(); ++i) {
+      EXPECT_EQ(r.batch.offsets[i + 1] - r.batch.offsets[i], pairs[r.batch.slots[i]])
+          << "rank " << rank << " slot " << r.batch.slots[i];
+    }
+  });
+}
+
+class DispatchTest : public MpiTest {};
+
+TEST_F(DispatchTest, FlatOneAttentionOneExpert) {
+  ExpectMatchesReference(1, 1, MakeTopology({2}, 1, 1), DispatchMode::kFlat);
+}
+
+TEST_F(DispatchTest, FlatTwoAttentionTwoExpert) {
+  ExpectMatchesReference(2, 2, MakeTopology({4}, 2, 2), DispatchMode::kFlat);
+}
+
+TEST_F(DispatchTest, FlatOneAttentionThreeExpert) {
+  ExpectMatchesReference(1, 3, MakeTopology({4}, 1, 3), DispatchMode::kFlat);
+}
+
+TEST_F(DispatchTest, HierarchicalOnOneSupernodeIsFlat) {
+  ExpectMatchesReference(2, 2, MakeTopology({4}, 2, 2), DispatchMode::kHierarchical);
+}
+
+// Relays that are expert ranks (rank 2 relays rank 0's tokens for rank 3), and a supernode
+// too small to hold a relay (rank 0 sends to rank 2 directly).
+TEST_F(DispatchTest, HierarchicalRelaysAnyRankAndFallsBackToDirect) {
+  ExpectMatchesReference(2, 2, MakeTopology({3, 3}, 2, 2, {0, 3, 1, 4}),
+                         DispatchMode::kHierarchical);
+  ExpectMatchesReference(2, 2, MakeTopology({1, 3}, 2, 2), DispatchMode::kHierarchical);
+}
+
+// Every rank holds tokens and slots (self sends, self relays).
+TEST_F(DispatchTest, RanksHoldingTokensAndExperts) {
+  constexpr int64_t kDim = 4;
+  constexpr int kSlots = 8, kTopK = 4;
+  for (DispatchMode mode : {DispatchMode::kFlat, DispatchMode::kHierarchical}) {
+    OnRanks(4, [&](MPI_Comm comm) {
+      const int rank = WorldRank();
+      auto dispatcher = MakeDispatcher(comm, MakeTopology({2, 2}, 2, 2),
+                                       ContiguousPlacement(kSlots, 0, 4), kDim, kTopK, mode);
+      const Tokens t = MakeTokens(6, kDim, kSlots, kTopK, 100 + rank);
+      EXPECT_EQ(DispatchAndCombine(*dispatcher, t).out.ToVector(), Reference(t, kTopK))
+          << "rank " << rank;
+    });
+  }
+}
+
+TEST_F(DispatchTest, HierarchicalMatchesFlatOnTwoSupernodes) {
+  absl::StatusOr<ClusterConfig> config =
+      LoadClusterConfig(DSV4_SOURCE_DIR "/cluster-configs/two-supernodes-test.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<Topology> topology = Topology::Build(*config);
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  ASSERT_EQ(topology->num_ranks(), 6);
+  ASSERT_EQ(config->engine.dispatch, DispatchMode::kHierarchical);
+  ExpectMatchesReference(3, 3, *topology, DispatchMode::kHierarchical);
+
+  constexpr int64_t kDim = 16;
+  constexpr int kSlots = 12, kTopK = 4;
+  OnRanks(6, [&](MPI_Comm comm) {
+    const int rank = WorldRank();
+    const Tokens t = MakeTokens(rank < 3 ? 20 : 0, kDim, kSlots, kTopK, 11 + rank);
+    Result flat =
+        DispatchAndCombine(*MakeDispatcher(comm, *topology, ContiguousPlacement(kSlots, 3, 3), kDim,
+                                           kTopK, DispatchMode::kFlat),
+                           t);
+    auto dispatcher = MakeDispatcher(comm, *topology, ContiguousPlacement(kSlots, 3, 3), kDim,
+                                     kTopK, DispatchMode::kHierarchical);
+    EXPECT_TRUE(dispatcher->two_stage());
+    Result hier = DispatchAndCombine(*dispatcher, t);
+    // Same rows in the same order, and bit-identical outputs.
+    EXPECT_EQ(hier.batch.offsets, flat.batch.offsets) << "rank " << rank;
+    EXPECT_EQ(hier.batch.x.ToVector(), flat.batch.x.ToVector()) << "rank " << rank;
+    EXPECT_EQ(hier.batch.weights, flat.batch.weights) << "rank " << rank;
+    EXPECT_EQ(hier.out.ToVector(), flat.out.ToVector()) << "rank " << rank;
+
+    // 20 tokens × top-4 of 12 slots reach every expert rank from every attention rank: flat
+    // crosses supernodes in 3 × 3 messages each way, hierarchical in 3 (peer to peer), with
+    // the same cross-supernode bytes.
+    constexpr LinkClass kInter = LinkClass::kInterSupernode;
+    for (auto [f, h] : {std::pair{flat.traffic.dispatch, hier.traffic.dispatch},
+                        std::pair{flat.traffic.combine, hier.traffic.combine}}) {
+      EXPECT_EQ(SumOverRanks(f.messages_on(kInter), comm), 9);
+      EXPECT_EQ(SumOverRanks(h.messages_on(kInter), comm), 3);
+      EXPECT_EQ(SumOverRanks(f.bytes_on(kInter), comm), SumOverRanks(h.bytes_on(kInter), comm));
+    }
+  });
+}
+
+TEST_F(DispatchTest, ZeroTokenRanks) {
+  constexpr int64_t kDim = 4;
+  constexpr int kSlots = 6, kTopK = 2;
+  OnRanks(4, [&](MPI_Comm comm) {
+    const int rank = WorldRank();
+    auto dispatcher =
+        MakeDispatcher(comm, MakeTopology({4}, 2, 2), ContiguousPlacement(kSlots, 2, 2), kDim,
+                       kTopK, DispatchMode::kFlat);
+    // Rank 1 holds no tokens (an empty [0, d] tensor), then nobody does (empty tensors).
+    const Tokens some = MakeTokens(rank == 0 ? 3 : 0, kDim, kSlots, kTopK, 3);
+    Result r = DispatchAndCombine(*dispatcher, some);
+    EXPECT_EQ(r.out.ToVector(), Reference(some, kTopK)) << "rank " << rank;
+    if (rank < 2) {
+      EXPECT_EQ(r.out.shape(), Shape({rank == 0 ? 3 : 0, kDim}));
+    }
+
+    Result none = DispatchAndCombine(*dispatcher, Tokens{});
+    EXPECT_EQ(none.out.numel(), 0);
+    EXPECT_EQ(none.batch.rows(), 0);
+    EXPECT_EQ(none.batch.slots.size(), rank < 2 ? 0u : 3u);
+    EXPECT_EQ(none.traffic.dispatch.messages, (std::array<int64_t, kNumLinkClasses>{}));
+  });
+}
+
+// Two micro-batches in flight on their own communicators (hierarchical: two stages each),
+// finished out of order, match the reference and the blocking path.
+TEST_F(DispatchTest, NonBlockingTwoMicroBatches) {
+  constexpr int64_t kDim = 8;
+  constexpr int kSlots = 8, kTopK = 2;
+  OnRanks(4, [&](MPI_Comm comm) {
+    const int rank = WorldRank();
+    auto dispatcher =
+        MakeDispatcher(comm, MakeTopology({2, 2}, 2, 2), ContiguousPlacement(kSlots, 2, 2), kDim,
+                       kTopK, DispatchMode::kHierarchical);
+    const Tokens a = MakeTokens(rank < 2 ? 7 : 0, kDim, kSlots, kTopK, 21 + rank);
+    const Tokens b = MakeTokens(rank < 2 ? 4 : 0, kDim, kSlots, kTopK, 31 + rank);
+    absl::StatusOr<DispatchHandle> ha = dispatcher->StartDispatch(0, a.x, a.slots, a.weights);
+    absl::StatusOr<DispatchHandle> hb = dispatcher->StartDispatch(1, b.x, b.slots, b.weights);
+    ASSERT_TRUE(ha.ok() && hb.ok());
+    EXPECT_EQ(hb->micro_batch(), 1);
+    // One exchange per micro-batch at a time (a local check: nothing is posted).
+    EXPECT_EQ(dispatcher->StartDispatch(0, a.x, a.slots, a.weights).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    // Progress alone drives a's two stages to completion (every rank polls).
+    absl::StatusOr<bool> done = false;
+    while (done.ok() && !*done) done = dispatcher->Progress(*ha);
+    EXPECT_TRUE(done.ok()) << done.status();
+
+    ExpertBatch batch_a, batch_b;
+    EXPECT_TRUE(dispatcher->FinishDispatch(*hb, &batch_b).ok());
+    EXPECT_TRUE(dispatcher->StartCombine(*hb, RunExperts(batch_b)).ok());
+    EXPECT_TRUE(dispatcher->FinishDispatch(*ha, &batch_a).ok());
+    // batch_a.x views micro-batch 0's buffer, which the blocking dispatch below reuses.
+    const std::vector<float> rows_a = batch_a.x.ToVector();
+    EXPECT_TRUE(dispatcher->StartCombine(*ha, RunExperts(batch_a)).ok());
+    Tensor out_a, out_b;
+    EXPECT_TRUE(dispatcher->FinishCombine(*ha, &out_a).ok());
+    EXPECT_TRUE(dispatcher->FinishCombine(*hb, &out_b).ok());
+    EXPECT_EQ(out_a.ToVector(), Reference(a, kTopK)) << "rank " << rank;
+    EXPECT_EQ(out_b.ToVector(), Reference(b, kTopK)) << "rank " << rank;
+    EXPECT_EQ(dispatcher->FinishCombine(*ha, &out_a).code(), absl::StatusCode::kFailedPrecondition);
+
+    Result blocking = DispatchAndCombine(*dispatcher, a);
+    EXPECT_EQ(blocking.batch.x.ToVector(), rows_a) << "rank " << rank;
+    EXPECT_EQ(blocking.traffic.dispatch.bytes, ha->traffic().dispatch.bytes) << "rank " << rank;
+  });
+}
+
+// Hand count. 2 supernodes × 2 chips; attention ranks 0, 1 on supernode 0, expert ranks 2
+// (slots 0, 1) and 3 (slots 2, 3) on supernode 1. d = 4, k = 2: a record is
+// 8 + 8·2 + 4·4 = 40 bytes, a combine row 16 bytes. Rank 0's tokens go to {2}, {2, 3},
+// {3}; rank 1's one token to {2, 3}.
+TEST_F(DispatchTest, TrafficMatchesHandCount) {
+  const std::vector<std::vector<int32_t>> slots = {{0, 1, 0, 2, 3, 2}, {1, 3}};
+  using Counts = std::array<int64_t, kNumLinkClasses>;  // intra-node, intra-SN, inter-SN
+  struct Expected {
+    Counts dispatch_bytes, dispatch_messages, combine_bytes, combine_messages;
+  };
+  // Flat: every attention rank sends straight to both expert ranks (2 + 2 records from
+  // rank 0, 1 + 1 from rank 1); each expert rank returns one row per record.
+  const std::vector<Expected> flat = {{{0, 0, 160}, {0, 0, 2}, {}, {}},
+                                      {{0, 0, 80}, {0, 0, 2}, {}, {}},
+                                      {{}, {}, {0, 0, 48}, {0, 0, 2}},
+                                      {{}, {}, {0, 0, 48}, {0, 0, 2}}};
+  // Hierarchical: rank 2's relay on supernode 0 is rank 0, rank 3's is rank 1. Stage 1:
+  // rank 0 hands rank 1 its 2 records for rank 3, rank 1 hands rank 0 its 1 record for
+  // rank 2; stage 2: each relay sends 3 records across to its peer. Combine retraces it.
+  const std::vector<Expected> hier = {{{80, 0, 120}, {1, 0, 1}, {16, 0, 0}, {1, 0, 0}},
+                                      {{40, 0, 120}, {1, 0, 1}, {32, 0, 0}, {1, 0, 0}},
+                                      {{}, {}, {0, 0, 48}, {0, 0, 1}},
+                                      {{}, {}, {0, 0, 48}, {0, 0, 1}}};
+  for (DispatchMode mode : {DispatchMode::kFlat, DispatchMode::kHierarchical}) {
+    OnRanks(4, [&](MPI_Comm comm) {
+      const int rank = WorldRank();
+      auto dispatcher = MakeDispatcher(comm, MakeTopology({2, 2}, 2, 2), {2, 2, 3, 3}, 4, 2, mode);
+      Tokens t;
+      if (rank < 2) {
+        const int64_t tokens = static_cast<int64_t>(slots[rank].size()) / 2;
+        t = MakeTokens(tokens, 4, 4, 2, 5 + rank);
+        t.slots = slots[rank];
+      }
+      Result r = DispatchAndCombine(*dispatcher, t);
+      EXPECT_EQ(r.out.ToVector(), Reference(t, 2));
+      const Expected& e = (mode == DispatchMode::kFlat ? flat : hier)[rank];
+      const char* name = mode == DispatchMode::kFlat ? "flat" : "hierarchical";
+      EXPECT_EQ(r.traffic.dispatch.bytes, e.dispatch_bytes) << name << " rank " << rank;
+      EXPECT_EQ(r.traffic.dispatch.messages, e.dispatch_messages) << name << " rank " << rank;
+      EXPECT_EQ(r.traffic.combine.bytes, e.combine_bytes) << name << " rank " << rank;
+      EXPECT_EQ(r.traffic.combine.messages, e.combine_messages) << name << " rank " << rank;
+    });
+  }
+}
+
+// A bad slot on one rank fails that rank with INVALID_ARGUMENT and the others with ABORTED,
+// leaving nothing in flight: the next dispatch works.
+TEST_F(DispatchTest, InvalidInputAbortsEveryRank) {
+  constexpr int64_t kDim = 4;
+  constexpr int kSlots = 4, kTopK = 2;
+  OnRanks(3, [&](MPI_Comm comm) {
+    const int rank = WorldRank();
+    auto dispatcher =
+        MakeDispatcher(comm, MakeTopology({3}, 2, 1), ContiguousPlacement(kSlots, 2, 1), kDim,
+                       kTopK, DispatchMode::kFlat);
+    Tokens t = MakeTokens(rank < 2 ? 2 : 0, kDim, kSlots, kTopK, 9 + rank);
+    Tokens bad = t;
+    if (rank == 1) bad.slots[1] = kSlots;
+    ExpertBatch batch;
+    absl::StatusOr<DispatchHandle> handle =
+        dispatcher->StartDispatch(0, bad.x, bad.slots, bad.weights);
+    absl::Status status = handle.status();
+    if (handle.ok()) status = dispatcher->FinishDispatch(*handle, &batch);
+    EXPECT_EQ(status.code(),
+              rank == 1 ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kAborted)
+        << "rank " << rank << ": " << status;
+
+    EXPECT_EQ(DispatchAndCombine(*dispatcher, t).out.ToVector(), Reference(t, kTopK));
+  });
+}
+
+TEST_F(DispatchTest, CreateRejectsMismatchedTopologyAndPlacement) {
+  OnRanks(2, [&](MPI_Comm comm) {
+    const DispatcherOptions options{4, 2, DispatchMode::kFlat, 2};
+    EXPECT_FALSE(Dispatcher::Create(comm, MakeTopology({3}, 2, 1), {1, 1}, options).ok());
+    EXPECT_FALSE(Dispatcher::Create(comm, MakeTopology({2}, 1, 1), {1, 2}, options).ok());
+    EXPECT_FALSE(
+        Dispatcher::Create(comm, MakeTopology({2}, 1, 1), {1, 1}, {0, 2, DispatchMode::kFlat, 2})
+            .ok());
+  });
+}
+
+}  // namespace
+}  // namespace dsv4
