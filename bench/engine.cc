@@ -1,0 +1,202 @@
+// Engine throughput: prefill and decode tokens/s of dsv4-engine (mpirun, 1 + 1 and 2 + 2
+// ranks) against the single-process `dsv4 run` on the same v4-tiny checkpoint and prompt,
+// on this machine. Writes bench/results/engine.json.
+//
+//   bench_engine [--prompt 128] [--decode 64] [--repeats 3] [--out bench/results/engine.json]
+//
+// Every run prefills `prompt` tokens then decodes `decode` tokens one step at a time; the
+// engine figures come from its per-step times (--stats_out; a step's time is its slowest
+// rank's), the single-process ones from `dsv4 run`'s report. Best of `repeats`. The 2 + 2
+// layout also runs two sequences at once (one per attention rank: data parallelism).
+// With 2 cores, 2 ranks already fill the machine and 4 ranks oversubscribe it: Open MPI
+// ranks busy-poll while they wait, so waiting ranks take CPU from working ones.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "bench/bench_util.h"
+#include "nlohmann/json.hpp"
+
+namespace dsv4 {
+namespace {
+
+using json = nlohmann::json;
+
+std::filesystem::path SourceRoot() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path();
+}
+
+struct Output {
+  int status = -1;
+  std::string text;
+};
+
+Output Shell(const std::string& command) {
+  Output out;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.text.append(buffer, n);
+  out.status = pclose(pipe);
+  return out;
+}
+
+std::string Prompt(int tokens, int salt) {
+  std::vector<int> ids;
+  for (int i = 0; i < tokens; ++i) ids.push_back((i * 37 + salt * 101 + 11) % 1024);
+  return absl::StrJoin(ids, ",");
+}
+
+struct Throughput {
+  double prefill = 0;  // tokens/s
+  double decode = 0;
+};
+
+int Main(int argc, char** argv) {
+  int prompt = 128, decode = 64, repeats = 3;
+  std::filesystem::path out = SourceRoot() / "bench/results/engine.json";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string arg = argv[i];
+    if (arg == "--prompt")
+      prompt = std::max(1, std::atoi(argv[i + 1]));
+    else if (arg == "--decode")
+      decode = std::max(1, std::atoi(argv[i + 1]));
+    else if (arg == "--repeats")
+      repeats = std::max(1, std::atoi(argv[i + 1]));
+    else if (arg == "--out")
+      out = argv[i + 1];
+    else {
+      std::fprintf(stderr, "usage: %s [--prompt N] [--decode N] [--repeats N] [--out PATH]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  const std::filesystem::path bin = std::filesystem::read_symlink("/proc/self/exe").parent_path();
+  char pattern[] = "/tmp/bench-engine-XXXXXX";
+  const std::string dir = mkdtemp(pattern);
+  const std::string ckpt = dir + "/ckpt";
+  if (Shell(absl::StrCat(bin.string(), "/dsv4 checkpoint generate --preset v4-tiny --seed 1 --out ",
+                         ckpt))
+          .status != 0) {
+    std::fprintf(stderr, "bench_engine: checkpoint generation failed\n");
+    return 1;
+  }
+  const std::string hardware =
+      (SourceRoot() / "cluster-configs/hardware/ascend-950dt.yaml").string();
+  auto yaml = [&](int attention, int experts) {
+    const std::string path = absl::StrCat(dir, "/", attention, "+", experts, ".yaml");
+    std::ofstream(path) << "name: bench\nhardware: " << hardware
+                        << "\ntopology:\n  supernodes: 1\n  nodes_per_supernode: 1\n"
+                        << "  chips_per_node: " << attention + experts
+                        << "\n  links:\n    intra_node: {bandwidth_GBps: 1000, latency_us: 1.0}\n"
+                        << "    intra_supernode: {bandwidth_GBps: 1000, latency_us: 2.1}\n"
+                        << "    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}\n"
+                        << "roles: {attention_ranks: " << attention << ", expert_ranks: " << experts
+                        << "}\n";
+    return path;
+  };
+  const int total = prompt + decode;
+  const std::string mpirun = absl::StrCat("OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe",
+                                          geteuid() == 0 ? " --allow-run-as-root" : "");
+
+  auto single = [&]() -> Throughput {
+    Throughput best;
+    for (int r = 0; r < repeats; ++r) {
+      const Output o =
+          Shell(absl::StrCat("OPENBLAS_NUM_THREADS=1 ", bin.string(), "/dsv4 run --checkpoint ",
+                             ckpt, " --tokens ", Prompt(total, 0), " --decode_from ", prompt));
+      std::smatch m;
+      if (std::regex_search(o.text, m,
+                            std::regex(R"(prefill: \d+ tokens in [\d.]+ s \(([\d.]+) tokens/s)")))
+        best.prefill = std::max(best.prefill, std::stod(m[1]));
+      if (std::regex_search(o.text, m,
+                            std::regex(R"(decode: \d+ tokens in [\d.]+ s \(([\d.]+) tokens/s)")))
+        best.decode = std::max(best.decode, std::stod(m[1]));
+    }
+    return best;
+  };
+  auto engine = [&](int attention, int experts, int sequences, json* extra) -> Throughput {
+    Throughput best;
+    std::vector<std::string> prompts;
+    for (int s = 0; s < sequences; ++s) prompts.push_back(Prompt(total, s));
+    for (int r = 0; r < repeats; ++r) {
+      const std::string stats = dir + "/stats.json";
+      const Output o = Shell(absl::StrCat(
+          mpirun, " -np ", attention + experts, " ", bin.string(), "/dsv4-engine --cluster ",
+          yaml(attention, experts), " --checkpoint ", ckpt, " --tokens '",
+          absl::StrJoin(prompts, ";"), "' --decode_from ", prompt, " --stats_out ", stats));
+      if (o.status != 0) {
+        std::fprintf(stderr, "bench_engine: engine run failed:\n%s\n", o.text.c_str());
+        return best;
+      }
+      std::ifstream in(stats);
+      const json j = json::parse(in);
+      double decode_tokens = 0, decode_seconds = 0;
+      for (size_t s = 1; s < j["steps"].size(); ++s) {
+        decode_tokens += j["steps"][s]["tokens"].get<double>();
+        decode_seconds += j["steps"][s]["cpu_seconds"].get<double>();
+      }
+      const Throughput t{
+          j["steps"][0]["tokens"].get<double>() / j["steps"][0]["cpu_seconds"].get<double>(),
+          decode_tokens / decode_seconds};
+      if (t.decode > best.decode) {
+        (*extra)["attention_blocked_fraction"] =
+            j["attention_wait_seconds"].get<double>() / j["attention_step_seconds"].get<double>();
+      }
+      best.prefill = std::max(best.prefill, t.prefill);
+      best.decode = std::max(best.decode, t.decode);
+    }
+    return best;
+  };
+
+  const Throughput base = single();
+  json result = {{"benchmark", "engine"},
+                 {"machine", bench::MachineJson()},
+                 {"prompt_tokens", prompt},
+                 {"decode_tokens", decode},
+                 {"repeats", repeats},
+                 {"single_process",
+                  {{"prefill_tokens_per_s", base.prefill}, {"decode_tokens_per_s", base.decode}}},
+                 {"note",
+                  "one MPI rank per process, OPENBLAS_NUM_THREADS=1; on 2 cores 4 ranks "
+                  "oversubscribe the machine, and Open MPI ranks busy-poll while they wait"}};
+  std::printf("single process: prefill %.0f tokens/s, decode %.1f tokens/s\n", base.prefill,
+              base.decode);
+  struct Layout {
+    int attention, experts, sequences;
+  };
+  for (const Layout& l : {Layout{1, 1, 1}, Layout{2, 2, 1}, Layout{2, 2, 2}}) {
+    json run = {
+        {"attention_ranks", l.attention}, {"expert_ranks", l.experts}, {"sequences", l.sequences}};
+    const Throughput t = engine(l.attention, l.experts, l.sequences, &run);
+    run["prefill_tokens_per_s"] = t.prefill;
+    run["decode_tokens_per_s"] = t.decode;
+    run["prefill_ratio_vs_single"] = base.prefill > 0 ? t.prefill / base.prefill : 0;
+    run["decode_ratio_vs_single"] = base.decode > 0 ? t.decode / base.decode : 0;
+    std::printf(
+        "engine %d+%d, %d sequence(s): prefill %.0f tokens/s (%.2fx), decode %.1f "
+        "tokens/s (%.2fx)\n",
+        l.attention, l.experts, l.sequences, t.prefill, t.prefill / base.prefill, t.decode,
+        t.decode / base.decode);
+    result["runs"].push_back(run);
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(out.parent_path());
+  std::ofstream(out) << result.dump(2) << "\n";
+  std::printf("wrote %s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv4
+
+int main(int argc, char** argv) { return dsv4::Main(argc, argv); }

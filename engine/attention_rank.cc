@@ -1,0 +1,102 @@
+#include "engine/attention_rank.h"
+
+#include <optional>
+#include <utility>
+
+namespace dsv4 {
+namespace {
+
+struct MicroBatch {
+  std::vector<int32_t> sequences;
+  std::vector<StepInput> inputs;
+  std::vector<SequenceChunk> chunks;
+  std::optional<Step> step;  // absent when the micro-batch has no sequences this step
+  RoutedTokens routed;
+  Tensor out;
+  DispatchHandle handle;
+  int64_t tokens = 0;
+};
+
+}  // namespace
+
+absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost) {
+  const ModelConfig& config = model_->config();
+  std::vector<MicroBatch> mbs(micro_batches_);
+  for (const PlanEntry& e : plan.entries) {
+    if (e.rank != rank_) continue;
+    if (e.micro_batch < 0 || e.micro_batch >= micro_batches_) {
+      return absl::InvalidArgumentError("step plan: micro-batch out of range");
+    }
+    auto it = states_.try_emplace(e.sequence, model_->NewSequence()).first;
+    MicroBatch& mb = mbs[e.micro_batch];
+    mb.sequences.push_back(e.sequence);
+    mb.inputs.push_back({&it->second, e.tokens});
+    const int64_t n = static_cast<int64_t>(e.tokens.size());
+    mb.chunks.push_back({1, it->second.position(), n, n});
+    mb.tokens += n;
+  }
+  for (MicroBatch& mb : mbs) {
+    if (!mb.inputs.empty()) {
+      absl::StatusOr<Step> step = model_->BeginStep(mb.inputs);
+      if (!step.ok()) return step.status();
+      mb.step = std::move(*step);
+    }
+  }
+  // Modelled work, in the planner's terms: per micro-batch its layers, edges and exchanges.
+  for (const MicroBatch& mb : mbs) {
+    if (!mb.chunks.empty()) {
+      for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+        *cost += AttentionLayerCost(config, layer, mb.chunks, CostOptions{});
+      }
+      *cost += EdgeCost(config, mb.chunks);
+    }
+    for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+      AddAllToAllCost(config, static_cast<double>(mb.tokens), geometry_, cost);
+    }
+  }
+
+  const int k = config.num_experts_per_tok;
+  auto stage = [&](int index, int layer) -> absl::Status {
+    MicroBatch& mb = mbs[index];
+    if (mb.step) {
+      if (absl::Status s = model_->AttentionStage(layer, &*mb.step, &mb.routed); !s.ok()) return s;
+    } else {
+      mb.routed = RoutedTokens{Tensor(), {}, {}, k};
+    }
+    absl::StatusOr<DispatchHandle> handle =
+        executor_->Start(index, layer, mb.routed.x, mb.routed.expert_ids, mb.routed.weights, k);
+    if (!handle.ok()) return handle.status();
+    mb.handle = std::move(*handle);
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < micro_batches_; ++i) {
+    if (absl::Status s = stage(i, 0); !s.ok()) return s;
+  }
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    for (int i = 0; i < micro_batches_; ++i) {
+      MicroBatch& mb = mbs[i];
+      if (absl::Status s = executor_->Finish(mb.handle, &mb.out); !s.ok()) return s;
+      if (mb.step) {
+        if (absl::Status s = model_->MoeFinish(layer, &*mb.step, mb.out); !s.ok()) return s;
+      }
+      if (layer + 1 < config.num_hidden_layers) {
+        if (absl::Status s = stage(i, layer + 1); !s.ok()) return s;
+      }
+    }
+  }
+  for (MicroBatch& mb : mbs) {
+    if (!mb.step) continue;
+    absl::StatusOr<Tensor> logits = model_->Logits(*mb.step, LogitRows::kAll);
+    if (!logits.ok()) return logits.status();
+    const int64_t vocab = logits->dim(1);
+    for (int i = 0; i < mb.step->num_sequences(); ++i) {
+      const float* begin = logits->data() + mb.step->row_begin(i) * vocab;
+      std::vector<float>& rows = logits_[mb.sequences[i]];
+      rows.insert(rows.end(), begin, begin + mb.step->sequence_rows(i) * vocab);
+    }
+    if (absl::Status s = model_->Finish(&*mb.step); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace dsv4

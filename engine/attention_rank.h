@@ -1,0 +1,58 @@
+// The attention-rank step loop. Each step this rank runs the plan's entries that name it:
+// its sequences (data parallel over attention ranks) split into micro-batches, and the
+// micro-batches go through the layers ping-pong: while one micro-batch's routed tokens are
+// at the expert ranks (MpiExpertExecutor::Start … Finish), this rank computes the other's
+// attention. Per layer and micro-batch, in order:
+//
+//   Finish(mb, layer) → MoeFinish(layer) → AttentionStage(layer + 1) → Start(mb, layer + 1)
+//
+// so every micro-batch takes one exchange per layer, in the same order on every rank, even
+// with no tokens (zero counts). Sequence states live here from admission (the first entry
+// naming a sequence) to the end of the run; logits of every row are kept per sequence.
+#ifndef DSV4_ENGINE_ATTENTION_RANK_H_
+#define DSV4_ENGINE_ATTENTION_RANK_H_
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "attention_node/model.h"
+#include "core/cost_model.h"
+#include "engine/mpi_expert_executor.h"
+#include "engine/step_plan.h"
+
+namespace dsv4 {
+
+class AttentionRank {
+ public:
+  // `model` and `executor` must outlive the AttentionRank. `rank` is this rank's index among
+  // the attention ranks; `geometry` says where the expert ranks sit (for modelled links).
+  AttentionRank(const Model* model, MpiExpertExecutor* executor, int rank, int micro_batches,
+                const ExpertGeometry& geometry)
+      : model_(model),
+        executor_(executor),
+        rank_(rank),
+        micro_batches_(micro_batches),
+        geometry_(geometry) {}
+
+  // Runs this rank's part of `plan`; adds its modelled work to `cost` (attention-side layer
+  // and edge costs per micro-batch, and the all-to-all each micro-batch's tokens cause).
+  absl::Status RunStep(const StepPlan& plan, StepCost* cost);
+
+  // Every logit row computed so far, [rows, vocab] row-major, by sequence id.
+  const std::map<int32_t, std::vector<float>>& logits() const { return logits_; }
+
+ private:
+  const Model* model_;
+  MpiExpertExecutor* executor_;
+  int rank_;
+  int micro_batches_;
+  ExpertGeometry geometry_;
+  std::map<int32_t, SequenceState> states_;  // node-based: StepInput pointers stay valid
+  std::map<int32_t, std::vector<float>> logits_;
+};
+
+}  // namespace dsv4
+
+#endif  // DSV4_ENGINE_ATTENTION_RANK_H_

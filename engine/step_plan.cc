@@ -1,0 +1,72 @@
+#include "engine/step_plan.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+
+absl::Status BroadcastPlan(StepPlan* plan, int root, MPI_Comm comm) {
+  // Flattened as int64: step, stop, entries, then per entry sequence, rank, micro-batch,
+  // token count, tokens.
+  std::vector<int64_t> wire = {plan->step, plan->stop ? 1 : 0,
+                               static_cast<int64_t>(plan->entries.size())};
+  for (const PlanEntry& e : plan->entries) {
+    wire.insert(wire.end(),
+                {e.sequence, e.rank, e.micro_batch, static_cast<int64_t>(e.tokens.size())});
+    wire.insert(wire.end(), e.tokens.begin(), e.tokens.end());
+  }
+  int64_t size = static_cast<int64_t>(wire.size());
+  if (MPI_Bcast(&size, 1, MPI_INT64_T, root, comm) != MPI_SUCCESS) {
+    return absl::InternalError("step plan: MPI_Bcast of the size failed");
+  }
+  wire.resize(size);
+  if (MPI_Bcast(wire.data(), static_cast<int>(size), MPI_INT64_T, root, comm) != MPI_SUCCESS) {
+    return absl::InternalError("step plan: MPI_Bcast of the plan failed");
+  }
+  size_t i = 0;
+  plan->step = wire[i++];
+  plan->stop = wire[i++] != 0;
+  plan->entries.resize(wire[i++]);
+  for (PlanEntry& e : plan->entries) {
+    e.sequence = static_cast<int32_t>(wire[i++]);
+    e.rank = static_cast<int32_t>(wire[i++]);
+    e.micro_batch = static_cast<int32_t>(wire[i++]);
+    const int64_t n = wire[i++];
+    e.tokens.assign(wire.begin() + i, wire.begin() + i + n);
+    i += n;
+  }
+  return absl::OkStatus();
+}
+
+OneShotPlanner::OneShotPlanner(std::vector<std::vector<int32_t>> prompts, int64_t decode_from,
+                               int64_t chunk, int attention_ranks, int micro_batches)
+    : prompts_(std::move(prompts)),
+      done_(prompts_.size(), 0),
+      decode_from_(decode_from),
+      chunk_(std::max<int64_t>(chunk, 1)),
+      attention_ranks_(attention_ranks),
+      micro_batches_(micro_batches) {}
+
+StepPlan OneShotPlanner::Next() {
+  StepPlan plan;
+  plan.step = step_++;
+  for (size_t i = 0; i < prompts_.size(); ++i) {
+    const int64_t length = static_cast<int64_t>(prompts_[i].size());
+    if (done_[i] >= length) continue;
+    const int64_t prefill = decode_from_ > 0 ? std::min(decode_from_, length) : length;
+    const int64_t n = done_[i] < prefill ? std::min(chunk_, prefill - done_[i]) : 1;
+    PlanEntry e;
+    e.sequence = static_cast<int32_t>(i);
+    e.rank = static_cast<int32_t>(i % attention_ranks_);
+    e.micro_batch = static_cast<int32_t>((i / attention_ranks_) % micro_batches_);
+    e.tokens.assign(prompts_[i].begin() + done_[i], prompts_[i].begin() + done_[i] + n);
+    done_[i] += n;
+    plan.entries.push_back(std::move(e));
+  }
+  plan.stop = plan.entries.empty();
+  return plan;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,263 @@
+// dsv4-engine under mpirun against `dsv4 run` on the same v4-tiny checkpoint and tokens, for
+// several rank layouts (flat and hierarchical dispatch, redundant experts, data parallelism
+// over sequences), prefill and decode; a failing rank; modelled time against the cost model.
+//
+// Tolerance: the engine sums a token's k expert outputs in a different order than the
+// in-process executor (per expert rank, then over ranks; replicas change which rank holds
+// a slot) and runs each expert's GEMM over a different set of rows, so results differ by
+// float rounding. Each layer adds a few ulps that the following layers carry on, so logits
+// must agree to |a − b| ≤ 2e-5 · (1 + max |ref|): about 25× the largest difference seen
+// (≤ 5e-6 at max |ref| ≈ 4.5, i.e. ~1e-6 relative; 1 + 1 ranks are bit-identical), far
+// below any real error (a wrong expert, weight or token moves logits by 1e-2 and more).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "core/cluster_config.h"
+#include "core/cost_model.h"
+#include "core/model_config.h"
+#include "core/npy.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr double kTolerance = 2e-5;
+
+std::string Hardware() { return DSV4_SOURCE_DIR "/cluster-configs/hardware/ascend-950dt.yaml"; }
+
+// A one-node cluster YAML of attention + expert ranks on one chip each.
+std::string OneNodeYaml(int attention, int experts, int redundant, int prefill_chunk = 512) {
+  return absl::StrCat(R"(name: engine-test
+hardware: )",
+                      Hardware(), R"(
+topology:
+  supernodes: 1
+  nodes_per_supernode: 1
+  chips_per_node: )",
+                      attention + experts, R"(
+  links:
+    intra_node: {bandwidth_GBps: 1000, latency_us: 1.0}
+    intra_supernode: {bandwidth_GBps: 1000, latency_us: 2.1}
+    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}
+roles:
+  attention_ranks: )",
+                      attention, R"(
+  expert_ranks: )",
+                      experts, R"(
+engine:
+  micro_batches: 2
+  chunked_prefill_tokens: )",
+                      prefill_chunk, R"(
+  placement: {policy: hierarchical, redundant_experts: )",
+                      redundant, R"(}
+)");
+}
+
+std::string Tokens(int count, int salt) {
+  std::vector<int> ids;
+  for (int i = 0; i < count; ++i) ids.push_back((i * 37 + salt * 101 + 11) % 1024);
+  return absl::StrJoin(ids, ",");
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir("engine");
+    const testing::CommandResult gen =
+        testing::RunCommand(absl::StrCat(testing::Dsv4(), " checkpoint generate --preset v4-tiny",
+                                         " --seed 7 --out ", Checkpoint()));
+    ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string Checkpoint() { return dir_->path() + "/ckpt"; }
+  static std::string Path(const std::string& name) { return dir_->path() + "/" + name; }
+
+  static std::string WriteYaml(const std::string& name, const std::string& text) {
+    std::ofstream(Path(name)) << text;
+    return Path(name);
+  }
+
+  // `dsv4 run` logits of one prompt (cached by file name).
+  static NpyArray Reference(const std::string& tokens, int decode_from) {
+    const std::string out =
+        Path(absl::StrCat("ref-", std::hash<std::string>()(tokens), "-", decode_from, ".npy"));
+    if (!std::ifstream(out)) {
+      const testing::CommandResult run = testing::RunCommand(
+          absl::StrCat(testing::Dsv4(), " run --checkpoint ", Checkpoint(), " --tokens ", tokens,
+                       " --decode_from ", decode_from, " --logits_out ", out));
+      EXPECT_EQ(run.exit_code, 0) << run.output;
+    }
+    absl::StatusOr<NpyArray> a = ReadNpyF32(out);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? *a : NpyArray{};
+  }
+
+  static testing::CommandResult Engine(const std::string& yaml, int np, const std::string& args) {
+    return testing::RunCommand(absl::StrCat(
+        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 ",
+        "timeout 120 mpirun --oversubscribe -np ", np, " ", DSV4_BIN_DIR, "/dsv4-engine",
+        " --cluster ", yaml, " --checkpoint ", Checkpoint(), " ", args));
+  }
+
+  static void ExpectClose(const NpyArray& ref, const std::string& path) {
+    absl::StatusOr<NpyArray> got = ReadNpyF32(path);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->shape, ref.shape) << path;
+    double max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < ref.data.size(); ++i) {
+      max_ref = std::max<double>(max_ref, std::fabs(ref.data[i]));
+      max_diff = std::max<double>(max_diff, std::fabs(ref.data[i] - got->data[i]));
+    }
+    EXPECT_LE(max_diff, kTolerance * (1 + max_ref))
+        << path << ": max |diff| " << max_diff << ", max |ref| " << max_ref;
+  }
+
+  // Runs the engine on `prompts` (prefill, then with decode) and compares every sequence.
+  static void ExpectMatchesRun(const std::string& yaml, int np,
+                               const std::vector<std::string>& prompts, int decode_from,
+                               const std::string& tag) {
+    for (int decode : {0, decode_from}) {
+      const std::string out = Path(absl::StrCat(tag, "-", decode, ".npy"));
+      const testing::CommandResult run =
+          Engine(yaml, np,
+                 absl::StrCat("--tokens '", absl::StrJoin(prompts, ";"), "' --decode_from ", decode,
+                              " --logits_out ", out));
+      ASSERT_EQ(run.exit_code, 0) << run.output;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        const std::string path =
+            prompts.size() == 1 ? out : Path(absl::StrCat(tag, "-", decode, ".", i, ".npy"));
+        ExpectClose(Reference(prompts[i], decode), path);
+      }
+    }
+  }
+
+  static testing::TempDir* dir_;
+};
+testing::TempDir* EngineTest::dir_ = nullptr;
+
+TEST_F(EngineTest, OneAttentionOneExpert) {
+  ExpectMatchesRun(WriteYaml("1+1.yaml", OneNodeYaml(1, 1, 0)), 2, {Tokens(150, 0)}, 120, "1+1");
+}
+
+TEST_F(EngineTest, OneAttentionOneExpertTwoMicroBatches) {
+  // Two sequences on one attention rank: one per micro-batch, both in flight.
+  ExpectMatchesRun(WriteYaml("1+1.yaml", OneNodeYaml(1, 1, 0)), 2, {Tokens(150, 0), Tokens(110, 1)},
+                   100, "1+1-mb");
+}
+
+TEST_F(EngineTest, TwoAttentionTwoExpertsDataParallel) {
+  ExpectMatchesRun(WriteYaml("2+2.yaml", OneNodeYaml(2, 2, 0)), 4,
+                   {Tokens(150, 0), Tokens(120, 2), Tokens(64, 3)}, 60, "2+2");
+}
+
+TEST_F(EngineTest, OneAttentionThreeExpertsRedundant) {
+  // 8 experts + 1 redundant slot over 3 expert ranks.
+  ExpectMatchesRun(WriteYaml("1+3.yaml", OneNodeYaml(1, 3, 1)), 4, {Tokens(150, 0)}, 120, "1+3");
+}
+
+TEST_F(EngineTest, RedundantExpertsGiveTheSameLogits) {
+  ExpectMatchesRun(WriteYaml("2+2r.yaml", OneNodeYaml(2, 2, 2)), 4,
+                   {Tokens(150, 0), Tokens(120, 2)}, 100, "2+2r");
+}
+
+TEST_F(EngineTest, ThreeAttentionThreeExpertsHierarchicalTwoSupernodes) {
+  std::ifstream in(DSV4_SOURCE_DIR "/cluster-configs/two-supernodes-test.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  // The copy lives in a temp dir, so its hardware path must be absolute.
+  const std::string yaml =
+      absl::StrReplaceAll(text.str(), {{"hardware/ascend-950dt.yaml", Hardware()}});
+  ASSERT_NE(yaml.find("dispatch: hierarchical"), std::string::npos);
+  const testing::CommandResult probe =
+      Engine(WriteYaml("3+3.yaml", yaml), 6, absl::StrCat("--tokens ", Tokens(8, 0)));
+  ASSERT_EQ(probe.exit_code, 0) << probe.output;
+  EXPECT_NE(probe.output.find("hierarchical dispatch"), std::string::npos) << probe.output;
+  ExpectMatchesRun(Path("3+3.yaml"), 6, {Tokens(150, 0), Tokens(130, 4), Tokens(100, 5)}, 90,
+                   "3+3");
+}
+
+TEST_F(EngineTest, ChunkedPrefill) {
+  // The plan splits the 150-token prefill into chunks of 48, 48, 48 and 6 tokens.
+  ExpectMatchesRun(WriteYaml("2+2c.yaml", OneNodeYaml(2, 2, 0, 48)), 4,
+                   {Tokens(150, 0), Tokens(100, 1)}, 90, "2+2c");
+}
+
+TEST_F(EngineTest, FailingRankEndsTheJobNamingIt) {
+  const std::string yaml = WriteYaml("2+2.yaml", OneNodeYaml(2, 2, 0));
+  const auto start = std::chrono::steady_clock::now();
+  const testing::CommandResult run =
+      Engine(yaml, 4,
+             absl::StrCat("--tokens ", Tokens(40, 0), " --decode_from 20",
+                          " --fail_rank 2 --fail_at_step 3"));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.exit_code, 124) << "timed out (hang): " << run.output;
+  EXPECT_LT(seconds, 60);
+  // The rank's own last words, and mpirun's report naming world rank 2 ("[[job,1],2]"), which
+  // is all there is when a rank dies without a word.
+  EXPECT_NE(run.output.find("rank 2"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find(",1],2]"), std::string::npos) << run.output;
+}
+
+TEST_F(EngineTest, ModelledStepTimeEqualsCostModel) {
+  // One sequence on 1 + 1 ranks: micro-batch 0 holds it, micro-batch 1 is empty but still
+  // exchanges. The analytic step below is what the planner's builders give for that batch.
+  const std::string yaml = WriteYaml("1+1.yaml", OneNodeYaml(1, 1, 0));
+  const int64_t tokens = 100;
+  const testing::CommandResult run =
+      Engine(yaml, 2,
+             absl::StrCat("--tokens ", Tokens(tokens, 0), " --decode_from 99", " --stats_out ",
+                          Path("stats.json")));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::ifstream in(Path("stats.json"));
+  const nlohmann::json stats = nlohmann::json::parse(in);
+  ASSERT_EQ(stats["steps"].size(), 2u);
+
+  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(Checkpoint());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(yaml);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  ExpertGeometry geometry;  // one expert rank in the sender's node, holding all experts
+  geometry.expert_ranks = 1;
+  geometry.experts_per_rank = config->n_routed_experts;
+  geometry.same_node = geometry.same_supernode = 1;
+  const int layers = config->num_hidden_layers;
+  const int k = config->num_experts_per_tok;
+  // Step 0 prefills 99 tokens, step 1 decodes one at position 99.
+  const std::vector<SequenceChunk> steps[] = {{{1, 0, 99, 99}}, {{1, 99, 1, 1}}};
+  for (int s = 0; s < 2; ++s) {
+    const double new_tokens = static_cast<double>(steps[s][0].new_tokens);
+    StepCost attention, expert;
+    attention.micro_batches = expert.micro_batches = 2;
+    for (int l = 0; l < layers; ++l) attention += AttentionLayerCost(*config, l, steps[s], {});
+    attention += EdgeCost(*config, steps[s]);
+    for (int mb = 0; mb < 2; ++mb) {
+      for (int l = 0; l < layers; ++l) {
+        AddAllToAllCost(*config, mb == 0 ? new_tokens : 0, geometry, &attention);
+        expert += RoutedExpertCost(*config, mb == 0 ? new_tokens * k : 0, config->n_routed_experts);
+      }
+    }
+    expert.dispatch = attention.dispatch;
+    expert.combine = attention.combine;
+    const StepCost ranks[] = {attention, expert};
+    const double analytic = ModelledTime(ranks, cluster->hardware, cluster->topology.links).total;
+    const double engine = stats["steps"][s]["modelled_seconds"];
+    EXPECT_NEAR(engine, analytic, 1e-9 * analytic) << "step " << s;
+    EXPECT_GT(analytic, 0);
+  }
+}
+
+}  // namespace
+}  // namespace dsv4
