@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -23,6 +25,18 @@
 namespace dsv4::bench {
 
 using Clock = std::chrono::steady_clock;
+
+// The repository root, from this header's path (bench/bench_util.h).
+inline std::filesystem::path SourceRoot() {
+  return std::filesystem::path(__FILE__).parent_path().parent_path();
+}
+
+// Writes a benchmark's result JSON (creating bench/results/ if needed) and says where.
+inline void WriteJson(const std::filesystem::path& out, const nlohmann::ordered_json& result) {
+  std::filesystem::create_directories(out.parent_path());
+  std::ofstream(out) << result.dump(2) << "\n";
+  std::printf("wrote %s\n", out.c_str());
+}
 
 inline double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();

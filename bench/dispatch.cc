@@ -38,6 +38,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "core/topology.h"
 #include "dispatch/dispatcher.h"
 #include "nlohmann/json.hpp"
@@ -49,31 +50,6 @@ using nlohmann::json;
 
 constexpr int kTopK = 6;
 
-std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
-    }
-  }
-  return "unknown";
-}
-
-std::string UtcNow() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 std::string MpiLibraryVersion() {
   char version[MPI_MAX_LIBRARY_VERSION_STRING];
   int len = 0;
@@ -83,10 +59,10 @@ std::string MpiLibraryVersion() {
 }
 
 json MachineJson() {
-  return {{"cpu_model", CpuModel()},
+  return {{"cpu_model", bench::CpuModel()},
           {"logical_cores", std::thread::hardware_concurrency()},
           {"mpi_library", MpiLibraryVersion()},
-          {"date", UtcNow()}};
+          {"date", bench::UtcNow()}};
 }
 
 constexpr char kNotes[] =
@@ -444,7 +420,7 @@ int Launcher(const std::vector<int>& nps, int max_tokens, const std::filesystem:
 int Main(int argc, char** argv) {
   std::vector<int> nps = {2, 4};
   int max_tokens = 4096;
-  std::filesystem::path out = SourceRoot() / "bench/results/dispatch.json";
+  std::filesystem::path out = bench::SourceRoot() / "bench/results/dispatch.json";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (i + 1 < argc && arg == "--np") {

@@ -30,10 +30,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
-
 struct Output {
   int status = -1;
   std::string text;
@@ -63,7 +59,7 @@ struct Throughput {
 
 int Main(int argc, char** argv) {
   int prompt = 128, decode = 64, repeats = 3;
-  std::filesystem::path out = SourceRoot() / "bench/results/engine.json";
+  std::filesystem::path out = bench::SourceRoot() / "bench/results/engine.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i];
     if (arg == "--prompt")
@@ -91,7 +87,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const std::string hardware =
-      (SourceRoot() / "cluster-configs/hardware/ascend-950dt.yaml").string();
+      (bench::SourceRoot() / "cluster-configs/hardware/ascend-950dt.yaml").string();
   auto yaml = [&](int attention, int experts) {
     const std::string path = absl::StrCat(dir, "/", attention, "+", experts, ".yaml");
     std::ofstream(path) << "name: bench\nhardware: " << hardware
@@ -190,9 +186,7 @@ int Main(int argc, char** argv) {
     result["runs"].push_back(run);
   }
   std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(out.parent_path());
-  std::ofstream(out) << result.dump(2) << "\n";
-  std::printf("wrote %s\n", out.c_str());
+  bench::WriteJson(out, result);
   return 0;
 }
 

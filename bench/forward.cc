@@ -33,10 +33,6 @@ using bench::Clock;
 using bench::SecondsSince;
 using nlohmann::json;
 
-std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
-
 // Forwards to the in-process executor, timing it and counting the bytes of the distinct
 // experts each call reads.
 class CountingExecutor : public ExpertExecutor {
@@ -124,7 +120,7 @@ std::vector<int32_t> Prompt(int64_t count, int64_t vocab, uint64_t seed) {
 
 int Main(int argc, char** argv) {
   std::string checkpoint_dir;
-  std::filesystem::path out = SourceRoot() / "bench/results/forward.json";
+  std::filesystem::path out = bench::SourceRoot() / "bench/results/forward.json";
   int64_t prompt = 256;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -154,7 +150,7 @@ int Main(int argc, char** argv) {
   if (checkpoint_dir.empty()) {
     temp = std::filesystem::temp_directory_path() / "dsv4-bench-forward-v4-mini";
     checkpoint_dir = temp.string();
-    const std::string config_path = (SourceRoot() / "models/v4-mini/config.json").string();
+    const std::string config_path = (bench::SourceRoot() / "models/v4-mini/config.json").string();
     std::ifstream in(config_path);
     std::stringstream text;
     text << in.rdbuf();

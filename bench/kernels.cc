@@ -37,11 +37,6 @@ using bench::SgemmPeakGflops;
 using bench::TimePerCall;
 using json = nlohmann::ordered_json;
 
-// The repository root, from this file's path (bench/kernels.cc).
-std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
-
 std::vector<float> RandomVector(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
@@ -76,7 +71,7 @@ std::vector<LinearShape> ModelShapes(const std::filesystem::path& config_path, j
   const int64_t experts = get("n_routed_experts", 32);
   const int64_t top_k = get("num_experts_per_tok", 6);
   const int64_t inter = get("moe_intermediate_size", 384);
-  const std::filesystem::path relative = config_path.lexically_relative(SourceRoot());
+  const std::filesystem::path relative = config_path.lexically_relative(bench::SourceRoot());
   *model_info = {{"config", relative.empty() ? config_path.string() : relative.string()},
                  {"config_found", !cfg.empty()},
                  {"hidden_size", d},
@@ -106,8 +101,8 @@ std::vector<LinearShape> ModelShapes(const std::filesystem::path& config_path, j
 }
 
 int Main(int argc, char** argv) {
-  std::filesystem::path config = SourceRoot() / "models/v4-mini/config.json";
-  std::filesystem::path out = SourceRoot() / "bench/results/kernels.json";
+  std::filesystem::path config = bench::SourceRoot() / "models/v4-mini/config.json";
+  std::filesystem::path out = bench::SourceRoot() / "bench/results/kernels.json";
   int threads = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
