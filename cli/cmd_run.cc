@@ -16,12 +16,14 @@
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "core/cluster_config.h"
 #include "core/kernels.h"
 #include "core/kv_accounting.h"
 #include "core/model_config.h"
 #include "core/npy.h"
 #include "core/safetensors.h"
 #include "core/sampling.h"
+#include "engram_store/client.h"
 #include "expert_node/in_process_executor.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json and safetensors)");
@@ -42,6 +44,10 @@ ABSL_FLAG(std::string, kv_report, "",
           "config alone; works without --checkpoint");
 ABSL_FLAG(int64_t, kv_context, 1 << 20, "context length for --kv_report");
 ABSL_FLAG(int32_t, threads, 1, "OpenBLAS threads");
+ABSL_FLAG(std::vector<std::string>, engram_servers, {},
+          "Engram memory nodes (host:port, comma-separated, in shard-plan order) to look table "
+          "rows up on instead of reading them from the checkpoint");
+ABSL_FLAG(int32_t, engram_replication, 1, "copies of each Engram shard on --engram_servers");
 
 namespace dsv4::cli {
 namespace {
@@ -152,6 +158,13 @@ absl::Status Run() {
   ModelOptions options;
   options.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
   options.load_mtp = absl::GetFlag(FLAGS_mtp);
+  EngramSpec engram_spec;
+  engram_spec.servers = absl::GetFlag(FLAGS_engram_servers);
+  engram_spec.replication = absl::GetFlag(FLAGS_engram_replication);
+  absl::StatusOr<std::unique_ptr<engram::EngramClient>> engram =
+      ConnectEngram(*config, engram_spec);
+  if (!engram.ok()) return engram.status();
+  options.engram_rows = engram->get();
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(*config, checkpoint->get(), options);
   if (!model.ok()) return model.status();
   absl::StatusOr<std::unique_ptr<InProcessExecutor>> experts =
@@ -224,6 +237,7 @@ absl::Status Run() {
                                FormatBytes(state.bytes()), state.position(),
                                PerToken(static_cast<double>(state.bytes()) / state.position()));
   PrintKvReport(*config, "this model", absl::GetFlag(FLAGS_kv_context), false);
+  if (*engram) std::cout << EngramReport(**engram) << "\n";
   if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
   return absl::OkStatus();
 }
@@ -235,6 +249,7 @@ int RunMain(int argc, char** argv) {
       argc, argv,
       "dsv4 run --checkpoint DIR --tokens 1,2,3 [--logits-out FILE.npy] [--decode-from K]\n"
       "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
+      "         [--engram-servers HOST:PORT,... --engram-replication R]\n"
       "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"
       "Runs the DeepSeek-V4 forward pass in this process (fp32, exact dequantisation): the\n"
       "prompt's logits from position 0 (one prefill, or a prefill of K tokens then one token at\n"

@@ -4,3 +4,4 @@
 
 ABSL_FLAG(uint64_t, seed, 0,
           "random seed: the same seed gives the same checkpoint bytes / the same samples");
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "coordinator address (host:port)");

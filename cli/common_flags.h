@@ -4,9 +4,11 @@
 #define DSV4_CLI_COMMON_FLAGS_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/flags/declare.h"
 
 ABSL_DECLARE_FLAG(uint64_t, seed);
+ABSL_DECLARE_FLAG(std::string, server);
 
 #endif  // DSV4_CLI_COMMON_FLAGS_H_

@@ -46,6 +46,7 @@
 #include "engine/expert_rank.h"
 #include "engine/mpi_expert_executor.h"
 #include "engine/step_plan.h"
+#include "engram_store/client.h"
 #include "expert_node/routed_experts.h"
 #include "nlohmann/json.hpp"
 
@@ -144,6 +145,7 @@ class Engine {
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<ExpertPlacement> placement_;
   std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<engram::EngramClient> engram_;   // attention ranks, tables on memory nodes
   std::unique_ptr<Model> model_;                   // attention ranks
   std::unique_ptr<MpiExpertExecutor> executor_;    // attention ranks
   std::unique_ptr<AttentionRank> attention_rank_;  // attention ranks
@@ -221,6 +223,11 @@ absl::Status Engine::Setup() {
   if (attention_) {
     ModelOptions options;
     options.max_seq_len = cluster_.engine.max_seq_len;
+    absl::StatusOr<std::unique_ptr<engram::EngramClient>> engram =
+        cli::ConnectEngram(config_, cluster_.engram);
+    if (!engram.ok()) return engram.status();
+    engram_ = std::move(*engram);
+    options.engram_rows = engram_.get();
     absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(config_, checkpoint_.get(), options);
     if (!model.ok()) return model.status();
     model_ = std::move(*model);
@@ -321,10 +328,14 @@ absl::Status Engine::Loop() {
         "step %d: %d tokens, %d sequences: cpu %.3f ms, modelled %.3f us on %s (%s-bound)\n",
         plan.step, tokens, plan.entries.size(), cpu * 1e3, modelled.total * 1e6,
         cluster_.hardware.name, BottleneckName(modelled.binding));
+    std::cout << std::flush;  // progress is visible as it happens, also through a pipe
     stats_["steps"].push_back({{"step", plan.step},
                                {"tokens", tokens},
                                {"cpu_seconds", cpu},
                                {"modelled_seconds", modelled.total}});
+  }
+  if (engram_) {
+    std::cout << absl::StrCat(cli::EngramReport(*engram_), " (rank ", rank_, ")\n");
   }
   // Overlap: how long attention ranks were blocked on the experts, of their step time.
   const double waited = attention_ ? executor_->wait_seconds() : 0;

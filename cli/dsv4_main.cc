@@ -22,6 +22,8 @@ const Command kCommands[] = {
     {"run", "run the forward pass in this process: logits, sampling, throughput, memory",
      dsv4::cli::RunMain},
     {"plan", "search serving layouts for a model, cluster and workload", dsv4::cli::PlanMain},
+    {"generate", "stream a generation from a coordinator", dsv4::cli::GenerateMain},
+    {"status", "print a coordinator's cluster status", dsv4::cli::StatusMain},
 };
 
 void PrintUsage(std::ostream& out) {

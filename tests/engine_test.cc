@@ -1,6 +1,7 @@
 // dsv4-engine under mpirun against `dsv4 run` on the same v4-tiny checkpoint and tokens, for
 // several rank layouts (flat and hierarchical dispatch, redundant experts, data parallelism
-// over sequences), prefill and decode; a failing rank; modelled time against the cost model.
+// over sequences), prefill and decode; a failing rank; modelled time against the cost model;
+// Engram tables on real dsv4-engram-store processes, one of them killed mid-run.
 //
 // Tolerance: the engine sums a token's k expert outputs in a different order than the
 // in-process executor (per expert rank, then over ranks; replicas change which rank holds
@@ -9,12 +10,17 @@
 // must agree to |a − b| ≤ 2e-5 · (1 + max |ref|): about 25× the largest difference seen
 // (≤ 5e-6 at max |ref| ≈ 4.5, i.e. ~1e-6 relative; 1 + 1 ranks are bit-identical), far
 // below any real error (a wrong expert, weight or token moves logits by 1e-2 and more).
+// Engram rows looked up on memory nodes are the checkpoint's bytes, so remote tables add
+// no difference of their own: `dsv4 run` with remote tables equals it with local ones exactly.
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -24,8 +30,10 @@
 #include "core/cost_model.h"
 #include "core/model_config.h"
 #include "core/npy.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engram_test_util.h"
 #include "tests/test_util.h"
 
 namespace dsv4 {
@@ -71,10 +79,11 @@ std::string Tokens(int count, int salt) {
 
 class EngineTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
+  static void SetUpTestSuite() { Generate("v4-tiny"); }
+  static void Generate(const std::string& preset) {
     dir_ = new testing::TempDir("engine");
     const testing::CommandResult gen =
-        testing::RunCommand(absl::StrCat(testing::Dsv4(), " checkpoint generate --preset v4-tiny",
+        testing::RunCommand(absl::StrCat(testing::Dsv4(), " checkpoint generate --preset ", preset,
                                          " --seed 7 --out ", Checkpoint()));
     ASSERT_EQ(gen.exit_code, 0) << gen.output;
   }
@@ -103,11 +112,14 @@ class EngineTest : public ::testing::Test {
     return a.ok() ? *a : NpyArray{};
   }
 
+  static std::string EngineCommand(const std::string& yaml, int np, const std::string& args) {
+    return absl::StrCat(
+        "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 ",
+        "mpirun --oversubscribe -np ", np, " ", DSV4_BIN_DIR, "/dsv4-engine", " --cluster ", yaml,
+        " --checkpoint ", Checkpoint(), " ", args);
+  }
   static testing::CommandResult Engine(const std::string& yaml, int np, const std::string& args) {
-    return testing::RunCommand(absl::StrCat(
-        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 ",
-        "timeout 120 mpirun --oversubscribe -np ", np, " ", DSV4_BIN_DIR, "/dsv4-engine",
-        " --cluster ", yaml, " --checkpoint ", Checkpoint(), " ", args));
+    return testing::RunCommand("timeout 120 " + EngineCommand(yaml, np, args));
   }
 
   static void ExpectClose(const NpyArray& ref, const std::string& path) {
@@ -257,6 +269,75 @@ TEST_F(EngineTest, ModelledStepTimeEqualsCostModel) {
     EXPECT_NEAR(engine, analytic, 1e-9 * analytic) << "step " << s;
     EXPECT_GT(analytic, 0);
   }
+}
+
+// Engram tables on two replicated dsv4-engram-store processes on loopback (v4-tiny-engram).
+class EngineEngramTest : public EngineTest {
+ protected:
+  static void SetUpTestSuite() { Generate("v4-tiny-engram"); }
+  void SetUp() override {
+    servers_ = engram::testing::StartServerProcesses(Checkpoint(), 2, 2);
+    ASSERT_EQ(servers_.addresses.size(), 2u);
+  }
+
+  // 2 attention ranks (each with its own client) + 1 expert rank, tables on the servers.
+  std::string Yaml() {
+    return WriteYaml("engram.yaml", absl::StrCat(OneNodeYaml(2, 1, 0), "engram:\n  servers: [",
+                                                 absl::StrJoin(servers_.addresses, ", "),
+                                                 "]\n  replication: 2\n"));
+  }
+
+  // Runs `command` (in the background), SIGKILLs server 0 `delay` after `progress` shows in
+  // its output, lets it finish, and checks it used the servers, failed over and said nothing
+  // of it but its report.
+  void RunKillingAServer(const std::string& command, const std::string& progress,
+                         std::chrono::milliseconds delay) {
+    testing::Process run(command);
+    EXPECT_TRUE(run.WaitFor(progress, std::chrono::seconds(60))) << run.output();
+    std::this_thread::sleep_for(delay);
+    servers_.processes[0]->Signal(SIGKILL);
+    const testing::CommandResult result = run.Finish(std::chrono::seconds(120));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    // Every lookup the dead server's shard needed after the kill went to its replica.
+    EXPECT_THAT(result.output, ::testing::ContainsRegex("\\([1-9][0-9]* retried on another"))
+        << result.output;
+    EXPECT_THAT(result.output, ::testing::HasSubstr(" 0 failed,")) << result.output;
+    for (const char* error : {"rror", "UNAVAILABLE", "navailable", "failed to"}) {
+      EXPECT_THAT(result.output, ::testing::Not(::testing::HasSubstr(error))) << result.output;
+    }
+  }
+
+  engram::testing::ServerProcesses servers_;
+};
+
+TEST_F(EngineEngramTest, RemoteTablesGiveTheLocalLogits) {
+  ExpectMatchesRun(Yaml(), 3, {Tokens(150, 0), Tokens(110, 1)}, 100, "engram");
+}
+
+TEST_F(EngineEngramTest, EngineSurvivesAKilledMemoryNode) {
+  // Fresh n-grams every step (Tokens does not repeat), so each decode step looks rows up on
+  // both shards; the kill lands after step 5 of 1 + 280 steps.
+  const std::string tokens = Tokens(300, 0), out = Path("engine-kill.npy");
+  RunKillingAServer(
+      EngineCommand(Yaml(), 3,
+                    absl::StrCat("--tokens ", tokens, " --decode_from 20 --logits_out ", out)),
+      "step 5:", std::chrono::milliseconds(0));
+  ExpectClose(Reference(tokens, 20), out);
+}
+
+TEST_F(EngineEngramTest, RunSurvivesAKilledMemoryNode) {
+  // `dsv4 run` reports nothing per step: the kill comes 50 ms after the model loaded (the
+  // client connected), well within the 580 decode steps (~1 ms each); the retry count
+  // shows it landed before the end.
+  const std::string tokens = Tokens(600, 0), out = Path("run-kill.npy");
+  RunKillingAServer(
+      absl::StrCat(testing::Dsv4(), " run --checkpoint ", Checkpoint(), " --tokens ", tokens,
+                   " --decode_from 20 --logits_out ", out, " --engram_servers ",
+                   absl::StrJoin(servers_.addresses, ","), " --engram_replication 2"),
+      "loaded ", std::chrono::milliseconds(50));
+  absl::StatusOr<NpyArray> got = ReadNpyF32(out);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->data, Reference(tokens, 20).data);
 }
 
 }  // namespace

@@ -1,0 +1,67 @@
+// dsv4 status: the coordinator's GetClusterStatus as a table.
+#include <chrono>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "cli/common_flags.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/inference.grpc.pb.h"
+
+namespace dsv4::cli {
+namespace {
+
+void PrintStatus(const v1::ClusterStatus& status) {
+  std::cout << "engines: " << status.engines_size() << "   queue depth: " << status.queue_depth()
+            << "\n";
+  if (status.engines_size() == 0) {
+    std::cout << "no engine connected\n";
+    return;
+  }
+  std::cout << absl::StrFormat("\n%-16s %-11s %5s %8s %7s %11s %11s %8s\n", "ENGINE", "STATE",
+                               "RANKS", "RUNNING", "KV", "STEP ms", "MODEL ms", "RESTARTS");
+  for (const v1::EngineStatus& e : status.engines()) {
+    std::cout << absl::StrFormat("%-16s %-11s %5d %8d %6.1f%% %11.2f %11.3f %8d\n", e.id(),
+                                 e.state(), e.ranks_size(), e.running_requests(),
+                                 100 * e.kv_usage(), e.measured_step_ms(), e.modelled_step_ms(),
+                                 e.restarts());
+  }
+  for (const v1::EngineStatus& e : status.engines()) {
+    std::cout << absl::StrFormat("\n%s ranks:\n  %-5s %-10s %-20s %s\n", e.id(), "RANK", "ROLE",
+                                 "POSITION", "RESIDENT");
+    for (const v1::RankStatus& r : e.ranks()) {
+      std::cout << absl::StrFormat("  %-5d %-10s %-20s %s\n", r.rank(), r.role(), r.position(),
+                                   FormatBytes(static_cast<double>(r.resident_bytes())));
+    }
+  }
+  if (!status.placement_summary().empty()) {
+    std::cout << "\nplacement: " << status.placement_summary() << "\n";
+  }
+}
+
+}  // namespace
+
+int StatusMain(int argc, char** argv) {
+  const std::vector<std::string> args =
+      ParseFlags(argc, argv, "dsv4 status [--server HOST:PORT]", "cmd_status.cc");
+  if (!args.empty()) return ExitCode(absl::InvalidArgumentError("takes no arguments"), "status");
+  const std::string server = absl::GetFlag(FLAGS_server);
+  auto stub =
+      v1::Inference::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ClusterStatus status;
+  const grpc::Status s = stub->GetClusterStatus(&context, v1::ClusterStatusRequest(), &status);
+  if (!s.ok()) {
+    return ExitCode(absl::UnavailableError(absl::StrCat(server, ": ", s.error_message())),
+                    "status");
+  }
+  PrintStatus(status);
+  return 0;
+}
+
+}  // namespace dsv4::cli

@@ -1,0 +1,141 @@
+#include "coordinator/engine_registry.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4::coordinator {
+
+absl::Status EngineConnection::Write(const engine::v1::CoordinatorMessage& message) {
+  if (stream_ == nullptr || !stream_->Write(message)) {
+    return absl::UnavailableError("the engine's control stream is closed");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineConnection::Open(const engine::v1::CoordinatorMessage& welcome) {
+  absl::MutexLock lock(&mu_);
+  absl::Status status = Write(welcome);
+  open_ = status.ok();
+  return status;
+}
+
+absl::Status EngineConnection::Send(const engine::v1::CoordinatorMessage& message) {
+  absl::MutexLock lock(&mu_);
+  if (!open_) return absl::UnavailableError("the engine is still connecting; retry");
+  return Write(message);
+}
+
+void EngineConnection::Close() {
+  absl::MutexLock lock(&mu_);
+  stream_ = nullptr;
+}
+
+void EngineConnection::Cancel() {
+  absl::MutexLock lock(&mu_);
+  if (stream_ != nullptr) context_->TryCancel();
+}
+
+absl::Status EngineRegistry::Add(const engine::v1::Hello& hello,
+                                 std::shared_ptr<EngineConnection> connection) {
+  absl::MutexLock lock(&mu_);
+  if (!engines_
+           .try_emplace(hello.engine_id(),
+                        Entry{hello, {}, std::move(connection), false, absl::Now()})
+           .second) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("an engine with engine_id \"", hello.engine_id(), "\" is already connected"));
+  }
+  return absl::OkStatus();
+}
+
+void EngineRegistry::RecordHeartbeat(const std::string& engine_id,
+                                     const engine::v1::Heartbeat& heartbeat) {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  if (it == engines_.end()) return;
+  it->second.heartbeat = heartbeat;
+  it->second.last_seen = absl::Now();
+}
+
+std::vector<std::string> EngineRegistry::CancelSilent(absl::Duration max_silence, absl::Time now) {
+  std::vector<std::shared_ptr<EngineConnection>> silent;
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, entry] : engines_) {
+      if (now - entry.last_seen > max_silence) {
+        silent.push_back(entry.connection);
+        ids.push_back(id);
+      }
+    }
+  }
+  for (const auto& connection : silent) connection->Cancel();
+  return ids;
+}
+
+void EngineRegistry::Remove(const std::string& engine_id) {
+  absl::MutexLock lock(&mu_);
+  engines_.erase(engine_id);
+}
+
+absl::Status EngineRegistry::Send(const std::string& engine_id,
+                                  const engine::v1::CoordinatorMessage& message) {
+  std::shared_ptr<EngineConnection> connection;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = engines_.find(engine_id);
+    if (it == engines_.end()) {
+      return absl::NotFoundError(absl::StrCat("no engine \"", engine_id, "\" is connected"));
+    }
+    if (message.has_drain()) it->second.draining = true;
+    connection = it->second.connection;
+  }
+  // Outside the registry lock: a slow engine must not stall status queries.
+  return connection->Send(message);
+}
+
+int EngineRegistry::size() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(engines_.size());
+}
+
+void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
+  absl::MutexLock lock(&mu_);
+  std::map<int, std::vector<int64_t>> load;  // layer → tokens per expert, all engines
+  for (const auto& [id, entry] : engines_) {
+    v1::EngineStatus* engine = status->add_engines();
+    engine->set_id(id);
+    engine->set_state(entry.draining ? "draining" : "serving");
+    for (const engine::v1::RankInfo& r : entry.hello.ranks()) {
+      v1::RankStatus* rank = engine->add_ranks();
+      rank->set_rank(r.rank());
+      rank->set_role(r.role() == engine::v1::ROLE_ATTENTION ? "attention"
+                     : r.role() == engine::v1::ROLE_EXPERT  ? "expert"
+                                                            : "unknown");
+      rank->set_position(r.position());
+      rank->set_resident_bytes(r.resident_bytes());
+    }
+    const engine::v1::Heartbeat& hb = entry.heartbeat;
+    engine->set_running_requests(hb.running_sequences());
+    engine->set_kv_usage(hb.kv_budget_tokens() > 0 ? static_cast<double>(hb.kv_used_tokens()) /
+                                                         static_cast<double>(hb.kv_budget_tokens())
+                                                   : 0.0);
+    engine->set_measured_step_ms(hb.measured_step_ms());
+    engine->set_modelled_step_ms(hb.modelled_step_ms());
+    for (const engine::v1::LayerExpertLoad& layer : hb.expert_load()) {
+      std::vector<int64_t>& sum = load[layer.layer()];
+      sum.resize(std::max<size_t>(sum.size(), layer.tokens_per_expert_size()), 0);
+      for (int e = 0; e < layer.tokens_per_expert_size(); ++e) sum[e] += layer.tokens_per_expert(e);
+    }
+  }
+  for (const auto& [layer, counts] : load) {
+    v1::LayerExpertLoad* out = status->add_expert_load();
+    out->set_layer(layer);
+    out->mutable_tokens_per_expert()->Add(counts.begin(), counts.end());
+  }
+}
+
+}  // namespace dsv4::coordinator

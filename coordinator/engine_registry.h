@@ -1,0 +1,87 @@
+// The engines connected to this coordinator (one entry per live EngineControl stream): what
+// each said in its Hello, its latest Heartbeat, and a way to send it CoordinatorMessages.
+// GetClusterStatus and the admin service read it; the scheduler (next) will pick engines
+// from it. Thread-safe.
+#ifndef DSV4_COORDINATOR_ENGINE_REGISTRY_H_
+#define DSV4_COORDINATOR_ENGINE_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/sync_stream.h"
+#include "proto/engine.pb.h"
+#include "proto/inference.pb.h"
+
+namespace dsv4::coordinator {
+
+using EngineStream =
+    grpc::ServerReaderWriterInterface<engine::v1::CoordinatorMessage, engine::v1::EngineMessage>;
+
+// The sending half of one engine's stream. gRPC allows one Write at a time next to the
+// stream's reader, so writes are serialised here. The Welcome goes first (Open); Close
+// (called by the stream's handler before it returns) makes later sends fail instead of
+// touching a finished stream.
+class EngineConnection {
+ public:
+  // `context` is the stream's server context, used to cancel the stream.
+  EngineConnection(grpc::ServerContext* context, EngineStream* stream)
+      : context_(context), stream_(stream) {}
+  // Sends the Welcome, after which Send works.
+  absl::Status Open(const engine::v1::CoordinatorMessage& welcome);
+  // UNAVAILABLE before Open (the engine is still connecting) and once the stream is closed
+  // or broken.
+  absl::Status Send(const engine::v1::CoordinatorMessage& message);
+  void Close();
+  // Ends the stream from the coordinator's side (the engine sees CANCELLED); no-op once
+  // closed.
+  void Cancel();
+
+ private:
+  absl::Status Write(const engine::v1::CoordinatorMessage& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  grpc::ServerContext* const context_;
+  EngineStream* stream_ ABSL_GUARDED_BY(mu_);
+  bool open_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class EngineRegistry {
+ public:
+  // Registers a connected engine; ALREADY_EXISTS when one with the same id is connected.
+  absl::Status Add(const engine::v1::Hello& hello, std::shared_ptr<EngineConnection> connection);
+  // Records the latest load report of a registered engine (ignored for unknown ids).
+  void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
+  // Cancels the streams of engines silent (no Hello or Heartbeat) for longer than
+  // `max_silence`, as of `now`; returns their ids. Their handlers then remove them.
+  std::vector<std::string> CancelSilent(absl::Duration max_silence, absl::Time now);
+  void Remove(const std::string& engine_id);
+  // Sends to one engine: NOT_FOUND for an unknown id, UNAVAILABLE when its stream is gone.
+  // A Drain also marks the engine "draining" (no new admissions).
+  absl::Status Send(const std::string& engine_id, const engine::v1::CoordinatorMessage& message);
+
+  int size() const;
+  // Fills `status->engines` (sorted by id) and the expert load summed over engines.
+  void FillStatus(v1::ClusterStatus* status) const;
+
+ private:
+  struct Entry {
+    engine::v1::Hello hello;
+    engine::v1::Heartbeat heartbeat;
+    std::shared_ptr<EngineConnection> connection;
+    bool draining = false;
+    absl::Time last_seen;
+  };
+  mutable absl::Mutex mu_;
+  std::map<std::string, Entry> engines_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dsv4::coordinator
+
+#endif  // DSV4_COORDINATOR_ENGINE_REGISTRY_H_
