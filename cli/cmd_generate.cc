@@ -1,7 +1,6 @@
 // dsv4 generate: streams a generation from a coordinator, printing text as it arrives.
 #include <iostream>
 
-#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -13,9 +12,6 @@
 #include "proto/inference.grpc.pb.h"
 
 // Sampling flags are shared with `dsv4 run` (defined in cmd_run.cc).
-ABSL_DECLARE_FLAG(double, temperature);
-ABSL_DECLARE_FLAG(double, top_p);
-ABSL_DECLARE_FLAG(int32_t, top_k);
 ABSL_FLAG(int32_t, max_tokens, 64, "tokens to generate at most");
 
 namespace dsv4::cli {

@@ -33,9 +33,6 @@ ABSL_FLAG(std::string, logits_out, "",
 ABSL_FLAG(int64_t, decode_from, 0,
           "prefill this many prompt tokens, then decode the rest one at a time (0: one prefill)");
 ABSL_FLAG(int64_t, generate, 0, "sample this many tokens after the prompt");
-ABSL_FLAG(double, temperature, 1.0, "sampling temperature (0: greedy)");
-ABSL_FLAG(double, top_p, 1.0, "nucleus sampling: keep the top tokens holding this mass");
-ABSL_FLAG(int32_t, top_k, 0, "keep the k most likely tokens (0: all)");
 ABSL_FLAG(int64_t, max_seq_len, 0,
           "longest sequence accepted (0: the config's max_position_embeddings)");
 ABSL_FLAG(bool, mtp, true, "load (and validate) the MTP block; it never runs here");
