@@ -14,23 +14,14 @@
 #include "gtest/gtest.h"
 #include "planner/layout_search.h"
 #include "planner/workload.h"
+#include "tests/test_util.h"
 
 namespace dsv4 {
 namespace {
 
 const std::string kRoot = DSV4_SOURCE_DIR;
-
-ModelConfig Model(const std::string& name) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(kRoot + "/models/" + name + "/config.json");
-  EXPECT_TRUE(config.ok()) << config.status();
-  return *config;
-}
-
-ClusterConfig Cluster(const std::string& path) {
-  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(kRoot + "/" + path);
-  EXPECT_TRUE(cluster.ok()) << cluster.status();
-  return *cluster;
-}
+using ::dsv4::testing::PresetModelConfig;
+using ::dsv4::testing::ShippedClusterConfig;
 
 double Rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }
 
@@ -51,7 +42,7 @@ double CheckpointBytesAsLoaded(const ModelConfig& config) {
 TEST(CostModelTest, WeightInventoryMatchesTheCheckpointLayout) {
   for (const char* name : {"v4-tiny", "v4-mini", "deepseek-v4-flash", "deepseek-v4-pro"}) {
     SCOPED_TRACE(name);
-    const ModelConfig config = Model(name);
+    const ModelConfig config = PresetModelConfig(name);
     const int layers = config.num_hidden_layers + config.num_nextn_predict_layers;
     WeightBytes total = EdgeWeights(config);
     for (int layer = 0; layer < layers; ++layer) {
@@ -65,7 +56,7 @@ TEST(CostModelTest, WeightInventoryMatchesTheCheckpointLayout) {
 }
 
 TEST(CostModelTest, V4ProWeightsByFormat) {
-  const ModelConfig config = Model("deepseek-v4-pro");
+  const ModelConfig config = PresetModelConfig("deepseek-v4-pro");
   // One routed expert: 3 · 3072 · 7168 FP4 parameters at half a byte plus a scale per 32.
   EXPECT_DOUBLE_EQ(RoutedExpertWeights(config).bytes[static_cast<int>(WeightFormat::kFp4)],
                    3.0 * 3072 * 7168 * (0.5 + 1.0 / 32));
@@ -73,7 +64,7 @@ TEST(CostModelTest, V4ProWeightsByFormat) {
 
 // Chunked costs use closed-form sums over positions; they must equal token-by-token sums.
 TEST(CostModelTest, ChunkSumsEqualTokenByTokenSums) {
-  const ModelConfig config = Model("v4-tiny");  // window 8, CSA top-k 4, HCA ratio 8
+  const ModelConfig config = PresetModelConfig("v4-tiny");  // window 8, CSA top-k 4, HCA ratio 8
   const CostOptions options;
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     SCOPED_TRACE(layer);
@@ -94,7 +85,7 @@ TEST(CostModelTest, ChunkSumsEqualTokenByTokenSums) {
 }
 
 TEST(CostModelTest, V4DecodeAttentionFlopsByLayerType) {
-  const ModelConfig config = Model("deepseek-v4-pro");
+  const ModelConfig config = PresetModelConfig("deepseek-v4-pro");
   const CostOptions options;
   const int64_t p = 100000;  // the new token sits at position p and sees p + 1 positions
   const double per_entry = 4.0 * 128 * 512;  // QK and PV over D = 512 for 128 heads
@@ -117,11 +108,11 @@ TEST(CostModelTest, V4DecodeAttentionFlopsByLayerType) {
 }
 
 TEST(CostModelTest, ProbabilityHit) {
-  const ModelConfig v4 = Model("deepseek-v4-pro");
+  const ModelConfig v4 = PresetModelConfig("deepseek-v4-pro");
   EXPECT_NEAR(ProbabilityHit(v4, 1), 6.0 / 384, 1e-12);  // k / E
   EXPECT_DOUBLE_EQ(ProbabilityHit(v4, 384), 1);
   EXPECT_DOUBLE_EQ(ProbabilityHit(v4, 0), 0);
-  const ModelConfig v3 = Model("deepseek-v3");  // 8 groups of 32, 4 groups per token
+  const ModelConfig v3 = PresetModelConfig("deepseek-v3");  // 8 groups of 32, 4 groups per token
   EXPECT_NEAR(ProbabilityHit(v3, 32), 0.5, 1e-12);
   EXPECT_NEAR(ProbabilityHit(v3, 64), 1 - 15.0 / 70, 1e-12);  // C(6,4) / C(8,4) miss
   // Expected experts hit per token sum to k over single-expert units.
@@ -129,7 +120,7 @@ TEST(CostModelTest, ProbabilityHit) {
 }
 
 TEST(CostModelTest, AllToAllBytesFollowTheTopology) {
-  const ModelConfig config = Model("deepseek-v4-pro");
+  const ModelConfig config = PresetModelConfig("deepseek-v4-pro");
   ExpertGeometry one_node;
   one_node.expert_ranks = 8;
   one_node.experts_per_rank = 48;
@@ -160,7 +151,7 @@ TEST(CostModelTest, AllToAllBytesFollowTheTopology) {
 }
 
 TEST(CostModelTest, StepTimeCombinesStagesAndMicroBatches) {
-  const ClusterConfig cluster = Cluster("cluster-configs/local.yaml");
+  const ClusterConfig cluster = ShippedClusterConfig("cluster-configs/local.yaml");
   const HardwareSpec& hw = cluster.hardware;
   const auto& links = cluster.topology.links;
   StepCost attention, expert;
@@ -205,8 +196,8 @@ TEST(CostModelTest, StepTimeCombinesStagesAndMicroBatches) {
 // identical layers once. On a small layout (one attention and one expert rank, so the
 // busiest expert rank receives exactly the mean) both must give the same step time.
 TEST(CostModelTest, EngineAccumulationMatchesThePlannersStep) {
-  const ModelConfig config = Model("v4-mini");
-  const ClusterConfig cluster = Cluster("cluster-configs/local.yaml");
+  const ModelConfig config = PresetModelConfig("v4-mini");
+  const ClusterConfig cluster = ShippedClusterConfig("cluster-configs/local.yaml");
   absl::StatusOr<planner::Workload> workload = planner::ParseWorkload(
       "name: t\nrate: {requests_per_s: 1}\ninput_tokens: 300\noutput_tokens: 40\n"
       "speculative: {draft_tokens: 1, acceptance: 0.7}\n",

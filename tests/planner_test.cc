@@ -23,18 +23,8 @@ namespace {
 using ::testing::HasSubstr;
 
 const std::string kRoot = DSV4_SOURCE_DIR;
-
-ModelConfig Model(const std::string& name) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(kRoot + "/models/" + name + "/config.json");
-  EXPECT_TRUE(config.ok()) << config.status();
-  return *config;
-}
-
-ClusterConfig Cluster(const std::string& path) {
-  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(kRoot + "/" + path);
-  EXPECT_TRUE(cluster.ok()) << cluster.status();
-  return *cluster;
-}
+using ::dsv4::testing::PresetModelConfig;
+using ::dsv4::testing::ShippedClusterConfig;
 
 Workload LoadShipped(const std::string& name) {
   absl::StatusOr<Workload> w = LoadWorkload(kRoot + "/workloads/" + name + ".yaml");
@@ -113,8 +103,8 @@ TEST(WorkloadTest, ErrorsNameFileLineAndKey) {
 class PlannerSweepTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    config_ = new ModelConfig(Model("deepseek-v4-pro"));
-    cluster_ = new ClusterConfig(Cluster("cluster-configs/atlas950-superpod.yaml"));
+    config_ = new ModelConfig(PresetModelConfig("deepseek-v4-pro"));
+    cluster_ = new ClusterConfig(ShippedClusterConfig("cluster-configs/atlas950-superpod.yaml"));
     workload_ = new Workload(LoadShipped("chat"));
     absl::StatusOr<PlanResult> result = RunPlanner(*config_, *cluster_, *workload_, {});
     ASSERT_TRUE(result.ok()) << result.status();
@@ -285,8 +275,8 @@ TEST_F(PlannerSweepTest, ObjectivesRankDifferently) {
 
 // DeepSeek-V3 (MLA, group-limited routing, dense first layers) plans too.
 TEST(PlannerTest, PlansDeepSeekV3) {
-  const ModelConfig config = Model("deepseek-v3");
-  const ClusterConfig cluster = Cluster("planner/validation/h800-deepseek.yaml");
+  const ModelConfig config = PresetModelConfig("deepseek-v3");
+  const ClusterConfig cluster = ShippedClusterConfig("planner/validation/h800-deepseek.yaml");
   absl::StatusOr<Workload> workload =
       LoadWorkload(kRoot + "/planner/validation/deepseek-v3-day6.yaml");
   ASSERT_TRUE(workload.ok()) << workload.status();
@@ -299,13 +289,13 @@ TEST(PlannerTest, PlansDeepSeekV3) {
 }
 
 TEST(PlannerTest, EngramNeedsMemoryNodes) {
-  ModelConfig config = Model("deepseek-v4-flash");
+  ModelConfig config = PresetModelConfig("deepseek-v4-flash");
   config.engram.layer_ids = {1, 14};
   config.engram.max_ngram_size = 4;
   config.engram.n_heads = 8;
   config.engram.head_dim = 256;
   config.engram.vocab_size = {16000000, 16000000, 16000000};
-  const ClusterConfig cluster = Cluster("cluster-configs/atlas950-superpod.yaml");
+  const ClusterConfig cluster = ShippedClusterConfig("cluster-configs/atlas950-superpod.yaml");
   const Workload workload = LoadShipped("chat");
   absl::StatusOr<PlanResult> r = RunPlanner(config, cluster, workload, {});
   ASSERT_TRUE(r.ok());

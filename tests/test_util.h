@@ -1,4 +1,4 @@
-// Helpers shared by tests that drive the built binaries.
+// Helpers shared by tests: shipped configs, and driving the built binaries.
 #ifndef DSV4_TESTS_TEST_UTIL_H_
 #define DSV4_TESTS_TEST_UTIL_H_
 
@@ -12,7 +12,28 @@
 #include <filesystem>
 #include <string>
 
+#include <gtest/gtest.h>
+
+#include "core/cluster_config.h"
+#include "core/model_config.h"
+
 namespace dsv4::testing {
+
+// A shipped model preset's config (models/<name>/config.json); fails the test if invalid.
+inline ModelConfig PresetModelConfig(const std::string& name) {
+  absl::StatusOr<ModelConfig> config =
+      LoadModelConfig(std::string(DSV4_SOURCE_DIR) + "/models/" + name + "/config.json");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+// A shipped cluster config by its path under the repository root.
+inline ClusterConfig ShippedClusterConfig(const std::string& path) {
+  absl::StatusOr<ClusterConfig> cluster =
+      LoadClusterConfig(std::string(DSV4_SOURCE_DIR) + "/" + path);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return *cluster;
+}
 
 struct CommandResult {
   int exit_code = -1;
