@@ -27,6 +27,10 @@ struct EngramClient::FetchState {
 
 // One batched lookup of rows of one shard, re-sent to another replica on failure.
 struct EngramClient::Call {
+  // Keeps the client alive (its destructor waits) until this call is released. The last
+  // reference is the completion callback of the final attempt, which gRPC destroys only
+  // after its own last use of the call; declared first, so it goes after the contexts.
+  std::shared_ptr<void> in_flight;
   std::shared_ptr<FetchState> fetch;
   int index = 0;  // Engram layer index
   int shard = 0;
@@ -171,6 +175,17 @@ absl::Status EngramClient::Handshake() {
   return absl::OkStatus();
 }
 
+std::shared_ptr<void> EngramClient::InFlightToken() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++in_flight_;
+  }
+  return std::shared_ptr<void>(nullptr, [this](void*) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--in_flight_ == 0) idle_.notify_all();
+  });
+}
+
 EngramClient::~EngramClient() {
   std::unique_lock<std::mutex> lock(mu_);
   idle_.wait(lock, [&] { return in_flight_ == 0; });
@@ -211,6 +226,7 @@ std::unique_ptr<EngramRowFetch> EngramClient::Prefetch(std::vector<std::vector<i
       const std::vector<int64_t>& m = misses[shard];
       for (size_t from = 0; from < m.size(); from += options_.max_batch_rows) {
         auto call = std::make_shared<Call>();
+        call->in_flight = InFlightToken();
         call->fetch = state;
         call->index = static_cast<int>(index);
         call->shard = shard;
@@ -272,7 +288,6 @@ void EngramClient::Send(std::shared_ptr<Call> call) {
   call->contexts.push_back(std::move(context));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ++in_flight_;
     ++stats_.rpcs;
     if (call->tried.size() > 1) ++stats_.retries;
   }
@@ -315,8 +330,6 @@ void EngramClient::Done(std::shared_ptr<Call> call, const grpc::Status& status) 
     call->last = s;
     Send(call);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--in_flight_ == 0) idle_.notify_all();
 }
 
 void EngramClient::MarkFailure(int server) {

@@ -105,8 +105,10 @@ class EngramClient : public EngramRowSource {
   std::list<std::pair<uint64_t, std::string>> lru_;  // most recent first
   absl::flat_hash_map<uint64_t, std::list<std::pair<uint64_t, std::string>>::iterator> cache_;
   ClientStats stats_;
+  // A token per call; the destructor waits until every token is released.
+  std::shared_ptr<void> InFlightToken();
   std::condition_variable idle_;
-  int64_t in_flight_ = 0;
+  int64_t in_flight_ = 0;  // calls gRPC has not released yet
 };
 
 }  // namespace dsv4::engram
