@@ -1,8 +1,10 @@
 // dsv4 run: the single-process forward pass on a checkpoint — logits of a prompt (prefill,
 // or prefill then token-by-token decode), sampling, throughput and memory figures.
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,11 +25,14 @@
 #include "core/npy.h"
 #include "core/safetensors.h"
 #include "core/sampling.h"
+#include "core/tokenizer.h"
 #include "engram_store/client.h"
 #include "expert_node/in_process_executor.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json and safetensors)");
 ABSL_FLAG(std::string, tokens, "", "prompt token ids, comma-separated (e.g. 1,2,3)");
+ABSL_FLAG(std::string, prompt, "",
+          "prompt text, encoded with the checkpoint's tokenizer.json (instead of --tokens)");
 ABSL_FLAG(std::string, logits_out, "",
           "write the prompt's logits, float32 [T, vocab], to this .npy file");
 ABSL_FLAG(int64_t, decode_from, 0,
@@ -132,7 +137,22 @@ absl::Status Run() {
     if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
     return absl::InvalidArgumentError("--checkpoint DIR is required");
   }
-  absl::StatusOr<std::vector<int32_t>> tokens = ParseTokens(absl::GetFlag(FLAGS_tokens));
+  // The checkpoint's tokenizer, when it ships one: encodes --prompt, decodes the samples.
+  const bool has_tokenizer = std::filesystem::exists(dir + "/tokenizer.json");
+  std::optional<Tokenizer> tokenizer;
+  if (has_tokenizer) {
+    absl::StatusOr<Tokenizer> loaded = Tokenizer::LoadFromDir(dir);
+    if (!loaded.ok()) return loaded.status();
+    tokenizer.emplace(*std::move(loaded));
+  }
+  const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
+  if (!prompt_text.empty() && !absl::GetFlag(FLAGS_tokens).empty())
+    return absl::InvalidArgumentError("give --prompt TEXT or --tokens IDS, not both");
+  if (!prompt_text.empty() && !tokenizer)
+    return absl::InvalidArgumentError(dir + " has no tokenizer.json: give --tokens IDS");
+  absl::StatusOr<std::vector<int32_t>> tokens =
+      prompt_text.empty() ? ParseTokens(absl::GetFlag(FLAGS_tokens))
+                          : absl::StatusOr<std::vector<int32_t>>(tokenizer->Encode(prompt_text));
   if (!tokens.ok()) return tokens.status();
   const int64_t prompt = static_cast<int64_t>(tokens->size());
   const int64_t decode_from = absl::GetFlag(FLAGS_decode_from);
@@ -218,7 +238,10 @@ absl::Status Run() {
   const double decode_seconds = Seconds(start);
   const int64_t decode_steps = (prompt - prefill) + std::max<int64_t>(generate - 1, 0);
 
-  if (generate > 0) std::cout << "generated: " << absl::StrJoin(generated, ",") << "\n";
+  if (generate > 0) {
+    std::cout << "generated: " << absl::StrJoin(generated, ",") << "\n";
+    if (tokenizer) std::cout << "text: " << tokenizer->Decode(generated) << "\n";
+  }
   std::cout << absl::StrFormat("prefill: %d tokens in %.3f s (%.1f tokens/s)\n", prefill,
                                prefill_seconds, prefill / prefill_seconds);
   if (decode_steps > 0) {
@@ -245,6 +268,7 @@ int RunMain(int argc, char** argv) {
   const std::vector<std::string> positional = ParseFlags(
       argc, argv,
       "dsv4 run --checkpoint DIR --tokens 1,2,3 [--logits-out FILE.npy] [--decode-from K]\n"
+      "dsv4 run --checkpoint DIR --prompt \"text\" --generate N [--temperature T ...]\n"
       "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
       "         [--engram-servers HOST:PORT,... --engram-replication R]\n"
       "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"

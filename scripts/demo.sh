@@ -21,8 +21,10 @@ echo "== dsv4 checkpoint inspect $CKPT"
 
 PROMPT=0,17,42,99,123,256,511,1000,7,8,9,10,11,12,13,14
 
-echo "== dsv4 run: prefill 16 tokens, then sample 32 more (single process)"
-"$BIN/dsv4" run --checkpoint "$CKPT" --tokens "$PROMPT" --generate 32 --seed 1
+TEXT="DeepSeek-V4 runs on a cluster of"
+echo "== dsv4 run: the prompt \"$TEXT\", then 32 sampled tokens (single process;"
+echo "   the weights are random, so the text is too)"
+"$BIN/dsv4" run --checkpoint "$CKPT" --prompt "$TEXT" --generate 32 --seed 1
 
 echo "== dsv4-engine on cluster-configs/local.yaml: prefill 8 tokens, decode 8, over MPI"
 MPIRUN_FLAGS=(--oversubscribe)

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "core/npy.h"
+#include "core/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/model_test_util.h"
 #include "tests/test_util.h"
@@ -84,6 +85,33 @@ TEST_F(RunCliTest, GenerationIsDeterministicForASeed) {
   EXPECT_NE(generated(a.output), generated(c.output));
   EXPECT_NE(a.output.find("decode: 5 tokens"), std::string::npos) << a.output;
   EXPECT_NE(a.output.find("tokens/s"), std::string::npos) << a.output;
+}
+
+TEST_F(RunCliTest, PromptTextGoesThroughTheCheckpointTokenizer) {
+  // `checkpoint generate` ships the preset's tokenizer.json; --prompt must give exactly the
+  // logits of --tokens with the ids that tokenizer assigns, and samples are printed as text.
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::LoadFromDir(dir_->path());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::string text = "Hello, world: 123 tokens";
+  std::string ids;
+  for (int id : tokenizer->Encode(text)) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string by_text = dir_->path() + "/by_text.npy";
+  const std::string by_ids = dir_->path() + "/by_ids.npy";
+  testing::CommandResult r = Run("--prompt '" + text + "' --logits-out " + by_text);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Run("--tokens " + ids + " --logits-out " + by_ids);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  absl::StatusOr<NpyArray> a = ReadNpyF32(by_text), b = ReadNpyF32(by_ids);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->shape, b->shape);
+  EXPECT_EQ(a->data, b->data);
+
+  r = Run("--prompt '" + text + "' --generate 4 --seed 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\ntext: "), std::string::npos) << r.output;
+  r = Run("--prompt x --tokens 1,2");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("not both"), std::string::npos) << r.output;
 }
 
 TEST_F(RunCliTest, BadInputIsAClearError) {
