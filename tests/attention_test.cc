@@ -18,19 +18,12 @@
 namespace dsv4 {
 namespace {
 
-std::vector<float> Random(size_t n, float stddev, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
 TEST(SinkAttentionTest, BlockOfQueriesMatchesPlainSoftmaxWithSink) {
   const int queries = 3, heads = 2;
   const int64_t dim = 8;
   std::mt19937 rng(1);
-  const std::vector<float> q = Random(queries * heads * dim, 1.0f, rng),
-                           kv = Random(16 * dim, 1.0f, rng);
+  const std::vector<float> q = testing::RandomNormal(queries * heads * dim, 1.0f, rng),
+                           kv = testing::RandomNormal(16 * dim, 1.0f, rng);
   const std::vector<float> sink = {-1.0f, 3.0f};
   const float scale = 0.35f;
   // Shared runs: rows 0–5 and 6–9 (an empty one between); private: rows 10–15 for query 1.
@@ -111,9 +104,11 @@ TEST(CompressorTest, MatchesBlockPoolingForOverlappingAndPlainRatios) {
     SCOPED_TRACE(m);
     const int64_t w = (m == 4 ? 2 : 1) * dc;
     std::mt19937 rng(m);
-    const std::vector<float> wkv = Random(w * d, 0.5f, rng), wgate = Random(w * d, 0.5f, rng),
-                             ape = Random(m * w, 0.3f, rng), norm = Random(dc, 0.1f, rng),
-                             x = Random(tokens * d, 1.0f, rng);
+    const std::vector<float> wkv = testing::RandomNormal(w * d, 0.5f, rng),
+                             wgate = testing::RandomNormal(w * d, 0.5f, rng),
+                             ape = testing::RandomNormal(m * w, 0.3f, rng),
+                             norm = testing::RandomNormal(dc, 0.1f, rng),
+                             x = testing::RandomNormal(tokens * d, 1.0f, rng);
     Compressor compressor(Tensor::FromVector({w, d}, wkv), Tensor::FromVector({w, d}, wgate),
                           Tensor::FromVector({m, w}, ape), Tensor::FromVector({dc}, norm), m,
                           Rope(rope), 1e-6f);
@@ -143,7 +138,8 @@ TEST(IndexerTest, SelectsTheTopScoringEntriesInAscendingOrder) {
   Compressor compressor(Tensor({2 * di, d}), Tensor({2 * di, d}), Tensor({4, 2 * di}),
                         Tensor({di}, 1.0f), 4, Rope(rope), 1e-6f);
   Indexer indexer(Tensor({heads * di, q_rank}), Tensor({heads, d}), compressor, topk, Rope(rope));
-  const std::vector<float> q = Random(heads * di, 1.0f, rng), keys = Random(n * di, 1.0f, rng);
+  const std::vector<float> q = testing::RandomNormal(heads * di, 1.0f, rng),
+                           keys = testing::RandomNormal(n * di, 1.0f, rng);
   const std::vector<float> w = {0.7f, -0.2f, 1.1f};
   std::vector<int32_t> selected;
   std::vector<float> scratch;

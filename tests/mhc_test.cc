@@ -5,17 +5,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "tests/naive_v4.h"
 
 namespace dsv4 {
 namespace {
-
-std::vector<float> Random(size_t n, float stddev, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 TEST(SinkhornTest, OutputIsDoublyStochastic) {
   std::mt19937 rng(1);
@@ -23,7 +17,7 @@ TEST(SinkhornTest, OutputIsDoublyStochastic) {
     for (int trial = 0; trial < 20; ++trial) {
       // Logits of the spread the mixes have in practice; much larger spreads need more than
       // 20 iterations to balance the rows (the columns are exact after the last step).
-      std::vector<float> c = Random(n * n, 1.0f, rng);
+      std::vector<float> c = testing::RandomNormal(n * n, 1.0f, rng);
       Sinkhorn(c.data(), n, 20, 1e-6f);
       for (int i = 0; i < n; ++i) {
         float row = 0, col = 0;
@@ -42,7 +36,7 @@ TEST(SinkhornTest, OutputIsDoublyStochastic) {
 TEST(SinkhornTest, FollowsTheReferenceOrder) {
   std::mt19937 rng(2);
   for (int iters : {1, 2, 20}) {
-    std::vector<float> c = Random(16, 2.0f, rng);
+    std::vector<float> c = testing::RandomNormal(16, 2.0f, rng);
     std::vector<double> ref(c.begin(), c.end());
     Sinkhorn(c.data(), 4, iters, 1e-6f);
     naive::SinkhornRef(ref, 4, iters, 1e-6);
@@ -54,9 +48,11 @@ TEST(HyperConnectionTest, PreAndPostMatchPlainLoops) {
   const int n = 4, iters = 20;
   const int64_t d = 16, tokens = 5, m = (2 + n) * n;
   std::mt19937 rng(3);
-  const std::vector<float> fn = Random(m * n * d, 0.1f, rng), base = Random(m, 0.5f, rng),
-                           scale = Random(3, 0.5f, rng), x = Random(tokens * n * d, 1.0f, rng),
-                           f = Random(tokens * d, 1.0f, rng);
+  const std::vector<float> fn = testing::RandomNormal(m * n * d, 0.1f, rng),
+                           base = testing::RandomNormal(m, 0.5f, rng),
+                           scale = testing::RandomNormal(3, 0.5f, rng),
+                           x = testing::RandomNormal(tokens * n * d, 1.0f, rng),
+                           f = testing::RandomNormal(tokens * d, 1.0f, rng);
   HyperConnection hc(Tensor::FromVector({m, n * d}, fn), Tensor::FromVector({m}, base),
                      Tensor::FromVector({3}, scale), n, iters, 1e-6f, 1e-6f);
   std::vector<float> y(tokens * d), post(tokens * n), comb(tokens * n * n);
@@ -93,8 +89,10 @@ TEST(HcHeadTest, MatchesPlainLoops) {
   const int n = 4;
   const int64_t d = 8, tokens = 3;
   std::mt19937 rng(4);
-  const std::vector<float> fn = Random(n * n * d, 0.2f, rng), base = Random(n, 0.5f, rng),
-                           scale = Random(1, 0.5f, rng), x = Random(tokens * n * d, 1.0f, rng);
+  const std::vector<float> fn = testing::RandomNormal(n * n * d, 0.2f, rng),
+                           base = testing::RandomNormal(n, 0.5f, rng),
+                           scale = testing::RandomNormal(1, 0.5f, rng),
+                           x = testing::RandomNormal(tokens * n * d, 1.0f, rng);
   HcHead head(Tensor::FromVector({n, n * d}, fn), Tensor::FromVector({n}, base),
               Tensor::FromVector({1}, scale), n, 1e-6f, 1e-6f);
   std::vector<float> y(tokens * d);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -64,6 +65,14 @@ inline absl::StatusOr<LoadedModel> GenerateAndLoad(const std::string& json_text,
   gen.seed = seed;
   if (absl::Status s = GenerateCheckpoint(*config, json_text, dir, gen); !s.ok()) return s;
   return LoadModelDir(dir, options);
+}
+
+// n samples of N(0, stddev²).
+inline std::vector<float> RandomNormal(size_t n, float stddev, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
 }
 
 // Deterministic pseudo-random token ids in [0, vocab).
