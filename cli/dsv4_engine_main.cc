@@ -3,6 +3,11 @@
 // every step the leader (rank 0) broadcasts the plan and all ranks run it layer by layer in
 // lock step, routed tokens going by MPI all-to-all.
 //
+// Serving mode (--coordinator ADDR): the leader dials the coordinator's EngineControl
+// service and runs the requests it admits (engine/serving_planner.h), streaming sampled
+// tokens back, until the coordinator drains or shuts it down. A heartbeat thread on the
+// leader reports load every interval while steps make progress.
+//
 // One-shot mode (tests, benchmarks): the prompts of --tokens ("1,2,3" or, for several
 // sequences, "1,2,3;4,5,6,7") are prefilled (or prefilled up to --decode_from then decoded
 // token by token) and the logits of every prompt position are written like `dsv4 run`'s:
@@ -13,6 +18,9 @@
 // (MPI_Abort), so the job exits non-zero instead of hanging.
 #include <mpi.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <algorithm>
 #include <chrono>
@@ -25,6 +33,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -33,7 +43,9 @@
 #include "absl/strings/strip.h"
 #include "attention_node/model.h"
 #include "cli/cli_util.h"
+#include "coordinator/coordinator_server.h"
 #include "coordinator/placement.h"
+#include "coordinator/security.h"
 #include "core/cluster_config.h"
 #include "core/cost_model.h"
 #include "core/kernels.h"
@@ -45,7 +57,9 @@
 #include "engine/attention_rank.h"
 #include "engine/expert_rank.h"
 #include "engine/mpi_expert_executor.h"
+#include "engine/serving_planner.h"
 #include "engine/step_plan.h"
+#include "engine/control_client.h"
 #include "engram_store/client.h"
 #include "expert_node/routed_experts.h"
 #include "nlohmann/json.hpp"
@@ -62,6 +76,14 @@ ABSL_FLAG(int64_t, decode_from, 0,
 ABSL_FLAG(std::string, stats_out, "",
           "write per-step measured and modelled times, resident bytes and overlap as JSON");
 ABSL_FLAG(int32_t, threads, 1, "OpenBLAS threads per rank");
+ABSL_FLAG(std::string, coordinator, "",
+          "serving mode: the coordinator's address (host:port); the leader connects to it");
+ABSL_FLAG(std::string, engine_id, "engine-0",
+          "serving mode: this engine's id, stable across restarts of the same serving unit");
+ABSL_FLAG(int32_t, connect_timeout_s, 60, "serving mode: how long to wait for the coordinator");
+ABSL_FLAG(int32_t, max_step_seconds, 300,
+          "serving mode: heartbeats stop when a step runs longer, so the coordinator declares "
+          "a hung engine dead");
 ABSL_FLAG(int32_t, fail_rank, -1, "test only: this rank exits abnormally (_exit(3)) ...");
 ABSL_FLAG(int64_t, fail_at_step, 0, "test only: ... at the start of this step");
 
@@ -121,14 +143,38 @@ ExpertGeometry GeometryFor(const Topology& topology, int rank, const ModelConfig
   return g;
 }
 
+// The leader's liveness and load report in serving mode, shared between the step loop and
+// the heartbeat thread.
+struct LoadReport {
+  absl::Mutex mu;
+  engine::v1::Heartbeat heartbeat ABSL_GUARDED_BY(mu);  // fields the loop keeps current
+  std::vector<int64_t> expert_load ABSL_GUARDED_BY(mu);  // since the last heartbeat
+  double step_seconds ABSL_GUARDED_BY(mu) = 0, modelled_seconds ABSL_GUARDED_BY(mu) = 0;
+  int steps ABSL_GUARDED_BY(mu) = 0;  // since the last heartbeat
+  absl::Time progress ABSL_GUARDED_BY(mu) = absl::Now();  // last step finished or idle wait
+};
+
 class Engine {
  public:
   absl::Status Run();
 
  private:
+  struct StepTiming {
+    double cpu_seconds = 0;  // slowest rank
+    StepTime modelled;
+  };
+
   absl::Status Setup();
-  absl::Status Loop();
+  absl::Status RunOneShot();
+  absl::Status Serve();
   absl::Status WriteOutputs();
+  // Every rank: runs the broadcast `plan`, appends tokens sampled here to `sampled`; rank 0
+  // gets the step's timing.
+  absl::StatusOr<StepTiming> RunStep(const StepPlan& plan, std::vector<SampledToken>* sampled);
+  // Serving mode, rank 0: the next plan from the coordinator's messages and the planner.
+  absl::StatusOr<StepPlan> NextServingPlan();
+  engine::v1::Hello MakeHello();
+  void HeartbeatLoop();
   // Rank 0 collects one value per rank.
   template <typename T>
   std::vector<T> Gather(const T& value) {
@@ -136,6 +182,7 @@ class Engine {
     MPI_Gather(&value, sizeof(T), MPI_BYTE, all.data(), sizeof(T), MPI_BYTE, 0, MPI_COMM_WORLD);
     return all;
   }
+  std::vector<SampledToken> GatherSampled(const std::vector<SampledToken>& local);
 
   int rank_ = 0, size_ = 0;
   bool attention_ = false;
@@ -151,8 +198,17 @@ class Engine {
   std::unique_ptr<AttentionRank> attention_rank_;  // attention ranks
   std::unique_ptr<RoutedExperts> experts_;         // expert ranks
   std::unique_ptr<ExpertRank> expert_rank_;        // expert ranks
-  std::vector<std::vector<int32_t>> prompts_;
+  std::vector<int64_t> resident_;                  // rank 0: per rank
+  std::vector<std::vector<int32_t>> prompts_;      // one-shot mode
+  double step_seconds_ = 0;                        // this rank's time in steps
   nlohmann::json stats_;
+  // Serving mode, rank 0.
+  std::unique_ptr<ControlClient> control_;
+  std::unique_ptr<ServingPlanner> planner_;
+  LoadReport report_;
+  absl::Time last_load_reduce_ = absl::Now();
+  bool draining_ = false;
+  absl::Notification stop_heartbeats_;
 };
 
 absl::Status Engine::Setup() {
@@ -172,10 +228,17 @@ absl::Status Engine::Setup() {
   if (!topology.ok()) return topology.status();
   topology_ = std::make_unique<Topology>(std::move(*topology));
   attention_ = topology_->role(rank_) == RankRole::kAttention;
-  absl::StatusOr<std::vector<std::vector<int32_t>>> prompts =
-      ParsePrompts(absl::GetFlag(FLAGS_tokens));
-  if (!prompts.ok()) return prompts.status();
-  prompts_ = std::move(*prompts);
+  const bool serving = !absl::GetFlag(FLAGS_coordinator).empty();
+  if (serving == !absl::GetFlag(FLAGS_tokens).empty()) {
+    return absl::InvalidArgumentError(
+        "give either --coordinator ADDR (serving mode) or --tokens (one-shot mode)");
+  }
+  if (!serving) {
+    absl::StatusOr<std::vector<std::vector<int32_t>>> prompts =
+        ParsePrompts(absl::GetFlag(FLAGS_tokens));
+    if (!prompts.ok()) return prompts.status();
+    prompts_ = std::move(*prompts);
+  }
 
   const std::string dir = absl::GetFlag(FLAGS_checkpoint);
   if (dir.empty()) return absl::InvalidArgumentError("--checkpoint DIR is required");
@@ -235,7 +298,8 @@ absl::Status Engine::Setup() {
     executor_ = std::make_unique<MpiExpertExecutor>(dispatcher_.get(), placement_.get(), rank_);
     attention_rank_ = std::make_unique<AttentionRank>(
         model_.get(), executor_.get(), rank_, cluster_.engine.micro_batches,
-        GeometryFor(*topology_, rank_, config_, dispatcher_->two_stage()));
+        GeometryFor(*topology_, rank_, config_, dispatcher_->two_stage()),
+        /*keep_logits=*/!serving);
   } else {
     const int expert_rank = rank_ - attention_ranks;
     const ExpertPlacement& p = *placement_;
@@ -250,7 +314,7 @@ absl::Status Engine::Setup() {
     expert_rank_ =
         std::make_unique<ExpertRank>(config_, experts_.get(), placement_.get(), dispatcher_.get());
   }
-  const std::vector<int64_t> resident_all = Gather(resident);
+  resident_ = Gather(resident);
   if (rank_ == 0) {
     std::cout << absl::StrFormat(
         "dsv4-engine: %d attention + %d expert ranks, %s dispatch, %d slots (%d redundant), "
@@ -262,14 +326,69 @@ absl::Status Engine::Setup() {
           "resident: rank %d (%s, %s) %s weights (fp32)\n", r,
           topology_->role(r) == RankRole::kAttention ? "attention" : "expert",
           topology_->rank_position(r).ToString(),
-          cli::FormatBytes(static_cast<double>(resident_all[r])));
-      stats_["resident_bytes"].push_back(resident_all[r]);
+          cli::FormatBytes(static_cast<double>(resident_[r])));
+      stats_["resident_bytes"].push_back(resident_[r]);
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status Engine::Loop() {
+absl::StatusOr<Engine::StepTiming> Engine::RunStep(const StepPlan& plan,
+                                                   std::vector<SampledToken>* sampled) {
+  if (rank_ == absl::GetFlag(FLAGS_fail_rank) && plan.step == absl::GetFlag(FLAGS_fail_at_step)) {
+    std::cerr << absl::StrFormat(
+                     "dsv4-engine: rank %d: --fail_rank: exiting with code 3 at step %d\n", rank_,
+                     plan.step)
+              << std::flush;
+    _exit(3);
+  }
+  const int attention_ranks = topology_->num_attention_ranks();
+  const Clock::time_point start = Clock::now();
+  StepCost cost;
+  cost.micro_batches = cluster_.engine.micro_batches;
+  absl::Status status = attention_ ? attention_rank_->RunStep(plan, &cost, sampled)
+                                   : expert_rank_->RunStep(&cost);
+  if (!status.ok()) return status;
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  step_seconds_ += seconds;
+  std::vector<StepCost> costs = Gather(cost);
+  const std::vector<double> times = Gather(seconds);
+  StepTiming timing;
+  if (rank_ != 0) return timing;
+  // An expert rank receives what the attention ranks send and returns as much: it mirrors
+  // their exchanges, shared over the expert ranks (as the planner's unit step does).
+  StepCost sent;
+  for (int r = 0; r < attention_ranks; ++r) {
+    sent.dispatch += costs[r].dispatch;
+    sent.combine += costs[r].combine;
+  }
+  for (int r = attention_ranks; r < size_; ++r) {
+    const double share = 1.0 / (size_ - attention_ranks);
+    costs[r].dispatch = sent.dispatch;
+    costs[r].combine = sent.combine;
+    costs[r].dispatch *= share;
+    costs[r].combine *= share;
+    costs[r].dispatch.exchanges = costs[0].dispatch.exchanges;
+    costs[r].combine.exchanges = costs[0].combine.exchanges;
+  }
+  timing.modelled = ModelledTime(costs, cluster_.hardware, cluster_.topology.links);
+  timing.cpu_seconds = *std::max_element(times.begin(), times.end());
+  return timing;
+}
+
+std::vector<SampledToken> Engine::GatherSampled(const std::vector<SampledToken>& local) {
+  static_assert(sizeof(SampledToken) == 2 * sizeof(int32_t));
+  const int count = static_cast<int>(local.size()) * 2;
+  const std::vector<int> counts = Gather(count);
+  std::vector<int> displs(counts.size(), 0);
+  for (size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + counts[r - 1];
+  std::vector<SampledToken> all(rank_ == 0 ? (displs.back() + counts.back()) / 2 : 0);
+  MPI_Gatherv(local.data(), count, MPI_INT32_T, all.data(), counts.data(), displs.data(),
+              MPI_INT32_T, 0, MPI_COMM_WORLD);
+  return all;
+}
+
+absl::Status Engine::RunOneShot() {
   const int attention_ranks = topology_->num_attention_ranks();
   const int64_t decode_from = absl::GetFlag(FLAGS_decode_from);
   for (const std::vector<int32_t>& p : prompts_) {
@@ -280,59 +399,27 @@ absl::Status Engine::Loop() {
   }
   OneShotPlanner planner(prompts_, decode_from, cluster_.engine.chunked_prefill_tokens,
                          attention_ranks, cluster_.engine.micro_batches);
-  double total_seconds = 0;
   for (;;) {
     StepPlan plan;
     if (rank_ == 0) plan = planner.Next();
     if (absl::Status s = BroadcastPlan(&plan, 0, MPI_COMM_WORLD); !s.ok()) return s;
     if (plan.stop) break;
-    if (rank_ == absl::GetFlag(FLAGS_fail_rank) && plan.step == absl::GetFlag(FLAGS_fail_at_step)) {
-      std::cerr << absl::StrFormat(
-                       "dsv4-engine: rank %d: --fail_rank: exiting with code 3 at step %d\n", rank_,
-                       plan.step)
-                << std::flush;
-      _exit(3);
-    }
-    const Clock::time_point start = Clock::now();
-    StepCost cost;
-    cost.micro_batches = cluster_.engine.micro_batches;
-    absl::Status status =
-        attention_ ? attention_rank_->RunStep(plan, &cost) : expert_rank_->RunStep(&cost);
-    if (!status.ok()) return status;
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    total_seconds += seconds;
-    std::vector<StepCost> costs = Gather(cost);
-    const std::vector<double> times = Gather(seconds);
+    std::vector<SampledToken> unused;
+    absl::StatusOr<StepTiming> timing = RunStep(plan, &unused);
+    if (!timing.ok()) return timing.status();
     if (rank_ != 0) continue;
-    // An expert rank receives what the attention ranks send and returns as much: it mirrors
-    // their exchanges, shared over the expert ranks (as the planner's unit step does).
-    StepCost sent;
-    for (int r = 0; r < attention_ranks; ++r) {
-      sent.dispatch += costs[r].dispatch;
-      sent.combine += costs[r].combine;
-    }
-    for (int r = attention_ranks; r < size_; ++r) {
-      const double share = 1.0 / (size_ - attention_ranks);
-      costs[r].dispatch = sent.dispatch;
-      costs[r].combine = sent.combine;
-      costs[r].dispatch *= share;
-      costs[r].combine *= share;
-      costs[r].dispatch.exchanges = costs[0].dispatch.exchanges;
-      costs[r].combine.exchanges = costs[0].combine.exchanges;
-    }
-    const StepTime modelled = ModelledTime(costs, cluster_.hardware, cluster_.topology.links);
     int64_t tokens = 0;
     for (const PlanEntry& e : plan.entries) tokens += static_cast<int64_t>(e.tokens.size());
-    const double cpu = *std::max_element(times.begin(), times.end());
     std::cout << absl::StrFormat(
         "step %d: %d tokens, %d sequences: cpu %.3f ms, modelled %.3f us on %s (%s-bound)\n",
-        plan.step, tokens, plan.entries.size(), cpu * 1e3, modelled.total * 1e6,
-        cluster_.hardware.name, BottleneckName(modelled.binding));
+        plan.step, tokens, plan.entries.size(), timing->cpu_seconds * 1e3,
+        timing->modelled.total * 1e6, cluster_.hardware.name,
+        BottleneckName(timing->modelled.binding));
     std::cout << std::flush;  // progress is visible as it happens, also through a pipe
     stats_["steps"].push_back({{"step", plan.step},
                                {"tokens", tokens},
-                               {"cpu_seconds", cpu},
-                               {"modelled_seconds", modelled.total}});
+                               {"cpu_seconds", timing->cpu_seconds},
+                               {"modelled_seconds", timing->modelled.total}});
   }
   if (engram_) {
     std::cout << absl::StrCat(cli::EngramReport(*engram_), " (rank ", rank_, ")\n");
@@ -340,7 +427,7 @@ absl::Status Engine::Loop() {
   // Overlap: how long attention ranks were blocked on the experts, of their step time.
   const double waited = attention_ ? executor_->wait_seconds() : 0;
   const std::vector<double> waits = Gather(waited);
-  const std::vector<double> totals = Gather(total_seconds);
+  const std::vector<double> totals = Gather(step_seconds_);
   if (rank_ == 0) {
     double wait_sum = 0, total_sum = 0;
     for (int r = 0; r < attention_ranks; ++r) {
@@ -356,6 +443,199 @@ absl::Status Engine::Loop() {
     stats_["attention_step_seconds"] = total_sum;
   }
   return absl::OkStatus();
+}
+
+engine::v1::Hello Engine::MakeHello() {
+  struct Identity {
+    int64_t pid;
+    char host[64];
+  };
+  Identity self{getpid(), {}};
+  gethostname(self.host, sizeof(self.host) - 1);
+  const std::vector<Identity> identities = Gather(self);
+  engine::v1::Hello hello;
+  hello.set_engine_id(absl::GetFlag(FLAGS_engine_id));
+  for (int r = 0; r < static_cast<int>(identities.size()); ++r) {
+    engine::v1::RankInfo* info = hello.add_ranks();
+    info->set_rank(r);
+    info->set_role(topology_->role(r) == RankRole::kAttention ? engine::v1::ROLE_ATTENTION
+                                                              : engine::v1::ROLE_EXPERT);
+    info->set_position(topology_->rank_position(r).ToString());
+    info->set_resident_bytes(resident_[r]);
+    info->set_host(identities[r].host);
+    info->set_pid(identities[r].pid);
+  }
+  engine::v1::ModelInfo* model = hello.mutable_model();
+  model->set_name(coordinator::ModelNameFromDir(absl::GetFlag(FLAGS_checkpoint)));
+  model->set_vocab_size(static_cast<int32_t>(config_.vocab_size));
+  model->set_num_layers(config_.num_hidden_layers);
+  model->set_num_routed_experts(config_.n_routed_experts);
+  hello.set_max_running(topology_->num_attention_ranks() * cluster_.engine.max_seqs_per_rank);
+  hello.set_max_seq_len(cluster_.engine.max_seq_len);
+  return hello;
+}
+
+void Engine::HeartbeatLoop() {
+  const absl::Duration interval = absl::Milliseconds(control_->heartbeat_interval_ms());
+  const absl::Duration max_step = absl::Seconds(absl::GetFlag(FLAGS_max_step_seconds));
+  while (!stop_heartbeats_.WaitForNotificationWithTimeout(interval)) {
+    engine::v1::EngineMessage message;
+    {
+      absl::MutexLock lock(&report_.mu);
+      if (absl::Now() - report_.progress > max_step) continue;  // hung: let the watchdog act
+      engine::v1::Heartbeat& hb = *message.mutable_heartbeat();
+      hb = report_.heartbeat;
+      if (report_.steps > 0) {
+        hb.set_measured_step_ms(1e3 * report_.step_seconds / report_.steps);
+        hb.set_modelled_step_ms(1e3 * report_.modelled_seconds / report_.steps);
+      }
+      const int experts = config_.n_routed_experts;
+      for (size_t layer = 0; experts > 0 && layer * experts < report_.expert_load.size();
+           ++layer) {
+        engine::v1::LayerExpertLoad* load = hb.add_expert_load();
+        load->set_layer(static_cast<int32_t>(layer));
+        load->mutable_tokens_per_expert()->Add(report_.expert_load.begin() + layer * experts,
+                                               report_.expert_load.begin() + (layer + 1) * experts);
+      }
+      report_.expert_load.clear();
+      report_.step_seconds = report_.modelled_seconds = 0;
+      report_.steps = 0;
+    }
+    if (!control_->Send(message).ok()) return;
+  }
+}
+
+absl::StatusOr<StepPlan> Engine::NextServingPlan() {
+  for (;;) {
+    // Block only when there is nothing to run; heartbeats go on from their own thread.
+    absl::StatusOr<std::vector<engine::v1::CoordinatorMessage>> messages =
+        control_->Receive(planner_->idle() ? absl::Milliseconds(200) : absl::ZeroDuration());
+    if (!messages.ok()) return messages.status();
+    StepPlan stop;
+    stop.stop = true;
+    for (const engine::v1::CoordinatorMessage& m : *messages) {
+      if (m.has_admit() && !draining_) planner_->Admit(m.admit());
+      if (m.has_cancel()) planner_->Cancel(m.cancel().request_id());
+      if (m.has_drain()) draining_ = true;
+      if (m.has_shutdown()) {
+        std::cout << "dsv4-engine: shutdown: " << m.shutdown().reason() << std::endl;
+        return stop;
+      }
+    }
+    for (engine::v1::TokenEvent& event : planner_->TakeEvents()) {
+      engine::v1::EngineMessage out;
+      *out.mutable_tokens() = std::move(event);
+      if (absl::Status s = control_->Send(out); !s.ok()) return s;
+    }
+    {
+      absl::MutexLock lock(&report_.mu);
+      report_.progress = absl::Now();
+      report_.heartbeat.set_running_sequences(planner_->running());
+      report_.heartbeat.set_queued_sequences(planner_->waiting());
+      report_.heartbeat.set_kv_used_tokens(planner_->kv_used_tokens());
+      report_.heartbeat.set_kv_budget_tokens(planner_->kv_budget_tokens());
+    }
+    if (draining_ && planner_->idle()) {
+      engine::v1::EngineMessage drained;
+      drained.mutable_drained();
+      if (absl::Status s = control_->Send(drained); !s.ok()) return s;
+      std::cout << "dsv4-engine: drained" << std::endl;
+      return stop;
+    }
+    if (planner_->idle()) continue;
+    StepPlan plan = planner_->Next();
+    const absl::Time now = absl::Now();
+    if (now - last_load_reduce_ > absl::Milliseconds(control_->heartbeat_interval_ms())) {
+      plan.report_load = true;
+      last_load_reduce_ = now;
+    }
+    return plan;
+  }
+}
+
+absl::Status Engine::Serve() {
+  const engine::v1::Hello hello = MakeHello();
+  if (rank_ == 0) {
+    ServingLimits limits;
+    limits.attention_ranks = topology_->num_attention_ranks();
+    limits.micro_batches = cluster_.engine.micro_batches;
+    limits.max_seqs_per_rank = cluster_.engine.max_seqs_per_rank;
+    limits.max_seq_len = cluster_.engine.max_seq_len;
+    limits.kv_budget_tokens = cluster_.engine.kv_budget_tokens;
+    limits.chunk = cluster_.engine.chunked_prefill_tokens;
+    limits.eos_token_id = static_cast<int>(config_.eos_token_id);
+    planner_ = std::make_unique<ServingPlanner>(limits);
+    // TLS and the bearer token come from the same YAML as the coordinator's.
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        coordinator::MakeChannelCredentials(cluster_.coordinator.tls_cert);
+    if (!credentials.ok()) return credentials.status();
+    std::string token;
+    if (!cluster_.coordinator.auth_token_file.empty()) {
+      absl::StatusOr<std::string> read =
+          coordinator::ReadTokenFile(cluster_.coordinator.auth_token_file);
+      if (!read.ok()) return read.status();
+      token = *read;
+    }
+    absl::StatusOr<std::unique_ptr<ControlClient>> control = ControlClient::Connect(
+        absl::GetFlag(FLAGS_coordinator), *credentials, token, hello,
+        absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
+    if (!control.ok()) return control.status();
+    control_ = std::move(*control);
+    std::cout << "dsv4-engine: " << hello.engine_id() << " serving for "
+              << absl::GetFlag(FLAGS_coordinator) << std::endl;
+  }
+  std::thread heartbeats;
+  if (rank_ == 0) heartbeats = std::thread([this] { HeartbeatLoop(); });
+  absl::Status status;
+  for (;;) {
+    StepPlan plan;
+    if (rank_ == 0) {
+      absl::StatusOr<StepPlan> next = NextServingPlan();
+      if (!next.ok()) {
+        status = next.status();  // the coordinator is gone: stop every rank, then report
+        plan.stop = true;
+      } else {
+        plan = std::move(*next);
+      }
+    }
+    if (absl::Status s = BroadcastPlan(&plan, 0, MPI_COMM_WORLD); !s.ok()) return s;
+    if (plan.stop) break;
+    std::vector<SampledToken> sampled;
+    absl::StatusOr<StepTiming> timing = RunStep(plan, &sampled);
+    if (!timing.ok()) return timing.status();
+    sampled = GatherSampled(sampled);
+    std::vector<int64_t> load;
+    double stall_ms = 0;
+    if (plan.report_load) {
+      load = attention_ ? attention_rank_->TakeExpertLoad()
+                        : std::vector<int64_t>(static_cast<size_t>(config_.num_hidden_layers) *
+                                                   config_.n_routed_experts,
+                                               0);
+      const double local_stall = engram_ ? engram_->stats().stall_ns * 1e-6 : 0;
+      MPI_Reduce(rank_ == 0 ? MPI_IN_PLACE : load.data(), load.data(),
+                 static_cast<int>(load.size()), MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+      MPI_Reduce(&local_stall, &stall_ms, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    }
+    if (rank_ != 0) continue;
+    planner_->OnSampled(sampled);
+    absl::MutexLock lock(&report_.mu);
+    report_.progress = absl::Now();
+    report_.heartbeat.set_step(plan.step + 1);
+    report_.step_seconds += timing->cpu_seconds;
+    report_.modelled_seconds += timing->modelled.total;
+    report_.steps += 1;
+    if (plan.report_load) {
+      report_.heartbeat.set_engram_stall_ms(stall_ms);
+      if (report_.expert_load.empty()) report_.expert_load.assign(load.size(), 0);
+      for (size_t i = 0; i < load.size(); ++i) report_.expert_load[i] += load[i];
+    }
+  }
+  if (rank_ == 0) {
+    stop_heartbeats_.Notify();
+    heartbeats.join();
+    if (status.ok()) control_->Close();
+  }
+  return status;
 }
 
 absl::Status Engine::WriteOutputs() {
@@ -382,7 +662,8 @@ absl::Status Engine::WriteOutputs() {
 
 absl::Status Engine::Run() {
   if (absl::Status s = Setup(); !s.ok()) return s;
-  if (absl::Status s = Loop(); !s.ok()) return s;
+  if (!absl::GetFlag(FLAGS_coordinator).empty()) return Serve();
+  if (absl::Status s = RunOneShot(); !s.ok()) return s;
   return WriteOutputs();
 }
 
@@ -395,11 +676,15 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   const std::vector<std::string> positional = dsv4::cli::ParseFlags(
       argc, argv,
+      "mpirun -np N dsv4-engine --cluster CFG.yaml --checkpoint DIR --coordinator HOST:PORT\n"
+      "       [--engine-id ID]\n"
       "mpirun -np N dsv4-engine --cluster CFG.yaml --checkpoint DIR --tokens 1,2,3[;4,5,...]\n"
       "       [--logits-out FILE.npy] [--decode-from K] [--stats-out FILE.json]\n\n"
       "The distributed engine: attention ranks (data parallel over sequences) and expert ranks\n"
       "(routed experts per the placement) in lock step, tokens routed by MPI all-to-all.\n"
-      "Writes the same logits as `dsv4 run` (FILE.<i>.npy per sequence when there are several).",
+      "Serving mode: runs the requests a coordinator admits (dsv4-coordinator launches it so,\n"
+      "or an operator does, for multi-host deployments). One-shot mode: writes the same logits\n"
+      "as `dsv4 run` (FILE.<i>.npy per sequence when there are several).",
       "dsv4_engine_main.cc");
   absl::Status status = positional.empty()
                             ? dsv4::Engine().Run()

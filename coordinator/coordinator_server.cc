@@ -6,7 +6,10 @@
 #include <initializer_list>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "coordinator/security.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "spdlog/spdlog.h"
@@ -17,10 +20,14 @@ namespace {
 // Starts a server for `services` on `listen` ("host:port" or "unix:path"); sets `*port` to
 // the bound port (0 for a unix socket) and returns the bound address.
 absl::StatusOr<std::string> Listen(const std::string& listen,
+                                   std::shared_ptr<grpc::ServerCredentials> credentials,
                                    std::initializer_list<grpc::Service*> services,
                                    std::unique_ptr<grpc::Server>* server, int* port) {
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), port);
+  builder.AddListeningPort(listen, std::move(credentials), port);
+  // Bounds what a client can make the coordinator buffer; prompts are far smaller (1 MiB
+  // of text at most, see RequestLimits).
+  builder.SetMaxReceiveMessageSize(4 << 20);
   for (grpc::Service* service : services) builder.RegisterService(service);
   *server = builder.BuildAndStart();
   const bool unix_socket = listen.rfind("unix:", 0) == 0;
@@ -63,46 +70,118 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("coordinator: max_context must be ≥ 2, got ", options.max_context));
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.tls_cert, options.tls_key);
+  if (!credentials.ok()) return credentials.status();
+  std::string token;
+  if (!options.auth_token_file.empty()) {
+    absl::StatusOr<std::string> read = ReadTokenFile(options.auth_token_file);
+    if (!read.ok()) return read.status();
+    token = *read;
+  }
   auto server = std::unique_ptr<CoordinatorServer>(
-      new CoordinatorServer(*std::move(config), *std::move(tokenizer)));
+      new CoordinatorServer(*std::move(config), *std::move(tokenizer), options.checkpoint_dir));
   const int max_context = static_cast<int>(
       std::min<int64_t>(options.max_context, server->config_.max_position_embeddings));
   server->limits_ = MakeRequestLimits(ModelNameFromDir(options.checkpoint_dir),
                                       static_cast<int>(server->config_.vocab_size), max_context);
   const std::shared_ptr<spdlog::logger> logger = Logger();
+  absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Start(options.metrics_listen);
+  if (!metrics.ok()) return metrics.status();
+  server->metrics_ = std::move(*metrics);
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_queue = options.max_queue;
+  server->scheduler_ = std::make_unique<Scheduler>(scheduler_options, server->registry_,
+                                                   server->tokenizer_, server->metrics_.get());
+  CoordinatorServer* self = server.get();
   server->inference_ = std::make_unique<InferenceService>(
-      server->tokenizer_, server->config_, server->limits_, server->registry_, logger);
+      server->tokenizer_, server->config_, server->limits_, server->registry_,
+      *server->scheduler_, server->metrics_.get(), token,
+      [self](v1::ClusterStatus* status) { self->FillLaunchedStatus(status); }, logger);
   server->engine_control_ = std::make_unique<EngineControlService>(
       server->limits_.model, server->limits_.vocab_size, options.heartbeat_interval_ms,
-      server->registry_, logger);
+      server->registry_, *server->scheduler_, server->metrics_.get(), token, logger);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   absl::StatusOr<std::string> address =
-      Listen(options.listen, {server->inference_.get(), server->engine_control_.get()},
+      Listen(options.listen, *credentials, {server->inference_.get(), server->engine_control_.get()},
              &server->server_, &server->port_);
   if (!address.ok()) return address.status();
   server->address_ = *address;
   if (!options.admin_listen.empty()) {
     server->admin_ = std::make_unique<AdminService>(server->registry_, logger);
     int admin_port = 0;
-    address =
-        Listen(options.admin_listen, {server->admin_.get()}, &server->admin_server_, &admin_port);
+    // The operator API stays plaintext on its own (loopback by default) address.
+    address = Listen(options.admin_listen, grpc::InsecureServerCredentials(),
+                     {server->admin_.get()}, &server->admin_server_, &admin_port);
     if (!address.ok()) return address.status();
     server->admin_address_ = *address;
   }
+  if (options.launch) {
+    if (absl::Status s = server->LaunchEngine(*options.launch); !s.ok()) return s;
+  }
   const absl::Duration interval = absl::Milliseconds(options.heartbeat_interval_ms);
-  CoordinatorServer* self = server.get();
   server->watchdog_ = std::thread([self, interval, logger] {
     while (!self->stop_.WaitForNotificationWithTimeout(interval)) {
       for (const std::string& id : self->registry_.CancelSilent(3 * interval, absl::Now())) {
         logger->warn("engine {} missed 3 heartbeats: disconnecting it", id);
+        if (self->supervisor_ && self->supervisor_->engine_id() == id) {
+          self->supervisor_->Kill("3 missed heartbeats");
+        }
       }
     }
   });
-  logger->info("serving model {} on {} (admin: {})", server->limits_.model, server->address_,
-               server->admin_address_.empty() ? "off" : server->admin_address_);
+  logger->info("serving model {} on {} (admin: {}, metrics: {}, tls: {}, auth: {})",
+               server->limits_.model, server->address_,
+               server->admin_address_.empty() ? "off" : server->admin_address_,
+               server->metrics_->address().empty() ? "off" : server->metrics_->address(),
+               options.tls_cert.empty() ? "off" : "on", token.empty() ? "off" : "bearer token");
   return server;
+}
+
+absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
+  std::string advertise = launch.advertise;
+  if (advertise.empty()) {
+    advertise = address_;
+    for (const char* wildcard : {"0.0.0.0:", "[::]:"}) {
+      if (absl::StartsWith(advertise, wildcard)) {
+        advertise = absl::StrCat("127.0.0.1:", port_);
+      }
+    }
+  }
+  LaunchSpec spec;
+  spec.engine_id = launch.engine_id;
+  spec.max_restarts = launch.max_restarts;
+  spec.argv = MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise,
+                            launch.engine_id, launch.ranks, launch.hosts, launch.mpirun_args);
+  const std::shared_ptr<spdlog::logger> logger = Logger();
+  logger->info("launching engine {}: {}", launch.engine_id, absl::StrJoin(spec.argv, " "));
+  EngineSupervisor::Callbacks callbacks;
+  const std::string id = launch.engine_id;
+  callbacks.restarted = [this, id, logger](int restarts, const std::string& why) {
+    logger->warn("{}; restarting it (restart {})", why, restarts);
+    registry_.SetRestarts(id, restarts);
+    metrics_->EngineRestarted(id);
+  };
+  callbacks.gave_up = [this, logger](const absl::Status& reason) {
+    logger->error("{}", std::string(reason.message()));
+    scheduler_->SetUnavailable(reason);
+  };
+  supervisor_ = std::make_unique<EngineSupervisor>(std::move(spec), std::move(callbacks));
+  scheduler_->SetEnginesExpected(true);
+  return supervisor_->Start();
+}
+
+void CoordinatorServer::FillLaunchedStatus(v1::ClusterStatus* status) const {
+  if (!supervisor_) return;
+  for (const v1::EngineStatus& engine : status->engines()) {
+    if (engine.id() == supervisor_->engine_id()) return;  // connected: the registry has it
+  }
+  v1::EngineStatus* engine = status->add_engines();
+  engine->set_id(supervisor_->engine_id());
+  engine->set_state(supervisor_->state());
+  engine->set_restarts(supervisor_->restarts());
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
@@ -110,6 +189,12 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 void CoordinatorServer::Shutdown() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
   if (watchdog_.joinable()) watchdog_.join();
+  if (supervisor_) {
+    engine::v1::CoordinatorMessage shutdown;
+    shutdown.mutable_shutdown()->set_reason("the coordinator is shutting down");
+    registry_.Send(supervisor_->engine_id(), shutdown).IgnoreError();
+    supervisor_->Stop(absl::Seconds(10));
+  }
   const auto now = std::chrono::system_clock::now();
   if (admin_server_) admin_server_->Shutdown(now);
   if (server_) server_->Shutdown(now);

@@ -1,17 +1,24 @@
 // A running coordinator: the public Inference service and the EngineControl service on one
 // listening address, with standard gRPC health checking (grpc.health.v1, SERVING once
-// started) and server reflection; the Admin service on its own address.
+// started) and server reflection; the Admin service on its own address; Prometheus metrics
+// on a third. In launch mode it starts the engine itself (mpirun) and restarts it when it
+// fails; in attach mode engines started by an operator connect to it.
 #ifndef DSV4_COORDINATOR_COORDINATOR_SERVER_H_
 #define DSV4_COORDINATOR_COORDINATOR_SERVER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/engine_registry.h"
+#include "coordinator/engine_supervisor.h"
+#include "coordinator/metrics.h"
+#include "coordinator/scheduler.h"
 #include "coordinator/inference_service.h"
 #include "core/model_config.h"
 #include "core/tokenizer.h"
@@ -19,13 +26,33 @@
 
 namespace dsv4::coordinator {
 
+// Launch mode: the engine the coordinator starts and supervises.
+struct EngineLaunch {
+  std::string engine_binary;  // dsv4-engine
+  std::string cluster_yaml;
+  int ranks = 2;
+  std::vector<std::string> hosts;         // one per rank (the YAML's topology)
+  std::vector<std::string> mpirun_args;   // after "mpirun", e.g. --oversubscribe
+  std::string engine_id = "engine-0";
+  int max_restarts = 3;
+  // The address engines dial; empty = the bound address, with a wildcard host replaced by
+  // 127.0.0.1.
+  std::string advertise;
+};
+
 struct CoordinatorOptions {
   std::string listen = "127.0.0.1:50051";  // host:port (port 0 picks a free one) or unix:path
   std::string admin_listen;                // the Admin service's own address; empty = none
+  std::string metrics_listen;              // Prometheus /metrics; empty = none
   std::string checkpoint_dir;              // config.json and tokenizer.json
   int max_context = 4096;                  // the engines' max_seq_len (cluster YAML)
-  // Engines heartbeat this often; one silent for 3 intervals is disconnected.
+  int max_queue = 256;
+  // Engines heartbeat this often; one silent for 3 intervals is disconnected (and, when
+  // launched, killed and restarted).
   int heartbeat_interval_ms = 1000;
+  std::string tls_cert, tls_key;  // PEM files; both empty = plaintext
+  std::string auth_token_file;    // empty = no authentication
+  std::optional<EngineLaunch> launch;  // absent = attach mode
 };
 
 class CoordinatorServer {
@@ -41,18 +68,30 @@ class CoordinatorServer {
   std::string admin_address() const { return admin_address_; }  // empty without admin
   const std::string& model_name() const { return limits_.model; }
   const EngineRegistry& registry() const { return registry_; }
+  Scheduler& scheduler() { return *scheduler_; }
+  Metrics& metrics() { return *metrics_; }
+  std::string metrics_address() const { return metrics_->address(); }
   void Wait() { server_->Wait(); }
-  // Stops accepting calls and cancels those in flight, engine streams included.
+  // Stops a launched engine (Shutdown message, then signals), stops accepting calls and
+  // cancels those in flight, engine streams included.
   void Shutdown();
 
  private:
-  CoordinatorServer(ModelConfig config, Tokenizer tokenizer)
-      : config_(std::move(config)), tokenizer_(std::move(tokenizer)) {}
+  CoordinatorServer(ModelConfig config, Tokenizer tokenizer, std::string checkpoint_dir)
+      : config_(std::move(config)),
+        tokenizer_(std::move(tokenizer)),
+        checkpoint_dir_(std::move(checkpoint_dir)) {}
+  absl::Status LaunchEngine(const EngineLaunch& launch);
+  void FillLaunchedStatus(v1::ClusterStatus* status) const;
 
   ModelConfig config_;
   Tokenizer tokenizer_;
+  std::string checkpoint_dir_;
   RequestLimits limits_;
   EngineRegistry registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<EngineSupervisor> supervisor_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<EngineControlService> engine_control_;
   std::unique_ptr<AdminService> admin_;

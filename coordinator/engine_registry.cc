@@ -97,6 +97,17 @@ absl::Status EngineRegistry::Send(const std::string& engine_id,
   return connection->Send(message);
 }
 
+bool EngineRegistry::Accepting(const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  return it != engines_.end() && !it->second.draining;
+}
+
+void EngineRegistry::SetRestarts(const std::string& engine_id, int restarts) {
+  absl::MutexLock lock(&mu_);
+  restarts_[engine_id] = restarts;
+}
+
 int EngineRegistry::size() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(engines_.size());
@@ -109,6 +120,7 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
     v1::EngineStatus* engine = status->add_engines();
     engine->set_id(id);
     engine->set_state(entry.draining ? "draining" : "serving");
+    if (auto r = restarts_.find(id); r != restarts_.end()) engine->set_restarts(r->second);
     for (const engine::v1::RankInfo& r : entry.hello.ranks()) {
       v1::RankStatus* rank = engine->add_ranks();
       rank->set_rank(r.rank());
@@ -117,6 +129,8 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
                                                             : "unknown");
       rank->set_position(r.position());
       rank->set_resident_bytes(r.resident_bytes());
+      rank->set_host(r.host());
+      rank->set_pid(r.pid());
     }
     const engine::v1::Heartbeat& hb = entry.heartbeat;
     engine->set_running_requests(hb.running_sequences());

@@ -67,6 +67,10 @@ class EngineRegistry {
   absl::Status Send(const std::string& engine_id, const engine::v1::CoordinatorMessage& message);
 
   int size() const;
+  // Registered, its stream open, and not draining: may be sent new requests.
+  bool Accepting(const std::string& engine_id) const;
+  // Engine restarts by id (set by the supervisor), shown in FillStatus.
+  void SetRestarts(const std::string& engine_id, int restarts);
   // Fills `status->engines` (sorted by id) and the expert load summed over engines.
   void FillStatus(v1::ClusterStatus* status) const;
 
@@ -80,6 +84,7 @@ class EngineRegistry {
   };
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> engines_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> restarts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dsv4::coordinator

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/security.h"
 #include "core/checkpoint_layout.h"
 #include "spdlog/spdlog.h"
 
@@ -16,37 +17,90 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 InferenceService::InferenceService(const Tokenizer& tokenizer, const ModelConfig& config,
                                    const RequestLimits& limits, const EngineRegistry& registry,
+                                   Scheduler& scheduler, Metrics* metrics,
+                                   std::string bearer_token, LaunchedStatus launched,
                                    std::shared_ptr<spdlog::logger> logger)
     : tokenizer_(tokenizer),
       config_(config),
       limits_(limits),
       registry_(registry),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      bearer_token_(std::move(bearer_token)),
+      launched_(std::move(launched)),
       logger_(std::move(logger)) {}
 
-grpc::Status InferenceService::Generate(grpc::ServerContext* /*context*/,
+grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const v1::GenerateRequest* request,
-                                        grpc::ServerWriter<v1::GenerateResponse>* /*writer*/) {
-  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok()) return ToGrpc(s);
+                                        grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  auto refuse = [this](const grpc::Status& status) {
+    if (metrics_ != nullptr) metrics_->RequestFinished(static_cast<absl::StatusCode>(status.error_code()));
+    return status;
+  };
+  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
+  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok()) return refuse(ToGrpc(s));
+  engine::v1::Admit admit;
   if (request->has_text()) {
-    const int prompt_tokens = static_cast<int>(tokenizer_.Encode(request->text()).size());
-    if (absl::Status s = ValidatePromptLength(prompt_tokens, request->max_tokens(), limits_);
+    const std::vector<int> ids = tokenizer_.Encode(request->text());
+    if (absl::Status s = ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(),
+                                              limits_);
         !s.ok()) {
-      return ToGrpc(s);
+      return refuse(ToGrpc(s));
     }
+    admit.mutable_prompt_token_ids()->Add(ids.begin(), ids.end());
+  } else {
+    *admit.mutable_prompt_token_ids() = request->token_ids().ids();
   }
-  if (registry_.size() == 0) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "no engine connected: the coordinator has no serving engine to run the "
-                        "request; start dsv4-engine against this coordinator and retry");
+  const v1::SamplingParams& sampling = request->sampling();
+  admit.mutable_sampling()->set_temperature(sampling.temperature());
+  admit.mutable_sampling()->set_top_p(sampling.top_p());
+  admit.mutable_sampling()->set_top_k(sampling.top_k());
+  admit.mutable_sampling()->set_seed(sampling.seed());
+  admit.set_max_tokens(request->max_tokens());
+  *admit.mutable_stop_token_ids() = request->stop_token_ids();
+  absl::StatusOr<std::shared_ptr<Request>> submitted = scheduler_.Submit(
+      std::move(admit), {request->stop().begin(), request->stop().end()}, request->request_id());
+  if (!submitted.ok()) return refuse(ToGrpc(submitted.status()));
+  const std::shared_ptr<Request> admitted = std::move(*submitted);
+
+  size_t tokens_seen = 0, text_seen = 0;
+  for (;;) {
+    if (context->IsCancelled()) {  // the client left or its deadline passed
+      scheduler_.Detach(admitted);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+    }
+    // Short waits, so a client that leaves is noticed soon.
+    const Request::Update update =
+        admitted->WaitForUpdate(tokens_seen, text_seen, absl::Milliseconds(50));
+    if (update.finished && !update.error.ok() && update.tokens.empty() && update.text.empty()) {
+      return ToGrpc(update.error);
+    }
+    const bool last = update.finished && update.error.ok();
+    if (update.tokens.empty() && update.text.empty() && !last) continue;
+    v1::GenerateResponse response;
+    response.mutable_token_ids()->Add(update.tokens.begin(), update.tokens.end());
+    response.set_text(update.text);
+    if (last) {
+      response.set_finish_reason(update.finish_reason);
+      admitted->FillUsageAndTimings(&response);
+    }
+    if (!writer->Write(response)) {
+      scheduler_.Detach(admitted);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading");
+    }
+    if (metrics_ != nullptr && !update.tokens.empty()) {
+      metrics_->ObserveCoordinatorOverhead(absl::ToDoubleSeconds(absl::Now() - update.arrived));
+    }
+    tokens_seen += update.tokens.size();
+    text_seen += update.text.size();
+    if (update.finished) return ToGrpc(update.error);
   }
-  return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                      "an engine is connected but this coordinator cannot route requests to "
-                      "engines yet (scheduler not implemented)");
 }
 
-grpc::Status InferenceService::Tokenize(grpc::ServerContext* /*context*/,
+grpc::Status InferenceService::Tokenize(grpc::ServerContext* context,
                                         const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
+  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   if (absl::Status s = ValidateTokenizeRequest(*request, limits_); !s.ok()) return ToGrpc(s);
   // The same encoding Generate uses for a text prompt (BOS first).
   const std::vector<int> ids = tokenizer_.Encode(request->text());
@@ -54,9 +108,10 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::ListModels(grpc::ServerContext* /*context*/,
+grpc::Status InferenceService::ListModels(grpc::ServerContext* context,
                                           const v1::ListModelsRequest* /*request*/,
                                           v1::ListModelsResponse* response) {
+  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   const ParameterCount count = CountParameters(config_);
   v1::ModelInfo* model = response->add_models();
   model->set_name(limits_.model);
@@ -66,20 +121,28 @@ grpc::Status InferenceService::ListModels(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* /*context*/,
+grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
                                                 const v1::ClusterStatusRequest* /*request*/,
                                                 v1::ClusterStatus* response) {
+  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   registry_.FillStatus(response);
+  if (launched_) launched_(response);
+  response->set_queue_depth(scheduler_.queue_depth());
   return grpc::Status::OK;
 }
 
 EngineControlService::EngineControlService(std::string model, int vocab_size,
                                            int heartbeat_interval_ms, EngineRegistry& registry,
+                                           Scheduler& scheduler, Metrics* metrics,
+                                           std::string bearer_token,
                                            std::shared_ptr<spdlog::logger> logger)
     : model_(std::move(model)),
       vocab_size_(vocab_size),
       heartbeat_interval_ms_(heartbeat_interval_ms),
       registry_(registry),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      bearer_token_(std::move(bearer_token)),
       logger_(std::move(logger)) {}
 
 absl::Status EngineControlService::CheckHello(const engine::v1::Hello& hello) const {
@@ -99,12 +162,32 @@ absl::Status EngineControlService::CheckHello(const engine::v1::Hello& hello) co
   if (hello.ranks().empty()) {
     return absl::InvalidArgumentError("hello.ranks must list every rank of the engine");
   }
+  if (hello.max_running() < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.max_running must be ≥ 1, got ", hello.max_running()));
+  }
   return absl::OkStatus();
+}
+
+void EngineControlService::RecordHeartbeat(const std::string& engine_id,
+                                           const engine::v1::Heartbeat& heartbeat) {
+  registry_.RecordHeartbeat(engine_id, heartbeat);
+  if (metrics_ == nullptr) return;
+  if (heartbeat.kv_budget_tokens() > 0) {
+    metrics_->SetKvUsage(engine_id, static_cast<double>(heartbeat.kv_used_tokens()) /
+                                        static_cast<double>(heartbeat.kv_budget_tokens()));
+  }
+  metrics_->SetEngramStallSeconds(engine_id, heartbeat.engram_stall_ms() * 1e-3);
+  for (const engine::v1::LayerExpertLoad& layer : heartbeat.expert_load()) {
+    metrics_->RecordExpertLoad(layer.layer(), {layer.tokens_per_expert().begin(),
+                                               layer.tokens_per_expert().end()});
+  }
 }
 
 grpc::Status EngineControlService::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<engine::v1::CoordinatorMessage, engine::v1::EngineMessage>* stream) {
+  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   engine::v1::EngineMessage message;
   if (!stream->Read(&message)) return grpc::Status::OK;  // the engine left before saying hello
   if (!message.has_hello()) {
@@ -122,17 +205,14 @@ grpc::Status EngineControlService::Connect(
   engine::v1::CoordinatorMessage welcome;
   welcome.mutable_welcome()->set_heartbeat_interval_ms(heartbeat_interval_ms_);
   if (connection->Open(welcome).ok()) {
+    scheduler_.EngineConnected(id, hello.max_running());
     while (stream->Read(&message)) {
       if (message.has_heartbeat()) {
-        registry_.RecordHeartbeat(id, message.heartbeat());
+        RecordHeartbeat(id, message.heartbeat());
       } else if (message.has_drained()) {
         break;
       } else if (message.has_tokens()) {
-        // Nothing is admitted to engines yet, so every request id is unknown.
-        result = grpc::Status(
-            grpc::StatusCode::FAILED_PRECONDITION,
-            absl::StrCat("tokens for unknown request_id \"", message.tokens().request_id(), "\""));
-        break;
+        scheduler_.OnTokens(id, message.tokens());
       } else {
         result = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                               "expected heartbeat, tokens or drained after hello");
@@ -140,8 +220,10 @@ grpc::Status EngineControlService::Connect(
       }
     }
   }
+  scheduler_.EngineLost(id);  // before Remove: a restarted engine may take the id at once
   registry_.Remove(id);
   connection->Close();
+  if (metrics_ != nullptr) metrics_->RemoveEngine(id);
   logger_->info("engine {} disconnected{}", id,
                 result.ok() ? "" : absl::StrCat(": ", result.error_message()));
   return result;

@@ -22,19 +22,34 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+namespace {
 
-double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+// SplitMix64's finaliser: a bijective mix whose outputs pass BigCrush as a counter hash.
+uint64_t Mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
 
-int32_t Sampler::Sample(absl::Span<const float> logits) {
+// The uniform in [0, 1) (53 random bits) of draw `draw` under `seed`: counter-based, so no
+// draw depends on the ones before it.
+double Uniform(uint64_t seed, uint64_t draw) {
+  const uint64_t bits = Mix(Mix(seed) ^ (draw * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
+
+}  // namespace
+
+int32_t Sampler::SampleDraw(absl::Span<const float> logits, const SamplingParams& params,
+                            uint64_t draw) {
   const int64_t n = static_cast<int64_t>(logits.size());
-  if (params_.temperature <= 0.0f) {
+  if (params.temperature <= 0.0f) {
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   }
   // Candidates by decreasing logit (ties: lower id first), cut to top_k.
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  const int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, n) : n;
+  const int64_t keep = params.top_k > 0 ? std::min<int64_t>(params.top_k, n) : n;
   auto by_logit = [&](int32_t a, int32_t b) {
     return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
   };
@@ -46,23 +61,23 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
   const double top = logits[order[0]];
   double total = 0;
   for (int64_t i = 0; i < keep; ++i) {
-    probs[i] = std::exp((logits[order[i]] - top) / params_.temperature);
+    probs[i] = std::exp((logits[order[i]] - top) / params.temperature);
     total += probs[i];
   }
   // Nucleus: the shortest prefix whose mass reaches top_p.
   int64_t cut = keep;
-  if (params_.top_p < 1.0f) {
+  if (params.top_p < 1.0f) {
     double mass = 0;
     for (int64_t i = 0; i < keep; ++i) {
       mass += probs[i] / total;
-      if (mass >= params_.top_p) {
+      if (mass >= params.top_p) {
         cut = i + 1;
         break;
       }
     }
   }
   const double kept = std::accumulate(probs.begin(), probs.begin() + cut, 0.0);
-  double u = Uniform() * kept;
+  double u = Uniform(params.seed, draw) * kept;
   for (int64_t i = 0; i < cut; ++i) {
     u -= probs[i];
     if (u < 0) return order[i];

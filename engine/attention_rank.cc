@@ -1,5 +1,6 @@
 #include "engine/attention_rank.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -7,7 +8,7 @@ namespace dsv4 {
 namespace {
 
 struct MicroBatch {
-  std::vector<int32_t> sequences;
+  std::vector<const PlanEntry*> entries;
   std::vector<StepInput> inputs;
   std::vector<SequenceChunk> chunks;
   std::optional<Step> step;  // absent when the micro-batch has no sequences this step
@@ -19,8 +20,28 @@ struct MicroBatch {
 
 }  // namespace
 
-absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost) {
+AttentionRank::AttentionRank(const Model* model, MpiExpertExecutor* executor, int rank,
+                             int micro_batches, const ExpertGeometry& geometry, bool keep_logits)
+    : model_(model),
+      executor_(executor),
+      rank_(rank),
+      micro_batches_(micro_batches),
+      geometry_(geometry),
+      keep_logits_(keep_logits),
+      expert_load_(static_cast<size_t>(model->config().num_hidden_layers) *
+                       model->config().n_routed_experts,
+                   0) {}
+
+std::vector<int64_t> AttentionRank::TakeExpertLoad() {
+  std::vector<int64_t> load(expert_load_.size(), 0);
+  load.swap(expert_load_);
+  return load;
+}
+
+absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
+                                    std::vector<SampledToken>* sampled) {
   const ModelConfig& config = model_->config();
+  for (int32_t sequence : plan.release) states_.erase(sequence);
   std::vector<MicroBatch> mbs(micro_batches_);
   for (const PlanEntry& e : plan.entries) {
     if (e.rank != rank_) continue;
@@ -29,7 +50,7 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost) {
     }
     auto it = states_.try_emplace(e.sequence, model_->NewSequence()).first;
     MicroBatch& mb = mbs[e.micro_batch];
-    mb.sequences.push_back(e.sequence);
+    mb.entries.push_back(&e);
     mb.inputs.push_back({&it->second, e.tokens});
     const int64_t n = static_cast<int64_t>(e.tokens.size());
     mb.chunks.push_back({1, it->second.position(), n, n});
@@ -60,6 +81,8 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost) {
     MicroBatch& mb = mbs[index];
     if (mb.step) {
       if (absl::Status s = model_->AttentionStage(layer, &*mb.step, &mb.routed); !s.ok()) return s;
+      int64_t* load = expert_load_.data() + static_cast<size_t>(layer) * config.n_routed_experts;
+      for (int32_t e : mb.routed.expert_ids) load[e] += 1;
     } else {
       mb.routed = RoutedTokens{Tensor(), {}, {}, k};
     }
@@ -86,13 +109,28 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost) {
   }
   for (MicroBatch& mb : mbs) {
     if (!mb.step) continue;
-    absl::StatusOr<Tensor> logits = model_->Logits(*mb.step, LogitRows::kAll);
-    if (!logits.ok()) return logits.status();
-    const int64_t vocab = logits->dim(1);
-    for (int i = 0; i < mb.step->num_sequences(); ++i) {
-      const float* begin = logits->data() + mb.step->row_begin(i) * vocab;
-      std::vector<float>& rows = logits_[mb.sequences[i]];
-      rows.insert(rows.end(), begin, begin + mb.step->sequence_rows(i) * vocab);
+    const bool samples = std::any_of(mb.entries.begin(), mb.entries.end(),
+                                     [](const PlanEntry* e) { return e->sample; });
+    if (keep_logits_ || samples) {
+      absl::StatusOr<Tensor> logits =
+          model_->Logits(*mb.step, keep_logits_ ? LogitRows::kAll : LogitRows::kLastPerSequence);
+      if (!logits.ok()) return logits.status();
+      const int64_t vocab = logits->dim(1);
+      for (int i = 0; i < mb.step->num_sequences(); ++i) {
+        const PlanEntry& e = *mb.entries[i];
+        // Rows of sequence i: all of them, or its last one only.
+        const int64_t begin = keep_logits_ ? mb.step->row_begin(i) : i;
+        const int64_t rows = keep_logits_ ? mb.step->sequence_rows(i) : 1;
+        const float* data = logits->data() + begin * vocab;
+        if (keep_logits_) {
+          logits_[e.sequence].insert(logits_[e.sequence].end(), data, data + rows * vocab);
+        }
+        if (e.sample) {
+          const float* last = data + (rows - 1) * vocab;
+          sampled->push_back({e.sequence, Sampler::SampleDraw(absl::MakeConstSpan(last, vocab),
+                                                              e.sampling, e.draw)});
+        }
+      }
     }
     if (absl::Status s = model_->Finish(&*mb.step); !s.ok()) return s;
   }

@@ -8,7 +8,8 @@
 //
 // so every micro-batch takes one exchange per layer, in the same order on every rank, even
 // with no tokens (zero counts). Sequence states live here from admission (the first entry
-// naming a sequence) to the end of the run; logits of every row are kept per sequence.
+// naming a sequence) until a plan releases them. One-shot runs keep the logits of every
+// row per sequence; serving runs sample the entries that ask for it and keep nothing.
 #ifndef DSV4_ENGINE_ATTENTION_RANK_H_
 #define DSV4_ENGINE_ATTENTION_RANK_H_
 
@@ -24,24 +25,30 @@
 
 namespace dsv4 {
 
+struct SampledToken {
+  int32_t sequence = 0;
+  int32_t token = 0;
+};
+
 class AttentionRank {
  public:
   // `model` and `executor` must outlive the AttentionRank. `rank` is this rank's index among
   // the attention ranks; `geometry` says where the expert ranks sit (for modelled links).
+  // `keep_logits`: keep every logit row (one-shot runs); serving runs only sample.
   AttentionRank(const Model* model, MpiExpertExecutor* executor, int rank, int micro_batches,
-                const ExpertGeometry& geometry)
-      : model_(model),
-        executor_(executor),
-        rank_(rank),
-        micro_batches_(micro_batches),
-        geometry_(geometry) {}
+                const ExpertGeometry& geometry, bool keep_logits);
 
-  // Runs this rank's part of `plan`; adds its modelled work to `cost` (attention-side layer
-  // and edge costs per micro-batch, and the all-to-all each micro-batch's tokens cause).
-  absl::Status RunStep(const StepPlan& plan, StepCost* cost);
+  // Frees the plan's released sequences, then runs this rank's part of `plan`: adds its
+  // modelled work to `cost` (attention-side layer and edge costs per micro-batch, and the
+  // all-to-all each micro-batch's tokens cause) and appends the tokens sampled for entries
+  // with `sample` set to `sampled`.
+  absl::Status RunStep(const StepPlan& plan, StepCost* cost, std::vector<SampledToken>* sampled);
 
-  // Every logit row computed so far, [rows, vocab] row-major, by sequence id.
+  // Every logit row computed so far, [rows, vocab] row-major, by sequence id (keep_logits).
   const std::map<int32_t, std::vector<float>>& logits() const { return logits_; }
+  // Tokens routed to each expert, [layers · routed experts], since the last call.
+  std::vector<int64_t> TakeExpertLoad();
+  int sequences() const { return static_cast<int>(states_.size()); }
 
  private:
   const Model* model_;
@@ -49,8 +56,10 @@ class AttentionRank {
   int rank_;
   int micro_batches_;
   ExpertGeometry geometry_;
+  bool keep_logits_;
   std::map<int32_t, SequenceState> states_;  // node-based: StepInput pointers stay valid
   std::map<int32_t, std::vector<float>> logits_;
+  std::vector<int64_t> expert_load_;
 };
 
 }  // namespace dsv4

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/sampling.h"
 
 namespace dsv4 {
 
@@ -24,12 +25,19 @@ struct PlanEntry {
   int32_t rank = 0;         // attention rank holding its state
   int32_t micro_batch = 0;  // in [0, micro_batches)
   std::vector<int32_t> tokens;
+  // Serving mode: after the step the holding rank samples the next token from the last
+  // row's logits, as draw `draw` of the request (core/sampling.h).
+  bool sample = false;
+  SamplingParams sampling;
+  uint64_t draw = 0;
 };
 
 struct StepPlan {
   int64_t step = 0;
   bool stop = false;  // no more steps: every rank leaves its loop
   std::vector<PlanEntry> entries;
+  std::vector<int32_t> release;  // sequences whose state is freed before the step runs
+  bool report_load = false;      // after the step, reduce expert load to the leader
 };
 
 // Collective over `comm`: `root`'s plan replaces everyone else's.

@@ -1,0 +1,180 @@
+#include "coordinator/engine_supervisor.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace dsv4::coordinator {
+namespace {
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("killed by signal ", WTERMSIG(status));
+  return absl::StrCat("ended with wait status ", status);
+}
+
+}  // namespace
+
+std::vector<std::string> MpirunCommand(const std::string& engine_binary,
+                                       const std::string& cluster_yaml,
+                                       const std::string& checkpoint_dir,
+                                       const std::string& coordinator_address,
+                                       const std::string& engine_id, int ranks,
+                                       const std::vector<std::string>& hosts,
+                                       const std::vector<std::string>& extra_mpirun_args) {
+  std::vector<std::string> argv = {"mpirun"};
+  argv.insert(argv.end(), extra_mpirun_args.begin(), extra_mpirun_args.end());
+  argv.insert(argv.end(), {"-np", absl::StrCat(ranks)});
+  // Ranks fill the hosts in order (a host listed n times gets n slots).
+  std::map<std::string, int> slots;
+  std::vector<std::string> order;
+  bool remote = false;
+  for (const std::string& h : hosts) {
+    if (slots[h]++ == 0) order.push_back(h);
+    remote = remote || (h != "localhost" && h != "127.0.0.1");
+  }
+  if (remote) {
+    std::vector<std::string> host_slots;
+    for (const std::string& h : order) host_slots.push_back(absl::StrCat(h, ":", slots[h]));
+    argv.insert(argv.end(), {"--host", absl::StrJoin(host_slots, ",")});
+  }
+  argv.insert(argv.end(), {engine_binary, "--cluster", cluster_yaml, "--checkpoint",
+                           checkpoint_dir, "--coordinator", coordinator_address, "--engine_id",
+                           engine_id});
+  return argv;
+}
+
+EngineSupervisor::EngineSupervisor(LaunchSpec spec, Callbacks callbacks)
+    : spec_(std::move(spec)), callbacks_(std::move(callbacks)) {}
+
+EngineSupervisor::~EngineSupervisor() { Stop(absl::Seconds(5)); }
+
+absl::Status EngineSupervisor::SpawnLocked() {
+  std::vector<char*> argv;
+  for (const std::string& a : spec_.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // Its own process group (so a kill reaches every rank), and no blocked signals: the
+  // coordinator blocks SIGINT/SIGTERM for its sigwait, the engine must get them.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = -1;
+  const int error = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (error != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot start ", spec_.argv[0], ": ", std::strerror(error)));
+  }
+  pid_ = pid;
+  return absl::OkStatus();
+}
+
+absl::Status EngineSupervisor::Start() {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = SpawnLocked(); !s.ok()) return s;
+  monitor_ = std::thread([this] { Monitor(); });
+  return absl::OkStatus();
+}
+
+void EngineSupervisor::Monitor() {
+  for (;;) {
+    pid_t pid;
+    {
+      absl::MutexLock lock(&mu_);
+      pid = pid_;
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    kill(-pid, SIGKILL);  // ranks mpirun left behind
+    absl::MutexLock lock(&mu_);
+    pid_ = -1;
+    if (stopping_) return;
+    std::string why = absl::StrCat("engine ", spec_.engine_id, " (", spec_.argv[0], ") ",
+                                   DescribeExit(status));
+    if (!kill_reason_.empty()) why = absl::StrCat(why, " after ", kill_reason_);
+    kill_reason_.clear();
+    if (restarts_ >= spec_.max_restarts) {
+      failed_ = true;
+      const absl::Status reason = absl::UnavailableError(absl::StrCat(
+          "the engine failed ", restarts_ + 1, " times and will not be restarted "
+          "(coordinator.max_restarts = ", spec_.max_restarts, "); last failure: ", why));
+      mu_.Unlock();
+      if (callbacks_.gave_up) callbacks_.gave_up(reason);
+      mu_.Lock();
+      return;
+    }
+    restarts_ += 1;
+    const int restarts = restarts_;
+    mu_.Unlock();
+    if (callbacks_.restarted) callbacks_.restarted(restarts, why);
+    absl::SleepFor(spec_.restart_delay);
+    mu_.Lock();
+    if (stopping_) return;
+    if (absl::Status s = SpawnLocked(); !s.ok()) {
+      failed_ = true;
+      mu_.Unlock();
+      if (callbacks_.gave_up) callbacks_.gave_up(absl::UnavailableError(s.message()));
+      mu_.Lock();
+      return;
+    }
+  }
+}
+
+void EngineSupervisor::Kill(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  if (pid_ <= 0 || stopping_) return;
+  kill_reason_ = why;
+  kill(-pid_, SIGKILL);
+}
+
+void EngineSupervisor::Stop(absl::Duration grace) {
+  pid_t pid;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    pid = pid_;
+  }
+  if (pid > 0) {
+    kill(-pid, SIGTERM);
+    const absl::Time deadline = absl::Now() + grace;
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (pid_ <= 0) break;
+      }
+      if (absl::Now() > deadline) {
+        kill(-pid, SIGKILL);
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+  if (monitor_.joinable()) monitor_.join();
+}
+
+std::string EngineSupervisor::state() const {
+  absl::MutexLock lock(&mu_);
+  if (failed_) return "failed";
+  return restarts_ > 0 ? "restarting" : "starting";
+}
+
+int EngineSupervisor::restarts() const {
+  absl::MutexLock lock(&mu_);
+  return restarts_;
+}
+
+}  // namespace dsv4::coordinator

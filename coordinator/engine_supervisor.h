@@ -1,0 +1,84 @@
+// Launches one engine (an `mpirun … dsv4-engine --coordinator …` command) and keeps it
+// running: when the process exits (a rank crashed, was killed, or the engine lost its
+// control stream) or is killed for missed heartbeats (Kill), it is started again, up to
+// `max_restarts` times over the coordinator's life. Then it gives up and reports why.
+// The process runs in its own process group, so stopping it stops every rank mpirun
+// started. Thread-safe.
+#ifndef DSV4_COORDINATOR_ENGINE_SUPERVISOR_H_
+#define DSV4_COORDINATOR_ENGINE_SUPERVISOR_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/inference.pb.h"
+
+namespace dsv4::coordinator {
+
+struct LaunchSpec {
+  std::string engine_id;
+  std::vector<std::string> argv;  // the command, argv[0] looked up in PATH
+  int max_restarts = 3;
+  absl::Duration restart_delay = absl::Milliseconds(200);
+};
+
+class EngineSupervisor {
+ public:
+  struct Callbacks {
+    std::function<void(int restarts, const std::string& why)> restarted;
+    // Called once, when the engine failed more than max_restarts times.
+    std::function<void(const absl::Status& reason)> gave_up;
+  };
+
+  EngineSupervisor(LaunchSpec spec, Callbacks callbacks);
+  // Stops the engine (Stop with a short grace) if still running.
+  ~EngineSupervisor();
+
+  // Starts the first process; INTERNAL when it cannot be spawned.
+  absl::Status Start();
+  // Kills the running process (SIGKILL to its group); it is then restarted as after a crash.
+  void Kill(const std::string& why);
+  // Stops for good: SIGTERM to the group, SIGKILL after `grace`; waits for the exit.
+  void Stop(absl::Duration grace);
+
+  // "starting", "restarting" or "failed", for an engine that is not connected.
+  std::string state() const;
+  int restarts() const;
+  const std::string& engine_id() const { return spec_.engine_id; }
+
+ private:
+  absl::Status SpawnLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Monitor();
+
+  const LaunchSpec spec_;
+  const Callbacks callbacks_;
+  mutable absl::Mutex mu_;
+  pid_t pid_ ABSL_GUARDED_BY(mu_) = -1;  // also the process group id
+  int restarts_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  std::string kill_reason_ ABSL_GUARDED_BY(mu_);
+  std::thread monitor_;
+};
+
+// The launch command for `cluster_yaml`'s engine: mpirun with `ranks` ranks on `hosts`
+// (one per rank; as --host h1:slots,… unless all are this machine), then dsv4-engine in
+// serving mode.
+// `engine_binary` is dsv4-engine's path; `extra_mpirun_args` go right after "mpirun".
+std::vector<std::string> MpirunCommand(const std::string& engine_binary,
+                                       const std::string& cluster_yaml,
+                                       const std::string& checkpoint_dir,
+                                       const std::string& coordinator_address,
+                                       const std::string& engine_id, int ranks,
+                                       const std::vector<std::string>& hosts,
+                                       const std::vector<std::string>& extra_mpirun_args);
+
+}  // namespace dsv4::coordinator
+
+#endif  // DSV4_COORDINATOR_ENGINE_SUPERVISOR_H_

@@ -1,0 +1,252 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4::coordinator {
+namespace {
+
+v1::FinishReason PublicReason(engine::v1::FinishReason reason) {
+  switch (reason) {
+    case engine::v1::FINISH_REASON_LENGTH:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::v1::FINISH_REASON_STOP:
+      return v1::FINISH_REASON_STOP;
+    case engine::v1::FINISH_REASON_EOS:
+      return v1::FINISH_REASON_EOS;
+    case engine::v1::FINISH_REASON_CANCELLED:
+      return v1::FINISH_REASON_CANCELLED;
+    default:
+      return v1::FINISH_REASON_UNSPECIFIED;
+  }
+}
+
+engine::v1::CoordinatorMessage CancelMessage(const std::string& id) {
+  engine::v1::CoordinatorMessage message;
+  message.mutable_cancel()->set_request_id(id);
+  return message;
+}
+
+}  // namespace
+
+Scheduler::Scheduler(const SchedulerOptions& options, EngineRegistry& registry,
+                     const Tokenizer& tokenizer, Metrics* metrics)
+    : options_(options), registry_(registry), tokenizer_(tokenizer), metrics_(metrics) {
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  dispatcher_.join();
+}
+
+absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(engine::v1::Admit admit,
+                                                           std::vector<std::string> stop,
+                                                           const std::string& client_request_id) {
+  absl::MutexLock lock(&mu_);
+  if (!client_request_id.empty()) {
+    auto known = by_client_id_.find(client_request_id);
+    if (known != by_client_id_.end()) {
+      auto entry = requests_.find(known->second->id());
+      if (entry != requests_.end()) entry->second.readers += 1;
+      return known->second;
+    }
+  }
+  if (!unavailable_.ok()) return unavailable_;
+  if (engines_.empty() && !engines_expected_) {
+    return absl::UnavailableError(
+        "no engine connected: the coordinator has no serving engine to run the request; start "
+        "dsv4-engine against this coordinator (or let it launch one) and retry");
+  }
+  if (queue_.size() >= static_cast<size_t>(options_.max_queue)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request queue is full (", queue_.size(),
+                     " requests waiting for an engine, coordinator.max_queue = ",
+                     options_.max_queue, "); retry later"));
+  }
+  const std::string id = absl::StrCat("r", next_id_++);
+  admit.set_request_id(id);
+  auto request = std::make_shared<Request>(std::move(admit), std::move(stop), tokenizer_);
+  requests_.emplace(id, Entry{request, "", client_request_id});
+  queue_.push_back(id);
+  if (!client_request_id.empty()) by_client_id_[client_request_id] = request;
+  UpdateGaugesLocked();
+  return request;
+}
+
+void Scheduler::Detach(const std::shared_ptr<Request>& request) {
+  std::string engine;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = requests_.find(request->id());
+    if (it == requests_.end() || --it->second.readers > 0) return;
+    Entry& entry = it->second;
+    if (entry.engine.empty()) {
+      queue_.erase(std::find(queue_.begin(), queue_.end(), request->id()));
+      FinishLocked(request->id(), v1::FINISH_REASON_CANCELLED, absl::OkStatus());
+      return;
+    }
+    // The engine frees the sequence and confirms with a final event; until then the request
+    // keeps its slot (and is not replayed if the engine dies meanwhile).
+    entry.client_left = entry.released = true;
+    entry.request->Finish(v1::FINISH_REASON_CANCELLED, absl::OkStatus(), absl::Now());
+    engine = entry.engine;
+  }
+  registry_.Send(engine, CancelMessage(request->id())).IgnoreError();  // a lost engine is fine
+}
+
+void Scheduler::FinishLocked(const std::string& id, v1::FinishReason reason, absl::Status error) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  Entry& entry = it->second;
+  if (!entry.engine.empty()) engines_[entry.engine].requests.erase(id);
+  const bool cancelled = entry.client_left || reason == v1::FINISH_REASON_CANCELLED;
+  entry.request->Finish(reason, std::move(error), absl::Now());
+  if (metrics_ != nullptr) entry.request->RecordMetrics(*metrics_);
+  if (!entry.client_id.empty()) {
+    if (cancelled) {
+      // A retry after a cancellation runs again (and, seeded, samples the same tokens).
+      auto known = by_client_id_.find(entry.client_id);
+      if (known != by_client_id_.end() && known->second == entry.request) by_client_id_.erase(known);
+    } else {
+      finished_client_ids_.push_back(entry.client_id);
+      while (finished_client_ids_.size() > static_cast<size_t>(options_.remember_finished)) {
+        by_client_id_.erase(finished_client_ids_.front());
+        finished_client_ids_.pop_front();
+      }
+    }
+  }
+  requests_.erase(it);
+  UpdateGaugesLocked();
+}
+
+void Scheduler::EngineConnected(const std::string& engine_id, int max_running) {
+  absl::MutexLock lock(&mu_);
+  engines_[engine_id] = Engine{std::max(max_running, 1), {}};
+}
+
+void Scheduler::OnTokens(const std::string& engine_id, const engine::v1::TokenEvent& event) {
+  bool stop_string = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = requests_.find(event.request_id());
+    if (it == requests_.end() || it->second.engine != engine_id) return;  // stale
+    Entry& entry = it->second;
+    const std::vector<int32_t> tokens(event.token_ids().begin(), event.token_ids().end());
+    stop_string = !entry.released && entry.request->AddTokens(tokens, absl::Now());
+    if (event.finish_reason() == engine::v1::FINISH_REASON_ERROR) {
+      FinishLocked(event.request_id(), v1::FINISH_REASON_UNSPECIFIED,
+                   absl::InternalError(absl::StrCat("engine ", engine_id, ": ", event.error())));
+      return;
+    }
+    if (event.finish_reason() != engine::v1::FINISH_REASON_UNSPECIFIED) {
+      FinishLocked(event.request_id(), PublicReason(event.finish_reason()), absl::OkStatus());
+      return;
+    }
+    entry.released = entry.released || stop_string;  // AddTokens finished it (STOP)
+  }
+  if (stop_string) registry_.Send(engine_id, CancelMessage(event.request_id())).IgnoreError();
+}
+
+void Scheduler::EngineLost(const std::string& engine_id) {
+  absl::MutexLock lock(&mu_);
+  auto engine = engines_.find(engine_id);
+  if (engine == engines_.end()) return;
+  // Back to the front of the queue in admission order ("r<N>" ids sort by N within a length).
+  std::vector<std::string> held(engine->second.requests.begin(), engine->second.requests.end());
+  std::sort(held.begin(), held.end(), [](const std::string& a, const std::string& b) {
+    return std::pair(a.size(), a) < std::pair(b.size(), b);
+  });
+  engines_.erase(engine);
+  for (auto it = held.rbegin(); it != held.rend(); ++it) {
+    Entry& entry = requests_.at(*it);
+    entry.engine.clear();
+    if (entry.released) {
+      FinishLocked(*it, v1::FINISH_REASON_CANCELLED, absl::OkStatus());
+    } else {
+      queue_.push_front(*it);
+    }
+  }
+  UpdateGaugesLocked();
+}
+
+void Scheduler::SetEnginesExpected(bool expected) {
+  absl::MutexLock lock(&mu_);
+  engines_expected_ = expected;
+}
+
+void Scheduler::SetUnavailable(const absl::Status& reason) {
+  absl::MutexLock lock(&mu_);
+  unavailable_ = reason;
+  engines_expected_ = false;
+  std::vector<std::string> ids;
+  for (const auto& [id, entry] : requests_) ids.push_back(id);
+  for (const std::string& id : ids) FinishLocked(id, v1::FINISH_REASON_UNSPECIFIED, reason);
+  queue_.clear();
+  UpdateGaugesLocked();
+}
+
+int Scheduler::queue_depth() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+int Scheduler::running() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(requests_.size() - queue_.size());
+}
+
+void Scheduler::UpdateGaugesLocked() {
+  if (metrics_ == nullptr) return;
+  metrics_->SetQueueDepth(static_cast<int>(queue_.size()));
+  metrics_->SetRunningRequests(static_cast<int>(requests_.size() - queue_.size()));
+}
+
+void Scheduler::DispatchLoop() {
+  for (;;) {
+    std::string engine_id;
+    engine::v1::CoordinatorMessage message;
+    {
+      absl::MutexLock lock(&mu_);
+      // The engine with the most free slots, when the queue has work and some engine room.
+      auto pick = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> std::string {
+        std::string best;
+        int most_free = 0;
+        for (const auto& [id, engine] : engines_) {
+          const int free = engine.max_running - static_cast<int>(engine.requests.size());
+          if (free > most_free && registry_.Accepting(id)) {
+            best = id;
+            most_free = free;
+          }
+        }
+        return best;
+      };
+      auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || (!queue_.empty() && !pick().empty());
+      };
+      // Timed: a draining flag lives in the registry, whose changes do not wake us.
+      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+      if (stop_) return;
+      if (queue_.empty()) continue;
+      engine_id = pick();
+      if (engine_id.empty()) continue;
+      const std::string id = queue_.front();
+      queue_.pop_front();
+      Entry& entry = requests_.at(id);
+      entry.engine = engine_id;
+      engines_[engine_id].requests.insert(id);
+      *message.mutable_admit() = entry.request->AdmitMessage();
+      UpdateGaugesLocked();
+    }
+    // Outside the lock: a slow stream must not stall the API. If the engine is gone, its
+    // handler's EngineLost puts the request back in the queue.
+    registry_.Send(engine_id, message).IgnoreError();
+  }
+}
+
+}  // namespace dsv4::coordinator
