@@ -58,7 +58,8 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(engine::v1::Admit adm
     }
   }
   if (!unavailable_.ok()) return unavailable_;
-  if (engines_.empty() && !engines_expected_) {
+  // The registry knows an engine from its Hello on, a little before EngineConnected.
+  if (engines_.empty() && !engines_expected_ && registry_.size() == 0) {
     return absl::UnavailableError(
         "no engine connected: the coordinator has no serving engine to run the request; start "
         "dsv4-engine against this coordinator (or let it launch one) and retry");

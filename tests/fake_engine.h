@@ -1,0 +1,69 @@
+// Test helpers for the coordinator: a fake engine leader (a real gRPC client on the
+// EngineControl stream, driven by the test) and RPC deadlines.
+#ifndef DSV4_TESTS_FAKE_ENGINE_H_
+#define DSV4_TESTS_FAKE_ENGINE_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "core/model_config.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/engine.grpc.pb.h"
+
+namespace dsv4::coordinator {
+
+inline std::chrono::system_clock::time_point Deadline(int seconds = 10) {
+  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+// A fake engine leader: a real gRPC client on the EngineControl stream. Its Hello says
+// `max_running` and, unless given, models/v4-mini's vocabulary.
+class FakeEngine {
+ public:
+  FakeEngine(const std::shared_ptr<grpc::Channel>& channel, const std::string& id,
+             const std::string& model = "v4-mini", int vocab = -1, int max_running = 8)
+      : stub_(engine::v1::EngineControl::NewStub(channel)) {
+    context_.set_deadline(Deadline(30));
+    stream_ = stub_->Connect(&context_);
+    engine::v1::EngineMessage hello;
+    engine::v1::Hello* h = hello.mutable_hello();
+    h->set_engine_id(id);
+    h->mutable_model()->set_name(model);
+    h->mutable_model()->set_vocab_size(vocab >= 0 ? vocab : VocabSize(std::string(DSV4_SOURCE_DIR) + "/models/v4-mini"));
+    h->set_max_running(max_running);
+    h->set_max_seq_len(256);
+    for (int r = 0; r < 2; ++r) {
+      engine::v1::RankInfo* rank = h->add_ranks();
+      rank->set_rank(r);
+      rank->set_role(r == 0 ? engine::v1::ROLE_ATTENTION : engine::v1::ROLE_EXPERT);
+      rank->set_position("sn0/node0/chip" + std::to_string(r));
+      rank->set_resident_bytes(1000 * (r + 1));
+    }
+    stream_->Write(hello);
+  }
+  static int VocabSize(const std::string& dir) {
+    return static_cast<int>(LoadModelConfigFromDir(dir)->vocab_size);
+  }
+
+  bool Send(const engine::v1::EngineMessage& m) { return stream_->Write(m); }
+  bool Receive(engine::v1::CoordinatorMessage* m) { return stream_->Read(m); }
+  grpc::Status Close() {
+    stream_->WritesDone();
+    engine::v1::CoordinatorMessage m;
+    while (stream_->Read(&m)) {
+    }
+    return stream_->Finish();
+  }
+
+ private:
+  std::unique_ptr<engine::v1::EngineControl::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<engine::v1::EngineMessage, engine::v1::CoordinatorMessage>>
+      stream_;
+};
+
+}  // namespace dsv4::coordinator
+
+#endif  // DSV4_TESTS_FAKE_ENGINE_H_
