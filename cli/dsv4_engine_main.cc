@@ -207,6 +207,7 @@ class Engine {
   std::unique_ptr<ServingPlanner> planner_;
   LoadReport report_;
   absl::Time last_load_reduce_ = absl::Now();
+  bool load_pending_ = false;  // steps ran since the last load reduce
   bool draining_ = false;
   absl::Notification stop_heartbeats_;
 };
@@ -483,12 +484,14 @@ void Engine::HeartbeatLoop() {
     {
       absl::MutexLock lock(&report_.mu);
       if (absl::Now() - report_.progress > max_step) continue;  // hung: let the watchdog act
+      // Step times are means over the steps since the last heartbeat; an idle engine
+      // keeps reporting the last ones.
+      if (report_.steps > 0) {
+        report_.heartbeat.set_measured_step_ms(1e3 * report_.step_seconds / report_.steps);
+        report_.heartbeat.set_modelled_step_ms(1e3 * report_.modelled_seconds / report_.steps);
+      }
       engine::v1::Heartbeat& hb = *message.mutable_heartbeat();
       hb = report_.heartbeat;
-      if (report_.steps > 0) {
-        hb.set_measured_step_ms(1e3 * report_.step_seconds / report_.steps);
-        hb.set_modelled_step_ms(1e3 * report_.modelled_seconds / report_.steps);
-      }
       const int experts = config_.n_routed_experts;
       for (size_t layer = 0; experts > 0 && layer * experts < report_.expert_load.size();
            ++layer) {
@@ -542,10 +545,12 @@ absl::StatusOr<StepPlan> Engine::NextServingPlan() {
       std::cout << "dsv4-engine: drained" << std::endl;
       return stop;
     }
-    if (planner_->idle()) continue;
-    StepPlan plan = planner_->Next();
     const absl::Time now = absl::Now();
-    if (now - last_load_reduce_ > absl::Milliseconds(control_->heartbeat_interval_ms())) {
+    const bool load_due =
+        now - last_load_reduce_ > absl::Milliseconds(control_->heartbeat_interval_ms());
+    if (planner_->idle() && !load_pending_) continue;
+    StepPlan plan = planner_->idle() ? StepPlan{} : planner_->Next();
+    if (load_due || planner_->idle()) {
       plan.report_load = true;
       last_load_reduce_ = now;
     }
@@ -600,10 +605,16 @@ absl::Status Engine::Serve() {
     }
     if (absl::Status s = BroadcastPlan(&plan, 0, MPI_COMM_WORLD); !s.ok()) return s;
     if (plan.stop) break;
+    // A plan with nothing to run only collects the load (the end of a burst of work).
+    const bool work = !plan.entries.empty() || !plan.release.empty();
     std::vector<SampledToken> sampled;
-    absl::StatusOr<StepTiming> timing = RunStep(plan, &sampled);
-    if (!timing.ok()) return timing.status();
-    sampled = GatherSampled(sampled);
+    StepTiming timing;
+    if (work) {
+      absl::StatusOr<StepTiming> ran = RunStep(plan, &sampled);
+      if (!ran.ok()) return ran.status();
+      timing = *ran;
+      sampled = GatherSampled(sampled);
+    }
     std::vector<int64_t> load;
     double stall_ms = 0;
     if (plan.report_load) {
@@ -620,11 +631,15 @@ absl::Status Engine::Serve() {
     planner_->OnSampled(sampled);
     absl::MutexLock lock(&report_.mu);
     report_.progress = absl::Now();
-    report_.heartbeat.set_step(plan.step + 1);
-    report_.step_seconds += timing->cpu_seconds;
-    report_.modelled_seconds += timing->modelled.total;
-    report_.steps += 1;
+    if (work) {
+      report_.heartbeat.set_step(plan.step + 1);
+      report_.step_seconds += timing.cpu_seconds;
+      report_.modelled_seconds += timing.modelled.total;
+      report_.steps += 1;
+      load_pending_ = true;
+    }
     if (plan.report_load) {
+      load_pending_ = false;
       report_.heartbeat.set_engram_stall_ms(stall_ms);
       if (report_.expert_load.empty()) report_.expert_load.assign(load.size(), 0);
       for (size_t i = 0; i < load.size(); ++i) report_.expert_load[i] += load[i];

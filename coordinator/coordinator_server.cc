@@ -1,5 +1,8 @@
 #include "coordinator/coordinator_server.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -163,6 +166,16 @@ absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
     logger->warn("{}; restarting it (restart {})", why, restarts);
     registry_.SetRestarts(id, restarts);
     metrics_->EngineRestarted(id);
+  };
+  callbacks.cleanup = [this, id, logger] {
+    // Ranks on this host that outlived mpirun: kill them, then wait for their stream to go.
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    for (const auto& [rank_host, pid] : registry_.RankProcesses(id)) {
+      if (rank_host == host && pid > 0) kill(static_cast<pid_t>(pid), SIGKILL);
+    }
+    for (int i = 0; i < 200 && registry_.Has(id); ++i) absl::SleepFor(absl::Milliseconds(50));
+    if (registry_.Has(id)) logger->warn("engine {}'s old control stream is still open", id);
   };
   callbacks.gave_up = [this, logger](const absl::Status& reason) {
     logger->error("{}", std::string(reason.message()));

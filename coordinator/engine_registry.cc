@@ -43,7 +43,7 @@ absl::Status EngineRegistry::Add(const engine::v1::Hello& hello,
   absl::MutexLock lock(&mu_);
   if (!engines_
            .try_emplace(hello.engine_id(),
-                        Entry{hello, {}, std::move(connection), false, absl::Now()})
+                        Entry{hello, {}, {}, std::move(connection), false, absl::Now()})
            .second) {
     return absl::AlreadyExistsError(
         absl::StrCat("an engine with engine_id \"", hello.engine_id(), "\" is already connected"));
@@ -58,6 +58,11 @@ void EngineRegistry::RecordHeartbeat(const std::string& engine_id,
   if (it == engines_.end()) return;
   it->second.heartbeat = heartbeat;
   it->second.last_seen = absl::Now();
+  for (const engine::v1::LayerExpertLoad& layer : heartbeat.expert_load()) {
+    std::vector<int64_t>& sum = it->second.expert_load[layer.layer()];
+    sum.resize(std::max<size_t>(sum.size(), layer.tokens_per_expert_size()), 0);
+    for (int e = 0; e < layer.tokens_per_expert_size(); ++e) sum[e] += layer.tokens_per_expert(e);
+  }
 }
 
 std::vector<std::string> EngineRegistry::CancelSilent(absl::Duration max_silence, absl::Time now) {
@@ -95,6 +100,21 @@ absl::Status EngineRegistry::Send(const std::string& engine_id,
   }
   // Outside the registry lock: a slow engine must not stall status queries.
   return connection->Send(message);
+}
+
+bool EngineRegistry::Has(const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  return engines_.count(engine_id) > 0;
+}
+
+std::vector<std::pair<std::string, int64_t>> EngineRegistry::RankProcesses(
+    const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::pair<std::string, int64_t>> out;
+  auto it = engines_.find(engine_id);
+  if (it == engines_.end()) return out;
+  for (const engine::v1::RankInfo& r : it->second.hello.ranks()) out.emplace_back(r.host(), r.pid());
+  return out;
 }
 
 bool EngineRegistry::Accepting(const std::string& engine_id) const {
@@ -139,10 +159,10 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
                                                    : 0.0);
     engine->set_measured_step_ms(hb.measured_step_ms());
     engine->set_modelled_step_ms(hb.modelled_step_ms());
-    for (const engine::v1::LayerExpertLoad& layer : hb.expert_load()) {
-      std::vector<int64_t>& sum = load[layer.layer()];
-      sum.resize(std::max<size_t>(sum.size(), layer.tokens_per_expert_size()), 0);
-      for (int e = 0; e < layer.tokens_per_expert_size(); ++e) sum[e] += layer.tokens_per_expert(e);
+    for (const auto& [layer, counts] : entry.expert_load) {
+      std::vector<int64_t>& sum = load[layer];
+      sum.resize(std::max(sum.size(), counts.size()), 0);
+      for (size_t e = 0; e < counts.size(); ++e) sum[e] += counts[e];
     }
   }
   for (const auto& [layer, counts] : load) {

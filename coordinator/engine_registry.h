@@ -56,7 +56,8 @@ class EngineRegistry {
  public:
   // Registers a connected engine; ALREADY_EXISTS when one with the same id is connected.
   absl::Status Add(const engine::v1::Hello& hello, std::shared_ptr<EngineConnection> connection);
-  // Records the latest load report of a registered engine (ignored for unknown ids).
+  // Records the latest load report of a registered engine (ignored for unknown ids); its
+  // expert load adds up over the engine's life.
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
   // Cancels the streams of engines silent (no Hello or Heartbeat) for longer than
   // `max_silence`, as of `now`; returns their ids. Their handlers then remove them.
@@ -67,17 +68,22 @@ class EngineRegistry {
   absl::Status Send(const std::string& engine_id, const engine::v1::CoordinatorMessage& message);
 
   int size() const;
+  bool Has(const std::string& engine_id) const;
+  // The ranks (host, pid) a registered engine reported in its Hello.
+  std::vector<std::pair<std::string, int64_t>> RankProcesses(const std::string& engine_id) const;
   // Registered, its stream open, and not draining: may be sent new requests.
   bool Accepting(const std::string& engine_id) const;
   // Engine restarts by id (set by the supervisor), shown in FillStatus.
   void SetRestarts(const std::string& engine_id, int restarts);
-  // Fills `status->engines` (sorted by id) and the expert load summed over engines.
+  // Fills `status->engines` (sorted by id) and the expert load summed over engines and
+  // heartbeats.
   void FillStatus(v1::ClusterStatus* status) const;
 
  private:
   struct Entry {
     engine::v1::Hello hello;
     engine::v1::Heartbeat heartbeat;
+    std::map<int, std::vector<int64_t>> expert_load;  // layer → tokens per expert, cumulative
     std::shared_ptr<EngineConnection> connection;
     bool draining = false;
     absl::Time last_seen;

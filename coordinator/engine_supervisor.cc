@@ -99,7 +99,7 @@ void EngineSupervisor::Monitor() {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    kill(-pid, SIGKILL);  // ranks mpirun left behind
+    kill(-pid, SIGKILL);  // whatever is left in mpirun's group
     absl::MutexLock lock(&mu_);
     pid_ = -1;
     if (stopping_) return;
@@ -121,6 +121,7 @@ void EngineSupervisor::Monitor() {
     const int restarts = restarts_;
     mu_.Unlock();
     if (callbacks_.restarted) callbacks_.restarted(restarts, why);
+    if (callbacks_.cleanup) callbacks_.cleanup();
     absl::SleepFor(spec_.restart_delay);
     mu_.Lock();
     if (stopping_) return;

@@ -2,8 +2,9 @@
 // running: when the process exits (a rank crashed, was killed, or the engine lost its
 // control stream) or is killed for missed heartbeats (Kill), it is started again, up to
 // `max_restarts` times over the coordinator's life. Then it gives up and reports why.
-// The process runs in its own process group, so stopping it stops every rank mpirun
-// started. Thread-safe.
+// The process runs in its own process group; Open MPI puts its ranks in groups of their
+// own, so the `cleanup` callback must reap ranks that outlive mpirun before a restart.
+// Thread-safe.
 #ifndef DSV4_COORDINATOR_ENGINE_SUPERVISOR_H_
 #define DSV4_COORDINATOR_ENGINE_SUPERVISOR_H_
 
@@ -32,6 +33,9 @@ class EngineSupervisor {
  public:
   struct Callbacks {
     std::function<void(int restarts, const std::string& why)> restarted;
+    // After the process exited, before the next one starts: make sure no rank of the old
+    // one is left (it would still hold the engine id).
+    std::function<void()> cleanup;
     // Called once, when the engine failed more than max_restarts times.
     std::function<void(const absl::Status& reason)> gave_up;
   };

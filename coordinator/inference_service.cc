@@ -57,6 +57,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   admit.mutable_sampling()->set_top_k(sampling.top_k());
   admit.mutable_sampling()->set_seed(sampling.seed());
   admit.set_max_tokens(request->max_tokens());
+  admit.set_ignore_eos(request->ignore_eos());
   *admit.mutable_stop_token_ids() = request->stop_token_ids();
   absl::StatusOr<std::shared_ptr<Request>> submitted = scheduler_.Submit(
       std::move(admit), {request->stop().begin(), request->stop().end()}, request->request_id());

@@ -150,7 +150,7 @@ void ServingPlanner::OnSampled(absl::Span<const SampledToken> sampled) {
     const auto& stops = r.admit.stop_token_ids();
     if (std::find(stops.begin(), stops.end(), s.token) != stops.end()) {
       Finish(s.sequence, engine::v1::FINISH_REASON_STOP);
-    } else if (s.token == limits_.eos_token_id) {
+    } else if (s.token == limits_.eos_token_id && !r.admit.ignore_eos()) {
       Finish(s.sequence, engine::v1::FINISH_REASON_EOS);
     } else if (r.generated >= static_cast<uint64_t>(r.admit.max_tokens()) ||
                static_cast<int64_t>(r.context.size()) >= limits_.max_seq_len) {

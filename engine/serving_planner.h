@@ -9,9 +9,9 @@
 //   - Every decoding sequence feeds its last sampled token and samples the next one.
 //   - Prefilling sequences (prompt, then a replay's resume tokens) share a per-rank budget
 //     of `chunk` tokens per step, oldest first; the chunk that completes a prefill samples.
-// A request ends on a stop token id (STOP, included), the model's EOS (EOS, included),
-// max_tokens or max_seq_len (LENGTH), or a Cancel (CANCELLED); its sequence is released
-// (its KV state freed) by the next plan. Sampling draw i of a request is its i-th generated
+// A request ends on a stop token id (STOP, included), the model's EOS unless ignore_eos
+// (EOS, included), max_tokens or max_seq_len (LENGTH), or a Cancel (CANCELLED); its
+// sequence is released (its KV state freed) by the next plan. Sampling draw i of a request is its i-th generated
 // token counting resume tokens, so a replay continues the stream it resumes.
 //
 // Not thread-safe: the leader's loop owns it.

@@ -1,0 +1,340 @@
+// The serving path end to end: a coordinator (in this process) launches dsv4-engine under
+// mpirun on a v4-tiny checkpoint and clients call Generate over loopback gRPC. Checked
+// against the single process (`dsv4 run --generate`), and under faults: an expert rank
+// killed with SIGKILL during 8 concurrent streams, an Engram memory node killed, restarts
+// exhausted, a client cancelling.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "coordinator/coordinator_server.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/inference.grpc.pb.h"
+#include "tests/engram_test_util.h"
+#include "tests/test_util.h"
+
+namespace dsv4::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::chrono::system_clock::time_point Deadline(int seconds) {
+  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+// A one-node cluster of `attention` + `experts` ranks, with `extra` YAML appended.
+std::string ClusterYaml(int attention, int experts, const std::string& extra = "") {
+  return absl::StrCat("name: serving-test\nhardware: ", DSV4_SOURCE_DIR,
+                      "/cluster-configs/hardware/ascend-950dt.yaml\n"
+                      "topology:\n  supernodes: 1\n  nodes_per_supernode: 1\n  chips_per_node: ",
+                      attention + experts,
+                      "\n  links:\n"
+                      "    intra_node: {bandwidth_GBps: 1000, latency_us: 1.0}\n"
+                      "    intra_supernode: {bandwidth_GBps: 1000, latency_us: 2.1}\n"
+                      "    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}\n"
+                      "roles:\n  attention_ranks: ",
+                      attention, "\n  expert_ranks: ", experts,
+                      "\nengine:\n  micro_batches: 2\n  chunked_prefill_tokens: 64\n", extra);
+}
+
+struct Streamed {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  v1::GenerateResponse last;
+};
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir("serving");
+    for (const char* preset : {"v4-tiny", "v4-tiny-engram"}) {
+      const testing::CommandResult gen = testing::RunCommand(absl::StrCat(
+          testing::Dsv4(), " checkpoint generate --preset ", preset, " --seed 7 --out ",
+          Path(preset)));
+      ASSERT_EQ(gen.exit_code, 0) << gen.output;
+    }
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string Path(const std::string& name) { return dir_->path() + "/" + name; }
+
+  void TearDown() override {
+    if (server_) server_->Shutdown();
+  }
+
+  // Starts a coordinator that launches the engine of `yaml` on `checkpoint` and waits
+  // (bounded) until it connects.
+  void Start(const std::string& yaml, int ranks, const std::string& checkpoint = "v4-tiny",
+             int max_restarts = 3) {
+    const std::string yaml_path = Path(absl::StrCat("cluster-", ++yamls_, ".yaml"));
+    std::ofstream(yaml_path) << yaml;
+    CoordinatorOptions options;
+    options.listen = "127.0.0.1:0";
+    options.checkpoint_dir = Path(checkpoint);
+    options.max_context = 1024;
+    options.heartbeat_interval_ms = 250;
+    EngineLaunch launch;
+    launch.engine_binary = std::string(DSV4_BIN_DIR) + "/dsv4-engine";
+    launch.cluster_yaml = yaml_path;
+    launch.ranks = ranks;
+    launch.hosts.assign(ranks, "localhost");
+    launch.mpirun_args = {"--oversubscribe", "--allow-run-as-root"};
+    launch.max_restarts = max_restarts;
+    options.launch = launch;
+    auto server = CoordinatorServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::Inference::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    WaitForEngine();
+  }
+  void WaitForEngine() {
+    for (int i = 0; i < 600 && server_->registry().size() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_EQ(server_->registry().size(), 1) << "the launched engine never connected";
+  }
+
+  v1::ClusterStatus Status() {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline(10));
+    v1::ClusterStatus status;
+    EXPECT_TRUE(stub_->GetClusterStatus(&context, {}, &status).ok());
+    return status;
+  }
+
+  static v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tokens,
+                                     uint64_t seed) {
+    v1::GenerateRequest r;
+    r.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+    r.set_max_tokens(max_tokens);
+    r.mutable_sampling()->set_temperature(0.8f);
+    r.mutable_sampling()->set_seed(seed);
+    return r;
+  }
+  static std::vector<int32_t> Prompt(int length, int salt) {
+    std::vector<int32_t> ids;
+    for (int i = 0; i < length; ++i) ids.push_back((i * 37 + salt * 101 + 11) % 1000 + 2);
+    return ids;
+  }
+
+  // Generate in the background; `received` counts the tokens streamed so far.
+  std::future<Streamed> Generate(const v1::GenerateRequest& request,
+                                 std::atomic<int>* received = nullptr,
+                                 std::shared_ptr<grpc::ClientContext> context = nullptr) {
+    if (!context) context = std::make_shared<grpc::ClientContext>();
+    context->set_deadline(Deadline(180));
+    return std::async(std::launch::async, [this, request, received, context] {
+      Streamed out;
+      auto reader = stub_->Generate(context.get(), request);
+      v1::GenerateResponse response;
+      while (reader->Read(&response)) {
+        out.tokens.insert(out.tokens.end(), response.token_ids().begin(),
+                          response.token_ids().end());
+        if (received) *received += response.token_ids_size();
+        out.last = response;
+      }
+      out.status = reader->Finish();
+      return out;
+    });
+  }
+
+  // The pid of the engine's first expert rank, from GetClusterStatus.
+  int64_t ExpertRankPid() {
+    const v1::ClusterStatus status = Status();
+    for (const v1::EngineStatus& engine : status.engines()) {
+      for (const v1::RankStatus& rank : engine.ranks()) {
+        if (rank.role() == "expert") return rank.pid();
+      }
+    }
+    ADD_FAILURE() << "no expert rank in " << status.DebugString();
+    return -1;
+  }
+
+  static testing::TempDir* dir_;
+  int yamls_ = 0;
+  std::unique_ptr<CoordinatorServer> server_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+
+testing::TempDir* ServingTest::dir_ = nullptr;
+
+TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
+  Start(ClusterYaml(1, 1), 2);
+  const std::vector<int32_t> prompt = Prompt(90, 0);  // two prefill chunks of 64
+  const int n = 24;
+  const Streamed out = Generate(Request(prompt, n, 5)).get();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+
+  const testing::CommandResult run = testing::RunCommand(absl::StrCat(
+      testing::Dsv4(), " run --checkpoint ", Path("v4-tiny"), " --tokens ",
+      absl::StrJoin(prompt, ","), " --generate ", n, " --temperature 0.8 --seed 5"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const size_t at = run.output.find("generated: ") + 11;
+  std::vector<int32_t> reference;
+  for (absl::string_view id :
+       absl::StrSplit(run.output.substr(at, run.output.find('\n', at) - at), ',')) {
+    int32_t value = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(id, &value));
+    reference.push_back(value);
+  }
+  // The engine stops at EOS (id 1), `dsv4 run` does not: compare up to the engine's end.
+  ASSERT_FALSE(out.tokens.empty());
+  ASSERT_LE(out.tokens.size(), reference.size());
+  EXPECT_EQ(out.tokens, std::vector<int32_t>(reference.begin(),
+                                             reference.begin() + out.tokens.size()));
+  if (out.tokens.size() < reference.size()) {
+    EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_EOS);
+  } else {
+    EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_EQ(out.last.usage().prompt_tokens(), static_cast<int>(prompt.size()));
+
+  // The finished request's sequence was released: the engine reports no KV in use.
+  v1::ClusterStatus status;
+  for (int i = 0; i < 100; ++i) {
+    status = Status();
+    if (status.engines_size() == 1 && status.engines(0).measured_step_ms() > 0 &&
+        status.engines(0).kv_usage() == 0 && status.engines(0).running_requests() == 0) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).running_requests(), 0);
+  EXPECT_EQ(status.engines(0).kv_usage(), 0);
+  EXPECT_GT(status.engines(0).measured_step_ms(), 0);
+  EXPECT_GT(status.engines(0).modelled_step_ms(), 0);
+  EXPECT_GT(status.expert_load_size(), 0);
+}
+
+TEST_F(ServingTest, ACancelledRequestFreesItsSequence) {
+  Start(ClusterYaml(1, 1), 2);
+  auto context = std::make_shared<grpc::ClientContext>();
+  std::atomic<int> received{0};
+  v1::GenerateRequest request = Request(Prompt(20, 1), 900, 3);
+  request.set_ignore_eos(true);  // runs until cancelled
+  auto done = Generate(request, &received, context);
+  for (int i = 0; i < 600 && received < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GE(received.load(), 5);
+  // Running: the engine holds the sequence.
+  v1::ClusterStatus status;
+  for (int i = 0; i < 100; ++i) {
+    status = Status();
+    if (status.engines_size() == 1 && status.engines(0).kv_usage() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GT(status.engines(0).kv_usage(), 0)
+      << received << " tokens received; done: "
+      << (done.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  context->TryCancel();
+  EXPECT_EQ(done.get().status.error_code(), grpc::StatusCode::CANCELLED);
+  for (int i = 0; i < 100; ++i) {
+    status = Status();
+    if (status.engines(0).kv_usage() == 0 && server_->scheduler().running() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(status.engines(0).kv_usage(), 0);
+  EXPECT_EQ(status.engines(0).running_requests(), 0);
+  EXPECT_EQ(server_->scheduler().running(), 0);
+}
+
+TEST_F(ServingTest, KillingAnExpertRankDuringEightStreamsLosesNoToken) {
+  Start(ClusterYaml(2, 1), 3);
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 8; ++i) requests.push_back(Request(Prompt(30 + 7 * i, i), 120, 100 + i));
+  auto run_all = [&](std::atomic<int>* received) {
+    std::vector<std::future<Streamed>> futures;
+    for (const v1::GenerateRequest& r : requests) futures.push_back(Generate(r, received));
+    std::vector<Streamed> out;
+    for (auto& f : futures) out.push_back(f.get());
+    return out;
+  };
+  std::atomic<int> ignored{0};
+  const std::vector<Streamed> undisturbed = run_all(&ignored);
+
+  const int64_t pid = ExpertRankPid();
+  ASSERT_GT(pid, 0);
+  std::atomic<int> received{0};
+  std::future<std::vector<Streamed>> disturbed =
+      std::async(std::launch::async, [&] { return run_all(&received); });
+  for (int i = 0; i < 3000 && received < 80; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_GE(received.load(), 80);
+  ASSERT_EQ(kill(static_cast<pid_t>(pid), SIGKILL), 0);
+  const int at_kill = received.load();
+  const std::vector<Streamed> replayed = disturbed.get();
+  EXPECT_LT(at_kill, 8 * 100) << "the kill landed after (nearly) everything was streamed";
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(undisturbed[i].status.ok()) << undisturbed[i].status.error_message();
+    ASSERT_TRUE(replayed[i].status.ok()) << replayed[i].status.error_message();
+    EXPECT_EQ(replayed[i].tokens, undisturbed[i].tokens) << "stream " << i;
+    EXPECT_EQ(replayed[i].last.finish_reason(), undisturbed[i].last.finish_reason());
+  }
+  const v1::ClusterStatus status = Status();
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).restarts(), 1);
+  EXPECT_THAT(server_->metrics().Scrape(),
+              HasSubstr("dsv4_engine_restarts_total{engine=\"engine-0\"} 1"));
+}
+
+TEST_F(ServingTest, AfterMaxRestartsRequestsAreUnavailableWithTheReason) {
+  Start(ClusterYaml(1, 1), 2, "v4-tiny", /*max_restarts=*/0);
+  std::atomic<int> received{0};
+  v1::GenerateRequest request = Request(Prompt(20, 2), 900, 1);
+  request.set_ignore_eos(true);  // still running when the rank dies
+  auto done = Generate(request, &received);
+  for (int i = 0; i < 600 && received < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(kill(static_cast<pid_t>(ExpertRankPid()), SIGKILL), 0);
+  const Streamed out = done.get();
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(out.status.error_message(), HasSubstr("coordinator.max_restarts = 0"));
+  const Streamed later = Generate(Request(Prompt(5, 3), 4, 1)).get();
+  EXPECT_EQ(later.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(later.status.error_message(), HasSubstr("will not be restarted"));
+  EXPECT_EQ(Status().engines(0).state(), "failed");
+}
+
+TEST_F(ServingTest, AKilledEngramMemoryNodeNeverReachesTheClient) {
+  engram::testing::ServerProcesses stores =
+      engram::testing::StartServerProcesses(Path("v4-tiny-engram"), 2, 2);
+  ASSERT_EQ(stores.addresses.size(), 2u);
+  Start(ClusterYaml(1, 1,
+                    absl::StrCat("engram:\n  servers: [", absl::StrJoin(stores.addresses, ", "),
+                                 "]\n  replication: 2\n")),
+        2, "v4-tiny-engram");
+  std::vector<std::future<Streamed>> futures;
+  std::atomic<int> received{0};
+  for (int i = 0; i < 4; ++i) futures.push_back(Generate(Request(Prompt(40, i), 150, i), &received));
+  for (int i = 0; i < 3000 && received < 40; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  stores.processes[0]->Signal(SIGKILL);
+  for (auto& f : futures) {
+    const Streamed out = f.get();
+    EXPECT_TRUE(out.status.ok()) << out.status.error_message();
+    EXPECT_NE(out.last.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+  }
+  EXPECT_EQ(Status().engines(0).restarts(), 0);  // the engine never noticed
+}
+
+}  // namespace
+}  // namespace dsv4::coordinator
