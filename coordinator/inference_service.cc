@@ -127,6 +127,7 @@ grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
                                                 v1::ClusterStatus* response) {
   if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   registry_.FillStatus(response);
+  scheduler_.FillRunning(response);
   if (launched_) launched_(response);
   response->set_queue_depth(scheduler_.queue_depth());
   return grpc::Status::OK;

@@ -202,6 +202,14 @@ int Scheduler::running() const {
   return static_cast<int>(requests_.size() - queue_.size());
 }
 
+void Scheduler::FillRunning(v1::ClusterStatus* status) const {
+  absl::MutexLock lock(&mu_);
+  for (v1::EngineStatus& engine : *status->mutable_engines()) {
+    auto it = engines_.find(engine.id());
+    if (it != engines_.end()) engine.set_running_requests(static_cast<int>(it->second.requests.size()));
+  }
+}
+
 void Scheduler::UpdateGaugesLocked() {
   if (metrics_ == nullptr) return;
   metrics_->SetQueueDepth(static_cast<int>(queue_.size()));

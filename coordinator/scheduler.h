@@ -72,6 +72,9 @@ class Scheduler {
 
   int queue_depth() const;
   int running() const;  // admitted to an engine, not finished
+  // Sets each engine's running_requests in `status` from the scheduler's own count (fresher
+  // than the engine's last heartbeat).
+  void FillRunning(v1::ClusterStatus* status) const;
 
  private:
   struct Engine {
