@@ -374,14 +374,14 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
   v1::ClusterStatus status;
   for (int i = 0; i < 500; ++i) {  // the heartbeat is processed asynchronously
     status = Status();
-    if (status.engines_size() == 1 && status.engines(0).running_requests() == 3) break;
+    if (status.engines_size() == 1 && status.engines(0).kv_usage() > 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_EQ(status.engines_size(), 1);
   const v1::EngineStatus& e = status.engines(0);
   EXPECT_EQ(e.id(), "engine-0");
   EXPECT_EQ(e.state(), "serving");
-  EXPECT_EQ(e.running_requests(), 3);
+  EXPECT_EQ(e.running_requests(), 0);  // the coordinator's count: it admitted nothing
   EXPECT_DOUBLE_EQ(e.kv_usage(), 0.25);
   EXPECT_DOUBLE_EQ(e.measured_step_ms(), 12.5);
   EXPECT_DOUBLE_EQ(e.modelled_step_ms(), 0.75);
