@@ -174,6 +174,10 @@ class Engine {
   // Serving mode, rank 0: the next plan from the coordinator's messages and the planner.
   absl::StatusOr<StepPlan> NextServingPlan();
   engine::v1::Hello MakeHello();
+  // Every rank, at a step boundary: the placement from the leader's pending load; expert
+  // ranks load the experts of their new slots.
+  absl::Status ApplyRebalance(int64_t step);
+  absl::Status LoadExperts();
   void HeartbeatLoop();
   // Rank 0 collects one value per rank.
   template <typename T>
@@ -190,6 +194,7 @@ class Engine {
   std::unique_ptr<Topology> topology_;
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;
+  PlacementOptions placement_options_;
   std::unique_ptr<ExpertPlacement> placement_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<engram::EngramClient> engram_;   // attention ranks, tables on memory nodes
@@ -207,6 +212,7 @@ class Engine {
   std::unique_ptr<ServingPlanner> planner_;
   LoadReport report_;
   absl::Time last_load_reduce_ = absl::Now();
+  std::vector<double> rebalance_load_;  // [layers · experts] of a pending Rebalance
   bool load_pending_ = false;  // steps ran since the last load reduce
   bool draining_ = false;
   absl::Notification stop_heartbeats_;
@@ -258,7 +264,7 @@ absl::Status Engine::Setup() {
     expert_nodes.push_back(topology_->rank_position(r).global_node);
   }
   std::sort(expert_nodes.begin(), expert_nodes.end());
-  PlacementOptions placement_options;
+  PlacementOptions& placement_options = placement_options_;
   placement_options.policy = cluster_.engine.placement;
   placement_options.num_slots = config_.n_routed_experts + cluster_.engine.redundant_experts;
   placement_options.num_groups = config_.n_group;
@@ -302,18 +308,8 @@ absl::Status Engine::Setup() {
         GeometryFor(*topology_, rank_, config_, dispatcher_->two_stage()),
         /*keep_logits=*/!serving);
   } else {
-    const int expert_rank = rank_ - attention_ranks;
-    const ExpertPlacement& p = *placement_;
-    const int layers = config_.num_hidden_layers;
-    absl::StatusOr<std::unique_ptr<RoutedExperts>> experts = RoutedExperts::Load(
-        config_, checkpoint_.get(),
-        [&](int layer, int e) { return layer < layers && p.RankHolds(layer, expert_rank, e); },
-        /*include_mtp=*/false);
-    if (!experts.ok()) return experts.status();
-    experts_ = std::move(*experts);
+    if (absl::Status s = LoadExperts(); !s.ok()) return s;
     resident = experts_->weight_bytes();
-    expert_rank_ =
-        std::make_unique<ExpertRank>(config_, experts_.get(), placement_.get(), dispatcher_.get());
   }
   resident_ = Gather(resident);
   if (rank_ == 0) {
@@ -446,6 +442,59 @@ absl::Status Engine::RunOneShot() {
   return absl::OkStatus();
 }
 
+absl::Status Engine::LoadExperts() {
+  const int expert_rank = rank_ - topology_->num_attention_ranks();
+  const ExpertPlacement& p = *placement_;
+  const int layers = config_.num_hidden_layers;
+  expert_rank_.reset();  // it points at the experts being replaced
+  absl::StatusOr<std::unique_ptr<RoutedExperts>> experts = RoutedExperts::Load(
+      config_, checkpoint_.get(),
+      [&](int layer, int e) { return layer < layers && p.RankHolds(layer, expert_rank, e); },
+      /*include_mtp=*/false);
+  if (!experts.ok()) return experts.status();
+  experts_ = std::move(*experts);
+  expert_rank_ =
+      std::make_unique<ExpertRank>(config_, experts_.get(), placement_.get(), dispatcher_.get());
+  return absl::OkStatus();
+}
+
+absl::Status Engine::ApplyRebalance(int64_t step) {
+  const int layers = config_.num_hidden_layers, experts = config_.n_routed_experts;
+  std::vector<double> flat(static_cast<size_t>(layers) * experts, 0.0);
+  if (rank_ == 0) {
+    flat = std::move(rebalance_load_);
+    rebalance_load_.clear();  // nothing pending any more
+  }
+  MPI_Bcast(flat.data(), static_cast<int>(flat.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  std::vector<std::vector<double>> load(layers);
+  for (int l = 0; l < layers; ++l) load[l].assign(flat.begin() + l * experts, flat.begin() + (l + 1) * experts);
+  // Every rank computes the same placement from the same load (the policy is deterministic).
+  absl::StatusOr<ExpertPlacement> placement = ExpertPlacement::Compute(load, placement_options_);
+  if (!placement.ok()) return placement.status();
+  *placement_ = std::move(*placement);  // the executor and expert rank hold this object
+  if (!attention_) {
+    if (absl::Status s = LoadExperts(); !s.ok()) return s;
+  }
+  if (rank_ != 0) return absl::OkStatus();
+  engine::v1::EngineMessage message;
+  engine::v1::Rebalanced* done = message.mutable_rebalanced();
+  done->set_step(step);
+  done->set_placement_summary(placement_->Summary());
+  double imbalance = 0, baseline = 0;
+  for (int l = 0; l < layers; ++l) {
+    imbalance += placement_->Imbalance(l) / layers;
+    baseline += placement_->BaselineImbalance(l) / layers;
+  }
+  done->set_imbalance(imbalance);
+  done->set_baseline_imbalance(baseline);
+  std::cout << absl::StrFormat(
+                   "dsv4-engine: rebalanced before step %d: mean max/mean rank load %.3f (plain "
+                   "placement %.3f)\n",
+                   step, imbalance, baseline)
+            << std::flush;
+  return control_->Send(message);
+}
+
 engine::v1::Hello Engine::MakeHello() {
   struct Identity {
     int64_t pid;
@@ -473,6 +522,7 @@ engine::v1::Hello Engine::MakeHello() {
   model->set_num_routed_experts(config_.n_routed_experts);
   hello.set_max_running(topology_->num_attention_ranks() * cluster_.engine.max_seqs_per_rank);
   hello.set_max_seq_len(cluster_.engine.max_seq_len);
+  hello.set_placement_summary(placement_->Summary());
   return hello;
 }
 
@@ -520,6 +570,18 @@ absl::StatusOr<StepPlan> Engine::NextServingPlan() {
       if (m.has_admit() && !draining_) planner_->Admit(m.admit());
       if (m.has_cancel()) planner_->Cancel(m.cancel().request_id());
       if (m.has_drain()) draining_ = true;
+      if (m.has_rebalance()) {
+        // Dense [layers · experts]; layers or experts the message leaves out have no load.
+        const int layers = config_.num_hidden_layers, experts = config_.n_routed_experts;
+        rebalance_load_.assign(static_cast<size_t>(layers) * experts, 0.0);
+        for (const engine::v1::LayerExpertLoad& l : m.rebalance().load()) {
+          if (l.layer() < 0 || l.layer() >= layers) continue;
+          for (int e = 0; e < std::min(experts, l.tokens_per_expert_size()); ++e) {
+            rebalance_load_[static_cast<size_t>(l.layer()) * experts + e] =
+                static_cast<double>(std::max<int64_t>(l.tokens_per_expert(e), 0));
+          }
+        }
+      }
       if (m.has_shutdown()) {
         std::cout << "dsv4-engine: shutdown: " << m.shutdown().reason() << std::endl;
         return stop;
@@ -548,8 +610,15 @@ absl::StatusOr<StepPlan> Engine::NextServingPlan() {
     const absl::Time now = absl::Now();
     const bool load_due =
         now - last_load_reduce_ > absl::Milliseconds(control_->heartbeat_interval_ms());
-    if (planner_->idle() && !load_pending_) continue;
-    StepPlan plan = planner_->idle() ? StepPlan{} : planner_->Next();
+    const bool rebalance = !rebalance_load_.empty();
+    if (planner_->idle() && !load_pending_ && !rebalance) continue;
+    StepPlan plan;
+    if (planner_->idle()) {
+      plan.step = planner_->steps();  // nothing to run: it takes no step number
+    } else {
+      plan = planner_->Next();
+    }
+    plan.rebalance = rebalance;
     if (load_due || planner_->idle()) {
       plan.report_load = true;
       last_load_reduce_ = now;
@@ -605,7 +674,11 @@ absl::Status Engine::Serve() {
     }
     if (absl::Status s = BroadcastPlan(&plan, 0, MPI_COMM_WORLD); !s.ok()) return s;
     if (plan.stop) break;
-    // A plan with nothing to run only collects the load (the end of a burst of work).
+    if (plan.rebalance) {
+      if (absl::Status s = ApplyRebalance(plan.step); !s.ok()) return s;
+    }
+    // A plan with nothing to run only collects the load (the end of a burst of work) or
+    // rebalances.
     const bool work = !plan.entries.empty() || !plan.release.empty();
     std::vector<SampledToken> sampled;
     StepTiming timing;

@@ -28,4 +28,38 @@ grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
   return ToGrpc(status);
 }
 
+grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
+                                     const admin::v1::RebalanceRequest* request,
+                                     admin::v1::RebalanceResponse* response) {
+  const std::string& id = request->engine_id();
+  absl::StatusOr<std::vector<engine::v1::LayerExpertLoad>> load = registry_.ExpertLoad(id);
+  if (!load.ok()) return ToGrpc(load.status());
+  int64_t routed = 0;
+  for (const engine::v1::LayerExpertLoad& layer : *load) {
+    for (int64_t n : layer.tokens_per_expert()) routed += n;
+  }
+  if (routed == 0) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "engine \"" + id +
+                            "\" has reported no expert load yet: run some requests, then rebalance");
+  }
+  const int before = registry_.RebalanceCount(id);
+  engine::v1::CoordinatorMessage message;
+  message.mutable_rebalance()->mutable_load()->Add(load->begin(), load->end());
+  if (absl::Status s = registry_.Send(id, message); !s.ok()) return ToGrpc(s);
+  absl::Duration timeout = absl::Minutes(5);
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    timeout = absl::FromChrono(context->deadline() - std::chrono::system_clock::now());
+  }
+  absl::StatusOr<engine::v1::Rebalanced> done = registry_.WaitRebalanced(id, before, timeout);
+  if (!done.ok()) return ToGrpc(done.status());
+  response->set_step(done->step());
+  response->set_placement_summary(done->placement_summary());
+  response->set_imbalance(done->imbalance());
+  response->set_baseline_imbalance(done->baseline_imbalance());
+  logger_->info("admin {}: rebalanced engine {} from {} routed tokens", context->peer(), id,
+                routed);
+  return grpc::Status::OK;
+}
+
 }  // namespace dsv4::coordinator

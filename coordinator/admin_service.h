@@ -1,4 +1,5 @@
-// The operator API (proto/admin.proto) over the engine registry: drain or stop one engine.
+// The operator API (proto/admin.proto) over the engine registry: drain, stop or rebalance
+// one engine.
 // Served on its own address, never next to the public API.
 #ifndef DSV4_COORDINATOR_ADMIN_SERVICE_H_
 #define DSV4_COORDINATOR_ADMIN_SERVICE_H_
@@ -24,6 +25,8 @@ class AdminService final : public admin::v1::Admin::Service {
   grpc::Status ShutdownEngine(grpc::ServerContext* context,
                               const admin::v1::ShutdownEngineRequest* request,
                               admin::v1::ShutdownEngineResponse* response) override;
+  grpc::Status Rebalance(grpc::ServerContext* context, const admin::v1::RebalanceRequest* request,
+                         admin::v1::RebalanceResponse* response) override;
 
  private:
   EngineRegistry& registry_;

@@ -41,10 +41,12 @@ void EngineConnection::Cancel() {
 absl::Status EngineRegistry::Add(const engine::v1::Hello& hello,
                                  std::shared_ptr<EngineConnection> connection) {
   absl::MutexLock lock(&mu_);
-  if (!engines_
-           .try_emplace(hello.engine_id(),
-                        Entry{hello, {}, {}, std::move(connection), false, absl::Now()})
-           .second) {
+  Entry entry;
+  entry.hello = hello;
+  entry.connection = std::move(connection);
+  entry.last_seen = absl::Now();
+  entry.placement_summary = hello.placement_summary();
+  if (!engines_.try_emplace(hello.engine_id(), std::move(entry)).second) {
     return absl::AlreadyExistsError(
         absl::StrCat("an engine with engine_id \"", hello.engine_id(), "\" is already connected"));
   }
@@ -100,6 +102,55 @@ absl::Status EngineRegistry::Send(const std::string& engine_id,
   }
   // Outside the registry lock: a slow engine must not stall status queries.
   return connection->Send(message);
+}
+
+absl::StatusOr<std::vector<engine::v1::LayerExpertLoad>> EngineRegistry::ExpertLoad(
+    const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  if (it == engines_.end()) {
+    return absl::NotFoundError(absl::StrCat("no engine \"", engine_id, "\" is connected"));
+  }
+  std::vector<engine::v1::LayerExpertLoad> load;
+  for (const auto& [layer, counts] : it->second.expert_load) {
+    engine::v1::LayerExpertLoad& l = load.emplace_back();
+    l.set_layer(layer);
+    l.mutable_tokens_per_expert()->Add(counts.begin(), counts.end());
+  }
+  return load;
+}
+
+void EngineRegistry::RecordRebalanced(const std::string& engine_id,
+                                      const engine::v1::Rebalanced& rebalanced) {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  if (it == engines_.end()) return;
+  it->second.rebalances += 1;
+  it->second.rebalanced = rebalanced;
+  it->second.placement_summary = rebalanced.placement_summary();
+}
+
+int EngineRegistry::RebalanceCount(const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  return it == engines_.end() ? 0 : it->second.rebalances;
+}
+
+absl::StatusOr<engine::v1::Rebalanced> EngineRegistry::WaitRebalanced(
+    const std::string& engine_id, int count, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = engines_.find(engine_id);
+    return it == engines_.end() || it->second.rebalances > count;
+  };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&done), timeout)) {
+    return absl::DeadlineExceededError(absl::StrCat("engine \"", engine_id, "\" did not apply the rebalance within ", absl::FormatDuration(timeout)));
+  }
+  auto it = engines_.find(engine_id);
+  if (it == engines_.end()) {
+    return absl::UnavailableError(absl::StrCat("engine \"", engine_id, "\" left before applying the rebalance"));
+  }
+  return it->second.rebalanced;
 }
 
 bool EngineRegistry::Has(const std::string& engine_id) const {
@@ -163,6 +214,14 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
       std::vector<int64_t>& sum = load[layer];
       sum.resize(std::max(sum.size(), counts.size()), 0);
       for (size_t e = 0; e < counts.size(); ++e) sum[e] += counts[e];
+    }
+  }
+  for (const auto& [id, entry] : engines_) {
+    if (!entry.placement_summary.empty()) {
+      status->set_placement_summary(engines_.size() == 1
+                                        ? entry.placement_summary
+                                        : absl::StrCat(status->placement_summary(), id, ":\n",
+                                                       entry.placement_summary, "\n"));
     }
   }
   for (const auto& [layer, counts] : load) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server_context.h"
@@ -73,6 +74,18 @@ class EngineRegistry {
   std::vector<std::pair<std::string, int64_t>> RankProcesses(const std::string& engine_id) const;
   // Registered, its stream open, and not draining: may be sent new requests.
   bool Accepting(const std::string& engine_id) const;
+  // The expert load an engine reported since it connected, per layer; NOT_FOUND for an
+  // unknown engine.
+  absl::StatusOr<std::vector<engine::v1::LayerExpertLoad>> ExpertLoad(
+      const std::string& engine_id) const;
+  // An engine applied a Rebalance (its new placement summary shows in FillStatus).
+  void RecordRebalanced(const std::string& engine_id, const engine::v1::Rebalanced& rebalanced);
+  // Rebalances the engine applied so far (0 for unknown engines).
+  int RebalanceCount(const std::string& engine_id) const;
+  // Waits until the engine applied more than `count` rebalances: its latest Rebalanced.
+  // UNAVAILABLE when the engine left, DEADLINE_EXCEEDED after `timeout`.
+  absl::StatusOr<engine::v1::Rebalanced> WaitRebalanced(const std::string& engine_id, int count,
+                                                        absl::Duration timeout) const;
   // Engine restarts by id (set by the supervisor), shown in FillStatus.
   void SetRestarts(const std::string& engine_id, int restarts);
   // Fills `status->engines` (sorted by id) and the expert load summed over engines and
@@ -87,6 +100,9 @@ class EngineRegistry {
     std::shared_ptr<EngineConnection> connection;
     bool draining = false;
     absl::Time last_seen;
+    std::string placement_summary;
+    int rebalances = 0;
+    engine::v1::Rebalanced rebalanced;  // the latest
   };
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> engines_ ABSL_GUARDED_BY(mu_);

@@ -215,9 +215,15 @@ grpc::Status EngineControlService::Connect(
         break;
       } else if (message.has_tokens()) {
         scheduler_.OnTokens(id, message.tokens());
+      } else if (message.has_rebalanced()) {
+        registry_.RecordRebalanced(id, message.rebalanced());
+        logger_->info("engine {} rebalanced its experts before step {}: imbalance {:.3f} "
+                      "(plain placement {:.3f})",
+                      id, message.rebalanced().step(), message.rebalanced().imbalance(),
+                      message.rebalanced().baseline_imbalance());
       } else {
         result = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "expected heartbeat, tokens or drained after hello");
+                              "expected heartbeat, tokens, rebalanced or drained after hello");
         break;
       }
     }

@@ -64,6 +64,7 @@ class ServingPlanner {
   int running() const { return static_cast<int>(running_.size()); }
   int waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t kv_used_tokens() const;  // tokens in the KV state of running sequences
+  int64_t steps() const { return step_; }  // plans made so far
   int64_t kv_budget_tokens() const { return limits_.kv_budget_tokens * limits_.attention_ranks; }
 
  private:

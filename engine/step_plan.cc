@@ -31,10 +31,13 @@ bool WaitPatiently(MPI_Request* request) {
 }  // namespace
 
 absl::Status BroadcastPlan(StepPlan* plan, int root, MPI_Comm comm) {
-  // Flattened as int64: step, stop, report_load, releases, entries, the released ids, then
-  // per entry sequence, rank, micro-batch, sampling (sample, temperature and top_p as float
-  // bits, top_k, seed, draw), token count, tokens.
-  std::vector<int64_t> wire = {plan->step, plan->stop ? 1 : 0, plan->report_load ? 1 : 0,
+  // Flattened as int64: step, stop, report_load, rebalance, releases, entries, the released
+  // ids, then per entry sequence, rank, micro-batch, sampling (sample, temperature and top_p
+  // as float bits, top_k, seed, draw), token count, tokens.
+  std::vector<int64_t> wire = {plan->step,
+                               plan->stop ? 1 : 0,
+                               plan->report_load ? 1 : 0,
+                               plan->rebalance ? 1 : 0,
                                static_cast<int64_t>(plan->release.size()),
                                static_cast<int64_t>(plan->entries.size())};
   wire.insert(wire.end(), plan->release.begin(), plan->release.end());
@@ -61,6 +64,7 @@ absl::Status BroadcastPlan(StepPlan* plan, int root, MPI_Comm comm) {
   plan->step = wire[i++];
   plan->stop = wire[i++] != 0;
   plan->report_load = wire[i++] != 0;
+  plan->rebalance = wire[i++] != 0;
   plan->release.resize(wire[i++]);
   plan->entries.resize(wire[i++]);
   for (int32_t& sequence : plan->release) sequence = static_cast<int32_t>(wire[i++]);

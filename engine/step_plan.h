@@ -38,6 +38,9 @@ struct StepPlan {
   std::vector<PlanEntry> entries;
   std::vector<int32_t> release;  // sequences whose state is freed before the step runs
   bool report_load = false;      // after the step, reduce expert load to the leader
+  // Before the step, every rank takes a new expert placement: the leader broadcasts the
+  // load it is computed from (see the engine's ApplyRebalance).
+  bool rebalance = false;
 };
 
 // Collective over `comm`: `root`'s plan replaces everyone else's.

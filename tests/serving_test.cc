@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator_server.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/admin.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
 #include "tests/engram_test_util.h"
 #include "tests/test_util.h"
@@ -79,10 +80,12 @@ class ServingTest : public ::testing::Test {
   // (bounded) until it connects.
   void Start(const std::string& yaml, int ranks, const std::string& checkpoint = "v4-tiny",
              int max_restarts = 3) {
+    SCOPED_TRACE(yaml);
     const std::string yaml_path = Path(absl::StrCat("cluster-", ++yamls_, ".yaml"));
     std::ofstream(yaml_path) << yaml;
     CoordinatorOptions options;
     options.listen = "127.0.0.1:0";
+    options.admin_listen = "127.0.0.1:0";
     options.checkpoint_dir = Path(checkpoint);
     options.max_context = 1024;
     options.heartbeat_interval_ms = 250;
@@ -292,6 +295,53 @@ TEST_F(ServingTest, KillingAnExpertRankDuringEightStreamsLosesNoToken) {
   EXPECT_EQ(status.engines(0).restarts(), 1);
   EXPECT_THAT(server_->metrics().Scrape(),
               HasSubstr("dsv4_engine_restarts_total{engine=\"engine-0\"} 1"));
+}
+
+TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
+  // 8 experts + 2 redundant slots over 2 expert ranks, placed by observed load.
+  Start(ClusterYaml(1, 2, "  placement: {policy: global, redundant_experts: 2}\n"), 3);
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 4; ++i) requests.push_back(Request(Prompt(40 + 9 * i, i), 100, 7 + i));
+  auto run_all = [&](std::atomic<int>* received) {
+    std::vector<std::future<Streamed>> futures;
+    for (const v1::GenerateRequest& r : requests) futures.push_back(Generate(r, received));
+    std::vector<Streamed> out;
+    for (auto& f : futures) out.push_back(f.get());
+    return out;
+  };
+  std::atomic<int> ignored{0};
+  const std::vector<Streamed> before = run_all(&ignored);  // also the load to balance
+  const std::string uniform = Status().placement_summary();
+  for (int i = 0; i < 100 && Status().expert_load_size() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  std::atomic<int> received{0};
+  std::future<std::vector<Streamed>> during =
+      std::async(std::launch::async, [&] { return run_all(&received); });
+  for (int i = 0; i < 3000 && received < 40; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  auto admin = admin::v1::Admin::NewStub(
+      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(Deadline(60));
+  admin::v1::RebalanceRequest request;
+  request.set_engine_id("engine-0");
+  admin::v1::RebalanceResponse response;
+  const grpc::Status rebalanced = admin->Rebalance(&context, request, &response);
+  ASSERT_TRUE(rebalanced.ok()) << rebalanced.error_message();
+  EXPECT_GT(response.step(), 0);
+  EXPECT_LE(response.imbalance(), response.baseline_imbalance());
+  EXPECT_NE(response.placement_summary(), uniform);
+  EXPECT_EQ(Status().placement_summary(), response.placement_summary());
+
+  const std::vector<Streamed> after = during.get();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(after[i].status.ok()) << after[i].status.error_message();
+    EXPECT_EQ(after[i].tokens, before[i].tokens) << "stream " << i;
+  }
+  EXPECT_EQ(Status().engines(0).restarts(), 0);
 }
 
 TEST_F(ServingTest, AfterMaxRestartsRequestsAreUnavailableWithTheReason) {
