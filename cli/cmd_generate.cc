@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/cli_util.h"
+#include "cli/coordinator_client.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "grpcpp/grpcpp.h"
@@ -38,7 +39,8 @@ int GenerateMain(int argc, char** argv) {
   const std::vector<std::string> args =
       ParseFlags(argc, argv,
                  "dsv4 generate [--server HOST:PORT] [--max-tokens N] [--temperature T --top-p P "
-                 "--top-k K --seed S] \"prompt\"",
+                 "--top-k K --seed S]\n"
+                 "              [--tls-ca CERT.pem] [--token-file FILE] \"prompt\"",
                  "cmd_generate.cc");
   if (args.empty()) return ExitCode(absl::InvalidArgumentError("give a prompt"), "generate");
   v1::GenerateRequest request;
@@ -49,9 +51,11 @@ int GenerateMain(int argc, char** argv) {
   request.mutable_sampling()->set_top_k(absl::GetFlag(FLAGS_top_k));
   request.mutable_sampling()->set_seed(absl::GetFlag(FLAGS_seed));
 
-  auto stub = v1::Inference::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  absl::StatusOr<CoordinatorChannel> coordinator = DialCoordinator();
+  if (!coordinator.ok()) return ExitCode(coordinator.status(), "generate");
+  auto stub = v1::Inference::NewStub(coordinator->channel);
   grpc::ClientContext context;
+  coordinator->Authorize(&context);
   auto reader = stub->Generate(&context, request);
   v1::GenerateResponse response;
   bool any_text = false;

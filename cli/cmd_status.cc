@@ -5,8 +5,10 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "cli/cli_util.h"
+#include "cli/coordinator_client.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "grpcpp/grpcpp.h"
@@ -39,7 +41,10 @@ void PrintStatus(const v1::ClusterStatus& status) {
     }
   }
   if (!status.placement_summary().empty()) {
-    std::cout << "\nplacement: " << status.placement_summary() << "\n";
+    // The policy and the overall balance; per-layer lines would be 61 at V4-Pro scale.
+    const std::vector<std::string> lines = absl::StrSplit(status.placement_summary(), '\n');
+    std::cout << "\nplacement: " << lines[0] << "\n";
+    if (lines.size() > 1) std::cout << lines[1] << "\n";
   }
 }
 
@@ -47,12 +52,14 @@ void PrintStatus(const v1::ClusterStatus& status) {
 
 int StatusMain(int argc, char** argv) {
   const std::vector<std::string> args =
-      ParseFlags(argc, argv, "dsv4 status [--server HOST:PORT]", "cmd_status.cc");
+      ParseFlags(argc, argv, "dsv4 status [--server HOST:PORT] [--tls-ca CERT.pem] [--token-file FILE]", "cmd_status.cc");
   if (!args.empty()) return ExitCode(absl::InvalidArgumentError("takes no arguments"), "status");
   const std::string server = absl::GetFlag(FLAGS_server);
-  auto stub =
-      v1::Inference::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+  absl::StatusOr<CoordinatorChannel> coordinator = DialCoordinator();
+  if (!coordinator.ok()) return ExitCode(coordinator.status(), "status");
+  auto stub = v1::Inference::NewStub(coordinator->channel);
   grpc::ClientContext context;
+  coordinator->Authorize(&context);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ClusterStatus status;
   const grpc::Status s = stub->GetClusterStatus(&context, v1::ClusterStatusRequest(), &status);

@@ -11,6 +11,7 @@ int RunMain(int argc, char** argv);
 int PlanMain(int argc, char** argv);
 int StatusMain(int argc, char** argv);
 int GenerateMain(int argc, char** argv);
+int AdminMain(int argc, char** argv);
 
 }  // namespace dsv4::cli
 

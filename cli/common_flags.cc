@@ -11,3 +11,9 @@ ABSL_FLAG(double, temperature, 1.0, "run, generate: sampling temperature (0: gre
 ABSL_FLAG(double, top_p, 1.0,
           "run, generate: nucleus sampling, keep the top tokens holding this mass");
 ABSL_FLAG(int32_t, top_k, 0, "run, generate: keep the k most likely tokens (0: all)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "generate, status: PEM certificate to trust for a coordinator serving TLS "
+          "(coordinator.tls.cert); empty: plaintext");
+ABSL_FLAG(std::string, token_file, "",
+          "generate, status: file holding the bearer token a coordinator with "
+          "coordinator.auth_token_file expects");

@@ -14,5 +14,7 @@ ABSL_DECLARE_FLAG(std::string, server);
 ABSL_DECLARE_FLAG(double, temperature);
 ABSL_DECLARE_FLAG(double, top_p);
 ABSL_DECLARE_FLAG(int32_t, top_k);
+ABSL_DECLARE_FLAG(std::string, tls_ca);
+ABSL_DECLARE_FLAG(std::string, token_file);
 
 #endif  // DSV4_CLI_COMMON_FLAGS_H_

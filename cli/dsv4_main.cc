@@ -24,6 +24,8 @@ const Command kCommands[] = {
     {"plan", "search serving layouts for a model, cluster and workload", dsv4::cli::PlanMain},
     {"generate", "stream a generation from a coordinator", dsv4::cli::GenerateMain},
     {"status", "print a coordinator's cluster status", dsv4::cli::StatusMain},
+    {"admin", "rebalance, drain or shut down an engine (the coordinator's admin API)",
+     dsv4::cli::AdminMain},
 };
 
 void PrintUsage(std::ostream& out) {

@@ -202,12 +202,11 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 void CoordinatorServer::Shutdown() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
   if (watchdog_.joinable()) watchdog_.join();
-  if (supervisor_) {
-    engine::v1::CoordinatorMessage shutdown;
-    shutdown.mutable_shutdown()->set_reason("the coordinator is shutting down");
-    registry_.Send(supervisor_->engine_id(), shutdown).IgnoreError();
-    supervisor_->Stop(absl::Seconds(10));
-  }
+  // Engines stop cleanly instead of losing their stream (launched and attached alike).
+  engine::v1::CoordinatorMessage shutdown;
+  shutdown.mutable_shutdown()->set_reason("the coordinator is shutting down");
+  for (const std::string& id : registry_.Ids()) registry_.Send(id, shutdown).IgnoreError();
+  if (supervisor_) supervisor_->Stop(absl::Seconds(10));
   const auto now = std::chrono::system_clock::now();
   if (admin_server_) admin_server_->Shutdown(now);
   if (server_) server_->Shutdown(now);

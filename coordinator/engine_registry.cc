@@ -153,6 +153,13 @@ absl::StatusOr<engine::v1::Rebalanced> EngineRegistry::WaitRebalanced(
   return it->second.rebalanced;
 }
 
+std::vector<std::string> EngineRegistry::Ids() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> ids;
+  for (const auto& [id, entry] : engines_) ids.push_back(id);
+  return ids;
+}
+
 bool EngineRegistry::Has(const std::string& engine_id) const {
   absl::MutexLock lock(&mu_);
   return engines_.count(engine_id) > 0;

@@ -69,6 +69,7 @@ class EngineRegistry {
   absl::Status Send(const std::string& engine_id, const engine::v1::CoordinatorMessage& message);
 
   int size() const;
+  std::vector<std::string> Ids() const;
   bool Has(const std::string& engine_id) const;
   // The ranks (host, pid) a registered engine reported in its Hello.
   std::vector<std::pair<std::string, int64_t>> RankProcesses(const std::string& engine_id) const;

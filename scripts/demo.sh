@@ -4,8 +4,8 @@
 #   2. start two Engram memory nodes (dsv4-engram-store, replication 2);
 #   3. start the coordinator, which launches the engine (mpirun: 1 attention + 1 expert
 #      rank, cluster-configs/local-engram.yaml) and supervises it;
-#   4. stream a generation through the public gRPC API (dsv4 generate) and print the
-#      cluster (dsv4 status);
+#   4. stream a generation through the public gRPC API (dsv4 generate), rebalance the
+#      experts from the observed load (dsv4 admin) and print the cluster (dsv4 status);
 #   5. stop everything.
 # The weights are random, so the generated text is too.
 set -euo pipefail
@@ -67,6 +67,9 @@ grep -E "launching|listening on|connected" "$LOGS/coordinator.log" | sed 's/^\[[
 TEXT="DeepSeek-V4 runs on a cluster of"
 echo "== dsv4 generate --server $SERVER \"$TEXT\" (48 tokens, streamed)"
 "$BIN/dsv4" generate --server "$SERVER" --max-tokens 48 --seed 1 "$TEXT"
+
+echo "== dsv4 admin rebalance engine-0: expert placement from the load just observed"
+"$BIN/dsv4" admin rebalance engine-0 | head -n 3
 
 echo "== dsv4 status --server $SERVER"
 "$BIN/dsv4" status --server "$SERVER"
