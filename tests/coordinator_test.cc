@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <memory>
@@ -558,6 +559,60 @@ TEST_F(CoordinatorServerTest, GenerateCommandReportsTheServersError) {
                           server_->address() + " hi");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("max_tokens must be in [1, "));
+}
+
+// TLS and bearer-token authentication on the public port: the C++ client and `dsv4
+// status` get through with the certificate and token, nothing else does.
+TEST(CoordinatorSecurityTest, TlsAndBearerTokenGuardThePublicApi) {
+  testing::TempDir dir("coordinator-tls");
+  const testing::CommandResult cert = testing::RunCommand(absl::StrCat(
+      "/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 1 -keyout ",
+      dir.path(), "/key.pem -out ", dir.path(), "/cert.pem"));
+  ASSERT_EQ(cert.exit_code, 0) << cert.output;
+  std::ofstream(dir.path() + "/token") << "s3cret-token\n";
+  CoordinatorOptions options;
+  options.listen = "127.0.0.1:0";
+  options.checkpoint_dir = kModelDir;
+  options.tls_cert = dir.path() + "/cert.pem";
+  options.tls_key = dir.path() + "/key.pem";
+  options.auth_token_file = dir.path() + "/token";
+  auto server = CoordinatorServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = absl::StrCat("localhost:", (*server)->port());
+
+  grpc::SslCredentialsOptions ssl;
+  std::ifstream pem(options.tls_cert);
+  ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(pem), {});
+  auto stub = v1::Inference::NewStub(grpc::CreateChannel(address, grpc::SslCredentials(ssl)));
+  auto tokenize = [](v1::Inference::Stub& s, const std::string& token) {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    v1::TokenizeRequest request;
+    request.set_text("hi");
+    v1::TokenizeResponse response;
+    return s.Tokenize(&context, request, &response);
+  };
+  EXPECT_TRUE(tokenize(*stub, "s3cret-token").ok());
+  const grpc::Status missing = tokenize(*stub, "");
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(missing.error_message(), HasSubstr("authorization"));
+  EXPECT_EQ(tokenize(*stub, "wrong").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  auto plaintext =
+      v1::Inference::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(tokenize(*plaintext, "s3cret-token").error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  const std::string status = absl::StrCat(testing::Dsv4(), " status --server ", address);
+  const testing::CommandResult ok = testing::RunCommand(
+      absl::StrCat(status, " --tls-ca ", options.tls_cert, " --token-file ", dir.path(), "/token"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_THAT(ok.output, HasSubstr("engines: 0"));
+  const testing::CommandResult refused =
+      testing::RunCommand(absl::StrCat(status, " --tls-ca ", options.tls_cert));
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_THAT(refused.output, HasSubstr("authorization"));
+  (*server)->Shutdown();
 }
 
 TEST(CoordinatorBinaryTest, ServesOnTheClusterYamlAndStopsOnSigterm) {
