@@ -211,6 +211,40 @@ std::pair<double, double> CpuJiffies() {
   return {busy, busy + idle + iowait};
 }
 
+// CPU jiffies (user + system) of this process and its descendants alive now (the engine's
+// mpirun and ranks), from /proc/<pid>/stat.
+double OurJiffies() {
+  std::map<int, std::pair<int, double>> procs;  // pid → (ppid, jiffies)
+  for (const fs::directory_entry& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "stat");
+    std::string stat;
+    if (!std::getline(in, stat)) continue;
+    const size_t paren = stat.rfind(')');  // the command may contain spaces
+    if (paren == std::string::npos) continue;
+    std::istringstream fields(stat.substr(paren + 2));
+    std::vector<std::string> f;
+    std::string x;
+    while (f.size() < 13 && fields >> x) f.push_back(x);
+    if (f.size() < 13) continue;
+    // After the command: state(0) ppid(1) ... utime(11) stime(12).
+    procs[std::atoi(name.c_str())] = {std::atoi(f[1].c_str()),
+                                      std::atof(f[11].c_str()) + std::atof(f[12].c_str())};
+  }
+  const int self = getpid();
+  double total = 0;
+  for (const auto& [pid, info] : procs) {
+    int p = pid;
+    for (int depth = 0; depth < 64 && p > 1 && p != self; ++depth) {
+      auto it = procs.find(p);
+      p = it == procs.end() ? 0 : it->second.first;
+    }
+    if (p == self) total += info.second;
+  }
+  return total;
+}
+
 std::string LoadAverage() {
   std::ifstream in("/proc/loadavg");
   std::string a, b, c;
@@ -500,7 +534,7 @@ int Main(int argc, char** argv) {
 
   std::printf("\n%7s %8s %8s %17s %17s %17s %16s %19s %7s %8s %9s %5s %6s\n", "clients", "req/s",
               "tok/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "e2e p50/p99 ms", "stalls/max gap",
-              "overhead p50/p99 us", "<=1ms", "step ms", "run/queue", "cpu", "errors");
+              "overhead p50/p99 us", "<=1ms", "step ms", "run/queue", "other", "errors");
   bool all_met = true;
   for (size_t level_index = 0; level_index < levels.size(); ++level_index) {
     const int clients = levels[level_index];
@@ -552,6 +586,7 @@ int Main(int argc, char** argv) {
       }
     });
     const auto jiffies0 = CpuJiffies();
+    const double ours0 = OurJiffies();
     const bench::Stopwatch watch;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -563,8 +598,12 @@ int Main(int argc, char** argv) {
     const double wall = watch.wall();
     const double cpu = watch.cpu();
     const auto jiffies1 = CpuJiffies();
-    const double machine_busy =
-        (jiffies1.first - jiffies0.first) / std::max(1.0, jiffies1.second - jiffies0.second);
+    const double ours1 = OurJiffies();
+    const double all_jiffies = std::max(1.0, jiffies1.second - jiffies0.second);
+    const double machine_busy = (jiffies1.first - jiffies0.first) / all_jiffies;
+    // What other processes on this shared machine took while the level ran.
+    const double others_busy =
+        std::max(0.0, (jiffies1.first - jiffies0.first) - (ours1 - ours0)) / all_jiffies;
     stop_monitor = true;
     monitor.join();
     // The coordinator records a request's metrics just after its final message can reach
@@ -625,6 +664,7 @@ int Main(int argc, char** argv) {
         {"wall_s", wall},
         {"bench_process_cpu_s", cpu},
         {"machine_cpu_busy_fraction", machine_busy},
+        {"other_processes_cpu_fraction", others_busy},
         {"requests_per_s", ok / wall},
         {"output_tokens", tokens},
         {"output_tokens_per_s", static_cast<double>(tokens) / wall},
@@ -676,7 +716,7 @@ int Main(int argc, char** argv) {
         clients, ok / wall, tokens / wall, Percentile(ttft, 0.5), Percentile(ttft, 0.99),
         Percentile(tpot, 0.5), Percentile(tpot, 0.99), Percentile(e2e, 0.5), Percentile(e2e, 0.99),
         stalls.size(), Percentile(gaps, 1.0), 1e6 * o50, 1e6 * o99, 100 * within, step_median,
-        samples.max_running, samples.max_queue, 100 * machine_busy, error_count);
+        samples.max_running, samples.max_queue, 100 * others_busy, error_count);
     for (const auto& [what, n] : errors) std::printf("    %d x %s\n", n, what.c_str());
     std::fflush(stdout);
   }
