@@ -15,8 +15,10 @@
 // messages (a gap ≥ 50 ms is listed as a stall) and end to end minus the coordinator's own
 // admission-to-finish time from the final message (a stall that leaves this small happened
 // before the coordinator received the tokens: in the engine or on its stream). Requests/s
-// and tokens/s are over the level's whole wall time, drain included; the machine's CPU
-// utilisation over the level comes from /proc/stat.
+// and tokens/s are over the level's whole wall time, drain included. From /proc: the
+// machine's CPU utilisation over the level, and the share of it not charged to this process
+// and its children (the "else" column: other work on a shared machine, plus kernel work such
+// as loopback softirqs).
 //
 // The coordinator's own per-token overhead (engine token event → write on the client's
 // stream returned) comes from its dsv4_coordinator_overhead_seconds histogram: cumulative
@@ -71,7 +73,7 @@ using bench::Clock;
 namespace fs = std::filesystem;
 
 constexpr double kOverheadTargetSeconds = 0.001;  // p99, loopback
-constexpr float kTemperature = 0.8f;
+constexpr double kTemperature = 0.8;
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "bench_load: %s\n", what.c_str());
@@ -304,7 +306,7 @@ void OneRequest(v1::Inference::Stub& stub, const std::string& prompt, int max_to
   v1::GenerateRequest request;
   request.set_text(prompt);
   request.set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_temperature(kTemperature);
+  request.mutable_sampling()->set_temperature(static_cast<float>(kTemperature));
   request.mutable_sampling()->set_seed(seed);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
@@ -519,6 +521,7 @@ int Main(int argc, char** argv) {
       "dsv4_coordinator_overhead_seconds (engine token event to the client stream's Write "
       "returning): bucket counts scraped before and after each level; p50/p99 linearly "
       "interpolated within the bucket holding the rank (lower edge of the first bucket 0); "
+      "one observation per stream write carrying tokens (a write may carry several); "
       "target_met judged on the 1 ms bucket bound (>= 99% of observations <= 1 ms)";
   result["overhead_bucket_bounds_s"] = bucket_bounds;
   result["target"] = "coordinator overhead per token p99 < 1 ms on loopback";
@@ -534,7 +537,7 @@ int Main(int argc, char** argv) {
 
   std::printf("\n%7s %8s %8s %17s %17s %17s %16s %19s %7s %8s %9s %5s %6s\n", "clients", "req/s",
               "tok/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "e2e p50/p99 ms", "stalls/max gap",
-              "overhead p50/p99 us", "<=1ms", "step ms", "run/queue", "other", "errors");
+              "overhead p50/p99 us", "<=1ms", "step ms", "run/queue", "else", "errors");
   bool all_met = true;
   for (size_t level_index = 0; level_index < levels.size(); ++level_index) {
     const int clients = levels[level_index];
@@ -601,7 +604,8 @@ int Main(int argc, char** argv) {
     const double ours1 = OurJiffies();
     const double all_jiffies = std::max(1.0, jiffies1.second - jiffies0.second);
     const double machine_busy = (jiffies1.first - jiffies0.first) / all_jiffies;
-    // What other processes on this shared machine took while the level ran.
+    // What the rest of this shared machine took while the level ran: other processes, and
+    // kernel work not charged to ours (loopback softirqs).
     const double others_busy =
         std::max(0.0, (jiffies1.first - jiffies0.first) - (ours1 - ours0)) / all_jiffies;
     stop_monitor = true;
@@ -664,7 +668,7 @@ int Main(int argc, char** argv) {
         {"wall_s", wall},
         {"bench_process_cpu_s", cpu},
         {"machine_cpu_busy_fraction", machine_busy},
-        {"other_processes_cpu_fraction", others_busy},
+        {"cpu_outside_bench_fraction", others_busy},
         {"requests_per_s", ok / wall},
         {"output_tokens", tokens},
         {"output_tokens_per_s", static_cast<double>(tokens) / wall},

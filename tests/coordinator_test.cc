@@ -28,7 +28,7 @@
 #include "proto/admin.grpc.pb.h"
 #include "proto/engine.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
-#include "tests/fake_engine.h"
+#include "tests/coordinator_test_util.h"
 #include "tests/test_util.h"
 
 namespace dsv4::coordinator {

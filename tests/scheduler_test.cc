@@ -1,4 +1,4 @@
-// The coordinator's Generate path against fake engines (tests/fake_engine.h) on loopback:
+// The coordinator's Generate path against fake engines (tests/coordinator_test_util.h) on loopback:
 // what engines are sent (Admit, Cancel), what clients receive (tokens, text, finish,
 // usage), replay after an engine loss, idempotent request ids, queue limits and
 // cancellation. The real engine under the coordinator is tested in serving_test.cc.
@@ -16,7 +16,7 @@
 #include "core/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
-#include "tests/fake_engine.h"
+#include "tests/coordinator_test_util.h"
 
 namespace dsv4::coordinator {
 namespace {
@@ -26,14 +26,6 @@ using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 const std::string kModelDir = std::string(DSV4_SOURCE_DIR) + "/models/v4-mini";
-
-struct Streamed {
-  grpc::Status status;
-  std::vector<int32_t> tokens;
-  std::string text;
-  int messages = 0;
-  v1::GenerateResponse last;
-};
 
 class SchedulerTest : public ::testing::Test {
  protected:
@@ -59,20 +51,7 @@ class SchedulerTest : public ::testing::Test {
                                  std::shared_ptr<grpc::ClientContext> context = nullptr) {
     if (!context) context = std::make_shared<grpc::ClientContext>();
     context->set_deadline(Deadline(30));
-    return std::async(std::launch::async, [this, request, context] {
-      Streamed out;
-      auto reader = stub_->Generate(context.get(), request);
-      v1::GenerateResponse response;
-      while (reader->Read(&response)) {
-        out.tokens.insert(out.tokens.end(), response.token_ids().begin(),
-                          response.token_ids().end());
-        out.text += response.text();
-        out.messages += 1;
-        out.last = response;
-      }
-      out.status = reader->Finish();
-      return out;
-    });
+    return GenerateAsync(stub_.get(), std::move(request), context);
   }
 
   // A fake engine the coordinator has registered (its Welcome received).

@@ -25,6 +25,7 @@
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
+#include "tests/coordinator_test_util.h"
 #include "tests/engram_test_util.h"
 #include "tests/test_util.h"
 
@@ -32,10 +33,6 @@ namespace dsv4::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::chrono::system_clock::time_point Deadline(int seconds) {
-  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
-}
 
 // A one-node cluster of `attention` + `experts` ranks, with `extra` YAML appended.
 std::string ClusterYaml(int attention, int experts, const std::string& extra = "") {
@@ -51,12 +48,6 @@ std::string ClusterYaml(int attention, int experts, const std::string& extra = "
                       attention, "\n  expert_ranks: ", experts,
                       "\nengine:\n  micro_batches: 2\n  chunked_prefill_tokens: 64\n", extra);
 }
-
-struct Streamed {
-  grpc::Status status;
-  std::vector<int32_t> tokens;
-  v1::GenerateResponse last;
-};
 
 class ServingTest : public ::testing::Test {
  protected:
@@ -140,19 +131,24 @@ class ServingTest : public ::testing::Test {
                                  std::shared_ptr<grpc::ClientContext> context = nullptr) {
     if (!context) context = std::make_shared<grpc::ClientContext>();
     context->set_deadline(Deadline(180));
-    return std::async(std::launch::async, [this, request, received, context] {
-      Streamed out;
-      auto reader = stub_->Generate(context.get(), request);
-      v1::GenerateResponse response;
-      while (reader->Read(&response)) {
-        out.tokens.insert(out.tokens.end(), response.token_ids().begin(),
-                          response.token_ids().end());
-        if (received) *received += response.token_ids_size();
-        out.last = response;
-      }
-      out.status = reader->Finish();
-      return out;
-    });
+    return GenerateAsync(stub_.get(), request, context, received);
+  }
+
+  // All of `requests` at once; the results in order.
+  std::vector<Streamed> GenerateAll(const std::vector<v1::GenerateRequest>& requests,
+                                    std::atomic<int>* received) {
+    std::vector<std::future<Streamed>> futures;
+    for (const v1::GenerateRequest& r : requests) futures.push_back(Generate(r, received));
+    std::vector<Streamed> out;
+    for (auto& f : futures) out.push_back(f.get());
+    return out;
+  }
+  // Waits (bounded) until `received` reaches `n`.
+  static void WaitForTokens(const std::atomic<int>& received, int n) {
+    for (int i = 0; i < 6000 && received < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_GE(received.load(), n) << "the streams stalled";
   }
 
   // The pid of the engine's first expert rank, from GetClusterStatus.
@@ -231,10 +227,7 @@ TEST_F(ServingTest, ACancelledRequestFreesItsSequence) {
   v1::GenerateRequest request = Request(Prompt(20, 1), 900, 3);
   request.set_ignore_eos(true);  // runs until cancelled
   auto done = Generate(request, &received, context);
-  for (int i = 0; i < 600 && received < 5; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_GE(received.load(), 5);
+  WaitForTokens(received, 5);
   // Running: the engine holds the sequence.
   v1::ClusterStatus status;
   for (int i = 0; i < 100; ++i) {
@@ -261,25 +254,15 @@ TEST_F(ServingTest, KillingAnExpertRankDuringEightStreamsLosesNoToken) {
   Start(ClusterYaml(2, 1), 3);
   std::vector<v1::GenerateRequest> requests;
   for (int i = 0; i < 8; ++i) requests.push_back(Request(Prompt(30 + 7 * i, i), 120, 100 + i));
-  auto run_all = [&](std::atomic<int>* received) {
-    std::vector<std::future<Streamed>> futures;
-    for (const v1::GenerateRequest& r : requests) futures.push_back(Generate(r, received));
-    std::vector<Streamed> out;
-    for (auto& f : futures) out.push_back(f.get());
-    return out;
-  };
   std::atomic<int> ignored{0};
-  const std::vector<Streamed> undisturbed = run_all(&ignored);
+  const std::vector<Streamed> undisturbed = GenerateAll(requests, &ignored);
 
   const int64_t pid = ExpertRankPid();
   ASSERT_GT(pid, 0);
   std::atomic<int> received{0};
   std::future<std::vector<Streamed>> disturbed =
-      std::async(std::launch::async, [&] { return run_all(&received); });
-  for (int i = 0; i < 3000 && received < 80; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  ASSERT_GE(received.load(), 80);
+      std::async(std::launch::async, [&] { return GenerateAll(requests, &received); });
+  WaitForTokens(received, 80);
   ASSERT_EQ(kill(static_cast<pid_t>(pid), SIGKILL), 0);
   const int at_kill = received.load();
   const std::vector<Streamed> replayed = disturbed.get();
@@ -302,15 +285,8 @@ TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
   Start(ClusterYaml(1, 2, "  placement: {policy: global, redundant_experts: 2}\n"), 3);
   std::vector<v1::GenerateRequest> requests;
   for (int i = 0; i < 4; ++i) requests.push_back(Request(Prompt(40 + 9 * i, i), 100, 7 + i));
-  auto run_all = [&](std::atomic<int>* received) {
-    std::vector<std::future<Streamed>> futures;
-    for (const v1::GenerateRequest& r : requests) futures.push_back(Generate(r, received));
-    std::vector<Streamed> out;
-    for (auto& f : futures) out.push_back(f.get());
-    return out;
-  };
   std::atomic<int> ignored{0};
-  const std::vector<Streamed> before = run_all(&ignored);  // also the load to balance
+  const std::vector<Streamed> before = GenerateAll(requests, &ignored);  // also the load to balance
   const std::string uniform = Status().placement_summary();
   for (int i = 0; i < 100 && Status().expert_load_size() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -318,10 +294,8 @@ TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
 
   std::atomic<int> received{0};
   std::future<std::vector<Streamed>> during =
-      std::async(std::launch::async, [&] { return run_all(&received); });
-  for (int i = 0; i < 3000 && received < 40; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+      std::async(std::launch::async, [&] { return GenerateAll(requests, &received); });
+  WaitForTokens(received, 40);
   auto admin = admin::v1::Admin::NewStub(
       grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
@@ -350,9 +324,7 @@ TEST_F(ServingTest, AfterMaxRestartsRequestsAreUnavailableWithTheReason) {
   v1::GenerateRequest request = Request(Prompt(20, 2), 900, 1);
   request.set_ignore_eos(true);  // still running when the rank dies
   auto done = Generate(request, &received);
-  for (int i = 0; i < 600 && received < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitForTokens(received, 3);
   ASSERT_EQ(kill(static_cast<pid_t>(ExpertRankPid()), SIGKILL), 0);
   const Streamed out = done.get();
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -374,9 +346,7 @@ TEST_F(ServingTest, AKilledEngramMemoryNodeNeverReachesTheClient) {
   std::vector<std::future<Streamed>> futures;
   std::atomic<int> received{0};
   for (int i = 0; i < 4; ++i) futures.push_back(Generate(Request(Prompt(40, i), 150, i), &received));
-  for (int i = 0; i < 3000 && received < 40; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  WaitForTokens(received, 40);
   stores.processes[0]->Signal(SIGKILL);
   for (auto& f : futures) {
     const Streamed out = f.get();

@@ -1,15 +1,20 @@
 // Test helpers for the coordinator: a fake engine leader (a real gRPC client on the
-// EngineControl stream, driven by the test) and RPC deadlines.
-#ifndef DSV4_TESTS_FAKE_ENGINE_H_
-#define DSV4_TESTS_FAKE_ENGINE_H_
+// EngineControl stream, driven by the test), a streaming Generate call in the background,
+// and RPC deadlines.
+#ifndef DSV4_TESTS_COORDINATOR_TEST_UTIL_H_
+#define DSV4_TESTS_COORDINATOR_TEST_UTIL_H_
 
+#include <atomic>
 #include <chrono>
+#include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/model_config.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/engine.grpc.pb.h"
+#include "proto/inference.grpc.pb.h"
 
 namespace dsv4::coordinator {
 
@@ -64,6 +69,38 @@ class FakeEngine {
       stream_;
 };
 
+// What one Generate call streamed.
+struct Streamed {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  std::string text;
+  int messages = 0;
+  v1::GenerateResponse last;
+};
+
+// Runs Generate in the background (`context` lets the caller cancel it, and must outlive
+// the call); `received`, when given, counts the tokens streamed so far.
+inline std::future<Streamed> GenerateAsync(v1::Inference::Stub* stub,
+                                           v1::GenerateRequest request,
+                                           std::shared_ptr<grpc::ClientContext> context,
+                                           std::atomic<int>* received = nullptr) {
+  return std::async(std::launch::async, [stub, request, context, received] {
+    Streamed out;
+    auto reader = stub->Generate(context.get(), request);
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      out.tokens.insert(out.tokens.end(), response.token_ids().begin(),
+                        response.token_ids().end());
+      out.text += response.text();
+      out.messages += 1;
+      if (received != nullptr) *received += response.token_ids_size();
+      out.last = response;
+    }
+    out.status = reader->Finish();
+    return out;
+  });
+}
+
 }  // namespace dsv4::coordinator
 
-#endif  // DSV4_TESTS_FAKE_ENGINE_H_
+#endif  // DSV4_TESTS_COORDINATOR_TEST_UTIL_H_
