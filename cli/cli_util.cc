@@ -7,6 +7,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_format.h"
@@ -25,15 +26,22 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(usage + "\n\nFlags may be spelled with dashes or underscores.");
   // Abseil spells flags with underscores; accept the dashed spelling (--shard-mb) too by
-  // rewriting flag names (not values) before parsing.
+  // rewriting flag names (not values) before parsing. A non-boolean flag given without '='
+  // takes the next argument as its value, which is left alone even when it starts with
+  // "--" (--mpirun-args "--oversubscribe --mca ...").
   std::vector<std::string> storage(argv, argv + argc);
   std::vector<char*> args;
+  bool value_next = false;
   for (size_t i = 0; i < storage.size(); ++i) {
     std::string& arg = storage[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
+    if (i > 0 && !value_next && arg.rfind("--", 0) == 0) {
       const size_t end = std::min(arg.find('='), arg.size());
       for (size_t j = 2; j < end; ++j)
         if (arg[j] == '-') arg[j] = '_';
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(2, end - 2));
+      value_next = end == arg.size() && flag != nullptr && !flag->IsOfType<bool>();
+    } else {
+      value_next = false;
     }
     args.push_back(arg.data());
   }

@@ -615,6 +615,15 @@ TEST(CoordinatorSecurityTest, TlsAndBearerTokenGuardThePublicApi) {
   (*server)->Shutdown();
 }
 
+// A flag's separate value is never rewritten as a flag name, even when it starts with
+// "--" (dashed flag names are; the value reaches the command intact).
+TEST(CliFlagsTest, ValuesStartingWithDashesAreKept) {
+  const testing::CommandResult r =
+      testing::RunCommand(testing::Dsv4() + " status --server --not-a-host:1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("--not-a-host:1"));
+}
+
 TEST(CoordinatorBinaryTest, ServesOnTheClusterYamlAndStopsOnSigterm) {
   testing::Process coordinator("exec " + std::string(DSV4_BIN_DIR) +
                                "/dsv4-coordinator --cluster cluster-configs/local.yaml "
