@@ -19,8 +19,6 @@
 #include <mpi.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <thread>
 
 #include <algorithm>
 #include <chrono>
@@ -33,8 +31,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -57,9 +53,8 @@
 #include "engine/attention_rank.h"
 #include "engine/expert_rank.h"
 #include "engine/mpi_expert_executor.h"
-#include "engine/serving_planner.h"
+#include "engine/serving_leader.h"
 #include "engine/step_plan.h"
-#include "engine/control_client.h"
 #include "engram_store/client.h"
 #include "expert_node/routed_experts.h"
 #include "nlohmann/json.hpp"
@@ -143,17 +138,6 @@ ExpertGeometry GeometryFor(const Topology& topology, int rank, const ModelConfig
   return g;
 }
 
-// The leader's liveness and load report in serving mode, shared between the step loop and
-// the heartbeat thread.
-struct LoadReport {
-  absl::Mutex mu;
-  engine::v1::Heartbeat heartbeat ABSL_GUARDED_BY(mu);  // fields the loop keeps current
-  std::vector<int64_t> expert_load ABSL_GUARDED_BY(mu);  // since the last heartbeat
-  double step_seconds ABSL_GUARDED_BY(mu) = 0, modelled_seconds ABSL_GUARDED_BY(mu) = 0;
-  int steps ABSL_GUARDED_BY(mu) = 0;  // since the last heartbeat
-  absl::Time progress ABSL_GUARDED_BY(mu) = absl::Now();  // last step finished or idle wait
-};
-
 class Engine {
  public:
   absl::Status Run();
@@ -171,14 +155,11 @@ class Engine {
   // Every rank: runs the broadcast `plan`, appends tokens sampled here to `sampled`; rank 0
   // gets the step's timing.
   absl::StatusOr<StepTiming> RunStep(const StepPlan& plan, std::vector<SampledToken>* sampled);
-  // Serving mode, rank 0: the next plan from the coordinator's messages and the planner.
-  absl::StatusOr<StepPlan> NextServingPlan();
   engine::v1::Hello MakeHello();
   // Every rank, at a step boundary: the placement from the leader's pending load; expert
   // ranks load the experts of their new slots.
   absl::Status ApplyRebalance(int64_t step);
   absl::Status LoadExperts();
-  void HeartbeatLoop();
   // Rank 0 collects one value per rank.
   template <typename T>
   std::vector<T> Gather(const T& value) {
@@ -207,15 +188,7 @@ class Engine {
   std::vector<std::vector<int32_t>> prompts_;      // one-shot mode
   double step_seconds_ = 0;                        // this rank's time in steps
   nlohmann::json stats_;
-  // Serving mode, rank 0.
-  std::unique_ptr<ControlClient> control_;
-  std::unique_ptr<ServingPlanner> planner_;
-  LoadReport report_;
-  absl::Time last_load_reduce_ = absl::Now();
-  std::vector<double> rebalance_load_;  // [layers · experts] of a pending Rebalance
-  bool load_pending_ = false;  // steps ran since the last load reduce
-  bool draining_ = false;
-  absl::Notification stop_heartbeats_;
+  std::unique_ptr<ServingLeader> leader_;  // serving mode, rank 0
 };
 
 absl::Status Engine::Setup() {
@@ -461,10 +434,7 @@ absl::Status Engine::LoadExperts() {
 absl::Status Engine::ApplyRebalance(int64_t step) {
   const int layers = config_.num_hidden_layers, experts = config_.n_routed_experts;
   std::vector<double> flat(static_cast<size_t>(layers) * experts, 0.0);
-  if (rank_ == 0) {
-    flat = std::move(rebalance_load_);
-    rebalance_load_.clear();  // nothing pending any more
-  }
+  if (rank_ == 0) flat = leader_->TakeRebalanceLoad();
   MPI_Bcast(flat.data(), static_cast<int>(flat.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
   std::vector<std::vector<double>> load(layers);
   for (int l = 0; l < layers; ++l) load[l].assign(flat.begin() + l * experts, flat.begin() + (l + 1) * experts);
@@ -476,23 +446,22 @@ absl::Status Engine::ApplyRebalance(int64_t step) {
     if (absl::Status s = LoadExperts(); !s.ok()) return s;
   }
   if (rank_ != 0) return absl::OkStatus();
-  engine::v1::EngineMessage message;
-  engine::v1::Rebalanced* done = message.mutable_rebalanced();
-  done->set_step(step);
-  done->set_placement_summary(placement_->Summary());
+  engine::v1::Rebalanced done;
+  done.set_step(step);
+  done.set_placement_summary(placement_->Summary());
   double imbalance = 0, baseline = 0;
   for (int l = 0; l < layers; ++l) {
     imbalance += placement_->Imbalance(l) / layers;
     baseline += placement_->BaselineImbalance(l) / layers;
   }
-  done->set_imbalance(imbalance);
-  done->set_baseline_imbalance(baseline);
+  done.set_imbalance(imbalance);
+  done.set_baseline_imbalance(baseline);
   std::cout << absl::StrFormat(
                    "dsv4-engine: rebalanced before step %d: mean max/mean rank load %.3f (plain "
                    "placement %.3f)\n",
                    step, imbalance, baseline)
             << std::flush;
-  return control_->Send(message);
+  return leader_->Rebalanced(done);
 }
 
 engine::v1::Hello Engine::MakeHello() {
@@ -526,119 +495,9 @@ engine::v1::Hello Engine::MakeHello() {
   return hello;
 }
 
-void Engine::HeartbeatLoop() {
-  const absl::Duration interval = absl::Milliseconds(control_->heartbeat_interval_ms());
-  const absl::Duration max_step = absl::Seconds(absl::GetFlag(FLAGS_max_step_seconds));
-  while (!stop_heartbeats_.WaitForNotificationWithTimeout(interval)) {
-    engine::v1::EngineMessage message;
-    {
-      absl::MutexLock lock(&report_.mu);
-      if (absl::Now() - report_.progress > max_step) continue;  // hung: let the watchdog act
-      // Step times are means over the steps since the last heartbeat; an idle engine
-      // keeps reporting the last ones.
-      if (report_.steps > 0) {
-        report_.heartbeat.set_measured_step_ms(1e3 * report_.step_seconds / report_.steps);
-        report_.heartbeat.set_modelled_step_ms(1e3 * report_.modelled_seconds / report_.steps);
-      }
-      engine::v1::Heartbeat& hb = *message.mutable_heartbeat();
-      hb = report_.heartbeat;
-      const int experts = config_.n_routed_experts;
-      for (size_t layer = 0; experts > 0 && layer * experts < report_.expert_load.size();
-           ++layer) {
-        engine::v1::LayerExpertLoad* load = hb.add_expert_load();
-        load->set_layer(static_cast<int32_t>(layer));
-        load->mutable_tokens_per_expert()->Add(report_.expert_load.begin() + layer * experts,
-                                               report_.expert_load.begin() + (layer + 1) * experts);
-      }
-      report_.expert_load.clear();
-      report_.step_seconds = report_.modelled_seconds = 0;
-      report_.steps = 0;
-    }
-    if (!control_->Send(message).ok()) return;
-  }
-}
-
-absl::StatusOr<StepPlan> Engine::NextServingPlan() {
-  for (;;) {
-    // Block only when there is nothing to run; heartbeats go on from their own thread.
-    absl::StatusOr<std::vector<engine::v1::CoordinatorMessage>> messages =
-        control_->Receive(planner_->idle() ? absl::Milliseconds(200) : absl::ZeroDuration());
-    if (!messages.ok()) return messages.status();
-    StepPlan stop;
-    stop.stop = true;
-    for (const engine::v1::CoordinatorMessage& m : *messages) {
-      if (m.has_admit() && !draining_) planner_->Admit(m.admit());
-      if (m.has_cancel()) planner_->Cancel(m.cancel().request_id());
-      if (m.has_drain()) draining_ = true;
-      if (m.has_rebalance()) {
-        // Dense [layers · experts]; layers or experts the message leaves out have no load.
-        const int layers = config_.num_hidden_layers, experts = config_.n_routed_experts;
-        rebalance_load_.assign(static_cast<size_t>(layers) * experts, 0.0);
-        for (const engine::v1::LayerExpertLoad& l : m.rebalance().load()) {
-          if (l.layer() < 0 || l.layer() >= layers) continue;
-          for (int e = 0; e < std::min(experts, l.tokens_per_expert_size()); ++e) {
-            rebalance_load_[static_cast<size_t>(l.layer()) * experts + e] =
-                static_cast<double>(std::max<int64_t>(l.tokens_per_expert(e), 0));
-          }
-        }
-      }
-      if (m.has_shutdown()) {
-        std::cout << "dsv4-engine: shutdown: " << m.shutdown().reason() << std::endl;
-        return stop;
-      }
-    }
-    for (engine::v1::TokenEvent& event : planner_->TakeEvents()) {
-      engine::v1::EngineMessage out;
-      *out.mutable_tokens() = std::move(event);
-      if (absl::Status s = control_->Send(out); !s.ok()) return s;
-    }
-    {
-      absl::MutexLock lock(&report_.mu);
-      report_.progress = absl::Now();
-      report_.heartbeat.set_running_sequences(planner_->running());
-      report_.heartbeat.set_queued_sequences(planner_->waiting());
-      report_.heartbeat.set_kv_used_tokens(planner_->kv_used_tokens());
-      report_.heartbeat.set_kv_budget_tokens(planner_->kv_budget_tokens());
-    }
-    if (draining_ && planner_->idle()) {
-      engine::v1::EngineMessage drained;
-      drained.mutable_drained();
-      if (absl::Status s = control_->Send(drained); !s.ok()) return s;
-      std::cout << "dsv4-engine: drained" << std::endl;
-      return stop;
-    }
-    const absl::Time now = absl::Now();
-    const bool load_due =
-        now - last_load_reduce_ > absl::Milliseconds(control_->heartbeat_interval_ms());
-    const bool rebalance = !rebalance_load_.empty();
-    if (planner_->idle() && !load_pending_ && !rebalance) continue;
-    StepPlan plan;
-    if (planner_->idle()) {
-      plan.step = planner_->steps();  // nothing to run: it takes no step number
-    } else {
-      plan = planner_->Next();
-    }
-    plan.rebalance = rebalance;
-    if (load_due || planner_->idle()) {
-      plan.report_load = true;
-      last_load_reduce_ = now;
-    }
-    return plan;
-  }
-}
-
 absl::Status Engine::Serve() {
   const engine::v1::Hello hello = MakeHello();
   if (rank_ == 0) {
-    ServingLimits limits;
-    limits.attention_ranks = topology_->num_attention_ranks();
-    limits.micro_batches = cluster_.engine.micro_batches;
-    limits.max_seqs_per_rank = cluster_.engine.max_seqs_per_rank;
-    limits.max_seq_len = cluster_.engine.max_seq_len;
-    limits.kv_budget_tokens = cluster_.engine.kv_budget_tokens;
-    limits.chunk = cluster_.engine.chunked_prefill_tokens;
-    limits.eos_token_id = static_cast<int>(config_.eos_token_id);
-    planner_ = std::make_unique<ServingPlanner>(limits);
     // TLS and the bearer token come from the same YAML as the coordinator's.
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
         coordinator::MakeChannelCredentials(cluster_.coordinator.tls_cert);
@@ -654,17 +513,26 @@ absl::Status Engine::Serve() {
         absl::GetFlag(FLAGS_coordinator), *credentials, token, hello,
         absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
     if (!control.ok()) return control.status();
-    control_ = std::move(*control);
+    ServingLeaderOptions options;
+    options.limits.attention_ranks = topology_->num_attention_ranks();
+    options.limits.micro_batches = cluster_.engine.micro_batches;
+    options.limits.max_seqs_per_rank = cluster_.engine.max_seqs_per_rank;
+    options.limits.max_seq_len = cluster_.engine.max_seq_len;
+    options.limits.kv_budget_tokens = cluster_.engine.kv_budget_tokens;
+    options.limits.chunk = cluster_.engine.chunked_prefill_tokens;
+    options.limits.eos_token_id = static_cast<int>(config_.eos_token_id);
+    options.num_layers = config_.num_hidden_layers;
+    options.num_experts = config_.n_routed_experts;
+    options.max_step = absl::Seconds(absl::GetFlag(FLAGS_max_step_seconds));
+    leader_ = std::make_unique<ServingLeader>(std::move(*control), options);
     std::cout << "dsv4-engine: " << hello.engine_id() << " serving for "
               << absl::GetFlag(FLAGS_coordinator) << std::endl;
   }
-  std::thread heartbeats;
-  if (rank_ == 0) heartbeats = std::thread([this] { HeartbeatLoop(); });
   absl::Status status;
   for (;;) {
     StepPlan plan;
     if (rank_ == 0) {
-      absl::StatusOr<StepPlan> next = NextServingPlan();
+      absl::StatusOr<StepPlan> next = leader_->NextPlan();
       if (!next.ok()) {
         status = next.status();  // the coordinator is gone: stop every rank, then report
         plan.stop = true;
@@ -677,12 +545,10 @@ absl::Status Engine::Serve() {
     if (plan.rebalance) {
       if (absl::Status s = ApplyRebalance(plan.step); !s.ok()) return s;
     }
-    // A plan with nothing to run only collects the load (the end of a burst of work) or
-    // rebalances.
-    const bool work = !plan.entries.empty() || !plan.release.empty();
+    // A plan with nothing to run only collects the load or rebalances.
     std::vector<SampledToken> sampled;
     StepTiming timing;
-    if (work) {
+    if (!plan.entries.empty() || !plan.release.empty()) {
       absl::StatusOr<StepTiming> ran = RunStep(plan, &sampled);
       if (!ran.ok()) return ran.status();
       timing = *ran;
@@ -700,29 +566,12 @@ absl::Status Engine::Serve() {
                  static_cast<int>(load.size()), MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
       MPI_Reduce(&local_stall, &stall_ms, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     }
-    if (rank_ != 0) continue;
-    planner_->OnSampled(sampled);
-    absl::MutexLock lock(&report_.mu);
-    report_.progress = absl::Now();
-    if (work) {
-      report_.heartbeat.set_step(plan.step + 1);
-      report_.step_seconds += timing.cpu_seconds;
-      report_.modelled_seconds += timing.modelled.total;
-      report_.steps += 1;
-      load_pending_ = true;
-    }
-    if (plan.report_load) {
-      load_pending_ = false;
-      report_.heartbeat.set_engram_stall_ms(stall_ms);
-      if (report_.expert_load.empty()) report_.expert_load.assign(load.size(), 0);
-      for (size_t i = 0; i < load.size(); ++i) report_.expert_load[i] += load[i];
+    if (rank_ == 0) {
+      leader_->StepDone(plan, sampled, timing.cpu_seconds, timing.modelled.total, load,
+                        stall_ms);
     }
   }
-  if (rank_ == 0) {
-    stop_heartbeats_.Notify();
-    heartbeats.join();
-    if (status.ok()) control_->Close();
-  }
+  leader_.reset();  // stops the heartbeats; closes the stream after a clean stop
   return status;
 }
 
