@@ -447,8 +447,7 @@ int Main(int argc, char** argv) {
     const std::string& host = topology->host_of_rank(r);
     launch.hosts.push_back(host.empty() ? "localhost" : host);
   }
-  launch.mpirun_args = {"--oversubscribe"};
-  if (geteuid() == 0) launch.mpirun_args.push_back("--allow-run-as-root");
+  launch.mpirun_args = coordinator::DefaultMpirunArgs();
   options.launch = launch;
   const int engine_capacity = cluster->engine.max_seqs_per_rank * cluster->roles.attention_ranks;
 

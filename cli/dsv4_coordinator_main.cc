@@ -28,9 +28,9 @@ ABSL_FLAG(std::string, metrics_listen, "",
 ABSL_FLAG(std::string, engines, "launch",
           "launch: start the engine with mpirun and restart it when it fails; attach: wait for "
           "engines started by an operator (mpirun --hostfile, srun) to connect");
-ABSL_FLAG(std::string, mpirun_args, "--oversubscribe",
-          "launch mode: extra mpirun arguments, space-separated (--allow-run-as-root is added "
-          "when running as root)");
+ABSL_FLAG(std::string, mpirun_args, "",
+          "launch mode: extra mpirun arguments, space-separated (default: --oversubscribe --mca "
+          "mpi_yield_when_idle 1, and --allow-run-as-root when running as root)");
 ABSL_FLAG(std::string, advertise, "",
           "launch mode: the address engines dial (default: the bound address; a wildcard host "
           "becomes 127.0.0.1)");
@@ -92,11 +92,15 @@ int main(int argc, char** argv) {
       const std::string& host = topology->host_of_rank(r);
       launch.hosts.push_back(host.empty() ? "localhost" : host);
     }
-    for (absl::string_view arg :
-         absl::StrSplit(absl::GetFlag(FLAGS_mpirun_args), ' ', absl::SkipWhitespace())) {
-      launch.mpirun_args.emplace_back(arg);
+    if (absl::GetFlag(FLAGS_mpirun_args).empty()) {
+      launch.mpirun_args = dsv4::coordinator::DefaultMpirunArgs();
+    } else {
+      for (absl::string_view arg :
+           absl::StrSplit(absl::GetFlag(FLAGS_mpirun_args), ' ', absl::SkipWhitespace())) {
+        launch.mpirun_args.emplace_back(arg);
+      }
+      if (geteuid() == 0) launch.mpirun_args.push_back("--allow-run-as-root");
     }
-    if (geteuid() == 0) launch.mpirun_args.push_back("--allow-run-as-root");
     launch.max_restarts = cluster->coordinator.max_restarts;
     launch.advertise = absl::GetFlag(FLAGS_advertise);
     options.launch = launch;

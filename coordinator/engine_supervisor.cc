@@ -24,6 +24,12 @@ std::string DescribeExit(int status) {
 
 }  // namespace
 
+std::vector<std::string> DefaultMpirunArgs() {
+  std::vector<std::string> args = {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"};
+  if (geteuid() == 0) args.push_back("--allow-run-as-root");
+  return args;
+}
+
 std::vector<std::string> MpirunCommand(const std::string& engine_binary,
                                        const std::string& cluster_yaml,
                                        const std::string& checkpoint_dir,

@@ -71,6 +71,12 @@ class EngineSupervisor {
   std::thread monitor_;
 };
 
+// mpirun arguments for an engine sharing cores with the coordinator: --oversubscribe, and
+// ranks that yield the core while they wait (Open MPI busy-polls otherwise, which on a
+// loaded host delays the coordinator's stream writes by milliseconds; bench/load), plus
+// --allow-run-as-root when running as root.
+std::vector<std::string> DefaultMpirunArgs();
+
 // The launch command for `cluster_yaml`'s engine: mpirun with `ranks` ranks on `hosts`
 // (one per rank; as --host h1:slots,… unless all are this machine), then dsv4-engine in
 // serving mode.

@@ -85,7 +85,7 @@ class ServingTest : public ::testing::Test {
     launch.cluster_yaml = yaml_path;
     launch.ranks = ranks;
     launch.hosts.assign(ranks, "localhost");
-    launch.mpirun_args = {"--oversubscribe", "--allow-run-as-root"};
+    launch.mpirun_args = DefaultMpirunArgs();
     launch.max_restarts = max_restarts;
     options.launch = launch;
     auto server = CoordinatorServer::Start(options);
