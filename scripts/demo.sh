@@ -69,7 +69,12 @@ echo "== dsv4 generate --server $SERVER \"$TEXT\" (48 tokens, streamed)"
 "$BIN/dsv4" generate --server "$SERVER" --max-tokens 48 --seed 1 "$TEXT"
 
 echo "== dsv4 admin rebalance engine-0: expert placement from the load just observed"
-"$BIN/dsv4" admin rebalance engine-0 | head -n 3
+# The engine reports expert load with its next heartbeat (every second).
+for _ in $(seq 1 30); do
+  "$BIN/dsv4" admin rebalance engine-0 >"$LOGS/rebalance.txt" 2>&1 && break
+  sleep 0.2
+done
+head -n 3 "$LOGS/rebalance.txt"
 
 echo "== dsv4 status --server $SERVER"
 "$BIN/dsv4" status --server "$SERVER"
