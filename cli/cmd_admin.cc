@@ -65,16 +65,16 @@ int AdminMain(int argc, char** argv) {
     s = stub->ShutdownEngine(&context, request, &response);
     if (s.ok()) std::cout << "engine " << args[1] << " is shutting down\n";
   } else {
-    return ExitCode(absl::InvalidArgumentError(absl::StrCat(
-                        "unknown action \"", action, "\": rebalance, drain or shutdown")),
+    return ExitCode(absl::InvalidArgumentError(absl::StrCat("unknown action \"", action,
+                                                            "\": rebalance, drain or shutdown")),
                     "admin");
   }
   if (!s.ok()) {
     const auto code = static_cast<absl::StatusCode>(s.error_code());
-    return ExitCode(absl::Status(code, absl::StrCat(absl::StatusCodeToString(code), ": ",
-                                                    absl::GetFlag(FLAGS_admin), ": ",
-                                                    s.error_message())),
-                    "admin");
+    return ExitCode(
+        absl::Status(code, absl::StrCat(absl::StatusCodeToString(code), ": ",
+                                        absl::GetFlag(FLAGS_admin), ": ", s.error_message())),
+        "admin");
   }
   return 0;
 }

@@ -6,9 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/cli_util.h"
-#include "cli/coordinator_client.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/coordinator_client.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
 

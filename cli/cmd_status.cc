@@ -5,12 +5,12 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "cli/cli_util.h"
-#include "cli/coordinator_client.h"
 #include "cli/commands.h"
 #include "cli/common_flags.h"
+#include "cli/coordinator_client.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
 
@@ -51,8 +51,9 @@ void PrintStatus(const v1::ClusterStatus& status) {
 }  // namespace
 
 int StatusMain(int argc, char** argv) {
-  const std::vector<std::string> args =
-      ParseFlags(argc, argv, "dsv4 status [--server HOST:PORT] [--tls-ca CERT.pem] [--token-file FILE]", "cmd_status.cc");
+  const std::vector<std::string> args = ParseFlags(
+      argc, argv, "dsv4 status [--server HOST:PORT] [--tls-ca CERT.pem] [--token-file FILE]",
+      "cmd_status.cc");
   if (!args.empty()) return ExitCode(absl::InvalidArgumentError("takes no arguments"), "status");
   const std::string server = absl::GetFlag(FLAGS_server);
   absl::StatusOr<CoordinatorChannel> coordinator = DialCoordinator();

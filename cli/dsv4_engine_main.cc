@@ -19,7 +19,6 @@
 #include <mpi.h>
 #include <unistd.h>
 
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -316,8 +315,8 @@ absl::StatusOr<Engine::StepTiming> Engine::RunStep(const StepPlan& plan,
   const Clock::time_point start = Clock::now();
   StepCost cost;
   cost.micro_batches = cluster_.engine.micro_batches;
-  absl::Status status = attention_ ? attention_rank_->RunStep(plan, &cost, sampled)
-                                   : expert_rank_->RunStep(&cost);
+  absl::Status status =
+      attention_ ? attention_rank_->RunStep(plan, &cost, sampled) : expert_rank_->RunStep(&cost);
   if (!status.ok()) return status;
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   step_seconds_ += seconds;
@@ -437,7 +436,8 @@ absl::Status Engine::ApplyRebalance(int64_t step) {
   if (rank_ == 0) flat = leader_->TakeRebalanceLoad();
   MPI_Bcast(flat.data(), static_cast<int>(flat.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
   std::vector<std::vector<double>> load(layers);
-  for (int l = 0; l < layers; ++l) load[l].assign(flat.begin() + l * experts, flat.begin() + (l + 1) * experts);
+  for (int l = 0; l < layers; ++l)
+    load[l].assign(flat.begin() + l * experts, flat.begin() + (l + 1) * experts);
   // Every rank computes the same placement from the same load (the policy is deterministic).
   absl::StatusOr<ExpertPlacement> placement = ExpertPlacement::Compute(load, placement_options_);
   if (!placement.ok()) return placement.status();
@@ -509,9 +509,9 @@ absl::Status Engine::Serve() {
       if (!read.ok()) return read.status();
       token = *read;
     }
-    absl::StatusOr<std::unique_ptr<ControlClient>> control = ControlClient::Connect(
-        absl::GetFlag(FLAGS_coordinator), *credentials, token, hello,
-        absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
+    absl::StatusOr<std::unique_ptr<ControlClient>> control =
+        ControlClient::Connect(absl::GetFlag(FLAGS_coordinator), *credentials, token, hello,
+                               absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
     if (!control.ok()) return control.status();
     ServingLeaderOptions options;
     options.limits.attention_ranks = topology_->num_attention_ranks();
@@ -557,18 +557,18 @@ absl::Status Engine::Serve() {
     std::vector<int64_t> load;
     double stall_ms = 0;
     if (plan.report_load) {
-      load = attention_ ? attention_rank_->TakeExpertLoad()
-                        : std::vector<int64_t>(static_cast<size_t>(config_.num_hidden_layers) *
-                                                   config_.n_routed_experts,
-                                               0);
+      load =
+          attention_
+              ? attention_rank_->TakeExpertLoad()
+              : std::vector<int64_t>(
+                    static_cast<size_t>(config_.num_hidden_layers) * config_.n_routed_experts, 0);
       const double local_stall = engram_ ? engram_->stats().stall_ns * 1e-6 : 0;
       MPI_Reduce(rank_ == 0 ? MPI_IN_PLACE : load.data(), load.data(),
                  static_cast<int>(load.size()), MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
       MPI_Reduce(&local_stall, &stall_ms, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     }
     if (rank_ == 0) {
-      leader_->StepDone(plan, sampled, timing.cpu_seconds, timing.modelled.total, load,
-                        stall_ms);
+      leader_->StepDone(plan, sampled, timing.cpu_seconds, timing.modelled.total, load, stall_ms);
     }
   }
   leader_.reset();  // stops the heartbeats; closes the stream after a clean stop

@@ -39,9 +39,9 @@ grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
     for (int64_t n : layer.tokens_per_expert()) routed += n;
   }
   if (routed == 0) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "engine \"" + id +
-                            "\" has reported no expert load yet: run some requests, then rebalance");
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        "engine \"" + id + "\" has reported no expert load yet: run some requests, then rebalance");
   }
   const int before = registry_.RebalanceCount(id);
   engine::v1::CoordinatorMessage message;

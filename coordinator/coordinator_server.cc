@@ -98,8 +98,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                                                    server->tokenizer_, server->metrics_.get());
   CoordinatorServer* self = server.get();
   server->inference_ = std::make_unique<InferenceService>(
-      server->tokenizer_, server->config_, server->limits_, server->registry_,
-      *server->scheduler_, server->metrics_.get(), token,
+      server->tokenizer_, server->config_, server->limits_, server->registry_, *server->scheduler_,
+      server->metrics_.get(), token,
       [self](v1::ClusterStatus* status) { self->FillLaunchedStatus(status); }, logger);
   server->engine_control_ = std::make_unique<EngineControlService>(
       server->limits_.model, server->limits_.vocab_size, options.heartbeat_interval_ms,
@@ -107,9 +107,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  absl::StatusOr<std::string> address =
-      Listen(options.listen, *credentials, {server->inference_.get(), server->engine_control_.get()},
-             &server->server_, &server->port_);
+  absl::StatusOr<std::string> address = Listen(
+      options.listen, *credentials, {server->inference_.get(), server->engine_control_.get()},
+      &server->server_, &server->port_);
   if (!address.ok()) return address.status();
   server->address_ = *address;
   if (!options.admin_listen.empty()) {

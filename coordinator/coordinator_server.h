@@ -17,9 +17,9 @@
 #include "coordinator/admin_service.h"
 #include "coordinator/engine_registry.h"
 #include "coordinator/engine_supervisor.h"
+#include "coordinator/inference_service.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
-#include "coordinator/inference_service.h"
 #include "core/model_config.h"
 #include "core/tokenizer.h"
 #include "grpcpp/grpcpp.h"
@@ -31,8 +31,8 @@ struct EngineLaunch {
   std::string engine_binary;  // dsv4-engine
   std::string cluster_yaml;
   int ranks = 2;
-  std::vector<std::string> hosts;         // one per rank (the YAML's topology)
-  std::vector<std::string> mpirun_args;   // after "mpirun", e.g. --oversubscribe
+  std::vector<std::string> hosts;        // one per rank (the YAML's topology)
+  std::vector<std::string> mpirun_args;  // after "mpirun", e.g. --oversubscribe
   std::string engine_id = "engine-0";
   int max_restarts = 3;
   // The address engines dial; empty = the bound address, with a wildcard host replaced by
@@ -50,8 +50,8 @@ struct CoordinatorOptions {
   // Engines heartbeat this often; one silent for 3 intervals is disconnected (and, when
   // launched, killed and restarted).
   int heartbeat_interval_ms = 1000;
-  std::string tls_cert, tls_key;  // PEM files; both empty = plaintext
-  std::string auth_token_file;    // empty = no authentication
+  std::string tls_cert, tls_key;       // PEM files; both empty = plaintext
+  std::string auth_token_file;         // empty = no authentication
   std::optional<EngineLaunch> launch;  // absent = attach mode
 };
 

@@ -144,11 +144,14 @@ absl::StatusOr<engine::v1::Rebalanced> EngineRegistry::WaitRebalanced(
     return it == engines_.end() || it->second.rebalances > count;
   };
   if (!mu_.AwaitWithTimeout(absl::Condition(&done), timeout)) {
-    return absl::DeadlineExceededError(absl::StrCat("engine \"", engine_id, "\" did not apply the rebalance within ", absl::FormatDuration(timeout)));
+    return absl::DeadlineExceededError(absl::StrCat("engine \"", engine_id,
+                                                    "\" did not apply the rebalance within ",
+                                                    absl::FormatDuration(timeout)));
   }
   auto it = engines_.find(engine_id);
   if (it == engines_.end()) {
-    return absl::UnavailableError(absl::StrCat("engine \"", engine_id, "\" left before applying the rebalance"));
+    return absl::UnavailableError(
+        absl::StrCat("engine \"", engine_id, "\" left before applying the rebalance"));
   }
   return it->second.rebalanced;
 }
@@ -171,7 +174,8 @@ std::vector<std::pair<std::string, int64_t>> EngineRegistry::RankProcesses(
   std::vector<std::pair<std::string, int64_t>> out;
   auto it = engines_.find(engine_id);
   if (it == engines_.end()) return out;
-  for (const engine::v1::RankInfo& r : it->second.hello.ranks()) out.emplace_back(r.host(), r.pid());
+  for (const engine::v1::RankInfo& r : it->second.hello.ranks())
+    out.emplace_back(r.host(), r.pid());
   return out;
 }
 

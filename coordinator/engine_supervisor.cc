@@ -53,9 +53,8 @@ std::vector<std::string> MpirunCommand(const std::string& engine_binary,
     for (const std::string& h : order) host_slots.push_back(absl::StrCat(h, ":", slots[h]));
     argv.insert(argv.end(), {"--host", absl::StrJoin(host_slots, ",")});
   }
-  argv.insert(argv.end(), {engine_binary, "--cluster", cluster_yaml, "--checkpoint",
-                           checkpoint_dir, "--coordinator", coordinator_address, "--engine_id",
-                           engine_id});
+  argv.insert(argv.end(), {engine_binary, "--cluster", cluster_yaml, "--checkpoint", checkpoint_dir,
+                           "--coordinator", coordinator_address, "--engine_id", engine_id});
   return argv;
 }
 
@@ -109,15 +108,17 @@ void EngineSupervisor::Monitor() {
     absl::MutexLock lock(&mu_);
     pid_ = -1;
     if (stopping_) return;
-    std::string why = absl::StrCat("engine ", spec_.engine_id, " (", spec_.argv[0], ") ",
-                                   DescribeExit(status));
+    std::string why =
+        absl::StrCat("engine ", spec_.engine_id, " (", spec_.argv[0], ") ", DescribeExit(status));
     if (!kill_reason_.empty()) why = absl::StrCat(why, " after ", kill_reason_);
     kill_reason_.clear();
     if (restarts_ >= spec_.max_restarts) {
       failed_ = true;
-      const absl::Status reason = absl::UnavailableError(absl::StrCat(
-          "the engine failed ", restarts_ + 1, " times and will not be restarted "
-          "(coordinator.max_restarts = ", spec_.max_restarts, "); last failure: ", why));
+      const absl::Status reason =
+          absl::UnavailableError(absl::StrCat("the engine failed ", restarts_ + 1,
+                                              " times and will not be restarted "
+                                              "(coordinator.max_restarts = ",
+                                              spec_.max_restarts, "); last failure: ", why));
       mu_.Unlock();
       if (callbacks_.gave_up) callbacks_.gave_up(reason);
       mu_.Lock();

@@ -17,9 +17,8 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 InferenceService::InferenceService(const Tokenizer& tokenizer, const ModelConfig& config,
                                    const RequestLimits& limits, const EngineRegistry& registry,
-                                   Scheduler& scheduler, Metrics* metrics,
-                                   std::string bearer_token, LaunchedStatus launched,
-                                   std::shared_ptr<spdlog::logger> logger)
+                                   Scheduler& scheduler, Metrics* metrics, std::string bearer_token,
+                                   LaunchedStatus launched, std::shared_ptr<spdlog::logger> logger)
     : tokenizer_(tokenizer),
       config_(config),
       limits_(limits),
@@ -34,16 +33,18 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   auto refuse = [this](const grpc::Status& status) {
-    if (metrics_ != nullptr) metrics_->RequestFinished(static_cast<absl::StatusCode>(status.error_code()));
+    if (metrics_ != nullptr)
+      metrics_->RequestFinished(static_cast<absl::StatusCode>(status.error_code()));
     return status;
   };
   if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
-  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok()) return refuse(ToGrpc(s));
+  if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok())
+    return refuse(ToGrpc(s));
   engine::v1::Admit admit;
   if (request->has_text()) {
     const std::vector<int> ids = tokenizer_.Encode(request->text());
-    if (absl::Status s = ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(),
-                                              limits_);
+    if (absl::Status s =
+            ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(), limits_);
         !s.ok()) {
       return refuse(ToGrpc(s));
     }
@@ -181,8 +182,8 @@ void EngineControlService::RecordHeartbeat(const std::string& engine_id,
   }
   metrics_->SetEngramStallSeconds(engine_id, heartbeat.engram_stall_ms() * 1e-3);
   for (const engine::v1::LayerExpertLoad& layer : heartbeat.expert_load()) {
-    metrics_->RecordExpertLoad(layer.layer(), {layer.tokens_per_expert().begin(),
-                                               layer.tokens_per_expert().end()});
+    metrics_->RecordExpertLoad(
+        layer.layer(), {layer.tokens_per_expert().begin(), layer.tokens_per_expert().end()});
   }
 }
 
@@ -217,10 +218,11 @@ grpc::Status EngineControlService::Connect(
         scheduler_.OnTokens(id, message.tokens());
       } else if (message.has_rebalanced()) {
         registry_.RecordRebalanced(id, message.rebalanced());
-        logger_->info("engine {} rebalanced its experts before step {}: imbalance {:.3f} "
-                      "(plain placement {:.3f})",
-                      id, message.rebalanced().step(), message.rebalanced().imbalance(),
-                      message.rebalanced().baseline_imbalance());
+        logger_->info(
+            "engine {} rebalanced its experts before step {}: imbalance {:.3f} "
+            "(plain placement {:.3f})",
+            id, message.rebalanced().step(), message.rebalanced().imbalance(),
+            message.rebalanced().baseline_imbalance());
       } else {
         result = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                               "expected heartbeat, tokens, rebalanced or drained after hello");

@@ -26,7 +26,8 @@ Request::Update Request::WaitForUpdate(size_t tokens_seen, size_t text_seen,
   };
   mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
   Update update;
-  if (tokens_.size() > tokens_seen) update.tokens.assign(tokens_.begin() + tokens_seen, tokens_.end());
+  if (tokens_.size() > tokens_seen)
+    update.tokens.assign(tokens_.begin() + tokens_seen, tokens_.end());
   if (text_.size() > text_seen) update.text = text_.substr(text_seen);
   update.finished = finished_;
   update.finish_reason = finish_reason_;
@@ -105,7 +106,8 @@ void Request::RecordMetrics(Metrics& metrics) const {
   absl::MutexLock lock(&mu_);
   metrics.AddPromptTokens(prompt_tokens());
   metrics.AddGeneratedTokens(static_cast<int64_t>(tokens_.size()));
-  if (!tokens_.empty()) metrics.ObserveTimeToFirstToken(absl::ToDoubleSeconds(first_token_ - admitted_));
+  if (!tokens_.empty())
+    metrics.ObserveTimeToFirstToken(absl::ToDoubleSeconds(first_token_ - admitted_));
   if (tokens_.size() > 1) {
     metrics.ObserveTimePerOutputToken(absl::ToDoubleSeconds(done_ - first_token_) /
                                       static_cast<double>(tokens_.size() - 1));

@@ -65,10 +65,10 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(engine::v1::Admit adm
         "dsv4-engine against this coordinator (or let it launch one) and retry");
   }
   if (queue_.size() >= static_cast<size_t>(options_.max_queue)) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("request queue is full (", queue_.size(),
-                     " requests waiting for an engine, coordinator.max_queue = ",
-                     options_.max_queue, "); retry later"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request queue is full (", queue_.size(),
+        " requests waiting for an engine, coordinator.max_queue = ", options_.max_queue,
+        "); retry later"));
   }
   const std::string id = absl::StrCat("r", next_id_++);
   admit.set_request_id(id);
@@ -113,7 +113,8 @@ void Scheduler::FinishLocked(const std::string& id, v1::FinishReason reason, abs
     if (cancelled) {
       // A retry after a cancellation runs again (and, seeded, samples the same tokens).
       auto known = by_client_id_.find(entry.client_id);
-      if (known != by_client_id_.end() && known->second == entry.request) by_client_id_.erase(known);
+      if (known != by_client_id_.end() && known->second == entry.request)
+        by_client_id_.erase(known);
     } else {
       finished_client_ids_.push_back(entry.client_id);
       while (finished_client_ids_.size() > static_cast<size_t>(options_.remember_finished)) {
@@ -206,7 +207,8 @@ void Scheduler::FillRunning(v1::ClusterStatus* status) const {
   absl::MutexLock lock(&mu_);
   for (v1::EngineStatus& engine : *status->mutable_engines()) {
     auto it = engines_.find(engine.id());
-    if (it != engines_.end()) engine.set_running_requests(static_cast<int>(it->second.requests.size()));
+    if (it != engines_.end())
+      engine.set_running_requests(static_cast<int>(it->second.requests.size()));
   }
 }
 

@@ -36,7 +36,7 @@
 namespace dsv4::coordinator {
 
 struct SchedulerOptions {
-  int max_queue = 256;          // requests waiting for an engine (coordinator.max_queue)
+  int max_queue = 256;           // requests waiting for an engine (coordinator.max_queue)
   int remember_finished = 1024;  // finished client request_ids kept for idempotent retries
 };
 

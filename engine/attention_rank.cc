@@ -28,9 +28,9 @@ AttentionRank::AttentionRank(const Model* model, MpiExpertExecutor* executor, in
       micro_batches_(micro_batches),
       geometry_(geometry),
       keep_logits_(keep_logits),
-      expert_load_(static_cast<size_t>(model->config().num_hidden_layers) *
-                       model->config().n_routed_experts,
-                   0) {}
+      expert_load_(
+          static_cast<size_t>(model->config().num_hidden_layers) * model->config().n_routed_experts,
+          0) {}
 
 std::vector<int64_t> AttentionRank::TakeExpertLoad() {
   std::vector<int64_t> load(expert_load_.size(), 0);

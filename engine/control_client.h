@@ -46,8 +46,8 @@ class ControlClient {
 
   std::unique_ptr<engine::v1::EngineControl::Stub> stub_;
   grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<engine::v1::EngineMessage,
-                                           engine::v1::CoordinatorMessage>>
+  std::unique_ptr<
+      grpc::ClientReaderWriter<engine::v1::EngineMessage, engine::v1::CoordinatorMessage>>
       stream_;
   int heartbeat_interval_ms_ = 1000;
   std::thread reader_;

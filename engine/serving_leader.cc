@@ -34,8 +34,7 @@ void ServingLeader::HeartbeatLoop() {
       engine::v1::Heartbeat& hb = *message.mutable_heartbeat();
       hb = heartbeat_;
       const size_t experts = options_.num_experts;
-      for (size_t layer = 0; experts > 0 && (layer + 1) * experts <= expert_load_.size();
-           ++layer) {
+      for (size_t layer = 0; experts > 0 && (layer + 1) * experts <= expert_load_.size(); ++layer) {
         engine::v1::LayerExpertLoad* load = hb.add_expert_load();
         load->set_layer(static_cast<int32_t>(layer));
         load->mutable_tokens_per_expert()->Add(expert_load_.begin() + layer * experts,

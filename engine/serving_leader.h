@@ -55,9 +55,8 @@ class ServingLeader {
   // What the plan NextPlan returned produced: the sampled tokens (all ranks'), the step's
   // times (when it ran entries) and, with `report_load`, the expert load summed over the
   // ranks [layers · experts] and the attention ranks' Engram stall since start.
-  void StepDone(const StepPlan& plan, absl::Span<const SampledToken> sampled,
-                double cpu_seconds, double modelled_seconds, absl::Span<const int64_t> load,
-                double engram_stall_ms);
+  void StepDone(const StepPlan& plan, absl::Span<const SampledToken> sampled, double cpu_seconds,
+                double modelled_seconds, absl::Span<const int64_t> load, double engram_stall_ms);
 
  private:
   void HeartbeatLoop();
@@ -74,7 +73,7 @@ class ServingLeader {
 
   // Shared with the heartbeat thread.
   absl::Mutex mu_;
-  engine::v1::Heartbeat heartbeat_ ABSL_GUARDED_BY(mu_);  // the fields kept current
+  engine::v1::Heartbeat heartbeat_ ABSL_GUARDED_BY(mu_);   // the fields kept current
   std::vector<int64_t> expert_load_ ABSL_GUARDED_BY(mu_);  // since the last heartbeat
   double step_seconds_ ABSL_GUARDED_BY(mu_) = 0;           // since the last heartbeat
   double modelled_seconds_ ABSL_GUARDED_BY(mu_) = 0;

@@ -11,8 +11,8 @@
 //     of `chunk` tokens per step, oldest first; the chunk that completes a prefill samples.
 // A request ends on a stop token id (STOP, included), the model's EOS unless ignore_eos
 // (EOS, included), max_tokens or max_seq_len (LENGTH), or a Cancel (CANCELLED); its
-// sequence is released (its KV state freed) by the next plan. Sampling draw i of a request is its i-th generated
-// token counting resume tokens, so a replay continues the stream it resumes.
+// sequence is released (its KV state freed) by the next plan. Sampling draw i of a request is its
+// i-th generated token counting resume tokens, so a replay continues the stream it resumes.
 //
 // Not thread-safe: the leader's loop owns it.
 #ifndef DSV4_ENGINE_SERVING_PLANNER_H_
@@ -63,7 +63,7 @@ class ServingPlanner {
   bool idle() const { return running_.empty() && waiting_.empty() && release_.empty(); }
   int running() const { return static_cast<int>(running_.size()); }
   int waiting() const { return static_cast<int>(waiting_.size()); }
-  int64_t kv_used_tokens() const;  // tokens in the KV state of running sequences
+  int64_t kv_used_tokens() const;          // tokens in the KV state of running sequences
   int64_t steps() const { return step_; }  // plans made so far
   int64_t kv_budget_tokens() const { return limits_.kv_budget_tokens * limits_.attention_ranks; }
 

@@ -43,11 +43,11 @@ absl::Status BroadcastPlan(StepPlan* plan, int root, MPI_Comm comm) {
   wire.insert(wire.end(), plan->release.begin(), plan->release.end());
   for (const PlanEntry& e : plan->entries) {
     const SamplingParams& p = e.sampling;
-    wire.insert(wire.end(), {e.sequence, e.rank, e.micro_batch, e.sample ? 1 : 0,
-                             absl::bit_cast<int32_t>(p.temperature),
-                             absl::bit_cast<int32_t>(p.top_p), p.top_k,
-                             absl::bit_cast<int64_t>(p.seed), absl::bit_cast<int64_t>(e.draw),
-                             static_cast<int64_t>(e.tokens.size())});
+    wire.insert(wire.end(),
+                {e.sequence, e.rank, e.micro_batch, e.sample ? 1 : 0,
+                 absl::bit_cast<int32_t>(p.temperature), absl::bit_cast<int32_t>(p.top_p), p.top_k,
+                 absl::bit_cast<int64_t>(p.seed), absl::bit_cast<int64_t>(e.draw),
+                 static_cast<int64_t>(e.tokens.size())});
     wire.insert(wire.end(), e.tokens.begin(), e.tokens.end());
   }
   int64_t size = static_cast<int64_t>(wire.size());

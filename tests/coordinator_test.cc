@@ -173,7 +173,6 @@ TEST_F(ValidationTest, LimitsFollowTheContext) {
 
 // ---- the server ----
 
-
 class CoordinatorServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -565,10 +564,10 @@ TEST_F(CoordinatorServerTest, GenerateCommandReportsTheServersError) {
 // status` get through with the certificate and token, nothing else does.
 TEST(CoordinatorSecurityTest, TlsAndBearerTokenGuardThePublicApi) {
   testing::TempDir dir("coordinator-tls");
-  const testing::CommandResult cert = testing::RunCommand(absl::StrCat(
-      "/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 1 -keyout ",
-      dir.path(), "/key.pem -out ", dir.path(), "/cert.pem"));
+  const testing::CommandResult cert = testing::RunCommand(
+      absl::StrCat("/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
+                   "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 1 -keyout ",
+                   dir.path(), "/key.pem -out ", dir.path(), "/cert.pem"));
   ASSERT_EQ(cert.exit_code, 0) << cert.output;
   std::ofstream(dir.path() + "/token") << "s3cret-token\n";
   CoordinatorOptions options;

@@ -35,7 +35,8 @@ class FakeEngine {
     engine::v1::Hello* h = hello.mutable_hello();
     h->set_engine_id(id);
     h->mutable_model()->set_name(model);
-    h->mutable_model()->set_vocab_size(vocab >= 0 ? vocab : VocabSize(std::string(DSV4_SOURCE_DIR) + "/models/v4-mini"));
+    h->mutable_model()->set_vocab_size(
+        vocab >= 0 ? vocab : VocabSize(std::string(DSV4_SOURCE_DIR) + "/models/v4-mini"));
     h->set_max_running(max_running);
     h->set_max_seq_len(256);
     for (int r = 0; r < 2; ++r) {
@@ -80,8 +81,7 @@ struct Streamed {
 
 // Runs Generate in the background (`context` lets the caller cancel it, and must outlive
 // the call); `received`, when given, counts the tokens streamed so far.
-inline std::future<Streamed> GenerateAsync(v1::Inference::Stub* stub,
-                                           v1::GenerateRequest request,
+inline std::future<Streamed> GenerateAsync(v1::Inference::Stub* stub, v1::GenerateRequest request,
                                            std::shared_ptr<grpc::ClientContext> context,
                                            std::atomic<int>* received = nullptr) {
   return std::async(std::launch::async, [stub, request, context, received] {
@@ -89,8 +89,7 @@ inline std::future<Streamed> GenerateAsync(v1::Inference::Stub* stub,
     auto reader = stub->Generate(context.get(), request);
     v1::GenerateResponse response;
     while (reader->Read(&response)) {
-      out.tokens.insert(out.tokens.end(), response.token_ids().begin(),
-                        response.token_ids().end());
+      out.tokens.insert(out.tokens.end(), response.token_ids().begin(), response.token_ids().end());
       out.text += response.text();
       out.messages += 1;
       if (received != nullptr) *received += response.token_ids_size();

@@ -266,8 +266,7 @@ TEST_F(SchedulerTest, EnginesFailedForGoodEndRequestsWithTheReason) {
   const Streamed out = done.get();
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(out.status.error_message(), HasSubstr("engine-0 failed 4 times"));
-  EXPECT_EQ(Generate(Request("again", 1)).get().status.error_code(),
-            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Generate(Request("again", 1)).get().status.error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(SchedulerTest, EngineErrorsReachTheClient) {

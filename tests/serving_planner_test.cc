@@ -111,8 +111,8 @@ TEST(ServingPlannerTest, PrefillSharesTheChunkWhileDecodesAlwaysRun) {
   p = planner.Next();
   std::map<int, size_t> fed;
   for (const PlanEntry& e : p.entries) fed[e.sequence] = e.tokens.size();
-  EXPECT_EQ(fed[0], 1u);  // decode
-  EXPECT_EQ(fed[1], 6u);  // the whole chunk budget
+  EXPECT_EQ(fed[0], 1u);        // decode
+  EXPECT_EQ(fed[1], 6u);        // the whole chunk budget
   EXPECT_EQ(fed.count(2), 0u);  // nothing left for c this step
 }
 
@@ -158,9 +158,9 @@ TEST(ServingPlannerTest, AReplayPrefillsItsResumeTokensAndContinuesTheDraws) {
 
 TEST(ServingPlannerTest, RefusesWhatCanNeverRunWithAnError) {
   ServingPlanner planner(Limits());
-  planner.Admit(MakeAdmit("long", 64, 1));     // no room left in max_seq_len 64
-  planner.Admit(MakeAdmit("big", 50, 60));      // 64 reserved ≤ 100: fine
-  planner.Admit(MakeAdmit("big", 5, 5));        // duplicate id
+  planner.Admit(MakeAdmit("long", 64, 1));         // no room left in max_seq_len 64
+  planner.Admit(MakeAdmit("big", 50, 60));         // 64 reserved ≤ 100: fine
+  planner.Admit(MakeAdmit("big", 5, 5));           // duplicate id
   planner.Admit(MakeAdmit("done", 2, 2, {5, 6}));  // nothing left to generate
   std::map<std::string, std::string> errors;
   for (const auto& e : planner.TakeEvents()) {

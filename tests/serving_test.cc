@@ -54,9 +54,9 @@ class ServingTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir("serving");
     for (const char* preset : {"v4-tiny", "v4-tiny-engram"}) {
-      const testing::CommandResult gen = testing::RunCommand(absl::StrCat(
-          testing::Dsv4(), " checkpoint generate --preset ", preset, " --seed 7 --out ",
-          Path(preset)));
+      const testing::CommandResult gen =
+          testing::RunCommand(absl::StrCat(testing::Dsv4(), " checkpoint generate --preset ",
+                                           preset, " --seed 7 --out ", Path(preset)));
       ASSERT_EQ(gen.exit_code, 0) << gen.output;
     }
   }
@@ -178,9 +178,9 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
   const Streamed out = Generate(Request(prompt, n, 5)).get();
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
 
-  const testing::CommandResult run = testing::RunCommand(absl::StrCat(
-      testing::Dsv4(), " run --checkpoint ", Path("v4-tiny"), " --tokens ",
-      absl::StrJoin(prompt, ","), " --generate ", n, " --temperature 0.8 --seed 5"));
+  const testing::CommandResult run = testing::RunCommand(
+      absl::StrCat(testing::Dsv4(), " run --checkpoint ", Path("v4-tiny"), " --tokens ",
+                   absl::StrJoin(prompt, ","), " --generate ", n, " --temperature 0.8 --seed 5"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const size_t at = run.output.find("generated: ") + 11;
   std::vector<int32_t> reference;
@@ -193,8 +193,8 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
   // The engine stops at EOS (id 1), `dsv4 run` does not: compare up to the engine's end.
   ASSERT_FALSE(out.tokens.empty());
   ASSERT_LE(out.tokens.size(), reference.size());
-  EXPECT_EQ(out.tokens, std::vector<int32_t>(reference.begin(),
-                                             reference.begin() + out.tokens.size()));
+  EXPECT_EQ(out.tokens,
+            std::vector<int32_t>(reference.begin(), reference.begin() + out.tokens.size()));
   if (out.tokens.size() < reference.size()) {
     EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_EOS);
   } else {
@@ -345,7 +345,8 @@ TEST_F(ServingTest, AKilledEngramMemoryNodeNeverReachesTheClient) {
         2, "v4-tiny-engram");
   std::vector<std::future<Streamed>> futures;
   std::atomic<int> received{0};
-  for (int i = 0; i < 4; ++i) futures.push_back(Generate(Request(Prompt(40, i), 150, i), &received));
+  for (int i = 0; i < 4; ++i)
+    futures.push_back(Generate(Request(Prompt(40, i), 150, i), &received));
   WaitForTokens(received, 40);
   stores.processes[0]->Signal(SIGKILL);
   for (auto& f : futures) {
