@@ -88,7 +88,8 @@ void Scheduler::Detach(const std::shared_ptr<Request>& request) {
     if (it == requests_.end() || --it->second.readers > 0) return;
     Entry& entry = it->second;
     if (entry.engine.empty()) {
-      queue_.erase(std::find(queue_.begin(), queue_.end(), request->id()));
+      auto queued = std::find(queue_.begin(), queue_.end(), request->id());
+      if (queued != queue_.end()) queue_.erase(queued);
       FinishLocked(request->id(), v1::FINISH_REASON_CANCELLED, absl::OkStatus());
       return;
     }
