@@ -8,11 +8,12 @@
 // Prints "listening on HOST:PORT" once serving.
 #include <csignal>
 #include <iostream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "cli/cli_util.h"
 #include "core/cluster_config.h"
 #include "engram_store/server.h"
 #include "spdlog/spdlog.h"
@@ -96,10 +97,15 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> positional = dsv4::cli::ParseFlags(
+      argc, argv,
       "dsv4-engram-store --checkpoint DIR (--cluster YAML --index I | --listen HOST:PORT)\n\n"
-      "Serves this node's shards of a checkpoint's Engram tables over gRPC.");
-  absl::ParseCommandLine(argc, argv);
+      "Serves this node's shards of a checkpoint's Engram tables over gRPC.",
+      "engram_store_main.cc");
+  if (!positional.empty()) {
+    std::cerr << "dsv4-engram-store: unexpected argument " << positional[0] << "\n";
+    return 2;
+  }
   dsv4::engram::TuneMallocForLargeMessages();
   return Run();
 }
