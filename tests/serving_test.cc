@@ -151,17 +151,18 @@ class ServingTest : public ::testing::Test {
     ASSERT_GE(received.load(), n) << "the streams stalled";
   }
 
-  // The pid of the engine's first expert rank, from GetClusterStatus.
-  int64_t ExpertRankPid() {
+  // The pid of the engine's first rank with `role`, from GetClusterStatus.
+  int64_t RankPid(const std::string& role) {
     const v1::ClusterStatus status = Status();
     for (const v1::EngineStatus& engine : status.engines()) {
       for (const v1::RankStatus& rank : engine.ranks()) {
-        if (rank.role() == "expert") return rank.pid();
+        if (rank.role() == role) return rank.pid();
       }
     }
-    ADD_FAILURE() << "no expert rank in " << status.DebugString();
+    ADD_FAILURE() << "no " << role << " rank in " << status.DebugString();
     return -1;
   }
+  int64_t ExpertRankPid() { return RankPid("expert"); }
 
   static testing::TempDir* dir_;
   int yamls_ = 0;
@@ -278,6 +279,28 @@ TEST_F(ServingTest, KillingAnExpertRankDuringEightStreamsLosesNoToken) {
   EXPECT_EQ(status.engines(0).restarts(), 1);
   EXPECT_THAT(server_->metrics().Scrape(),
               HasSubstr("dsv4_engine_restarts_total{engine=\"engine-0\"} 1"));
+}
+
+TEST_F(ServingTest, AHungEngineIsKilledAndItsRequestsReplayed) {
+  Start(ClusterYaml(1, 1), 2);
+  v1::GenerateRequest request = Request(Prompt(25, 4), 150, 21);
+  request.set_ignore_eos(true);  // long enough to be mid-stream at the stop
+  std::atomic<int> ignored{0};
+  const Streamed undisturbed = GenerateAll({request}, &ignored)[0];
+
+  // SIGSTOP the leader mid-stream: its stream stays open but heartbeats stop, so only the
+  // watchdog (3 missed heartbeats of 250 ms) can notice; it kills and restarts the engine.
+  const int64_t leader = RankPid("attention");
+  ASSERT_GT(leader, 0);
+  std::atomic<int> received{0};
+  auto done = Generate(request, &received);
+  WaitForTokens(received, 20);
+  ASSERT_EQ(kill(static_cast<pid_t>(leader), SIGSTOP), 0);
+  const Streamed replayed = done.get();
+  ASSERT_TRUE(replayed.status.ok()) << replayed.status.error_message();
+  EXPECT_EQ(replayed.tokens, undisturbed.tokens);
+  EXPECT_EQ(Status().engines(0).restarts(), 1);
+  kill(static_cast<pid_t>(leader), SIGKILL);  // already killed by the supervisor; to be sure
 }
 
 TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
