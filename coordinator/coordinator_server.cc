@@ -156,8 +156,11 @@ absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
   LaunchSpec spec;
   spec.engine_id = launch.engine_id;
   spec.max_restarts = launch.max_restarts;
-  spec.argv = MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise,
-                            launch.engine_id, launch.ranks, launch.hosts, launch.mpirun_args);
+  absl::StatusOr<std::vector<std::string>> argv =
+      MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise,
+                    launch.engine_id, launch.ranks, launch.hosts, launch.mpirun_args);
+  if (!argv.ok()) return argv.status();
+  spec.argv = std::move(*argv);
   const std::shared_ptr<spdlog::logger> logger = Logger();
   logger->info("launching engine {}: {}", launch.engine_id, absl::StrJoin(spec.argv, " "));
   EngineSupervisor::Callbacks callbacks;

@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -30,27 +29,36 @@ std::vector<std::string> DefaultMpirunArgs() {
   return args;
 }
 
-std::vector<std::string> MpirunCommand(const std::string& engine_binary,
-                                       const std::string& cluster_yaml,
-                                       const std::string& checkpoint_dir,
-                                       const std::string& coordinator_address,
-                                       const std::string& engine_id, int ranks,
-                                       const std::vector<std::string>& hosts,
-                                       const std::vector<std::string>& extra_mpirun_args) {
+absl::StatusOr<std::vector<std::string>> MpirunCommand(
+    const std::string& engine_binary, const std::string& cluster_yaml,
+    const std::string& checkpoint_dir, const std::string& coordinator_address,
+    const std::string& engine_id, int ranks, const std::vector<std::string>& hosts,
+    const std::vector<std::string>& extra_mpirun_args) {
   std::vector<std::string> argv = {"mpirun"};
   argv.insert(argv.end(), extra_mpirun_args.begin(), extra_mpirun_args.end());
   argv.insert(argv.end(), {"-np", absl::StrCat(ranks)});
-  // Ranks fill the hosts in order (a host listed n times gets n slots).
-  std::map<std::string, int> slots;
-  std::vector<std::string> order;
+  std::vector<std::pair<std::string, int>> slots;  // host, ranks; in rank order
   bool remote = false;
-  for (const std::string& h : hosts) {
-    if (slots[h]++ == 0) order.push_back(h);
+  for (size_t r = 0; r < hosts.size(); ++r) {
+    const std::string& h = hosts[r];
+    if (!slots.empty() && slots.back().first == h) {
+      slots.back().second += 1;
+      continue;
+    }
+    for (const auto& [seen, count] : slots) {
+      if (seen == h) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rank ", r, " is on host ", h,
+            " again after other hosts: mpirun --host places a "
+            "host's ranks contiguously; start this layout with --engines attach and a rankfile"));
+      }
+    }
+    slots.emplace_back(h, 1);
     remote = remote || (h != "localhost" && h != "127.0.0.1");
   }
   if (remote) {
     std::vector<std::string> host_slots;
-    for (const std::string& h : order) host_slots.push_back(absl::StrCat(h, ":", slots[h]));
+    for (const auto& [h, n] : slots) host_slots.push_back(absl::StrCat(h, ":", n));
     argv.insert(argv.end(), {"--host", absl::StrJoin(host_slots, ",")});
   }
   argv.insert(argv.end(), {engine_binary, "--cluster", cluster_yaml, "--checkpoint", checkpoint_dir,

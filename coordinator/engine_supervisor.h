@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/inference.pb.h"
@@ -79,15 +80,13 @@ std::vector<std::string> DefaultMpirunArgs();
 
 // The launch command for `cluster_yaml`'s engine: mpirun with `ranks` ranks on `hosts`
 // (one per rank; as --host h1:slots,… unless all are this machine), then dsv4-engine in
-// serving mode.
-// `engine_binary` is dsv4-engine's path; `extra_mpirun_args` go right after "mpirun".
-std::vector<std::string> MpirunCommand(const std::string& engine_binary,
-                                       const std::string& cluster_yaml,
-                                       const std::string& checkpoint_dir,
-                                       const std::string& coordinator_address,
-                                       const std::string& engine_id, int ranks,
-                                       const std::vector<std::string>& hosts,
-                                       const std::vector<std::string>& extra_mpirun_args);
+// serving mode. mpirun fills hosts in order, so each host's ranks must be contiguous;
+// INVALID_ARGUMENT otherwise (start such a layout in attach mode, with a rankfile).
+absl::StatusOr<std::vector<std::string>> MpirunCommand(
+    const std::string& engine_binary, const std::string& cluster_yaml,
+    const std::string& checkpoint_dir, const std::string& coordinator_address,
+    const std::string& engine_id, int ranks, const std::vector<std::string>& hosts,
+    const std::vector<std::string>& extra_mpirun_args);
 
 }  // namespace dsv4::coordinator
 

@@ -614,6 +614,22 @@ TEST(CoordinatorSecurityTest, TlsAndBearerTokenGuardThePublicApi) {
   (*server)->Shutdown();
 }
 
+TEST(MpirunCommandTest, OneSlotPerRankOnItsHost) {
+  auto local = MpirunCommand("eng", "c.yaml", "ckpt", "127.0.0.1:1", "e0", 2,
+                             {"localhost", "localhost"}, {"--oversubscribe"});
+  ASSERT_TRUE(local.ok());
+  EXPECT_THAT(*local, ::testing::ElementsAre("mpirun", "--oversubscribe", "-np", "2", "eng",
+                                             "--cluster", "c.yaml", "--checkpoint", "ckpt",
+                                             "--coordinator", "127.0.0.1:1", "--engine_id", "e0"));
+  auto remote =
+      MpirunCommand("eng", "c.yaml", "ckpt", "c:1", "e0", 5, {"a", "a", "a", "b", "b"}, {});
+  ASSERT_TRUE(remote.ok());
+  EXPECT_THAT(*remote, ::testing::Contains("a:3,b:2"));
+  auto interleaved = MpirunCommand("eng", "c.yaml", "ckpt", "c:1", "e0", 3, {"a", "b", "a"}, {});
+  EXPECT_EQ(interleaved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(interleaved.status().message()), HasSubstr("rank 2 is on host a"));
+}
+
 // A flag's separate value is never rewritten as a flag name, even when it starts with
 // "--" (dashed flag names are; the value reaches the command intact).
 TEST(CliFlagsTest, ValuesStartingWithDashesAreKept) {
