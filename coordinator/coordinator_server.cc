@@ -170,6 +170,9 @@ absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
     registry_.SetRestarts(id, restarts);
     metrics_->EngineRestarted(id);
   };
+  callbacks.relaunching = [logger](const std::string& why) {
+    logger->info("{} (drained or shut down); starting it again", why);
+  };
   callbacks.cleanup = [this, id, logger] {
     // Ranks on this host that outlived mpirun: kill them, then wait for their stream to go.
     char host[256] = {};

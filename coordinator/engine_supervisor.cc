@@ -118,9 +118,12 @@ void EngineSupervisor::Monitor() {
     if (stopping_) return;
     std::string why =
         absl::StrCat("engine ", spec_.engine_id, " (", spec_.argv[0], ") ", DescribeExit(status));
+    // Exit code 0 is an engine that drained or was shut down by an operator: started again
+    // (a graceful restart), not counted as a failure.
+    const bool clean = kill_reason_.empty() && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (!kill_reason_.empty()) why = absl::StrCat(why, " after ", kill_reason_);
     kill_reason_.clear();
-    if (restarts_ >= spec_.max_restarts) {
+    if (!clean && restarts_ >= spec_.max_restarts) {
       failed_ = true;
       const absl::Status reason =
           absl::UnavailableError(absl::StrCat("the engine failed ", restarts_ + 1,
@@ -132,10 +135,11 @@ void EngineSupervisor::Monitor() {
       mu_.Lock();
       return;
     }
-    restarts_ += 1;
+    if (!clean) restarts_ += 1;
     const int restarts = restarts_;
     mu_.Unlock();
-    if (callbacks_.restarted) callbacks_.restarted(restarts, why);
+    if (clean && callbacks_.relaunching) callbacks_.relaunching(why);
+    if (!clean && callbacks_.restarted) callbacks_.restarted(restarts, why);
     if (callbacks_.cleanup) callbacks_.cleanup();
     absl::SleepFor(spec_.restart_delay);
     mu_.Lock();

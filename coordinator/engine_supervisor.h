@@ -1,7 +1,9 @@
 // Launches one engine (an `mpirun … dsv4-engine --coordinator …` command) and keeps it
-// running: when the process exits (a rank crashed, was killed, or the engine lost its
+// running: when the process fails (a rank crashed, was killed, or the engine lost its
 // control stream) or is killed for missed heartbeats (Kill), it is started again, up to
-// `max_restarts` times over the coordinator's life. Then it gives up and reports why.
+// `max_restarts` times over the coordinator's life. Then it gives up and reports why. A
+// clean exit (code 0: drained or shut down by an operator) is a graceful restart and
+// does not count.
 // The process runs in its own process group; Open MPI puts its ranks in groups of their
 // own, so the `cleanup` callback must reap ranks that outlive mpirun before a restart.
 // Thread-safe.
@@ -34,6 +36,9 @@ class EngineSupervisor {
  public:
   struct Callbacks {
     std::function<void(int restarts, const std::string& why)> restarted;
+    // The engine exited with code 0 (drained, or shut down by an operator); it is started
+    // again without counting as a failure.
+    std::function<void(const std::string& why)> relaunching;
     // After the process exited, before the next one starts: make sure no rank of the old
     // one is left (it would still hold the engine id).
     std::function<void()> cleanup;

@@ -303,6 +303,34 @@ TEST_F(ServingTest, AHungEngineIsKilledAndItsRequestsReplayed) {
   kill(static_cast<pid_t>(leader), SIGKILL);  // already killed by the supervisor; to be sure
 }
 
+TEST_F(ServingTest, ADrainedEngineFinishesItsWorkAndStartsAgain) {
+  Start(ClusterYaml(1, 1), 2);
+  v1::GenerateRequest request = Request(Prompt(20, 5), 60, 2);
+  request.set_ignore_eos(true);
+  std::atomic<int> received{0};
+  auto running = Generate(request, &received);
+  WaitForTokens(received, 5);
+  auto admin = admin::v1::Admin::NewStub(
+      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  admin::v1::DrainEngineRequest drain;
+  drain.set_engine_id("engine-0");
+  admin::v1::DrainEngineResponse ignored;
+  ASSERT_TRUE(admin->DrainEngine(&context, drain, &ignored).ok());
+  auto queued = Generate(Request(Prompt(10, 6), 8, 3));  // waits for the new engine
+
+  const Streamed finished = running.get();  // the drained engine ran it to its end
+  ASSERT_TRUE(finished.status.ok()) << finished.status.error_message();
+  EXPECT_EQ(finished.tokens.size(), 60u);
+  const Streamed later = queued.get();
+  ASSERT_TRUE(later.status.ok()) << later.status.error_message();
+  EXPECT_FALSE(later.tokens.empty());
+  const v1::ClusterStatus status = Status();
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).state(), "serving");
+  EXPECT_EQ(status.engines(0).restarts(), 0);  // a graceful restart, not a failure
+}
+
 TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
   // 8 experts + 2 redundant slots over 2 expert ranks, placed by observed load.
   Start(ClusterYaml(1, 2, "  placement: {policy: global, redundant_experts: 2}\n"), 3);
