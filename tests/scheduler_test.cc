@@ -232,6 +232,27 @@ TEST_F(SchedulerTest, ClientCancellationCancelsTheEngineSide) {
               HasSubstr("dsv4_requests_total{status=\"cancelled\"} 1"));
 }
 
+TEST_F(SchedulerTest, APassedDeadlineCancelsTheEngineSide) {
+  std::unique_ptr<FakeEngine> connected = Connect();
+  FakeEngine& engine = *connected;
+  auto context = std::make_shared<grpc::ClientContext>();
+  v1::GenerateRequest request = Request("Hello", 100);
+  auto done = std::async(std::launch::async, [&] {
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    auto reader = stub_->Generate(context.get(), request);
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    return reader->Finish();
+  });
+  const engine::v1::CoordinatorMessage admit = Next(engine);
+  ASSERT_TRUE(admit.has_admit());
+  const engine::v1::CoordinatorMessage cancel = Next(engine);  // no tokens ever came
+  ASSERT_TRUE(cancel.has_cancel());
+  EXPECT_EQ(cancel.cancel().request_id(), admit.admit().request_id());
+  EXPECT_EQ(done.get().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
 TEST_F(SchedulerTest, RequestsBeyondAnEnginesMaxRunningWaitAndAFullQueueRefuses) {
   TearDown();
   Start(/*max_queue=*/1);
