@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
       if (geteuid() == 0) launch.mpirun_args.push_back("--allow-run-as-root");
     }
     launch.max_restarts = cluster->coordinator.max_restarts;
+    launch.engines = cluster->coordinator.engines;
     launch.advertise = absl::GetFlag(FLAGS_advertise);
     options.launch = launch;
   }

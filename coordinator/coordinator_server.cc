@@ -122,15 +122,15 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     server->admin_address_ = *address;
   }
   if (options.launch) {
-    if (absl::Status s = server->LaunchEngine(*options.launch); !s.ok()) return s;
+    if (absl::Status s = server->LaunchEngines(*options.launch); !s.ok()) return s;
   }
   const absl::Duration interval = absl::Milliseconds(options.heartbeat_interval_ms);
   server->watchdog_ = std::thread([self, interval, logger] {
     while (!self->stop_.WaitForNotificationWithTimeout(interval)) {
       for (const std::string& id : self->registry_.CancelSilent(3 * interval, absl::Now())) {
         logger->warn("engine {} missed 3 heartbeats: disconnecting it", id);
-        if (self->supervisor_ && self->supervisor_->engine_id() == id) {
-          self->supervisor_->Kill("3 missed heartbeats");
+        for (const auto& supervisor : self->supervisors_) {
+          if (supervisor->engine_id() == id) supervisor->Kill("3 missed heartbeats");
         }
       }
     }
@@ -143,7 +143,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   return server;
 }
 
-absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
+absl::Status CoordinatorServer::LaunchEngines(const EngineLaunch& launch) {
   std::string advertise = launch.advertise;
   if (advertise.empty()) {
     advertise = address_;
@@ -153,54 +153,72 @@ absl::Status CoordinatorServer::LaunchEngine(const EngineLaunch& launch) {
       }
     }
   }
-  LaunchSpec spec;
-  spec.engine_id = launch.engine_id;
-  spec.max_restarts = launch.max_restarts;
-  absl::StatusOr<std::vector<std::string>> argv =
-      MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise,
-                    launch.engine_id, launch.ranks, launch.hosts, launch.mpirun_args);
-  if (!argv.ok()) return argv.status();
-  spec.argv = std::move(*argv);
+  if (launch.engines < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("coordinator.engines must be ≥ 1, got ", launch.engines));
+  }
   const std::shared_ptr<spdlog::logger> logger = Logger();
-  logger->info("launching engine {}: {}", launch.engine_id, absl::StrJoin(spec.argv, " "));
-  EngineSupervisor::Callbacks callbacks;
-  const std::string id = launch.engine_id;
-  callbacks.restarted = [this, id, logger](int restarts, const std::string& why) {
-    logger->warn("{}; restarting it (restart {})", why, restarts);
-    registry_.SetRestarts(id, restarts);
-    metrics_->EngineRestarted(id);
-  };
-  callbacks.relaunching = [logger](const std::string& why) {
-    logger->info("{} (drained or shut down); starting it again", why);
-  };
-  callbacks.cleanup = [this, id, logger] {
-    // Ranks on this host that outlived mpirun: kill them, then wait for their stream to go.
-    char host[256] = {};
-    gethostname(host, sizeof(host) - 1);
-    for (const auto& [rank_host, pid] : registry_.RankProcesses(id)) {
-      if (rank_host == host && pid > 0) kill(static_cast<pid_t>(pid), SIGKILL);
-    }
-    for (int i = 0; i < 200 && registry_.Has(id); ++i) absl::SleepFor(absl::Milliseconds(50));
-    if (registry_.Has(id)) logger->warn("engine {}'s old control stream is still open", id);
-  };
-  callbacks.gave_up = [this, logger](const absl::Status& reason) {
-    logger->error("{}", std::string(reason.message()));
-    scheduler_->SetUnavailable(reason);
-  };
-  supervisor_ = std::make_unique<EngineSupervisor>(std::move(spec), std::move(callbacks));
   scheduler_->SetEnginesExpected(true);
-  return supervisor_->Start();
+  for (int e = 0; e < launch.engines; ++e) {
+    const std::string id = launch.engines == 1 && !launch.engine_id.empty()
+                               ? launch.engine_id
+                               : absl::StrCat("engine-", e);
+    LaunchSpec spec;
+    spec.engine_id = id;
+    spec.max_restarts = launch.max_restarts;
+    absl::StatusOr<std::vector<std::string>> argv =
+        MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise, id,
+                      launch.ranks, launch.hosts, launch.mpirun_args);
+    if (!argv.ok()) return argv.status();
+    spec.argv = std::move(*argv);
+    logger->info("launching engine {}: {}", id, absl::StrJoin(spec.argv, " "));
+    EngineSupervisor::Callbacks callbacks;
+    callbacks.restarted = [this, id, logger](int restarts, const std::string& why) {
+      logger->warn("{}; restarting it (restart {})", why, restarts);
+      registry_.SetRestarts(id, restarts);
+      metrics_->EngineRestarted(id);
+    };
+    callbacks.relaunching = [logger](const std::string& why) {
+      logger->info("{} (drained or shut down); starting it again", why);
+    };
+    callbacks.cleanup = [this, id, logger] {
+      // Ranks on this host that outlived mpirun: kill them, then wait for their stream to go.
+      char host[256] = {};
+      gethostname(host, sizeof(host) - 1);
+      for (const auto& [rank_host, pid] : registry_.RankProcesses(id)) {
+        if (rank_host == host && pid > 0) kill(static_cast<pid_t>(pid), SIGKILL);
+      }
+      for (int i = 0; i < 200 && registry_.Has(id); ++i) absl::SleepFor(absl::Milliseconds(50));
+      if (registry_.Has(id)) logger->warn("engine {}'s old control stream is still open", id);
+    };
+    callbacks.gave_up = [this, logger](const absl::Status& reason) {
+      logger->error("{}", std::string(reason.message()));
+      // Requests go to the engines still running; only when none is left do they fail.
+      absl::MutexLock lock(&launch_mu_);
+      if (++failed_engines_ == static_cast<int>(supervisors_.size())) {
+        scheduler_->SetUnavailable(reason);
+      }
+    };
+    supervisors_.push_back(
+        std::make_unique<EngineSupervisor>(std::move(spec), std::move(callbacks)));
+  }
+  for (const auto& supervisor : supervisors_) {
+    if (absl::Status s = supervisor->Start(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 void CoordinatorServer::FillLaunchedStatus(v1::ClusterStatus* status) const {
-  if (!supervisor_) return;
-  for (const v1::EngineStatus& engine : status->engines()) {
-    if (engine.id() == supervisor_->engine_id()) return;  // connected: the registry has it
+  for (const auto& supervisor : supervisors_) {
+    const bool connected =
+        std::any_of(status->engines().begin(), status->engines().end(),
+                    [&](const v1::EngineStatus& e) { return e.id() == supervisor->engine_id(); });
+    if (connected) continue;  // the registry reported it
+    v1::EngineStatus* engine = status->add_engines();
+    engine->set_id(supervisor->engine_id());
+    engine->set_state(supervisor->state());
+    engine->set_restarts(supervisor->restarts());
   }
-  v1::EngineStatus* engine = status->add_engines();
-  engine->set_id(supervisor_->engine_id());
-  engine->set_state(supervisor_->state());
-  engine->set_restarts(supervisor_->restarts());
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
@@ -212,7 +230,7 @@ void CoordinatorServer::Shutdown() {
   engine::v1::CoordinatorMessage shutdown;
   shutdown.mutable_shutdown()->set_reason("the coordinator is shutting down");
   for (const std::string& id : registry_.Ids()) registry_.Send(id, shutdown).IgnoreError();
-  if (supervisor_) supervisor_->Stop(absl::Seconds(10));
+  for (const auto& supervisor : supervisors_) supervisor->Stop(absl::Seconds(10));
   const auto now = std::chrono::system_clock::now();
   if (admin_server_) admin_server_->Shutdown(now);
   if (server_) server_->Shutdown(now);

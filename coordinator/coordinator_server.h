@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/engine_registry.h"
@@ -26,15 +27,17 @@
 
 namespace dsv4::coordinator {
 
-// Launch mode: the engine the coordinator starts and supervises.
+// Launch mode: the engines the coordinator starts and supervises.
 struct EngineLaunch {
   std::string engine_binary;  // dsv4-engine
   std::string cluster_yaml;
   int ranks = 2;
   std::vector<std::string> hosts;        // one per rank (the YAML's topology)
   std::vector<std::string> mpirun_args;  // after "mpirun", e.g. --oversubscribe
+  int engines = 1;  // engine units, each an MPI world of `ranks` ranks on `hosts`
+  // With one engine, its id; several are "engine-0", "engine-1", …
   std::string engine_id = "engine-0";
-  int max_restarts = 3;
+  int max_restarts = 3;  // per engine
   // The address engines dial; empty = the bound address, with a wildcard host replaced by
   // 127.0.0.1.
   std::string advertise;
@@ -81,7 +84,7 @@ class CoordinatorServer {
       : config_(std::move(config)),
         tokenizer_(std::move(tokenizer)),
         checkpoint_dir_(std::move(checkpoint_dir)) {}
-  absl::Status LaunchEngine(const EngineLaunch& launch);
+  absl::Status LaunchEngines(const EngineLaunch& launch);
   void FillLaunchedStatus(v1::ClusterStatus* status) const;
 
   ModelConfig config_;
@@ -91,7 +94,9 @@ class CoordinatorServer {
   EngineRegistry registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<EngineSupervisor> supervisor_;
+  std::vector<std::unique_ptr<EngineSupervisor>> supervisors_;
+  absl::Mutex launch_mu_;
+  int failed_engines_ ABSL_GUARDED_BY(launch_mu_) = 0;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<EngineControlService> engine_control_;
   std::unique_ptr<AdminService> admin_;

@@ -239,7 +239,7 @@ EngramSpec ReadEngram(const YamlMap& root) {
 CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_file) {
   const YamlMap coord =
       root.Map("coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue",
-                               "max_restarts", "tls", "auth_token_file"});
+                               "max_restarts", "engines", "tls", "auth_token_file"});
   CoordinatorSpec spec;
   const CoordinatorSpec defaults;
   spec.listen = ReadAddress(coord, "listen", defaults.listen);
@@ -252,6 +252,7 @@ CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_fil
   }
   spec.max_queue = coord.Int("max_queue", NumberRule::kPositive, defaults.max_queue);
   spec.max_restarts = coord.Int("max_restarts", NumberRule::kNonNegative, defaults.max_restarts);
+  spec.engines = coord.Int("engines", NumberRule::kPositive, defaults.engines);
 
   const YamlMap tls = coord.Map("tls", {"cert", "key"});
   const std::string cert = tls.String("cert", "");

@@ -42,7 +42,8 @@
 //     admin_listen: 127.0.0.1:50052
 //     metrics_listen: 127.0.0.1:9464
 //     max_queue: 256
-//     max_restarts: 3
+//     max_restarts: 3                # per launched engine
+//     engines: 1                     # engine units launched, each with the roles above
 //     tls: {cert: "", key: ""}       # both or neither
 //     auth_token_file: ""
 #ifndef DSV4_CORE_CLUSTER_CONFIG_H_
@@ -122,6 +123,7 @@ struct CoordinatorSpec {
   std::string metrics_listen = "127.0.0.1:9464";
   int max_queue = 256;
   int max_restarts = 3;
+  int engines = 1;
   std::string tls_cert;  // resolved paths; both empty = plaintext
   std::string tls_key;
   std::string auth_token_file;  // resolved path; empty = no authentication
