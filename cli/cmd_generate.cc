@@ -1,5 +1,7 @@
 // dsv4 generate: streams a generation from a coordinator, printing text as it arrives.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
@@ -14,6 +16,11 @@
 
 // Sampling flags are shared with `dsv4 run` (defined in cmd_run.cc).
 ABSL_FLAG(int32_t, max_tokens, 64, "tokens to generate at most");
+ABSL_FLAG(std::vector<std::string>, stop, {},
+          "stop strings, comma-separated: generation ends before the first one");
+ABSL_FLAG(std::string, request_id, "",
+          "client request id: a retry with the same id streams the same request");
+ABSL_FLAG(bool, ignore_eos, false, "generate past the end-of-sequence token");
 
 namespace dsv4::cli {
 namespace {
@@ -40,12 +47,16 @@ int GenerateMain(int argc, char** argv) {
       ParseFlags(argc, argv,
                  "dsv4 generate [--server HOST:PORT] [--max-tokens N] [--temperature T --top-p P "
                  "--top-k K --seed S]\n"
+                 "              [--stop S1,S2] [--request-id ID] [--ignore-eos]\n"
                  "              [--tls-ca CERT.pem] [--token-file FILE] \"prompt\"",
                  "cmd_generate.cc");
   if (args.empty()) return ExitCode(absl::InvalidArgumentError("give a prompt"), "generate");
   v1::GenerateRequest request;
   request.set_text(absl::StrJoin(args, " "));
   request.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) request.add_stop(stop);
+  request.set_request_id(absl::GetFlag(FLAGS_request_id));
+  request.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   request.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
   request.mutable_sampling()->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
   request.mutable_sampling()->set_top_k(absl::GetFlag(FLAGS_top_k));

@@ -224,6 +224,23 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
   EXPECT_GT(status.expert_load_size(), 0);
 }
 
+TEST_F(ServingTest, DsvGenerateStreamsAndStatusPrintsTheCluster) {
+  Start(ClusterYaml(1, 1), 2);
+  const std::string server = absl::StrCat(" --server ", server_->address());
+  const testing::CommandResult generate = testing::RunCommand(
+      absl::StrCat(testing::Dsv4(), " generate", server,
+                   " --max-tokens 8 --ignore-eos --seed 1 --request-id cli-1 \"Hello there\""));
+  EXPECT_EQ(generate.exit_code, 0) << generate.output;
+  EXPECT_THAT(generate.output, HasSubstr("[finish: length"));
+  EXPECT_THAT(generate.output, HasSubstr("completion tokens: 8"));
+  const testing::CommandResult status =
+      testing::RunCommand(absl::StrCat(testing::Dsv4(), " status", server));
+  EXPECT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("engine-0"));
+  EXPECT_THAT(status.output, HasSubstr("attention"));
+  EXPECT_THAT(status.output, HasSubstr("placement: expert placement"));
+}
+
 TEST_F(ServingTest, ACancelledRequestFreesItsSequence) {
   Start(ClusterYaml(1, 1), 2);
   auto context = std::make_shared<grpc::ClientContext>();
