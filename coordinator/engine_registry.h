@@ -1,7 +1,7 @@
 // The engines connected to this coordinator (one entry per live EngineControl stream): what
 // each said in its Hello, its latest Heartbeat, and a way to send it CoordinatorMessages.
-// GetClusterStatus and the admin service read it; the scheduler (next) will pick engines
-// from it. Thread-safe.
+// GetClusterStatus and the admin service read it; the scheduler sends admissions and
+// cancellations through it. Thread-safe.
 #ifndef DSV4_COORDINATOR_ENGINE_REGISTRY_H_
 #define DSV4_COORDINATOR_ENGINE_REGISTRY_H_
 
