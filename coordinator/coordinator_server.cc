@@ -160,9 +160,7 @@ absl::Status CoordinatorServer::LaunchEngines(const EngineLaunch& launch) {
   const std::shared_ptr<spdlog::logger> logger = Logger();
   scheduler_->SetEnginesExpected(true);
   for (int e = 0; e < launch.engines; ++e) {
-    const std::string id = launch.engines == 1 && !launch.engine_id.empty()
-                               ? launch.engine_id
-                               : absl::StrCat("engine-", e);
+    const std::string id = absl::StrCat("engine-", e);
     LaunchSpec spec;
     spec.engine_id = id;
     spec.max_restarts = launch.max_restarts;

@@ -34,9 +34,8 @@ struct EngineLaunch {
   int ranks = 2;
   std::vector<std::string> hosts;        // one per rank (the YAML's topology)
   std::vector<std::string> mpirun_args;  // after "mpirun", e.g. --oversubscribe
-  int engines = 1;  // engine units, each an MPI world of `ranks` ranks on `hosts`
-  // With one engine, its id; several are "engine-0", "engine-1", …
-  std::string engine_id = "engine-0";
+  // Engine units "engine-0", "engine-1", …, each an MPI world of `ranks` ranks on `hosts`.
+  int engines = 1;
   int max_restarts = 3;  // per engine
   // The address engines dial; empty = the bound address, with a wildcard host replaced by
   // 127.0.0.1.
