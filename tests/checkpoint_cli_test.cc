@@ -17,21 +17,17 @@
 namespace dsv4 {
 namespace {
 
+using ::dsv4::testing::ReadFile;
+
 using ::dsv4::testing::Dsv4;
 using ::dsv4::testing::RunCommand;
 using ::dsv4::testing::TempDir;
 using ::testing::HasSubstr;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // The name of the first shard listed in a checkpoint's index.
 std::string FirstShard(const std::string& dir) {
-  const nlohmann::json index = nlohmann::json::parse(Slurp(dir + "/model.safetensors.index.json"));
+  const nlohmann::json index =
+      nlohmann::json::parse(ReadFile(dir + "/model.safetensors.index.json"));
   std::set<std::string> files;
   for (const auto& [name, file] : index["weight_map"].items())
     files.insert(file.get<std::string>());
@@ -57,7 +53,7 @@ TempDir* CheckpointCliTest::dir_ = nullptr;
 TEST_F(CheckpointCliTest, GeneratedCheckpointIsShardedAndPassesInspect) {
   EXPECT_TRUE(std::filesystem::exists(Ckpt() + "/config.json"));
   const nlohmann::json index =
-      nlohmann::json::parse(Slurp(Ckpt() + "/model.safetensors.index.json"));
+      nlohmann::json::parse(ReadFile(Ckpt() + "/model.safetensors.index.json"));
   std::set<std::string> files;
   for (const auto& [name, file] : index["weight_map"].items())
     files.insert(file.get<std::string>());
@@ -112,8 +108,8 @@ TEST_F(CheckpointCliTest, SameSeedSameBytesOtherSeedOtherBytes) {
           .exit_code,
       0);
   const std::string shard = "/" + FirstShard(Ckpt());
-  EXPECT_EQ(Slurp(Ckpt() + shard), Slurp(b + shard));
-  EXPECT_NE(Slurp(Ckpt() + shard), Slurp(c + shard));
+  EXPECT_EQ(ReadFile(Ckpt() + shard), ReadFile(b + shard));
+  EXPECT_NE(ReadFile(Ckpt() + shard), ReadFile(c + shard));
 }
 
 // Copies the shared checkpoint so a test can damage its copy.
@@ -133,7 +129,7 @@ TEST_F(CheckpointCliTest, TruncatedShardNamesTheFile) {
 
 TEST_F(CheckpointCliTest, MissingTensorIsNamed) {
   const std::string d = CopyOf(Ckpt(), dir_->path() + "/missing");
-  nlohmann::json index = nlohmann::json::parse(Slurp(d + "/model.safetensors.index.json"));
+  nlohmann::json index = nlohmann::json::parse(ReadFile(d + "/model.safetensors.index.json"));
   index["weight_map"].erase("layers.1.attn.indexer.wq_b.weight");
   std::ofstream(d + "/model.safetensors.index.json") << index.dump();
   const auto r = RunCommand(Dsv4() + " checkpoint inspect " + d);
@@ -144,7 +140,7 @@ TEST_F(CheckpointCliTest, MissingTensorIsNamed) {
 TEST_F(CheckpointCliTest, ConfigThatDisagreesWithTensorsIsReported) {
   // A wider expert FFN in the config than the checkpoint holds.
   const std::string d = CopyOf(Ckpt(), dir_->path() + "/disagree");
-  nlohmann::json config = nlohmann::json::parse(Slurp(d + "/config.json"));
+  nlohmann::json config = nlohmann::json::parse(ReadFile(d + "/config.json"));
   config["moe_intermediate_size"] = 256;
   std::ofstream(d + "/config.json") << config.dump(2);
   const auto r = RunCommand(Dsv4() + " checkpoint inspect " + d);
@@ -157,9 +153,9 @@ TEST_F(CheckpointCliTest, CorruptScaleIsFoundByValueVerification) {
   // E8M0 code 255 is NaN: --verify_values must name the tensor whose values it poisons.
   const std::string d = CopyOf(Ckpt(), dir_->path() + "/nan");
   const std::string name = "layers.0.attn.wq_a.scale";
-  const nlohmann::json index = nlohmann::json::parse(Slurp(d + "/model.safetensors.index.json"));
+  const nlohmann::json index = nlohmann::json::parse(ReadFile(d + "/model.safetensors.index.json"));
   const std::string file = d + "/" + index["weight_map"][name].get<std::string>();
-  std::string bytes = Slurp(file);
+  std::string bytes = ReadFile(file);
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
   const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_len));

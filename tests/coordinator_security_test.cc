@@ -19,6 +19,8 @@
 namespace dsv4::coordinator {
 namespace {
 
+using ::dsv4::testing::WriteFile;
+
 using ::testing::HasSubstr;
 
 // Answers Tokenize with CheckBearerToken's verdict; the other methods are not used.
@@ -73,10 +75,6 @@ grpc::Status CallTokenize(const std::string& address,
     EXPECT_EQ(response.token_ids_size(), 1);
   }
   return status;
-}
-
-void WriteFile(const std::string& path, const std::string& contents) {
-  std::ofstream(path) << contents;
 }
 
 class SecurityTest : public ::testing::Test {

@@ -22,6 +22,9 @@
 namespace dsv4::engram {
 namespace {
 
+using ::dsv4::testing::ReadFile;
+using ::dsv4::testing::WriteFile;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using testing::Options;
@@ -41,17 +44,6 @@ TEST(ShardPlanTest, RangesReplicasAndOwners) {
   EXPECT_THAT(plan.ShardsOf(0), ElementsAre(0, 2));
   EXPECT_FALSE((ShardPlan{2, 3}).Validate().ok());
   EXPECT_FALSE((ShardPlan{0, 1}).Validate().ok());
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
 }
 
 // A generated v4-tiny-engram checkpoint shared by the tests (read-only).

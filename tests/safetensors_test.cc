@@ -16,9 +16,13 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "tests/test_util.h"
 
 namespace dsv4 {
 namespace {
+
+using ::dsv4::testing::ReadFile;
+using ::dsv4::testing::WriteFile;
 
 using ::testing::AllOf;
 using ::testing::ElementsAre;
@@ -31,17 +35,6 @@ std::vector<uint8_t> Bytes(const std::vector<T>& values) {
   std::vector<uint8_t> bytes(values.size() * sizeof(T));
   if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
   return bytes;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
 }
 
 // A safetensors file by hand: the 8-byte little-endian length, `header`, `data_bytes` zeros.

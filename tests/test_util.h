@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -141,6 +143,17 @@ class Process {
   bool reaped_ = false;
   std::string output_;
 };
+
+// A file's bytes ("" when it cannot be read), and writing them (binary, truncating).
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+inline void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
 
 inline std::string Dsv4() { return std::string(DSV4_BIN_DIR) + "/dsv4"; }
 

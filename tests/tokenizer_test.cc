@@ -23,22 +23,14 @@
 namespace dsv4 {
 namespace {
 
+using ::dsv4::testing::ReadFile;
+using ::dsv4::testing::WriteFile;
+
 using ::dsv4::testing::Dsv4;
 using ::dsv4::testing::RunCommand;
 using ::dsv4::testing::TempDir;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
 
 std::string Preset(const std::string& name) {
   return std::string(DSV4_SOURCE_DIR) + "/models/" + name;
@@ -301,7 +293,8 @@ class PresetTokenizerTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(PresetTokenizerTest, MatchesTheModelConfig) {
-  const nlohmann::json config = nlohmann::json::parse(Slurp(Preset(GetParam()) + "/config.json"));
+  const nlohmann::json config =
+      nlohmann::json::parse(ReadFile(Preset(GetParam()) + "/config.json"));
   EXPECT_EQ(t().vocab_size(), config["vocab_size"].get<int>());
   EXPECT_EQ(t().bos_id(), config["bos_token_id"].get<int>());
   EXPECT_EQ(t().eos_id(), config["eos_token_id"].get<int>());
@@ -346,7 +339,7 @@ TEST_P(PresetTokenizerTest, CorpusRoundTripsAndCompresses) {
   std::string corpus;
   for (const auto& entry : std::filesystem::directory_iterator(std::string(DSV4_SOURCE_DIR) +
                                                                "/scripts/tokenizer_corpus"))
-    corpus += Slurp(entry.path().string());
+    corpus += ReadFile(entry.path().string());
   const std::vector<int> ids = t().Encode(corpus, false);
   EXPECT_EQ(t().Decode(ids), corpus);
   EXPECT_LT(ids.size(), corpus.size() / 2);  // merges learned from this text do compress it
@@ -577,8 +570,8 @@ TEST(TokenizerLoadTest, CheckpointGenerateShipsTheTokenizer) {
   const auto r = RunCommand(Dsv4() + " checkpoint generate --preset v4-tiny --seed 1 --out " +
                             dir.path() + "/ckpt");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(Slurp(dir.path() + "/ckpt/tokenizer.json"),
-            Slurp(Preset("v4-tiny") + "/tokenizer.json"));
+  EXPECT_EQ(ReadFile(dir.path() + "/ckpt/tokenizer.json"),
+            ReadFile(Preset("v4-tiny") + "/tokenizer.json"));
   absl::StatusOr<Tokenizer> t = Tokenizer::LoadFromDir(dir.path() + "/ckpt");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->vocab_size(), 1024);
@@ -591,8 +584,8 @@ TEST(TokenizerLoadTest, ShippedTokenizersAreReproducible) {
     const auto r = RunCommand("python3 scripts/make_tokenizer.py --config models/" + preset +
                               "/config.json --out " + dir.path() + "/" + preset + ".json");
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_TRUE(Slurp(dir.path() + "/" + preset + ".json") ==
-                Slurp(Preset(preset) + "/tokenizer.json"))
+    EXPECT_TRUE(ReadFile(dir.path() + "/" + preset + ".json") ==
+                ReadFile(Preset(preset) + "/tokenizer.json"))
         << "models/" << preset << "/tokenizer.json is stale: rerun scripts/make_tokenizer.py";
   }
 }
