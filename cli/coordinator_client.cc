@@ -11,16 +11,12 @@ void CoordinatorChannel::Authorize(grpc::ClientContext* context) const {
 }
 
 absl::StatusOr<CoordinatorChannel> DialCoordinator() {
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      coordinator::MakeChannelCredentials(absl::GetFlag(FLAGS_tls_ca));
-  if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<coordinator::ClientSecurity> security =
+      coordinator::LoadClientSecurity(absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_token_file));
+  if (!security.ok()) return security.status();
   CoordinatorChannel out;
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    absl::StatusOr<std::string> token = coordinator::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) return token.status();
-    out.token = *token;
-  }
-  out.channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), *credentials);
+  out.channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), security->credentials);
+  out.token = security->token;
   return out;
 }
 

@@ -499,19 +499,12 @@ absl::Status Engine::Serve() {
   const engine::v1::Hello hello = MakeHello();
   if (rank_ == 0) {
     // TLS and the bearer token come from the same YAML as the coordinator's.
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-        coordinator::MakeChannelCredentials(cluster_.coordinator.tls_cert);
-    if (!credentials.ok()) return credentials.status();
-    std::string token;
-    if (!cluster_.coordinator.auth_token_file.empty()) {
-      absl::StatusOr<std::string> read =
-          coordinator::ReadTokenFile(cluster_.coordinator.auth_token_file);
-      if (!read.ok()) return read.status();
-      token = *read;
-    }
-    absl::StatusOr<std::unique_ptr<ControlClient>> control =
-        ControlClient::Connect(absl::GetFlag(FLAGS_coordinator), *credentials, token, hello,
-                               absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
+    absl::StatusOr<coordinator::ClientSecurity> security = coordinator::LoadClientSecurity(
+        cluster_.coordinator.tls_cert, cluster_.coordinator.auth_token_file);
+    if (!security.ok()) return security.status();
+    absl::StatusOr<std::unique_ptr<ControlClient>> control = ControlClient::Connect(
+        absl::GetFlag(FLAGS_coordinator), security->credentials, security->token, hello,
+        absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s)));
     if (!control.ok()) return control.status();
     ServingLeaderOptions options;
     options.limits.attention_ranks = topology_->num_attention_ranks();

@@ -110,6 +110,21 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   return std::string(line);
 }
 
+absl::StatusOr<ClientSecurity> LoadClientSecurity(const std::string& ca_file,
+                                                  const std::string& token_file) {
+  ClientSecurity out;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(ca_file);
+  if (!credentials.ok()) return credentials.status();
+  out.credentials = *std::move(credentials);
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(token_file);
+    if (!token.ok()) return token.status();
+    out.token = *std::move(token);
+  }
+  return out;
+}
+
 grpc::Status CheckBearerToken(const grpc::ServerContext& context, const std::string& token) {
   if (token.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();

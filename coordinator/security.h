@@ -38,6 +38,16 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 // characters other than printable ASCII without spaces (gRPC metadata could not carry it).
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
+// What a client (dsv4 generate / status, an engine leader) needs to call a coordinator:
+// credentials from MakeChannelCredentials(`ca_file`) and the token of `token_file` (empty
+// file name: no token). Errors as those two give.
+struct ClientSecurity {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::string token;
+};
+absl::StatusOr<ClientSecurity> LoadClientSecurity(const std::string& ca_file,
+                                                  const std::string& token_file);
+
 // Server side: checks the call's "authorization: Bearer <token>" metadata against `token`,
 // comparing in constant time so the response time does not reveal a matching prefix. OK
 // when `token` is empty (authentication off); otherwise UNAUTHENTICATED, "missing

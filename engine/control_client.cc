@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/security.h"
 
 namespace dsv4 {
 
@@ -17,9 +18,7 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(
   }
   auto client = std::unique_ptr<ControlClient>(new ControlClient());
   client->stub_ = engine::v1::EngineControl::NewStub(channel);
-  if (!bearer_token.empty()) {
-    client->context_.AddMetadata("authorization", absl::StrCat("Bearer ", bearer_token));
-  }
+  coordinator::AddBearerToken(&client->context_, bearer_token);
   client->stream_ = client->stub_->Connect(&client->context_);
   engine::v1::EngineMessage message;
   *message.mutable_hello() = hello;
