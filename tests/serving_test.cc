@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator_server.h"
+#include "coordinator/security.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
@@ -80,6 +81,9 @@ class ServingTest : public ::testing::Test {
     options.checkpoint_dir = Path(checkpoint);
     options.max_context = 1024;
     options.heartbeat_interval_ms = 250;
+    options.tls_cert = tls_cert_;
+    options.tls_key = tls_key_;
+    options.auth_token_file = token_file_;
     EngineLaunch launch;
     launch.engine_binary = std::string(DSV4_BIN_DIR) + "/dsv4-engine";
     launch.cluster_yaml = yaml_path;
@@ -92,8 +96,11 @@ class ServingTest : public ::testing::Test {
     auto server = CoordinatorServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
+    absl::StatusOr<ClientSecurity> security = LoadClientSecurity(tls_cert_, token_file_);
+    ASSERT_TRUE(security.ok()) << security.status();
     stub_ = v1::Inference::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(absl::StrCat("localhost:", server_->port()), security->credentials));
+    token_ = security->token;
     WaitForEngines(engines);
   }
   void WaitForEngines(int engines) {
@@ -107,6 +114,7 @@ class ServingTest : public ::testing::Test {
     grpc::ClientContext context;
     context.set_deadline(Deadline(10));
     v1::ClusterStatus status;
+    AddBearerToken(&context, token_);
     EXPECT_TRUE(stub_->GetClusterStatus(&context, {}, &status).ok());
     return status;
   }
@@ -132,6 +140,7 @@ class ServingTest : public ::testing::Test {
                                  std::shared_ptr<grpc::ClientContext> context = nullptr) {
     if (!context) context = std::make_shared<grpc::ClientContext>();
     context->set_deadline(Deadline(180));
+    AddBearerToken(context.get(), token_);
     return GenerateAsync(stub_.get(), request, context, received);
   }
 
@@ -169,6 +178,8 @@ class ServingTest : public ::testing::Test {
 
   static testing::TempDir* dir_;
   int yamls_ = 0;
+  std::string tls_cert_, tls_key_, token_file_;  // set before Start for a secured cluster
+  std::string token_;
   std::unique_ptr<CoordinatorServer> server_;
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
@@ -239,6 +250,30 @@ TEST_F(ServingTest, DsvGenerateStreamsAndStatusPrintsTheCluster) {
   EXPECT_THAT(status.output, HasSubstr("engine-0"));
   EXPECT_THAT(status.output, HasSubstr("attention"));
   EXPECT_THAT(status.output, HasSubstr("placement: expert placement"));
+}
+
+// TLS and a bearer token from the cluster YAML: the launched engine reads them from the same
+// file and connects; clients need both.
+TEST_F(ServingTest, ASecuredClusterServesWithTlsAndToken) {
+  const testing::CommandResult cert = testing::RunCommand(
+      absl::StrCat("/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
+                   "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 1 -keyout ",
+                   Path("key.pem"), " -out ", Path("cert.pem")));
+  ASSERT_EQ(cert.exit_code, 0) << cert.output;
+  testing::WriteFile(Path("token"), "serving-token\n");
+  tls_cert_ = Path("cert.pem");
+  tls_key_ = Path("key.pem");
+  token_file_ = Path("token");
+  Start(ClusterYaml(1, 1,
+                    absl::StrCat("coordinator:\n  tls: {cert: ", tls_cert_, ", key: ", tls_key_,
+                                 "}\n  auth_token_file: ", token_file_, "\n")),
+        2);
+  const Streamed out = Generate(Request(Prompt(10, 7), 6, 1)).get();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_FALSE(out.tokens.empty());
+  token_.clear();  // without the token
+  EXPECT_EQ(Generate(Request(Prompt(10, 7), 6, 1)).get().status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
 }
 
 TEST_F(ServingTest, ACancelledRequestFreesItsSequence) {
