@@ -25,7 +25,6 @@
 #include "core/safetensors.h"
 #include "expert_node/in_process_executor.h"
 #include "nlohmann/json.hpp"
-#include "tests/model_test_util.h"  // TestTokens: the prompts the forward tests use
 
 namespace dsv4 {
 namespace {
@@ -105,6 +104,18 @@ AttentionCost AttentionAt(const ModelConfig& c, int64_t t) {
     }
   }
   return cost;
+}
+
+std::vector<int32_t> Prompt(int64_t count, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> tokens(count);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int32_t& t : tokens) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    t = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+  }
+  return tokens;
 }
 
 int Main(int argc, char** argv) {
@@ -201,8 +212,7 @@ int Main(int argc, char** argv) {
     std::vector<SequenceState> states(batch, m.NewSequence());
     std::vector<std::vector<int32_t>> prompts;
     std::vector<StepInput> inputs;
-    for (int i = 0; i < batch; ++i)
-      prompts.push_back(testing::TestTokens(prompt, c.vocab_size, i + 1));
+    for (int i = 0; i < batch; ++i) prompts.push_back(Prompt(prompt, c.vocab_size, i + 1));
     for (int i = 0; i < batch; ++i) inputs.push_back({&states[i], prompts[i]});
 
     // Prefill: all sequences' prompts in one step.
