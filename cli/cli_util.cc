@@ -4,13 +4,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
-#include "absl/strings/string_view.h"
 
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 
 namespace dsv4::cli {
 
@@ -62,6 +65,26 @@ int ExitCode(const absl::Status& status, const std::string& command) {
   }
 }
 
+absl::StatusOr<std::vector<std::vector<int32_t>>> ParseTokenSequences(const std::string& text,
+                                                                      const std::string& flag) {
+  std::vector<std::vector<int32_t>> sequences;
+  for (absl::string_view sequence : absl::StrSplit(text, ';', absl::SkipWhitespace())) {
+    std::vector<int32_t>& tokens = sequences.emplace_back();
+    for (absl::string_view part : absl::StrSplit(sequence, ',', absl::SkipWhitespace())) {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(part, &id)) {
+        return absl::InvalidArgumentError(absl::StrCat(flag, ": \"", part, "\" is not an integer"));
+      }
+      tokens.push_back(id);
+    }
+    if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": empty sequence"));
+  }
+  if (sequences.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " is empty: give a prompt"));
+  }
+  return sequences;
+}
+
 absl::StatusOr<std::string> FindProjectFile(const std::string& relative) {
   namespace fs = std::filesystem;
   std::vector<fs::path> roots = {fs::current_path()};
@@ -75,20 +98,6 @@ absl::StatusOr<std::string> FindProjectFile(const std::string& relative) {
   return absl::NotFoundError("cannot find " + relative +
                              " (looked in the current directory, $DSV4_HOME and next to the "
                              "dsv4 executable)");
-}
-
-std::string FormatBytes(double bytes) {
-  if (bytes >= 1e9) return absl::StrFormat("%.2f GB", bytes / 1e9);
-  if (bytes >= 1e6) return absl::StrFormat("%.1f MB", bytes / 1e6);
-  if (bytes >= 1e3) return absl::StrFormat("%.1f kB", bytes / 1e3);
-  return absl::StrFormat("%.0f B", bytes);
-}
-
-std::string FormatCount(int64_t n) {
-  if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
-  if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
-  if (n >= 10'000) return absl::StrFormat("%.1fK", n / 1e3);
-  return absl::StrFormat("%d", n);
 }
 
 absl::StatusOr<std::unique_ptr<engram::EngramClient>> ConnectEngram(const ModelConfig& config,

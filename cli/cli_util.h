@@ -28,6 +28,12 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
 // (0 for OK, 2 for INVALID_ARGUMENT / NOT_FOUND, 1 otherwise).
 int ExitCode(const absl::Status& status, const std::string& command);
 
+// Token ids given on the command line by `flag`: "1,2,3", or several sequences separated
+// by ';' ("1,2,3;4,5"). INVALID_ARGUMENT naming the flag for a part that is not an integer,
+// an empty sequence or no sequence at all.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ParseTokenSequences(const std::string& text,
+                                                                      const std::string& flag);
+
 // Finds a file shipped with the project (e.g. "models/v4-mini/config.json"): in the
 // current directory, under $DSV4_HOME, or relative to the dsv4 executable (build/bin/).
 absl::StatusOr<std::string> FindProjectFile(const std::string& relative);
@@ -39,9 +45,6 @@ absl::StatusOr<std::unique_ptr<engram::EngramClient>> ConnectEngram(const ModelC
                                                                     const EngramSpec& spec);
 // "engram: ..." — what the client did (RPCs, failovers, cache, stall), for the run's report.
 std::string EngramReport(const engram::EngramClient& client);
-
-std::string FormatBytes(double bytes);  // "12.3 MB", "4.56 GB" (decimal units, scaled)
-std::string FormatCount(int64_t n);     // "1.60B", "312.4M", "622.5K", "1024"
 
 }  // namespace dsv4::cli
 

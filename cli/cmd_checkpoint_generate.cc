@@ -14,6 +14,7 @@
 #include "core/checkpoint_layout.h"
 #include "core/model_config.h"
 #include "core/progress.h"
+#include "core/units.h"
 
 ABSL_FLAG(std::string, preset, "",
           "model preset under models/ (v4-tiny, v4-mini, deepseek-v4-flash, ...)");

@@ -12,6 +12,7 @@
 #include "core/model_config.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/units.h"
 
 ABSL_FLAG(bool, verify_values, false,
           "also dequantise every tensor and check that all values are finite");

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -25,7 +24,9 @@
 #include "core/npy.h"
 #include "core/safetensors.h"
 #include "core/sampling.h"
+#include "core/status_macros.h"
 #include "core/tokenizer.h"
+#include "core/units.h"
 #include "engram_store/client.h"
 #include "expert_node/in_process_executor.h"
 
@@ -58,19 +59,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-absl::StatusOr<std::vector<int32_t>> ParseTokens(const std::string& text) {
-  std::vector<int32_t> tokens;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int32_t id = 0;
-    if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("--tokens: \"", part, "\" is not an integer"));
-    }
-    tokens.push_back(id);
-  }
-  if (tokens.empty()) return absl::InvalidArgumentError("--tokens is empty: give a prompt");
-  return tokens;
 }
 
 absl::StatusOr<ModelConfig> LoadConfigByName(const std::string& name) {
@@ -150,11 +138,18 @@ absl::Status Run() {
     return absl::InvalidArgumentError("give --prompt TEXT or --tokens IDS, not both");
   if (!prompt_text.empty() && !tokenizer)
     return absl::InvalidArgumentError(dir + " has no tokenizer.json: give --tokens IDS");
-  absl::StatusOr<std::vector<int32_t>> tokens =
-      prompt_text.empty() ? ParseTokens(absl::GetFlag(FLAGS_tokens))
-                          : absl::StatusOr<std::vector<int32_t>>(tokenizer->Encode(prompt_text));
-  if (!tokens.ok()) return tokens.status();
-  const int64_t prompt = static_cast<int64_t>(tokens->size());
+  std::vector<int32_t> tokens;
+  if (prompt_text.empty()) {
+    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> sequences,
+                     ParseTokenSequences(absl::GetFlag(FLAGS_tokens), "--tokens"));
+    if (sequences.size() != 1) {
+      return absl::InvalidArgumentError("--tokens: give one sequence (no ';')");
+    }
+    tokens = std::move(sequences[0]);
+  } else {
+    tokens = tokenizer->Encode(prompt_text);
+  }
+  const int64_t prompt = static_cast<int64_t>(tokens.size());
   const int64_t decode_from = absl::GetFlag(FLAGS_decode_from);
   const int64_t generate = absl::GetFlag(FLAGS_generate);
   if (decode_from < 0 || decode_from > prompt) {
@@ -212,11 +207,11 @@ absl::Status Run() {
     return absl::OkStatus();
   };
   Clock::time_point start = Clock::now();
-  if (absl::Status s = step(absl::MakeConstSpan(*tokens).first(prefill)); !s.ok()) return s;
+  if (absl::Status s = step(absl::MakeConstSpan(tokens).first(prefill)); !s.ok()) return s;
   const double prefill_seconds = Seconds(start);
   start = Clock::now();
   for (int64_t t = prefill; t < prompt; ++t) {
-    if (absl::Status s = step(absl::MakeConstSpan(*tokens).subspan(t, 1)); !s.ok()) return s;
+    if (absl::Status s = step(absl::MakeConstSpan(tokens).subspan(t, 1)); !s.ok()) return s;
   }
   if (want_logits) {
     if (absl::Status s =

@@ -13,6 +13,7 @@
 #include "cli/coordinator_client.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
+#include "core/units.h"
 
 namespace dsv4::cli {
 namespace {

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <initializer_list>
 #include <utility>
 
@@ -43,12 +42,6 @@ absl::StatusOr<std::string> Listen(const std::string& listen,
 }
 
 }  // namespace
-
-std::string ModelNameFromDir(const std::string& checkpoint_dir) {
-  std::filesystem::path path(checkpoint_dir);
-  if (!path.has_filename()) path = path.parent_path();  // "dir/" → "dir"
-  return path.filename().string();
-}
 
 std::shared_ptr<spdlog::logger> Logger() {
   static const std::shared_ptr<spdlog::logger> logger = [] {

@@ -111,9 +111,6 @@ class CoordinatorServer {
 // The coordinator's logger ("coordinator"), registered with spdlog on first use.
 std::shared_ptr<spdlog::logger> Logger();
 
-// The served model's name: the checkpoint directory's last path component ("v4-mini").
-std::string ModelNameFromDir(const std::string& checkpoint_dir);
-
 }  // namespace dsv4::coordinator
 
 #endif  // DSV4_COORDINATOR_COORDINATOR_SERVER_H_

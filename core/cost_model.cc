@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace dsv4 {
 namespace {
@@ -675,7 +676,7 @@ double ProbabilityHit(const ModelConfig& config, double experts) {
 
 void AddAllToAllCost(const ModelConfig& config, double tokens, const ExpertGeometry& g,
                      StepCost* cost) {
-  const double e = g.experts_per_rank;
+  const double e = config.n_routed_experts / g.expert_ranks;  // logical experts per rank
   const double p_rank = ProbabilityHit(config, e);
   const double self = g.sender_is_expert ? 1 : 0;
   const double in_node = std::max(0.0, g.same_node - self);
@@ -711,6 +712,32 @@ void AddAllToAllCost(const ModelConfig& config, double tokens, const ExpertGeome
   cost->combine.exchanges += 1;
   cost->dispatch.hops = std::max(cost->dispatch.hops, hops);
   cost->combine.hops = std::max(cost->combine.hops, hops);
+}
+
+ExpertGeometry ExpertGeometryOf(const Topology& topology, int sender, bool hierarchical) {
+  ExpertGeometry g;
+  const int attention = topology.num_attention_ranks();
+  const int experts = topology.num_expert_ranks();
+  const ChipPosition& self = topology.rank_position(sender);
+  std::vector<int> nodes, supernodes;
+  g.same_node = g.same_supernode = 0;
+  for (int r = attention; r < attention + experts; ++r) {
+    const ChipPosition& p = topology.rank_position(r);
+    if (p.global_node == self.global_node) g.same_node += 1;
+    if (p.supernode == self.supernode) g.same_supernode += 1;
+    nodes.push_back(p.global_node);
+    supernodes.push_back(p.supernode);
+  }
+  auto distinct = [](std::vector<int> v) {
+    std::sort(v.begin(), v.end());
+    return static_cast<double>(std::unique(v.begin(), v.end()) - v.begin());
+  };
+  g.expert_ranks = experts;
+  g.ranks_per_node = experts / distinct(nodes);
+  g.ranks_per_supernode = experts / distinct(supernodes);
+  g.sender_is_expert = topology.role(sender) == RankRole::kExpert;
+  g.hierarchical = hierarchical;
+  return g;
 }
 
 double EngramHideFraction(const ModelConfig& config) {

@@ -40,6 +40,7 @@
 #include "core/hardware.h"
 #include "core/kv_accounting.h"
 #include "core/model_config.h"
+#include "core/topology.h"
 
 namespace dsv4 {
 
@@ -256,7 +257,6 @@ double CombineBytesPerCopy(const ModelConfig& config);
 // proportion puts a share of a node's chips in each role.
 struct ExpertGeometry {
   double expert_ranks = 1;         // ranks holding routed experts
-  double experts_per_rank = 1;     // logical experts per expert rank (E / expert_ranks)
   double same_node = 0;            // expert ranks in the sender's node (itself included)
   double same_supernode = 0;       // expert ranks in its supernode (its node included)
   double ranks_per_node = 1;       // expert ranks per node, for relays
@@ -264,6 +264,11 @@ struct ExpertGeometry {
   bool sender_is_expert = false;   // co-located: the sender's own experts cost no link
   bool hierarchical = false;       // relay: one copy per destination supernode, then node
 };
+
+// The geometry of a placed engine's expert ranks as world rank `sender` sees them, counted
+// from the rank positions in `topology` (the planner derives the same quantities
+// analytically for the layouts it searches).
+ExpertGeometry ExpertGeometryOf(const Topology& topology, int sender, bool hierarchical);
 
 // Probability that a token's k experts include at least one of `experts` specific logical
 // experts, under uniform routing (group-limited for V3: topk_group of n_group groups,

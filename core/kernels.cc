@@ -15,19 +15,10 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 
 namespace dsv4 {
 namespace {
-
-// Bad sizes or pointers are bugs in the caller (internal API), so they abort with the reason.
-#define KERNEL_CHECK(cond, ...)                                                               \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      std::fprintf(stderr, "%s:%d: Kernel check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   absl::StrCat(__VA_ARGS__).c_str());                                        \
-      std::abort();                                                                           \
-    }                                                                                         \
-  } while (false)
 
 // OpenBLAS starts with one thread per core; the runtime wants one per MPI rank unless told
 // otherwise, so the first GEMM applies 1 unless SetBlasThreads ran before.
@@ -109,7 +100,7 @@ inline float ExpFast(float x) {
 }  // namespace
 
 void SetBlasThreads(int threads) {
-  KERNEL_CHECK(threads >= 1, "threads = ", threads);
+  DSV4_CHECK(threads >= 1, "threads = ", threads);
   std::call_once(g_blas_threads_once, [] {});  // an explicit setting replaces the default
   openblas_set_num_threads(threads);
   g_blas_threads.store(threads);
@@ -119,15 +110,15 @@ int BlasThreads() { return g_blas_threads.load(); }
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  KERNEL_CHECK(FitsBlasInt(m) && FitsBlasInt(n) && FitsBlasInt(k), "m=", m, " n=", n, " k=", k);
+  DSV4_CHECK(FitsBlasInt(m) && FitsBlasInt(n) && FitsBlasInt(k), "m=", m, " n=", n, " k=", k);
   // Row strides are of the matrices as stored: A is m×k, or k×m when transposed.
   const int64_t a_cols = trans_a ? m : k;
   const int64_t b_cols = trans_b ? k : n;
-  KERNEL_CHECK(lda >= std::max<int64_t>(1, a_cols) && FitsBlasInt(lda), "lda=", lda,
+  DSV4_CHECK(lda >= std::max<int64_t>(1, a_cols) && FitsBlasInt(lda), "lda=", lda,
                " for a stored A with ", a_cols, " columns");
-  KERNEL_CHECK(ldb >= std::max<int64_t>(1, b_cols) && FitsBlasInt(ldb), "ldb=", ldb,
+  DSV4_CHECK(ldb >= std::max<int64_t>(1, b_cols) && FitsBlasInt(ldb), "ldb=", ldb,
                " for a stored B with ", b_cols, " columns");
-  KERNEL_CHECK(ldc >= std::max<int64_t>(1, n) && FitsBlasInt(ldc), "ldc=", ldc, " for n=", n);
+  DSV4_CHECK(ldc >= std::max<int64_t>(1, n) && FitsBlasInt(ldc), "ldc=", ldc, " for n=", n);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // BLAS would leave C untouched or scaled; spell out C = beta·C
     for (int64_t i = 0; i < m; ++i) {
@@ -175,8 +166,8 @@ void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t ou
 }
 
 Tensor Linear(const Tensor& x, const Tensor& w) {
-  KERNEL_CHECK(w.rank() == 2, "weight shape ", ShapeToString(w.shape()));
-  KERNEL_CHECK(x.rank() >= 1 && x.dim(-1) == w.dim(1), "x ", ShapeToString(x.shape()),
+  DSV4_CHECK(w.rank() == 2, "weight shape ", ShapeToString(w.shape()));
+  DSV4_CHECK(x.rank() >= 1 && x.dim(-1) == w.dim(1), "x ", ShapeToString(x.shape()),
                " does not match weight ", ShapeToString(w.shape()));
   const Tensor xc = x.Contiguous();
   const Tensor wc = w.Contiguous();
@@ -189,7 +180,7 @@ Tensor Linear(const Tensor& x, const Tensor& w) {
 }
 
 void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y) {
-  KERNEL_CHECK(dim > 0 && rows >= 0, "rows=", rows, " dim=", dim);
+  DSV4_CHECK(dim > 0 && rows >= 0, "rows=", rows, " dim=", dim);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -203,7 +194,7 @@ void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float ep
 }
 
 void SoftmaxRows(float* x, int64_t rows, int64_t n) {
-  KERNEL_CHECK(n >= 0 && rows >= 0, "rows=", rows, " n=", n);
+  DSV4_CHECK(n >= 0 && rows >= 0, "rows=", rows, " n=", n);
   if (n == 0) return;
   for (int64_t r = 0; r < rows; ++r) {
     float* xr = x + r * n;
@@ -236,7 +227,7 @@ void SiluInPlace(float* x, int64_t n) {
 }
 
 std::vector<int> TopK(const float* x, int64_t n, int k) {
-  KERNEL_CHECK(k >= 0 && k <= n && n <= std::numeric_limits<int>::max(), "k=", k, " n=", n);
+  DSV4_CHECK(k >= 0 && k <= n && n <= std::numeric_limits<int>::max(), "k=", k, " n=", n);
   std::vector<int> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
   // A strict total order: larger value first, NaN above everything (as torch.topk), then the
@@ -258,11 +249,11 @@ std::vector<int> TopK(const float* x, int64_t n, int k) {
 
 Rope::Rope(const RopeParams& params) : params_(params) {
   const int r = params.dim;
-  KERNEL_CHECK(r > 0 && r % 2 == 0, "rope dim ", r, " must be positive and even");
-  KERNEL_CHECK(params.base > 1.0, "rope base ", params.base);
+  DSV4_CHECK(r > 0 && r % 2 == 0, "rope dim ", r, " must be positive and even");
+  DSV4_CHECK(params.base > 1.0, "rope base ", params.base);
   const bool yarn = params.original_seq_len > 0;
   if (yarn) {
-    KERNEL_CHECK(params.factor > 0.0 && params.beta_fast > 0.0 && params.beta_slow > 0.0,
+    DSV4_CHECK(params.factor > 0.0 && params.beta_fast > 0.0 && params.beta_slow > 0.0,
                  "YaRN factor ", params.factor, ", betas ", params.beta_fast, "/",
                  params.beta_slow);
   }
@@ -331,7 +322,7 @@ void Rope::ApplyHeads(float* x, int64_t count, int64_t stride, int64_t pos, bool
 }
 
 void HadamardInPlace(float* x, int64_t n) {
-  KERNEL_CHECK(n > 0 && (n & (n - 1)) == 0, "Hadamard size ", n, " is not a power of two");
+  DSV4_CHECK(n > 0 && (n & (n - 1)) == 0, "Hadamard size ", n, " is not a power of two");
   // Butterflies of growing span h; this order gives the Sylvester matrix
   // H[i][j] = (-1)^popcount(i & j).
   for (int64_t h = 1; h < n; h *= 2) {

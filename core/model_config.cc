@@ -527,4 +527,10 @@ absl::StatusOr<ModelConfig> LoadModelConfigFromDir(const std::string& dir) {
   return LoadModelConfig((std::filesystem::path(dir) / "config.json").string());
 }
 
+std::string ModelNameFromDir(const std::string& checkpoint_dir) {
+  std::filesystem::path path(checkpoint_dir);
+  if (!path.has_filename()) path = path.parent_path();  // "dir/" → "dir"
+  return path.filename().string();
+}
+
 }  // namespace dsv4

@@ -116,6 +116,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // A checkpoint directory's config.json.
 absl::StatusOr<ModelConfig> LoadModelConfigFromDir(const std::string& dir);
+// The served model's name: the checkpoint directory's last path component ("v4-mini").
+std::string ModelNameFromDir(const std::string& checkpoint_dir);
 
 }  // namespace dsv4
 

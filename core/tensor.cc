@@ -7,20 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/check.h"
 
 namespace dsv4 {
 namespace {
-
-// Misuse of the tensor API (bad axis, out-of-range index, shape mismatch) is a bug in the
-// caller, not a runtime condition, so it aborts with the reason rather than returning Status.
-#define TENSOR_CHECK(cond, ...)                                                               \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      std::fprintf(stderr, "%s:%d: Tensor check failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   absl::StrCat(__VA_ARGS__).c_str());                                        \
-      std::abort();                                                                           \
-    }                                                                                         \
-  } while (false)
 
 Shape PackedStrides(const Shape& shape) {
   Shape strides(shape.size());
@@ -34,7 +24,7 @@ Shape PackedStrides(const Shape& shape) {
 
 int NormalizeAxis(int axis, int rank) {
   const int normalized = axis < 0 ? axis + rank : axis;
-  TENSOR_CHECK(normalized >= 0 && normalized < rank, "axis ", axis, " out of range for rank ",
+  DSV4_CHECK(normalized >= 0 && normalized < rank, "axis ", axis, " out of range for rank ",
                rank);
   return normalized;
 }
@@ -45,7 +35,7 @@ std::shared_ptr<float[]> Allocate(int64_t n) {
 }
 
 void CheckShape(const Shape& shape) {
-  for (int64_t d : shape) TENSOR_CHECK(d >= 0, "negative dimension in ", ShapeToString(shape));
+  for (int64_t d : shape) DSV4_CHECK(d >= 0, "negative dimension in ", ShapeToString(shape));
 }
 
 }  // namespace
@@ -72,7 +62,7 @@ Tensor::Tensor(Shape shape, float fill) : shape_(std::move(shape)) {
 
 Tensor Tensor::FromVector(Shape shape, std::vector<float> values) {
   CheckShape(shape);
-  TENSOR_CHECK(NumElements(shape) == static_cast<int64_t>(values.size()), "shape ",
+  DSV4_CHECK(NumElements(shape) == static_cast<int64_t>(values.size()), "shape ",
                ShapeToString(shape), " needs ", NumElements(shape), " values, got ", values.size());
   Tensor t;
   t.shape_ = std::move(shape);
@@ -105,13 +95,13 @@ float Tensor::at(std::initializer_list<int64_t> index) const {
 }
 
 int64_t Tensor::ElementOffset(std::initializer_list<int64_t> index) const {
-  TENSOR_CHECK(!empty(), "at() on an empty tensor");
-  TENSOR_CHECK(static_cast<int>(index.size()) == rank(), "index has ", index.size(),
+  DSV4_CHECK(!empty(), "at() on an empty tensor");
+  DSV4_CHECK(static_cast<int>(index.size()) == rank(), "index has ", index.size(),
                " entries for a tensor of shape ", ShapeToString(shape_));
   int64_t pos = offset_;
   int axis = 0;
   for (int64_t i : index) {
-    TENSOR_CHECK(i >= 0 && i < shape_[axis], "index ", i, " out of range on axis ", axis,
+    DSV4_CHECK(i >= 0 && i < shape_[axis], "index ", i, " out of range on axis ", axis,
                  " of shape ", ShapeToString(shape_));
     pos += i * strides_[axis];
     ++axis;
@@ -120,25 +110,25 @@ int64_t Tensor::ElementOffset(std::initializer_list<int64_t> index) const {
 }
 
 Tensor Tensor::Reshape(Shape shape) const {
-  TENSOR_CHECK(is_contiguous(), "Reshape of a non-contiguous tensor of shape ",
+  DSV4_CHECK(is_contiguous(), "Reshape of a non-contiguous tensor of shape ",
                ShapeToString(shape_), "; call Contiguous() first");
   int inferred = -1;
   int64_t known = 1;
   for (int i = 0; i < static_cast<int>(shape.size()); ++i) {
     if (shape[i] == -1) {
-      TENSOR_CHECK(inferred < 0, "more than one -1 in ", ShapeToString(shape));
+      DSV4_CHECK(inferred < 0, "more than one -1 in ", ShapeToString(shape));
       inferred = i;
     } else {
-      TENSOR_CHECK(shape[i] >= 0, "negative dimension in ", ShapeToString(shape));
+      DSV4_CHECK(shape[i] >= 0, "negative dimension in ", ShapeToString(shape));
       known *= shape[i];
     }
   }
   if (inferred >= 0) {
-    TENSOR_CHECK(known > 0 && numel() % known == 0, "cannot reshape ", ShapeToString(shape_),
+    DSV4_CHECK(known > 0 && numel() % known == 0, "cannot reshape ", ShapeToString(shape_),
                  " to ", ShapeToString(shape));
     shape[inferred] = numel() / known;
   }
-  TENSOR_CHECK(NumElements(shape) == numel(), "cannot reshape ", ShapeToString(shape_), " to ",
+  DSV4_CHECK(NumElements(shape) == numel(), "cannot reshape ", ShapeToString(shape_), " to ",
                ShapeToString(shape));
   Tensor t = *this;
   t.shape_ = std::move(shape);
@@ -148,7 +138,7 @@ Tensor Tensor::Reshape(Shape shape) const {
 
 Tensor Tensor::Slice(int axis, int64_t begin, int64_t end) const {
   const int a = NormalizeAxis(axis, rank());
-  TENSOR_CHECK(0 <= begin && begin <= end && end <= shape_[a], "slice [", begin, ", ", end,
+  DSV4_CHECK(0 <= begin && begin <= end && end <= shape_[a], "slice [", begin, ", ", end,
                ") out of range on axis ", axis, " of shape ", ShapeToString(shape_));
   Tensor t = *this;
   t.offset_ += begin * strides_[a];
@@ -158,7 +148,7 @@ Tensor Tensor::Slice(int axis, int64_t begin, int64_t end) const {
 
 Tensor Tensor::Select(int axis, int64_t index) const {
   const int a = NormalizeAxis(axis, rank());
-  TENSOR_CHECK(0 <= index && index < shape_[a], "index ", index, " out of range on axis ", axis,
+  DSV4_CHECK(0 <= index && index < shape_[a], "index ", index, " out of range on axis ", axis,
                " of shape ", ShapeToString(shape_));
   Tensor t = *this;
   t.offset_ += index * strides_[a];

@@ -25,11 +25,6 @@
 
 namespace dsv4 {
 
-struct SampledToken {
-  int32_t sequence = 0;
-  int32_t token = 0;
-};
-
 class AttentionRank {
  public:
   // `model` and `executor` must outlive the AttentionRank. `rank` is this rank's index among

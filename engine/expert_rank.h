@@ -11,10 +11,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "coordinator/placement.h"
 #include "core/cost_model.h"
 #include "core/model_config.h"
 #include "dispatch/dispatcher.h"
+#include "engine/placement.h"
 #include "expert_node/routed_experts.h"
 
 namespace dsv4 {

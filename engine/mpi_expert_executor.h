@@ -17,9 +17,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "coordinator/placement.h"
 #include "core/tensor.h"
 #include "dispatch/dispatcher.h"
+#include "engine/placement.h"
 #include "expert_node/expert_executor.h"
 
 namespace dsv4 {

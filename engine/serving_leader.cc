@@ -1,25 +1,25 @@
 #include "engine/serving_leader.h"
 
 #include <algorithm>
-#include <iostream>
 #include <utility>
+
+#include "engine/log.h"
 
 namespace dsv4 {
 
-ServingLeader::ServingLeader(std::unique_ptr<ControlClient> control,
-                             const ServingLeaderOptions& options)
-    : control_(std::move(control)), options_(options), planner_(options.limits) {
+ServingLeader::ServingLeader(ControlClient& control, const ServingLeaderOptions& options)
+    : control_(control), options_(options), planner_(options.limits) {
   heartbeats_ = std::thread([this] { HeartbeatLoop(); });
 }
 
 ServingLeader::~ServingLeader() {
   stop_heartbeats_.Notify();
   heartbeats_.join();
-  if (stopped_cleanly_) control_->Close();
+  if (stopped_cleanly_) control_.Close();
 }
 
 void ServingLeader::HeartbeatLoop() {
-  const absl::Duration interval = absl::Milliseconds(control_->heartbeat_interval_ms());
+  const absl::Duration interval = absl::Milliseconds(control_.heartbeat_interval_ms());
   while (!stop_heartbeats_.WaitForNotificationWithTimeout(interval)) {
     engine::v1::EngineMessage message;
     {
@@ -44,7 +44,7 @@ void ServingLeader::HeartbeatLoop() {
       step_seconds_ = modelled_seconds_ = 0;
       steps_ = 0;
     }
-    if (!control_->Send(message).ok()) return;
+    if (!control_.Send(message).ok()) return;
   }
 }
 
@@ -72,11 +72,11 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
   for (;;) {
     // Block only when there is nothing to run.
     absl::StatusOr<std::vector<engine::v1::CoordinatorMessage>> messages =
-        control_->Receive(planner_.idle() ? absl::Milliseconds(200) : absl::ZeroDuration());
+        control_.Receive(planner_.idle() ? absl::Milliseconds(200) : absl::ZeroDuration());
     if (!messages.ok()) return messages.status();
     for (const engine::v1::CoordinatorMessage& m : *messages) {
       if (m.has_shutdown()) {
-        std::cout << "dsv4-engine: shutdown: " << m.shutdown().reason() << std::endl;
+        EngineLog()->info("shutdown: {}", m.shutdown().reason());
         stopped_cleanly_ = true;
         return stop;
       }
@@ -85,7 +85,7 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     for (engine::v1::TokenEvent& event : planner_.TakeEvents()) {
       engine::v1::EngineMessage out;
       *out.mutable_tokens() = std::move(event);
-      if (absl::Status s = control_->Send(out); !s.ok()) return s;
+      if (absl::Status s = control_.Send(out); !s.ok()) return s;
     }
     {
       absl::MutexLock lock(&mu_);
@@ -98,8 +98,8 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     if (draining_ && planner_.idle()) {
       engine::v1::EngineMessage drained;
       drained.mutable_drained();
-      if (absl::Status s = control_->Send(drained); !s.ok()) return s;
-      std::cout << "dsv4-engine: drained" << std::endl;
+      if (absl::Status s = control_.Send(drained); !s.ok()) return s;
+      EngineLog()->info("drained");
       stopped_cleanly_ = true;
       return stop;
     }
@@ -115,7 +115,7 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     // The load goes out about once per heartbeat, and at the end of a burst of work.
     const absl::Time now = absl::Now();
     if (planner_.idle() ||
-        now - last_load_report_ > absl::Milliseconds(control_->heartbeat_interval_ms())) {
+        now - last_load_report_ > absl::Milliseconds(control_.heartbeat_interval_ms())) {
       plan.report_load = true;
       last_load_report_ = now;
     }
@@ -132,7 +132,7 @@ std::vector<double> ServingLeader::TakeRebalanceLoad() {
 absl::Status ServingLeader::Rebalanced(const engine::v1::Rebalanced& rebalanced) {
   engine::v1::EngineMessage message;
   *message.mutable_rebalanced() = rebalanced;
-  return control_->Send(message);
+  return control_.Send(message);
 }
 
 void ServingLeader::StepDone(const StepPlan& plan, absl::Span<const SampledToken> sampled,

@@ -12,7 +12,6 @@
 #define DSV4_ENGINE_SERVING_LEADER_H_
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,7 +22,6 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "engine/attention_rank.h"
 #include "engine/control_client.h"
 #include "engine/serving_planner.h"
 #include "engine/step_plan.h"
@@ -39,8 +37,8 @@ struct ServingLeaderOptions {
 
 class ServingLeader {
  public:
-  // Takes over a connected control stream and starts heartbeating.
-  ServingLeader(std::unique_ptr<ControlClient> control, const ServingLeaderOptions& options);
+  // Starts heartbeating on a connected control stream, which must outlive the leader.
+  ServingLeader(ControlClient& control, const ServingLeaderOptions& options);
   // Stops the heartbeats; after a clean stop (a stop plan) also half-closes the stream.
   ~ServingLeader();
 
@@ -62,7 +60,7 @@ class ServingLeader {
   void HeartbeatLoop();
   void Apply(const engine::v1::CoordinatorMessage& message);
 
-  std::unique_ptr<ControlClient> control_;
+  ControlClient& control_;
   const ServingLeaderOptions options_;
   ServingPlanner planner_;
   bool draining_ = false;

@@ -11,7 +11,7 @@ ServingPlanner::ServingPlanner(const ServingLimits& limits)
     : limits_(limits),
       rank_reserved_(limits.attention_ranks, 0),
       rank_sequences_(limits.attention_ranks, 0),
-      mb_sequences_(limits.attention_ranks, std::vector<int>(limits.micro_batches, 0)) {}
+      mb_sequences_(limits.attention_ranks, std::vector<int>(limits.engine.micro_batches, 0)) {}
 
 void ServingPlanner::Event(const std::string& id, std::vector<int32_t> tokens,
                            engine::v1::FinishReason reason, const std::string& error) {
@@ -30,7 +30,7 @@ void ServingPlanner::Admit(const engine::v1::Admit& admit) {
   r.prefill = static_cast<int64_t>(r.context.size());
   r.generated = static_cast<uint64_t>(admit.resume_tokens_size());
   r.reserved = std::min<int64_t>(admit.prompt_token_ids_size() + int64_t{admit.max_tokens()},
-                                 limits_.max_seq_len);
+                                 limits_.engine.max_seq_len);
   std::string error;
   const std::string& id = admit.request_id();
   auto same_id = [&](const Request& other) { return other.admit.request_id() == id; };
@@ -40,12 +40,12 @@ void ServingPlanner::Admit(const engine::v1::Admit& admit) {
     error = absl::StrCat("request_id \"", id, "\" is already running on this engine");
   } else if (admit.prompt_token_ids().empty()) {
     error = "empty prompt";
-  } else if (r.prefill >= limits_.max_seq_len) {
+  } else if (r.prefill >= limits_.engine.max_seq_len) {
     error = absl::StrCat("prompt + resume tokens (", r.prefill, ") leave no room in max_seq_len ",
-                         limits_.max_seq_len);
-  } else if (r.reserved > limits_.kv_budget_tokens) {
+                         limits_.engine.max_seq_len);
+  } else if (r.reserved > limits_.engine.kv_budget_tokens) {
     error = absl::StrCat("prompt + max_tokens (", r.reserved, ") exceed a rank's KV budget of ",
-                         limits_.kv_budget_tokens, " tokens");
+                         limits_.engine.kv_budget_tokens, " tokens");
   } else if (r.generated >= static_cast<uint64_t>(std::max(admit.max_tokens(), 0))) {
     error = absl::StrCat("max_tokens (", admit.max_tokens(), ") leaves nothing to generate after ",
                          r.generated, " resume tokens");
@@ -88,8 +88,8 @@ void ServingPlanner::Finish(int32_t sequence, engine::v1::FinishReason reason,
 bool ServingPlanner::Place(Request* r) {
   int best = -1;
   for (int rank = 0; rank < limits_.attention_ranks; ++rank) {
-    if (rank_sequences_[rank] >= limits_.max_seqs_per_rank ||
-        rank_reserved_[rank] + r->reserved > limits_.kv_budget_tokens) {
+    if (rank_sequences_[rank] >= limits_.engine.max_seqs_per_rank ||
+        rank_reserved_[rank] + r->reserved > limits_.engine.kv_budget_tokens) {
       continue;
     }
     if (best < 0 || std::pair(rank_reserved_[rank], rank_sequences_[rank]) <
@@ -118,7 +118,7 @@ StepPlan ServingPlanner::Next() {
     running_.emplace(r.sequence, std::move(r));
     waiting_.pop_front();
   }
-  std::vector<int64_t> budget(limits_.attention_ranks, limits_.chunk);
+  std::vector<int64_t> budget(limits_.attention_ranks, limits_.engine.chunked_prefill_tokens);
   for (auto& [sequence, r] : running_) {
     const int64_t pending = static_cast<int64_t>(r.context.size()) - r.fed;
     const bool prefilling = r.fed < r.prefill;
@@ -153,7 +153,7 @@ void ServingPlanner::OnSampled(absl::Span<const SampledToken> sampled) {
     } else if (s.token == limits_.eos_token_id && !r.admit.ignore_eos()) {
       Finish(s.sequence, engine::v1::FINISH_REASON_EOS);
     } else if (r.generated >= static_cast<uint64_t>(r.admit.max_tokens()) ||
-               static_cast<int64_t>(r.context.size()) >= limits_.max_seq_len) {
+               static_cast<int64_t>(r.context.size()) >= limits_.engine.max_seq_len) {
       Finish(s.sequence, engine::v1::FINISH_REASON_LENGTH);
     }
   }

@@ -26,21 +26,19 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "core/cluster_config.h"
 #include "core/sampling.h"
-#include "engine/attention_rank.h"
 #include "engine/step_plan.h"
 #include "proto/engine.pb.h"
 
 namespace dsv4 {
 
 struct ServingLimits {
+  // The cluster YAML's engine section: sequence slots, max_seq_len, KV budget per attention
+  // rank, prefill chunk (tokens per rank per step) and micro-batches.
+  EngineSpec engine;
   int attention_ranks = 1;
-  int micro_batches = 1;
-  int max_seqs_per_rank = 64;
-  int max_seq_len = 4096;
-  int64_t kv_budget_tokens = 65536;  // per attention rank
-  int chunk = 512;                   // prefill tokens per rank per step
-  int eos_token_id = -1;             // < 0: none
+  int eos_token_id = -1;  // < 0: none
 };
 
 class ServingPlanner {
@@ -65,7 +63,9 @@ class ServingPlanner {
   int waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t kv_used_tokens() const;          // tokens in the KV state of running sequences
   int64_t steps() const { return step_; }  // plans made so far
-  int64_t kv_budget_tokens() const { return limits_.kv_budget_tokens * limits_.attention_ranks; }
+  int64_t kv_budget_tokens() const {
+    return int64_t{limits_.engine.kv_budget_tokens} * limits_.attention_ranks;
+  }
 
  private:
   struct Request {

@@ -3,17 +3,13 @@
 // entries, expert ranks serve every layer's exchanges whatever the plan holds (a rank with
 // no tokens still takes part, with zero counts). The plan carries the new tokens, so a
 // leader fed by the coordinator's control stream (serving mode) only replaces the planner.
+// Plain data: engine/collectives.h moves it between ranks.
 #ifndef DSV4_ENGINE_STEP_PLAN_H_
 #define DSV4_ENGINE_STEP_PLAN_H_
-
-#include <mpi.h>
 
 #include <cstdint>
 #include <vector>
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "core/sampling.h"
 
 namespace dsv4 {
@@ -43,8 +39,11 @@ struct StepPlan {
   bool rebalance = false;
 };
 
-// Collective over `comm`: `root`'s plan replaces everyone else's.
-absl::Status BroadcastPlan(StepPlan* plan, int root, MPI_Comm comm);
+// A token sampled for `sequence` by the attention rank holding it (serving mode).
+struct SampledToken {
+  int32_t sequence = 0;
+  int32_t token = 0;
+};
 
 // The one-shot planner: fixed prompts, each prefilled (the first `decode_from` tokens, or
 // all when 0, in chunks of at most `chunk` tokens), then decoded one token per step.

@@ -141,13 +141,11 @@ double HotPairs(double mean, double ranks, double skew, double redundant) {
   return statistical * residual_skew;
 }
 
-ExpertGeometry GeometryOf(const ModelConfig& config, const ClusterShape& shape,
-                          const UnitLayout& layout) {
+ExpertGeometry GeometryOf(const ClusterShape& shape, const UnitLayout& layout) {
   ExpertGeometry g;
   const double chips = layout.chips();
   const double expert_share = layout.colocated ? 1.0 : layout.expert_ranks / chips;
   g.expert_ranks = layout.expert_ranks;
-  g.experts_per_rank = static_cast<double>(config.n_routed_experts) / layout.expert_ranks;
   g.ranks_per_node = expert_share * std::min<double>(chips, shape.chips_per_node);
   g.ranks_per_supernode = expert_share * std::min<double>(chips, shape.chips_per_supernode);
   g.same_node = g.ranks_per_node;
@@ -170,7 +168,7 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
   // One micro-batch, then scaled by the micro-batch count.
   StepCost attention = side.cost;
   StepCost a2a;
-  const ExpertGeometry geometry = GeometryOf(config, shape, layout);
+  const ExpertGeometry geometry = GeometryOf(shape, layout);
   AddAllToAllCost(config, side.tokens, geometry, &a2a);
   a2a *= moe_layers;
   if (drafts > 0) {

@@ -123,7 +123,6 @@ TEST(CostModelTest, AllToAllBytesFollowTheTopology) {
   const ModelConfig config = PresetModelConfig("deepseek-v4-pro");
   ExpertGeometry one_node;
   one_node.expert_ranks = 8;
-  one_node.experts_per_rank = 48;
   one_node.same_node = one_node.same_supernode = one_node.ranks_per_node =
       one_node.ranks_per_supernode = 8;
   one_node.sender_is_expert = true;
@@ -137,7 +136,6 @@ TEST(CostModelTest, AllToAllBytesFollowTheTopology) {
   // Across four supernodes of 32 ranks, relaying sends one copy per destination supernode.
   ExpertGeometry wide;
   wide.expert_ranks = 128;
-  wide.experts_per_rank = 3;
   wide.same_node = wide.ranks_per_node = 8;
   wide.same_supernode = wide.ranks_per_supernode = 32;
   StepCost flat, relayed;
@@ -217,7 +215,6 @@ TEST(CostModelTest, EngineAccumulationMatchesThePlannersStep) {
 
     // Engine-style: every layer of every micro-batch, one call each.
     ExpertGeometry geometry;
-    geometry.experts_per_rank = config.n_routed_experts;
     geometry.same_node = geometry.same_supernode = geometry.ranks_per_node =
         geometry.ranks_per_supernode = 1;
     StepCost attention, expert;

@@ -33,49 +33,18 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine_test_util.h"
 #include "tests/engram_test_util.h"
 #include "tests/test_util.h"
 
 namespace dsv4 {
 namespace {
 
+using testing::Hardware;
+using testing::OneNodeYaml;
+using testing::Tokens;
+
 constexpr double kTolerance = 2e-5;
-
-std::string Hardware() { return DSV4_SOURCE_DIR "/cluster-configs/hardware/ascend-950dt.yaml"; }
-
-// A one-node cluster YAML of attention + expert ranks on one chip each.
-std::string OneNodeYaml(int attention, int experts, int redundant, int prefill_chunk = 512) {
-  return absl::StrCat(R"(name: engine-test
-hardware: )",
-                      Hardware(), R"(
-topology:
-  supernodes: 1
-  nodes_per_supernode: 1
-  chips_per_node: )",
-                      attention + experts, R"(
-  links:
-    intra_node: {bandwidth_GBps: 1000, latency_us: 1.0}
-    intra_supernode: {bandwidth_GBps: 1000, latency_us: 2.1}
-    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}
-roles:
-  attention_ranks: )",
-                      attention, R"(
-  expert_ranks: )",
-                      experts, R"(
-engine:
-  micro_batches: 2
-  chunked_prefill_tokens: )",
-                      prefill_chunk, R"(
-  placement: {policy: hierarchical, redundant_experts: )",
-                      redundant, R"(}
-)");
-}
-
-std::string Tokens(int count, int salt) {
-  std::vector<int> ids;
-  for (int i = 0; i < count; ++i) ids.push_back((i * 37 + salt * 101 + 11) % 1024);
-  return absl::StrJoin(ids, ",");
-}
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -243,7 +212,6 @@ TEST_F(EngineTest, ModelledStepTimeEqualsCostModel) {
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   ExpertGeometry geometry;  // one expert rank in the sender's node, holding all experts
   geometry.expert_ranks = 1;
-  geometry.experts_per_rank = config->n_routed_experts;
   geometry.same_node = geometry.same_supernode = 1;
   const int layers = config->num_hidden_layers;
   const int k = config->num_experts_per_tok;

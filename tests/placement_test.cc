@@ -1,4 +1,4 @@
-#include "coordinator/placement.h"
+#include "engine/placement.h"
 
 #include <algorithm>
 #include <cmath>

@@ -28,11 +28,11 @@ engine::v1::Admit MakeAdmit(const std::string& id, int prompt, int max_tokens,
 ServingLimits Limits() {
   ServingLimits l;
   l.attention_ranks = 2;
-  l.micro_batches = 2;
-  l.max_seqs_per_rank = 2;
-  l.max_seq_len = 64;
-  l.kv_budget_tokens = 100;
-  l.chunk = 8;
+  l.engine.micro_batches = 2;
+  l.engine.max_seqs_per_rank = 2;
+  l.engine.max_seq_len = 64;
+  l.engine.kv_budget_tokens = 100;
+  l.engine.chunked_prefill_tokens = 8;
   l.eos_token_id = 1;
   return l;
 }
@@ -101,7 +101,7 @@ TEST(ServingPlannerTest, ChunksPrefillWithinTheBudgetThenDecodesOneTokenPerStep)
 TEST(ServingPlannerTest, PrefillSharesTheChunkWhileDecodesAlwaysRun) {
   ServingLimits limits = Limits();
   limits.attention_ranks = 1;
-  limits.chunk = 6;
+  limits.engine.chunked_prefill_tokens = 6;
   ServingPlanner planner(limits);
   planner.Admit(MakeAdmit("a", 3, 5));
   StepPlan p = planner.Next();

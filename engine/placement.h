@@ -1,8 +1,9 @@
 // Expert placement with redundant experts (EPLB, deepseek-ai/EPLB): for every MoE layer,
 // which logical routed expert each physical expert slot holds and which expert rank holds
-// each slot. The coordinator computes it from observed per-layer expert load (uniform when
-// none is known yet); expert ranks load the experts of their slots; attention ranks send
-// each routed token to one replica of its expert.
+// each slot. The engine counts per-layer expert load and, when the coordinator asks for a
+// rebalance, every rank computes the same placement from it (uniform until load has been
+// observed); expert ranks load the experts of their slots; attention ranks send each routed
+// token to one replica of its expert.
 //
 // Policies (as in EPLB):
 //  - hierarchical: pack expert groups onto nodes balancing node load, replicate the heaviest
@@ -26,8 +27,8 @@
 // (hierarchical) expert ranks [n·R/N, (n+1)·R/N) must sit on node n. Within a rank, slots
 // are in ascending logical expert order. Layer indices are the caller's (main layers, then
 // MTP blocks); placement treats them alike.
-#ifndef DSV4_COORDINATOR_PLACEMENT_H_
-#define DSV4_COORDINATOR_PLACEMENT_H_
+#ifndef DSV4_ENGINE_PLACEMENT_H_
+#define DSV4_ENGINE_PLACEMENT_H_
 
 #include <cstdint>
 #include <string>
@@ -114,4 +115,4 @@ class ExpertPlacement {
 
 }  // namespace dsv4
 
-#endif  // DSV4_COORDINATOR_PLACEMENT_H_
+#endif  // DSV4_ENGINE_PLACEMENT_H_

@@ -1,0 +1,162 @@
+// The distributed engine: one MPI world (DESIGN.md "Processes and planes"). World ranks
+// 0..A-1 attend (data parallel over sequences), ranks A..A+E-1 hold routed experts; every
+// step the leader (rank 0) broadcasts the plan and all ranks run it layer by layer in lock
+// step, routed tokens going by MPI all-to-all (dispatch/).
+//
+//   auto engine = Engine::Create(options);                  // every rank loads its share
+//   engine->RunOneShot(prompts, decode_from);               // tests, benchmarks
+//   engine->Serve(rank == 0 ? control : nullptr, max_step); // a coordinator's requests
+//
+// Every method is collective: all ranks of the world call it, in the same order. Rank 0
+// gets the results (logits, timings, the Hello); the other ranks get empty ones.
+#ifndef DSV4_ENGINE_ENGINE_H_
+#define DSV4_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/cluster_config.h"
+#include "core/cost_model.h"
+#include "core/model_config.h"
+#include "engine/placement.h"
+#include "engine/step_plan.h"
+#include "nlohmann/json.hpp"
+#include "proto/engine.pb.h"
+
+namespace dsv4 {
+
+class AttentionRank;
+class Checkpoint;
+class ControlClient;
+class Dispatcher;
+class ExpertRank;
+class Model;
+class MpiExpertExecutor;
+class RoutedExperts;
+class ServingLeader;
+class Topology;
+namespace engram {
+class EngramClient;
+}
+
+struct EngineOptions {
+  std::string cluster;     // cluster YAML: roles, topology, engine and Engram settings
+  std::string checkpoint;  // checkpoint directory (config.json and safetensors)
+  int blas_threads = 1;    // OpenBLAS threads per rank
+  // Test only: world rank `fail_rank` exits abnormally (_exit(3)) at the start of step
+  // `fail_at_step`, as a crashed rank would.
+  int fail_rank = -1;
+  int64_t fail_at_step = 0;
+};
+
+// What a one-shot run produced (on rank 0, except `logits`: on the attention ranks).
+struct OneShotResult {
+  // Every prompt position's logits, [rows, vocab] row-major, by prompt index, for the
+  // prompts this attention rank held.
+  std::map<int32_t, std::vector<float>> logits;
+  // Rank 0: resident weight bytes per rank, per-step measured and modelled times, overlap.
+  nlohmann::json stats;
+};
+
+// Serving mode: where the coordinator is and how this engine is known to it. TLS and the
+// bearer token come from the cluster YAML's coordinator section, as the coordinator's do.
+struct ServeOptions {
+  std::string coordinator;             // host:port of its EngineControl service
+  std::string engine_id = "engine-0";  // stable across restarts of the same serving unit
+  absl::Duration connect_timeout = absl::Seconds(60);
+  // Heartbeats stop when a step runs longer, so the coordinator declares a hung engine dead.
+  absl::Duration max_step = absl::Minutes(5);
+};
+
+class Engine {
+ public:
+  // Loads the cluster YAML and the checkpoint on every rank of MPI_COMM_WORLD (MPI must be
+  // initialised) and each rank's share of the weights: attention ranks the model (and the
+  // Engram client when the YAML lists memory nodes), expert ranks the experts of their
+  // slots under the uniform placement. INVALID_ARGUMENT when the world size does not match
+  // the YAML's roles.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  ~Engine();
+
+  // Prefills each prompt (its first `decode_from` tokens, or all when 0, in chunks of
+  // engine.chunked_prefill_tokens), then decodes the rest one token per step, keeping every
+  // row's logits. Prompt i lives on attention rank i mod A. INVALID_ARGUMENT when
+  // `decode_from` is outside [0, a prompt's length].
+  absl::StatusOr<OneShotResult> RunOneShot(const std::vector<std::vector<int32_t>>& prompts,
+                                           int64_t decode_from);
+
+  // How this engine introduces itself to a coordinator: its model, every rank's role,
+  // position, host, pid and resident bytes, its limits and placement (complete on rank 0).
+  engine::v1::Hello MakeHello(const std::string& engine_id);
+
+  // Runs the requests a coordinator admits until it drains or shuts the engine down (OK)
+  // or the control stream ends (that status). Rank 0 passes the connected control stream
+  // (ControlClient::Connect with MakeHello's message); the other ranks pass null. Heartbeats
+  // stop when a step outlasts `max_step`, so the coordinator declares a hung engine dead.
+  absl::Status Serve(ControlClient* control, absl::Duration max_step);
+  // MakeHello, then rank 0 dials the coordinator (waiting up to connect_timeout for it to
+  // answer), then Serve.
+  absl::Status ServeCoordinator(const ServeOptions& options);
+
+  int rank() const { return rank_; }
+  bool is_attention() const { return attention_; }
+  const ClusterConfig& cluster() const { return cluster_; }
+  const ModelConfig& config() const { return config_; }
+  engram::EngramClient* engram_client() const { return engram_.get(); }
+
+ private:
+  struct StepTiming {
+    double cpu_seconds = 0;  // slowest rank
+    StepTime modelled;
+  };
+
+  Engine() = default;
+  absl::Status Setup(const EngineOptions& options);
+  absl::Status LoadExperts();
+  // The attention side for a run: keeps every logit row (one-shot) or only samples.
+  void StartAttention(bool keep_logits);
+  // Runs the broadcast `plan`, appends tokens sampled here to `sampled`; rank 0 gets the
+  // step's timing.
+  absl::StatusOr<StepTiming> RunStep(const StepPlan& plan, std::vector<SampledToken>* sampled);
+  // At a step boundary: the placement from the leader's pending load; expert ranks load
+  // the experts of their new slots.
+  absl::Status ApplyRebalance(int64_t step, ServingLeader* leader);
+  // After a step with `report_load`: expert load and Engram stall summed on rank 0.
+  void ReduceLoad(std::vector<int64_t>* load, double* engram_stall_ms);
+
+  EngineOptions options_;
+  int rank_ = 0, size_ = 0;
+  bool attention_ = false;
+  ClusterConfig cluster_;
+  std::unique_ptr<Topology> topology_;
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  PlacementOptions placement_options_;
+  std::unique_ptr<ExpertPlacement> placement_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<engram::EngramClient> engram_;   // attention ranks, tables on memory nodes
+  std::unique_ptr<Model> model_;                   // attention ranks
+  std::unique_ptr<MpiExpertExecutor> executor_;    // attention ranks
+  std::unique_ptr<AttentionRank> attention_rank_;  // attention ranks
+  std::unique_ptr<RoutedExperts> experts_;         // expert ranks
+  std::unique_ptr<ExpertRank> expert_rank_;        // expert ranks
+  std::vector<int64_t> resident_;                  // rank 0: per rank
+  double step_seconds_ = 0;                        // this rank's time in steps
+};
+
+// Writes a one-shot run's outputs like `dsv4 run`: each prompt's logits as float32
+// [T, vocab] .npy to `logits_out` for one prompt and, for several, to FILE.<i>.npy for
+// prompt i (FILE being `logits_out` without its .npy suffix); the stats as JSON to
+// `stats_out` (rank 0). Empty paths write nothing.
+absl::Status WriteOneShotResult(const OneShotResult& result, int64_t vocab, size_t prompts,
+                                const std::string& logits_out, const std::string& stats_out);
+
+}  // namespace dsv4
+
+#endif  // DSV4_ENGINE_ENGINE_H_

@@ -1,0 +1,253 @@
+// The Engine class in process, under mpirun with 2 attention ranks and 1 expert rank: no
+// dsv4-engine binary, the same calls its main makes.
+//  - RunOneShot: each attention rank's logits against the single-process model (Model with
+//    the InProcessExecutor, a different expert path) on the same checkpoint and prompts.
+//  - ServeCoordinator: a scripted coordinator on rank 0 admits two greedy requests; the
+//    streamed tokens equal a greedy decode of the single-process model, and a Shutdown
+//    stops every rank cleanly.
+// Tolerance as in engine_test.cc: expert outputs are summed in another order.
+#include "engine/engine.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "attention_node/model.h"
+#include "core/safetensors.h"
+#include "core/sampling.h"
+#include "expert_node/in_process_executor.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/engine_test_util.h"
+#include "tests/fake_coordinator.h"
+#include "tests/mpi_test_util.h"
+#include "tests/test_util.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr double kTolerance = 2e-5;
+constexpr int kAttentionRanks = 2, kExpertRanks = 1;
+
+std::vector<int32_t> Prompt(int count, int salt) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(testing::Tokens(count, salt), ',')) {
+    int32_t id = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(part, &id));
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+// The same string on every rank: rank 0's.
+std::string Broadcast(std::string text) {
+  int size = static_cast<int>(text.size());
+  MPI_Bcast(&size, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  text.resize(size);
+  MPI_Bcast(text.data(), size, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return text;
+}
+
+// The single-process model on the checkpoint, with all routed experts in process.
+struct Reference {
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<InProcessExecutor> experts;
+
+  static Reference Load(const std::string& dir, const ModelConfig& config) {
+    Reference r;
+    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir);
+    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+    r.checkpoint = std::move(*checkpoint);
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(config, r.checkpoint.get());
+    EXPECT_TRUE(model.ok()) << model.status();
+    r.model = std::move(*model);
+    absl::StatusOr<std::unique_ptr<InProcessExecutor>> experts =
+        InProcessExecutor::Load(config, r.checkpoint.get(), false);
+    EXPECT_TRUE(experts.ok()) << experts.status();
+    r.experts = std::move(*experts);
+    return r;
+  }
+
+  // Logits of every position: a prefill of `decode_from` tokens (all when 0), then one
+  // token per step.
+  std::vector<float> Logits(const std::vector<int32_t>& prompt, int64_t decode_from) {
+    SequenceState state = model->NewSequence();
+    std::vector<float> out;
+    const size_t prefill = decode_from > 0 ? decode_from : prompt.size();
+    for (size_t begin = 0; begin < prompt.size();) {
+      const size_t n = begin == 0 ? prefill : 1;
+      StepInput in{&state, absl::MakeConstSpan(prompt).subspan(begin, n)};
+      absl::StatusOr<Tensor> logits = model->Forward({&in, 1}, *experts);
+      EXPECT_TRUE(logits.ok()) << logits.status();
+      out.insert(out.end(), logits->data(), logits->data() + logits->numel());
+      begin += n;
+    }
+    return out;
+  }
+
+  // `count` greedy tokens after `prompt`.
+  std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int count) {
+    SequenceState state = model->NewSequence();
+    std::vector<int32_t> generated;
+    std::vector<int32_t> feed = prompt;
+    for (int i = 0; i < count; ++i) {
+      StepInput in{&state, feed};
+      absl::StatusOr<Tensor> logits =
+          model->Forward({&in, 1}, *experts, LogitRows::kLastPerSequence);
+      EXPECT_TRUE(logits.ok()) << logits.status();
+      generated.push_back(Sampler::SampleDraw(absl::MakeConstSpan(logits->data(), logits->numel()),
+                                              SamplingParams{.temperature = 0}, i));
+      feed = {generated.back()};
+    }
+    return generated;
+  }
+};
+
+class EngineMpiTest : public testing::MpiTest {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_EQ(testing::WorldSize(), kAttentionRanks + kExpertRanks);
+    std::string dir;
+    if (testing::WorldRank() == 0) {
+      temp_ = new testing::TempDir("engine-mpi");
+      dir = temp_->path();
+      const testing::CommandResult gen = testing::RunCommand(absl::StrCat(
+          testing::Dsv4(), " checkpoint generate --preset v4-tiny --seed 7 --out ", dir, "/ckpt"));
+      EXPECT_EQ(gen.exit_code, 0) << gen.output;
+      std::ofstream(dir + "/cluster.yaml")
+          << testing::OneNodeYaml(kAttentionRanks, kExpertRanks, 0, /*prefill_chunk=*/64);
+    }
+    dir_ = new std::string(Broadcast(dir));
+  }
+  static void TearDownTestSuite() {
+    MPI_Barrier(MPI_COMM_WORLD);  // every rank is done with the files
+    delete temp_;
+    delete dir_;
+  }
+
+  static EngineOptions Options() {
+    EngineOptions options;
+    options.cluster = *dir_ + "/cluster.yaml";
+    options.checkpoint = *dir_ + "/ckpt";
+    return options;
+  }
+
+  static testing::TempDir* temp_;
+  static std::string* dir_;
+};
+testing::TempDir* EngineMpiTest::temp_ = nullptr;
+std::string* EngineMpiTest::dir_ = nullptr;
+
+TEST_F(EngineMpiTest, OneShotLogitsMatchTheSingleProcessModel) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();  // fails on every rank alike
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(150, 0), Prompt(90, 1), Prompt(40, 2)};
+  const int64_t decode_from = 30;
+  absl::StatusOr<OneShotResult> result = (*engine)->RunOneShot(prompts, decode_from);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const int rank = testing::WorldRank();
+  if (rank == 0) {
+    EXPECT_EQ(result->stats["resident_bytes"].size(), 3u);
+    EXPECT_GT(result->stats["steps"].size(), 1u);
+  }
+  if (!(*engine)->is_attention()) {
+    EXPECT_TRUE(result->logits.empty());
+    return;
+  }
+  Reference reference = Reference::Load(Options().checkpoint, (*engine)->config());
+  std::vector<int32_t> held;
+  for (const auto& [sequence, rows] : result->logits) held.push_back(sequence);
+  // Prompt i lives on attention rank i mod A.
+  EXPECT_THAT(held, rank == 0 ? ::testing::ElementsAre(0, 2) : ::testing::ElementsAre(1));
+  for (const auto& [sequence, rows] : result->logits) {
+    const std::vector<float> expected = reference.Logits(prompts[sequence], decode_from);
+    ASSERT_EQ(rows.size(), expected.size()) << "sequence " << sequence;
+    double max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      max_ref = std::max<double>(max_ref, std::fabs(expected[i]));
+      max_diff = std::max<double>(max_diff, std::fabs(expected[i] - rows[i]));
+    }
+    EXPECT_LE(max_diff, kTolerance * (1 + max_ref)) << "sequence " << sequence;
+  }
+}
+
+TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const int rank = testing::WorldRank();
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(50, 3), Prompt(20, 4)};
+  constexpr int kTokens = 6;
+  std::unique_ptr<testing::FakeCoordinator> coordinator;
+  std::thread client;
+  std::map<std::string, std::vector<int32_t>> streamed;
+  if (rank == 0) {
+    coordinator = std::make_unique<testing::FakeCoordinator>(/*heartbeat_interval_ms=*/100);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      engine::v1::CoordinatorMessage m;
+      engine::v1::Admit& admit = *m.mutable_admit();
+      admit.set_request_id(absl::StrCat("r", i));
+      admit.mutable_prompt_token_ids()->Add(prompts[i].begin(), prompts[i].end());
+      admit.set_max_tokens(kTokens);
+      admit.set_ignore_eos(true);
+      coordinator->Push(m);
+    }
+    // Once both requests have finished, shut the engine down.
+    client = std::thread([&] {
+      const bool finished = coordinator->WaitFor(
+          [&](const std::vector<engine::v1::EngineMessage>& received) {
+            int done = 0;
+            for (const auto& m : received) {
+              done += m.has_tokens() &&
+                      m.tokens().finish_reason() != engine::v1::FINISH_REASON_UNSPECIFIED;
+            }
+            return done == static_cast<int>(prompts.size());
+          },
+          absl::Seconds(60));
+      EXPECT_TRUE(finished);
+      engine::v1::CoordinatorMessage shutdown;
+      shutdown.mutable_shutdown()->set_reason("test done");
+      coordinator->Push(shutdown);
+    });
+  }
+  ServeOptions serve;
+  serve.coordinator = Broadcast(coordinator ? coordinator->address() : "");
+  serve.engine_id = "engine-mpi-test";
+  serve.connect_timeout = absl::Seconds(10);
+  EXPECT_TRUE((*engine)->ServeCoordinator(serve).ok());
+  if (rank != 0) return;
+  client.join();
+  const std::vector<engine::v1::EngineMessage> received = coordinator->received();
+  ASSERT_FALSE(received.empty());
+  ASSERT_TRUE(received[0].has_hello());
+  const engine::v1::Hello& hello = received[0].hello();
+  EXPECT_EQ(hello.engine_id(), "engine-mpi-test");
+  EXPECT_EQ(hello.model().name(), "ckpt");
+  ASSERT_EQ(hello.ranks_size(), 3);
+  EXPECT_EQ(hello.ranks(2).role(), engine::v1::ROLE_EXPERT);
+  EXPECT_EQ(hello.max_running(), kAttentionRanks * 64);
+  for (const engine::v1::EngineMessage& m : received) {
+    if (!m.has_tokens()) continue;
+    EXPECT_TRUE(m.tokens().error().empty()) << m.tokens().error();
+    std::vector<int32_t>& tokens = streamed[m.tokens().request_id()];
+    tokens.insert(tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
+  }
+  Reference reference = Reference::Load(Options().checkpoint, (*engine)->config());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(streamed[absl::StrCat("r", i)], reference.Greedy(prompts[i], kTokens))
+        << "request r" << i;
+  }
+}
+
+}  // namespace
+}  // namespace dsv4
