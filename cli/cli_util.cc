@@ -91,18 +91,4 @@ std::string FormatCount(int64_t n) {
   return absl::StrFormat("%d", n);
 }
 
-absl::StatusOr<std::unique_ptr<engram::EngramClient>> ConnectEngram(const ModelConfig& config,
-                                                                    const EngramSpec& spec) {
-  if (config.engram.layer_ids.empty() || !spec.remote()) return nullptr;
-  return engram::EngramClient::Create(config, engram::ClientOptions::FromCluster(spec));
-}
-
-std::string EngramReport(const engram::EngramClient& client) {
-  const engram::ClientStats s = client.stats();
-  return absl::StrFormat(
-      "engram: %d lookups, %d rows from memory nodes in %d RPCs (%d retried on another "
-      "replica), %d cache hits, %d failed, %.3f s stalled",
-      s.fetches, s.rows_fetched, s.rpcs, s.retries, s.cache_hits, s.failures, s.stall_ns * 1e-9);
-}
-
 }  // namespace dsv4::cli

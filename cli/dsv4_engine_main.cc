@@ -266,7 +266,7 @@ absl::Status Engine::Setup() {
     ModelOptions options;
     options.max_seq_len = cluster_.engine.max_seq_len;
     absl::StatusOr<std::unique_ptr<engram::EngramClient>> engram =
-        cli::ConnectEngram(config_, cluster_.engram);
+        engram::ConnectEngram(config_, cluster_.engram);
     if (!engram.ok()) return engram.status();
     engram_ = std::move(*engram);
     options.engram_rows = engram_.get();
@@ -391,7 +391,7 @@ absl::Status Engine::RunOneShot() {
                                {"modelled_seconds", timing->modelled.total}});
   }
   if (engram_) {
-    std::cout << absl::StrCat(cli::EngramReport(*engram_), " (rank ", rank_, ")\n");
+    std::cout << absl::StrCat(engram::EngramReport(*engram_), " (rank ", rank_, ")\n");
   }
   // Overlap: how long attention ranks were blocked on the experts, of their step time.
   const double waited = attention_ ? executor_->wait_seconds() : 0;

@@ -111,6 +111,14 @@ class EngramClient : public EngramRowSource {
   int64_t in_flight_ = 0;  // calls gRPC has not released yet
 };
 
+// The client of the Engram memory nodes in `spec` for a model with Engram layers, to pass
+// as ModelOptions::engram_rows; null (tables read from the checkpoint) when the model has no
+// Engram layers or `spec` lists no servers.
+absl::StatusOr<std::unique_ptr<EngramClient>> ConnectEngram(const ModelConfig& config,
+                                                            const EngramSpec& spec);
+// "engram: ..." — what the client did (RPCs, failovers, cache, stall), for the run's report.
+std::string EngramReport(const EngramClient& client);
+
 }  // namespace dsv4::engram
 
 #endif  // DSV4_ENGRAM_STORE_CLIENT_H_
