@@ -169,38 +169,6 @@ void EngramHasher::Advance(EngramState* state, absl::Span<const int32_t> tokens)
   }
 }
 
-absl::Status CheckRowDType(DType dtype) {
-  if (dtype == DType::kBF16 || dtype == DType::kF16 || dtype == DType::kF32) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(absl::StrCat("Engram rows in ", std::string(DTypeName(dtype)),
-                                                 " are not supported (BF16, F16, F32)"));
-}
-
-absl::Status RowsToF32(DType dtype, const uint8_t* src, int64_t count, int64_t dim, float* out) {
-  if (absl::Status s = CheckRowDType(dtype); !s.ok()) return s;
-  const int64_t n = count * dim;
-  switch (dtype) {
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, src + 2 * i, 2);
-        out[i] = Bf16ToFloat(bits);
-      }
-      return absl::OkStatus();
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, src + 2 * i, 2);
-        out[i] = F16ToFloat(bits);
-      }
-      return absl::OkStatus();
-    default:  // F32
-      std::memcpy(out, src, n * sizeof(float));
-      return absl::OkStatus();
-  }
-}
-
 absl::StatusOr<std::unique_ptr<LocalEngramTables>> LocalEngramTables::Load(
     const ModelConfig& config, Checkpoint* checkpoint) {
   const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config.engram);

@@ -11,9 +11,9 @@
 //   X_i   ← X_i + u_i + y_i                                          on every mHC stream
 //
 // Because the rows depend only on tokens, a step hashes all its n-grams for every Engram
-// layer as soon as its tokens are known and fetches the rows (EngramRowSource: local
-// tables, or memory nodes through engram_store/client.h) while the earlier layers run;
-// the forward waits only at the Engram layer.
+// layer as soon as its tokens are known and fetches the rows (EngramRowSource in
+// core/engram_rows.h: local tables, or memory nodes through engram_store/client.h) while
+// the earlier layers run; the forward waits only at the Engram layer.
 #ifndef DSV4_ATTENTION_NODE_ENGRAM_H_
 #define DSV4_ATTENTION_NODE_ENGRAM_H_
 
@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/dtype.h"
+#include "core/engram_rows.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
@@ -75,28 +76,6 @@ class EngramHasher {
   std::vector<int64_t> canonical_;
   std::vector<std::vector<int64_t>> multipliers_, head_sizes_, offsets_;
   std::vector<int64_t> table_rows_;
-};
-
-// Table rows are stored as BF16, F16 or F32; anything else is InvalidArgument.
-absl::Status CheckRowDType(DType dtype);
-// Converts `count` stored table rows of `dim` elements (BF16, F16 or F32) to fp32.
-absl::Status RowsToF32(DType dtype, const uint8_t* src, int64_t count, int64_t dim, float* out);
-
-// The rows of one step for every Engram layer, arriving asynchronously.
-class EngramRowFetch {
- public:
-  virtual ~EngramRowFetch() = default;
-  // Blocks until Engram layer `index`'s rows are here and writes them, in request order,
-  // to out [rows[index].size(), d_e] fp32. Each index is waited for at most once.
-  virtual absl::Status Wait(int index, float* out) = 0;
-};
-
-// Where table rows come from: local memory-mapped tables or memory nodes.
-class EngramRowSource {
- public:
-  virtual ~EngramRowSource() = default;
-  // Starts fetching rows[index] (table row ids) of every Engram layer index.
-  virtual std::unique_ptr<EngramRowFetch> Prefetch(std::vector<std::vector<int64_t>> rows) = 0;
 };
 
 // The tables of this process's checkpoint, read in place from the mapped shards.

@@ -11,7 +11,6 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
@@ -98,20 +97,6 @@ absl::StatusOr<std::string> FindProjectFile(const std::string& relative) {
   return absl::NotFoundError("cannot find " + relative +
                              " (looked in the current directory, $DSV4_HOME and next to the "
                              "dsv4 executable)");
-}
-
-absl::StatusOr<std::unique_ptr<engram::EngramClient>> ConnectEngram(const ModelConfig& config,
-                                                                    const EngramSpec& spec) {
-  if (config.engram.layer_ids.empty() || !spec.remote()) return nullptr;
-  return engram::EngramClient::Create(config, engram::ClientOptions::FromCluster(spec));
-}
-
-std::string EngramReport(const engram::EngramClient& client) {
-  const engram::ClientStats s = client.stats();
-  return absl::StrFormat(
-      "engram: %d lookups, %d rows from memory nodes in %d RPCs (%d retried on another "
-      "replica), %d cache hits, %d failed, %.3f s stalled",
-      s.fetches, s.rows_fetched, s.rpcs, s.retries, s.cache_hits, s.failures, s.stall_ns * 1e-9);
 }
 
 }  // namespace dsv4::cli

@@ -4,15 +4,11 @@
 #define DSV4_CLI_CLI_UTIL_H_
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "core/cluster_config.h"
-#include "core/model_config.h"
-#include "engram_store/client.h"
 
 namespace dsv4::cli {
 
@@ -37,14 +33,6 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ParseTokenSequences(const std:
 // Finds a file shipped with the project (e.g. "models/v4-mini/config.json"): in the
 // current directory, under $DSV4_HOME, or relative to the dsv4 executable (build/bin/).
 absl::StatusOr<std::string> FindProjectFile(const std::string& relative);
-
-// The client of the Engram memory nodes in `spec` for a model with Engram layers, to pass
-// as ModelOptions::engram_rows; null (tables read from the checkpoint) when the model has no
-// Engram layers or `spec` lists no servers.
-absl::StatusOr<std::unique_ptr<engram::EngramClient>> ConnectEngram(const ModelConfig& config,
-                                                                    const EngramSpec& spec);
-// "engram: ..." — what the client did (RPCs, failovers, cache, stall), for the run's report.
-std::string EngramReport(const engram::EngramClient& client);
 
 }  // namespace dsv4::cli
 

@@ -174,7 +174,7 @@ absl::Status Run() {
   engram_spec.servers = absl::GetFlag(FLAGS_engram_servers);
   engram_spec.replication = absl::GetFlag(FLAGS_engram_replication);
   absl::StatusOr<std::unique_ptr<engram::EngramClient>> engram =
-      ConnectEngram(*config, engram_spec);
+      engram::ConnectEngram(*config, engram_spec);
   if (!engram.ok()) return engram.status();
   options.engram_rows = engram->get();
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(*config, checkpoint->get(), options);
@@ -252,7 +252,7 @@ absl::Status Run() {
                                FormatBytes(state.bytes()), state.position(),
                                PerToken(static_cast<double>(state.bytes()) / state.position()));
   PrintKvReport(*config, "this model", absl::GetFlag(FLAGS_kv_context), false);
-  if (*engram) std::cout << EngramReport(**engram) << "\n";
+  if (*engram) std::cout << engram::EngramReport(**engram) << "\n";
   if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
   return absl::OkStatus();
 }

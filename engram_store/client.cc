@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/engram_hash.h"
 #include "grpcpp/grpcpp.h"
@@ -382,6 +383,20 @@ void EngramClient::FinishFetchWait(int64_t stall_ns, bool ok) {
 ClientStats EngramClient::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
+}
+
+absl::StatusOr<std::unique_ptr<EngramClient>> ConnectEngram(const ModelConfig& config,
+                                                            const EngramSpec& spec) {
+  if (config.engram.layer_ids.empty() || !spec.remote()) return nullptr;
+  return EngramClient::Create(config, ClientOptions::FromCluster(spec));
+}
+
+std::string EngramReport(const EngramClient& client) {
+  const ClientStats s = client.stats();
+  return absl::StrFormat(
+      "engram: %d lookups, %d rows from memory nodes in %d RPCs (%d retried on another "
+      "replica), %d cache hits, %d failed, %.3f s stalled",
+      s.fetches, s.rows_fetched, s.rpcs, s.retries, s.cache_hits, s.failures, s.stall_ns * 1e-9);
 }
 
 }  // namespace dsv4::engram

@@ -25,8 +25,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "attention_node/engram.h"
 #include "core/cluster_config.h"
+#include "core/engram_rows.h"
 #include "core/model_config.h"
 #include "engram_store/shard_plan.h"
 #include "proto/engram.grpc.pb.h"
@@ -110,6 +110,14 @@ class EngramClient : public EngramRowSource {
   std::condition_variable idle_;
   int64_t in_flight_ = 0;  // calls gRPC has not released yet
 };
+
+// The client of the Engram memory nodes in `spec` for a model with Engram layers, to pass
+// as ModelOptions::engram_rows; null (tables read from the checkpoint) when the model has no
+// Engram layers or `spec` lists no servers.
+absl::StatusOr<std::unique_ptr<EngramClient>> ConnectEngram(const ModelConfig& config,
+                                                            const EngramSpec& spec);
+// "engram: ..." — what the client did (RPCs, failovers, cache, stall), for the run's report.
+std::string EngramReport(const EngramClient& client);
 
 }  // namespace dsv4::engram
 

@@ -10,10 +10,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "attention_node/engram.h"
 #include "core/checkpoint_generator.h"
 #include "core/checkpoint_layout.h"
 #include "core/engram_hash.h"
+#include "core/engram_rows.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4::engram {

@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
       argc, argv,
       "dsv4-engram-store --checkpoint DIR (--cluster YAML --index I | --listen HOST:PORT)\n\n"
       "Serves this node's shards of a checkpoint's Engram tables over gRPC.",
-      "engram_store_main.cc");
+      "dsv4_engram_store_main.cc");
   if (!positional.empty()) {
     std::cerr << "dsv4-engram-store: unexpected argument " << positional[0] << "\n";
     return 2;
