@@ -4,6 +4,8 @@
 #include <optional>
 #include <utility>
 
+#include "core/status_macros.h"
+
 namespace dsv4 {
 namespace {
 
@@ -58,9 +60,7 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
   }
   for (MicroBatch& mb : mbs) {
     if (!mb.inputs.empty()) {
-      absl::StatusOr<Step> step = model_->BeginStep(mb.inputs);
-      if (!step.ok()) return step.status();
-      mb.step = std::move(*step);
+      ASSIGN_OR_RETURN(mb.step, model_->BeginStep(mb.inputs));
     }
   }
   // Modelled work, in the planner's terms: per micro-batch its layers, edges and exchanges.
@@ -80,30 +80,28 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
   auto stage = [&](int index, int layer) -> absl::Status {
     MicroBatch& mb = mbs[index];
     if (mb.step) {
-      if (absl::Status s = model_->AttentionStage(layer, &*mb.step, &mb.routed); !s.ok()) return s;
+      RETURN_IF_ERROR(model_->AttentionStage(layer, &*mb.step, &mb.routed));
       int64_t* load = expert_load_.data() + static_cast<size_t>(layer) * config.n_routed_experts;
       for (int32_t e : mb.routed.expert_ids) load[e] += 1;
     } else {
       mb.routed = RoutedTokens{Tensor(), {}, {}, k};
     }
-    absl::StatusOr<DispatchHandle> handle =
-        executor_->Start(index, layer, mb.routed.x, mb.routed.expert_ids, mb.routed.weights, k);
-    if (!handle.ok()) return handle.status();
-    mb.handle = std::move(*handle);
+    ASSIGN_OR_RETURN(mb.handle, executor_->Start(index, layer, mb.routed.x, mb.routed.expert_ids,
+                                                 mb.routed.weights, k));
     return absl::OkStatus();
   };
   for (int i = 0; i < micro_batches_; ++i) {
-    if (absl::Status s = stage(i, 0); !s.ok()) return s;
+    RETURN_IF_ERROR(stage(i, 0));
   }
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     for (int i = 0; i < micro_batches_; ++i) {
       MicroBatch& mb = mbs[i];
-      if (absl::Status s = executor_->Finish(mb.handle, &mb.out); !s.ok()) return s;
+      RETURN_IF_ERROR(executor_->Finish(mb.handle, &mb.out));
       if (mb.step) {
-        if (absl::Status s = model_->MoeFinish(layer, &*mb.step, mb.out); !s.ok()) return s;
+        RETURN_IF_ERROR(model_->MoeFinish(layer, &*mb.step, mb.out));
       }
       if (layer + 1 < config.num_hidden_layers) {
-        if (absl::Status s = stage(i, layer + 1); !s.ok()) return s;
+        RETURN_IF_ERROR(stage(i, layer + 1));
       }
     }
   }
@@ -112,16 +110,16 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
     const bool samples = std::any_of(mb.entries.begin(), mb.entries.end(),
                                      [](const PlanEntry* e) { return e->sample; });
     if (keep_logits_ || samples) {
-      absl::StatusOr<Tensor> logits =
-          model_->Logits(*mb.step, keep_logits_ ? LogitRows::kAll : LogitRows::kLastPerSequence);
-      if (!logits.ok()) return logits.status();
-      const int64_t vocab = logits->dim(1);
+      ASSIGN_OR_RETURN(
+          const Tensor logits,
+          model_->Logits(*mb.step, keep_logits_ ? LogitRows::kAll : LogitRows::kLastPerSequence));
+      const int64_t vocab = logits.dim(1);
       for (int i = 0; i < mb.step->num_sequences(); ++i) {
         const PlanEntry& e = *mb.entries[i];
         // Rows of sequence i: all of them, or its last one only.
         const int64_t begin = keep_logits_ ? mb.step->row_begin(i) : i;
         const int64_t rows = keep_logits_ ? mb.step->sequence_rows(i) : 1;
-        const float* data = logits->data() + begin * vocab;
+        const float* data = logits.data() + begin * vocab;
         if (keep_logits_) {
           logits_[e.sequence].insert(logits_[e.sequence].end(), data, data + rows * vocab);
         }
@@ -132,7 +130,7 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
         }
       }
     }
-    if (absl::Status s = model_->Finish(&*mb.step); !s.ok()) return s;
+    RETURN_IF_ERROR(model_->Finish(&*mb.step));
   }
   return absl::OkStatus();
 }

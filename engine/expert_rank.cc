@@ -4,6 +4,8 @@
 #include <optional>
 #include <vector>
 
+#include "core/status_macros.h"
+
 namespace dsv4 {
 
 absl::Status ExpertRank::RunStep(StepCost* cost) {
@@ -14,12 +16,11 @@ absl::Status ExpertRank::RunStep(StepCost* cost) {
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
     for (int mb = 0; mb < micro_batches; ++mb) {
       if (pending[mb]) {
-        if (absl::Status s = dispatcher_->FinishCombine(*pending[mb], &out_); !s.ok()) return s;
+        RETURN_IF_ERROR(dispatcher_->FinishCombine(*pending[mb], &out_));
         pending[mb].reset();
       }
-      absl::StatusOr<DispatchHandle> handle = dispatcher_->StartDispatch(mb, Tensor(), {}, {});
-      if (!handle.ok()) return handle.status();
-      if (absl::Status s = dispatcher_->FinishDispatch(*handle, &batch_); !s.ok()) return s;
+      ASSIGN_OR_RETURN(DispatchHandle handle, dispatcher_->StartDispatch(mb, Tensor(), {}, {}));
+      RETURN_IF_ERROR(dispatcher_->FinishDispatch(handle, &batch_));
       // Every row is one (token, slot) pair: run it as a token with k = 1 through the same
       // grouped forward as the in-process executor (weight applied before w2).
       const int64_t rows = batch_.rows();
@@ -35,21 +36,18 @@ absl::Status ExpertRank::RunStep(StepCost* cost) {
         std::fill(y_.data(), y_.data() + y_.numel(), 0.0f);
       }
       if (rows > 0) {
-        if (absl::Status s =
-                experts_->Accumulate(layer, batch_.x.data(), rows, row_experts_, batch_.weights, 1,
-                                     /*require_all=*/true, &scratch_, y_.data());
-            !s.ok()) {
-          return s;
-        }
+        RETURN_IF_ERROR(experts_->Accumulate(layer, batch_.x.data(), rows, row_experts_,
+                                             batch_.weights, 1, /*require_all=*/true, &scratch_,
+                                             y_.data()));
       }
       *cost += RoutedExpertCost(config_, static_cast<double>(rows), local_slots);
-      if (absl::Status s = dispatcher_->StartCombine(*handle, y_); !s.ok()) return s;
-      pending[mb] = std::move(*handle);
+      RETURN_IF_ERROR(dispatcher_->StartCombine(handle, y_));
+      pending[mb] = std::move(handle);
     }
   }
   for (std::optional<DispatchHandle>& handle : pending) {
     if (!handle) continue;
-    if (absl::Status s = dispatcher_->FinishCombine(*handle, &out_); !s.ok()) return s;
+    RETURN_IF_ERROR(dispatcher_->FinishCombine(*handle, &out_));
   }
   return absl::OkStatus();
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -20,9 +21,8 @@ double Seconds(Clock::time_point since) {
 absl::Status MpiExpertExecutor::Run(int layer, const Tensor& x,
                                     absl::Span<const int32_t> expert_ids,
                                     absl::Span<const float> weights, int k, Tensor* out) {
-  absl::StatusOr<DispatchHandle> handle = Start(0, layer, x, expert_ids, weights, k);
-  if (!handle.ok()) return handle.status();
-  return Finish(*handle, out);
+  ASSIGN_OR_RETURN(DispatchHandle handle, Start(0, layer, x, expert_ids, weights, k));
+  return Finish(handle, out);
 }
 
 absl::StatusOr<DispatchHandle> MpiExpertExecutor::Start(int micro_batch, int layer, const Tensor& x,
@@ -34,15 +34,14 @@ absl::StatusOr<DispatchHandle> MpiExpertExecutor::Start(int micro_batch, int lay
                      ", the dispatcher was built for k=", dispatcher_->options().top_k));
   }
   const std::vector<int32_t> slots = placement_->AssignReplicas(layer, expert_ids, replica_offset_);
-  absl::StatusOr<DispatchHandle> handle =
-      dispatcher_->StartDispatch(micro_batch, x, slots, weights);
-  if (!handle.ok()) return handle.status();
+  ASSIGN_OR_RETURN(DispatchHandle handle,
+                   dispatcher_->StartDispatch(micro_batch, x, slots, weights));
   // Drive the dispatch through (Open MPI advances it only inside MPI calls) and post this
   // rank's share of the combine now, so the expert ranks' outputs can land while this rank
   // computes another micro-batch.
   const Clock::time_point start = Clock::now();
-  absl::Status status = dispatcher_->FinishDispatch(*handle, &empty_batch_);
-  if (status.ok()) status = dispatcher_->StartCombine(*handle, Tensor());
+  absl::Status status = dispatcher_->FinishDispatch(handle, &empty_batch_);
+  if (status.ok()) status = dispatcher_->StartCombine(handle, Tensor());
   wait_seconds_ += Seconds(start);
   if (!status.ok()) return status;
   return handle;

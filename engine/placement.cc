@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -182,7 +183,7 @@ absl::Status ValidateInputs(const std::vector<std::vector<double>>& load, const 
 absl::StatusOr<ExpertPlacement> ExpertPlacement::Compute(
     const std::vector<std::vector<double>>& load, const PlacementOptions& options) {
   bool hierarchical = false;
-  if (absl::Status s = ValidateInputs(load, options, &hierarchical); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateInputs(load, options, &hierarchical));
 
   ExpertPlacement p;
   p.policy_ = hierarchical ? PlacementPolicy::kHierarchical : PlacementPolicy::kGlobal;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/status_macros.h"
 #include "engine/log.h"
 
 namespace dsv4 {
@@ -71,10 +72,10 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
   stop.stop = true;
   for (;;) {
     // Block only when there is nothing to run.
-    absl::StatusOr<std::vector<engine::v1::CoordinatorMessage>> messages =
-        control_.Receive(planner_.idle() ? absl::Milliseconds(200) : absl::ZeroDuration());
-    if (!messages.ok()) return messages.status();
-    for (const engine::v1::CoordinatorMessage& m : *messages) {
+    ASSIGN_OR_RETURN(
+        const std::vector<engine::v1::CoordinatorMessage> messages,
+        control_.Receive(planner_.idle() ? absl::Milliseconds(200) : absl::ZeroDuration()));
+    for (const engine::v1::CoordinatorMessage& m : messages) {
       if (m.has_shutdown()) {
         EngineLog()->info("shutdown: {}", m.shutdown().reason());
         stopped_cleanly_ = true;
@@ -85,7 +86,7 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     for (engine::v1::TokenEvent& event : planner_.TakeEvents()) {
       engine::v1::EngineMessage out;
       *out.mutable_tokens() = std::move(event);
-      if (absl::Status s = control_.Send(out); !s.ok()) return s;
+      RETURN_IF_ERROR(control_.Send(out));
     }
     {
       absl::MutexLock lock(&mu_);
@@ -98,7 +99,7 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     if (draining_ && planner_.idle()) {
       engine::v1::EngineMessage drained;
       drained.mutable_drained();
-      if (absl::Status s = control_.Send(drained); !s.ok()) return s;
+      RETURN_IF_ERROR(control_.Send(drained));
       EngineLog()->info("drained");
       stopped_cleanly_ = true;
       return stop;
