@@ -40,7 +40,6 @@
 #include "cli/cli_util.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/placement.h"
-#include "coordinator/security.h"
 #include "core/cluster_config.h"
 #include "core/cost_model.h"
 #include "core/kernels.h"
@@ -57,6 +56,7 @@
 #include "engram_store/client.h"
 #include "expert_node/routed_experts.h"
 #include "nlohmann/json.hpp"
+#include "rpc/security.h"
 
 ABSL_FLAG(std::string, cluster, "", "cluster YAML (roles, topology, engine settings)");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json and safetensors)");
@@ -499,7 +499,7 @@ absl::Status Engine::Serve() {
   const engine::v1::Hello hello = MakeHello();
   if (rank_ == 0) {
     // TLS and the bearer token come from the same YAML as the coordinator's.
-    absl::StatusOr<coordinator::ClientSecurity> security = coordinator::LoadClientSecurity(
+    absl::StatusOr<rpc::ClientSecurity> security = rpc::LoadClientSecurity(
         cluster_.coordinator.tls_cert, cluster_.coordinator.auth_token_file);
     if (!security.ok()) return security.status();
     absl::StatusOr<std::unique_ptr<ControlClient>> control = ControlClient::Connect(
