@@ -36,7 +36,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
   if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok())
     return refuse(rpc::ToGrpc(s));
-  engine::v1::Admit admit;
+  GenerationSpec spec;
   if (request->has_text()) {
     const std::vector<int> ids = tokenizer_.Encode(request->text());
     if (absl::Status s =
@@ -44,20 +44,19 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
         !s.ok()) {
       return refuse(rpc::ToGrpc(s));
     }
-    admit.mutable_prompt_token_ids()->Add(ids.begin(), ids.end());
+    spec.prompt_token_ids.assign(ids.begin(), ids.end());
   } else {
-    *admit.mutable_prompt_token_ids() = request->token_ids().ids();
+    spec.prompt_token_ids.assign(request->token_ids().ids().begin(),
+                                 request->token_ids().ids().end());
   }
   const v1::SamplingParams& sampling = request->sampling();
-  admit.mutable_sampling()->set_temperature(sampling.temperature());
-  admit.mutable_sampling()->set_top_p(sampling.top_p());
-  admit.mutable_sampling()->set_top_k(sampling.top_k());
-  admit.mutable_sampling()->set_seed(sampling.seed());
-  admit.set_max_tokens(request->max_tokens());
-  admit.set_ignore_eos(request->ignore_eos());
-  *admit.mutable_stop_token_ids() = request->stop_token_ids();
-  absl::StatusOr<std::shared_ptr<Request>> submitted = scheduler_.Submit(
-      std::move(admit), {request->stop().begin(), request->stop().end()}, request->request_id());
+  spec.sampling = {sampling.temperature(), sampling.top_p(), sampling.top_k(), sampling.seed()};
+  spec.max_tokens = request->max_tokens();
+  spec.stop_token_ids.assign(request->stop_token_ids().begin(), request->stop_token_ids().end());
+  spec.ignore_eos = request->ignore_eos();
+  spec.stop.assign(request->stop().begin(), request->stop().end());
+  absl::StatusOr<std::shared_ptr<Request>> submitted =
+      scheduler_.Submit(std::move(spec), request->request_id());
   if (!submitted.ok()) return refuse(rpc::ToGrpc(submitted.status()));
   const std::shared_ptr<Request> admitted = std::move(*submitted);
 
