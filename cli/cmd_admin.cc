@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
+#include "rpc/status.h"
 
 ABSL_FLAG(std::string, admin, "127.0.0.1:50052", "admin: the coordinator's admin address");
 ABSL_FLAG(std::string, reason, "operator request", "admin shutdown: reason passed to the engine");
@@ -70,11 +71,7 @@ int AdminMain(int argc, char** argv) {
                     "admin");
   }
   if (!s.ok()) {
-    const auto code = static_cast<absl::StatusCode>(s.error_code());
-    return ExitCode(
-        absl::Status(code, absl::StrCat(absl::StatusCodeToString(code), ": ",
-                                        absl::GetFlag(FLAGS_admin), ": ", s.error_message())),
-        "admin");
+    return ExitCode(rpc::FromGrpc(s, absl::GetFlag(FLAGS_admin), rpc::CodeName::kInclude), "admin");
   }
   return 0;
 }

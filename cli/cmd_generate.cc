@@ -13,6 +13,7 @@
 #include "cli/coordinator_client.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
+#include "rpc/status.h"
 
 // Sampling flags are shared with `dsv4 run` (defined in cmd_run.cc).
 ABSL_FLAG(int32_t, max_tokens, 64, "tokens to generate at most");
@@ -84,10 +85,7 @@ int GenerateMain(int argc, char** argv) {
   const grpc::Status s = reader->Finish();
   if (!s.ok()) {
     if (any_text) std::cout << "\n";
-    const auto code = static_cast<absl::StatusCode>(s.error_code());
-    return ExitCode(
-        absl::Status(code, absl::StrCat(absl::StatusCodeToString(code), ": ", s.error_message())),
-        "generate");
+    return ExitCode(rpc::FromGrpc(s, {}, rpc::CodeName::kInclude), "generate");
   }
   return 0;
 }

@@ -2,17 +2,17 @@
 
 #include "absl/flags/flag.h"
 #include "cli/common_flags.h"
-#include "coordinator/security.h"
+#include "rpc/security.h"
 
 namespace dsv4::cli {
 
 void CoordinatorChannel::Authorize(grpc::ClientContext* context) const {
-  coordinator::AddBearerToken(context, token);
+  rpc::AddBearerToken(context, token);
 }
 
 absl::StatusOr<CoordinatorChannel> DialCoordinator() {
-  absl::StatusOr<coordinator::ClientSecurity> security =
-      coordinator::LoadClientSecurity(absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_token_file));
+  absl::StatusOr<rpc::ClientSecurity> security =
+      rpc::LoadClientSecurity(absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_token_file));
   if (!security.ok()) return security.status();
   CoordinatorChannel out;
   out.channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), security->credentials);

@@ -1,6 +1,6 @@
 #include "coordinator/admin_service.h"
 
-#include "coordinator/inference_service.h"
+#include "rpc/status.h"
 
 namespace dsv4::coordinator {
 
@@ -12,7 +12,7 @@ grpc::Status AdminService::DrainEngine(grpc::ServerContext* context,
   const absl::Status status = registry_.Send(request->engine_id(), message);
   if (status.ok())
     logger_->info("admin {}: draining engine {}", context->peer(), request->engine_id());
-  return ToGrpc(status);
+  return rpc::ToGrpc(status);
 }
 
 grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
@@ -25,7 +25,7 @@ grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
     logger_->info("admin {}: shutting down engine {} ({})", context->peer(), request->engine_id(),
                   request->reason());
   }
-  return ToGrpc(status);
+  return rpc::ToGrpc(status);
 }
 
 grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
@@ -33,7 +33,7 @@ grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
                                      admin::v1::RebalanceResponse* response) {
   const std::string& id = request->engine_id();
   absl::StatusOr<std::vector<engine::v1::LayerExpertLoad>> load = registry_.ExpertLoad(id);
-  if (!load.ok()) return ToGrpc(load.status());
+  if (!load.ok()) return rpc::ToGrpc(load.status());
   int64_t routed = 0;
   for (const engine::v1::LayerExpertLoad& layer : *load) {
     for (int64_t n : layer.tokens_per_expert()) routed += n;
@@ -46,13 +46,13 @@ grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
   const int before = registry_.RebalanceCount(id);
   engine::v1::CoordinatorMessage message;
   message.mutable_rebalance()->mutable_load()->Add(load->begin(), load->end());
-  if (absl::Status s = registry_.Send(id, message); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = registry_.Send(id, message); !s.ok()) return rpc::ToGrpc(s);
   absl::Duration timeout = absl::Minutes(5);
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     timeout = absl::FromChrono(context->deadline() - std::chrono::system_clock::now());
   }
   absl::StatusOr<engine::v1::Rebalanced> done = registry_.WaitRebalanced(id, before, timeout);
-  if (!done.ok()) return ToGrpc(done.status());
+  if (!done.ok()) return rpc::ToGrpc(done.status());
   response->set_step(done->step());
   response->set_placement_summary(done->placement_summary());
   response->set_imbalance(done->imbalance());

@@ -11,9 +11,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "coordinator/security.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "rpc/security.h"
 #include "spdlog/spdlog.h"
 
 namespace dsv4::coordinator {
@@ -67,11 +67,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         absl::StrCat("coordinator: max_context must be ≥ 2, got ", options.max_context));
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      MakeServerCredentials(options.tls_cert, options.tls_key);
+      rpc::MakeServerCredentials(options.tls_cert, options.tls_key);
   if (!credentials.ok()) return credentials.status();
   std::string token;
   if (!options.auth_token_file.empty()) {
-    absl::StatusOr<std::string> read = ReadTokenFile(options.auth_token_file);
+    absl::StatusOr<std::string> read = rpc::ReadTokenFile(options.auth_token_file);
     if (!read.ok()) return read.status();
     token = *read;
   }

@@ -4,16 +4,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/security.h"
 #include "core/checkpoint_layout.h"
+#include "rpc/security.h"
+#include "rpc/status.h"
 #include "spdlog/spdlog.h"
 
 namespace dsv4::coordinator {
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
 
 InferenceService::InferenceService(const Tokenizer& tokenizer, const ModelConfig& config,
                                    const RequestLimits& limits, const EngineRegistry& registry,
@@ -37,32 +33,31 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
       metrics_->RequestFinished(static_cast<absl::StatusCode>(status.error_code()));
     return status;
   };
-  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
+  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
   if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok())
-    return refuse(ToGrpc(s));
-  engine::v1::Admit admit;
+    return refuse(rpc::ToGrpc(s));
+  GenerationSpec spec;
   if (request->has_text()) {
     const std::vector<int> ids = tokenizer_.Encode(request->text());
     if (absl::Status s =
             ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(), limits_);
         !s.ok()) {
-      return refuse(ToGrpc(s));
+      return refuse(rpc::ToGrpc(s));
     }
-    admit.mutable_prompt_token_ids()->Add(ids.begin(), ids.end());
+    spec.prompt_token_ids.assign(ids.begin(), ids.end());
   } else {
-    *admit.mutable_prompt_token_ids() = request->token_ids().ids();
+    spec.prompt_token_ids.assign(request->token_ids().ids().begin(),
+                                 request->token_ids().ids().end());
   }
   const v1::SamplingParams& sampling = request->sampling();
-  admit.mutable_sampling()->set_temperature(sampling.temperature());
-  admit.mutable_sampling()->set_top_p(sampling.top_p());
-  admit.mutable_sampling()->set_top_k(sampling.top_k());
-  admit.mutable_sampling()->set_seed(sampling.seed());
-  admit.set_max_tokens(request->max_tokens());
-  admit.set_ignore_eos(request->ignore_eos());
-  *admit.mutable_stop_token_ids() = request->stop_token_ids();
-  absl::StatusOr<std::shared_ptr<Request>> submitted = scheduler_.Submit(
-      std::move(admit), {request->stop().begin(), request->stop().end()}, request->request_id());
-  if (!submitted.ok()) return refuse(ToGrpc(submitted.status()));
+  spec.sampling = {sampling.temperature(), sampling.top_p(), sampling.top_k(), sampling.seed()};
+  spec.max_tokens = request->max_tokens();
+  spec.stop_token_ids.assign(request->stop_token_ids().begin(), request->stop_token_ids().end());
+  spec.ignore_eos = request->ignore_eos();
+  spec.stop.assign(request->stop().begin(), request->stop().end());
+  absl::StatusOr<std::shared_ptr<Request>> submitted =
+      scheduler_.Submit(std::move(spec), request->request_id());
+  if (!submitted.ok()) return refuse(rpc::ToGrpc(submitted.status()));
   const std::shared_ptr<Request> admitted = std::move(*submitted);
 
   size_t tokens_seen = 0, text_seen = 0;
@@ -75,7 +70,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     const Request::Update update =
         admitted->WaitForUpdate(tokens_seen, text_seen, absl::Milliseconds(50));
     if (update.finished && !update.error.ok() && update.tokens.empty() && update.text.empty()) {
-      return ToGrpc(update.error);
+      return rpc::ToGrpc(update.error);
     }
     const bool last = update.finished && update.error.ok();
     if (update.tokens.empty() && update.text.empty() && !last) continue;
@@ -95,15 +90,15 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     }
     tokens_seen += update.tokens.size();
     text_seen += update.text.size();
-    if (update.finished) return ToGrpc(update.error);
+    if (update.finished) return rpc::ToGrpc(update.error);
   }
 }
 
 grpc::Status InferenceService::Tokenize(grpc::ServerContext* context,
                                         const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
-  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
-  if (absl::Status s = ValidateTokenizeRequest(*request, limits_); !s.ok()) return ToGrpc(s);
+  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  if (absl::Status s = ValidateTokenizeRequest(*request, limits_); !s.ok()) return rpc::ToGrpc(s);
   // The same encoding Generate uses for a text prompt (BOS first).
   const std::vector<int> ids = tokenizer_.Encode(request->text());
   response->mutable_token_ids()->Add(ids.begin(), ids.end());
@@ -113,7 +108,7 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* context,
 grpc::Status InferenceService::ListModels(grpc::ServerContext* context,
                                           const v1::ListModelsRequest* /*request*/,
                                           v1::ListModelsResponse* response) {
-  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   const ParameterCount count = CountParameters(config_);
   v1::ModelInfo* model = response->add_models();
   model->set_name(limits_.model);
@@ -126,7 +121,7 @@ grpc::Status InferenceService::ListModels(grpc::ServerContext* context,
 grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
                                                 const v1::ClusterStatusRequest* /*request*/,
                                                 v1::ClusterStatus* response) {
-  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   registry_.FillStatus(response);
   scheduler_.FillRunning(response);
   if (launched_) launched_(response);
@@ -190,7 +185,7 @@ void EngineControlService::RecordHeartbeat(const std::string& engine_id,
 grpc::Status EngineControlService::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<engine::v1::CoordinatorMessage, engine::v1::EngineMessage>* stream) {
-  if (grpc::Status s = CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
   engine::v1::EngineMessage message;
   if (!stream->Read(&message)) return grpc::Status::OK;  // the engine left before saying hello
   if (!message.has_hello()) {
@@ -198,9 +193,9 @@ grpc::Status EngineControlService::Connect(
                         "the first EngineMessage on a Connect stream must be a hello");
   }
   const engine::v1::Hello hello = message.hello();
-  if (absl::Status s = CheckHello(hello); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = CheckHello(hello); !s.ok()) return rpc::ToGrpc(s);
   auto connection = std::make_shared<EngineConnection>(context, stream);
-  if (absl::Status s = registry_.Add(hello, connection); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = registry_.Add(hello, connection); !s.ok()) return rpc::ToGrpc(s);
   const std::string& id = hello.engine_id();
   logger_->info("engine {} connected from {}: {} ranks", id, context->peer(), hello.ranks_size());
 

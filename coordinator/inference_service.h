@@ -95,9 +95,6 @@ class EngineControlService final : public engine::v1::EngineControl::Service {
   std::shared_ptr<spdlog::logger> logger_;
 };
 
-// absl::Status → grpc::Status, keeping the code and message.
-grpc::Status ToGrpc(const absl::Status& status);
-
 }  // namespace dsv4::coordinator
 
 #endif  // DSV4_COORDINATOR_INFERENCE_SERVICE_H_

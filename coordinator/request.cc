@@ -5,18 +5,11 @@
 
 namespace dsv4::coordinator {
 
-Request::Request(engine::v1::Admit admit, std::vector<std::string> stop, const Tokenizer& tokenizer)
-    : admit_(std::move(admit)),
-      stop_(std::move(stop)),
+Request::Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer)
+    : id_(std::move(id)),
+      spec_(std::move(spec)),
       admitted_(absl::Now()),
       decoder_(tokenizer, /*skip_special_tokens=*/true) {}
-
-engine::v1::Admit Request::AdmitMessage() const {
-  engine::v1::Admit admit = admit_;
-  absl::MutexLock lock(&mu_);
-  admit.mutable_resume_tokens()->Add(tokens_.begin(), tokens_.end());
-  return admit;
-}
 
 Request::Update Request::WaitForUpdate(size_t tokens_seen, size_t text_seen,
                                        absl::Duration timeout) const {
@@ -42,16 +35,16 @@ bool Request::AddTokens(const std::vector<int32_t>& tokens, absl::Time now) {
   if (tokens_.empty()) first_token_ = now;
   last_tokens_ = now;
   size_t longest_stop = 0;
-  for (const std::string& s : stop_) longest_stop = std::max(longest_stop, s.size());
+  for (const std::string& s : spec_.stop) longest_stop = std::max(longest_stop, s.size());
   for (int32_t token : tokens) {
     tokens_.push_back(token);
     const size_t before = text_.size();
     text_ += decoder_.Push(token);
-    if (stop_.empty() || text_.size() == before) continue;
+    if (spec_.stop.empty() || text_.size() == before) continue;
     // A stop string can only end inside the new piece; search from where it could start.
     const size_t from = before > longest_stop ? before - longest_stop : 0;
     size_t cut = std::string::npos;
-    for (const std::string& s : stop_) cut = std::min(cut, text_.find(s, from));
+    for (const std::string& s : spec_.stop) cut = std::min(cut, text_.find(s, from));
     if (cut != std::string::npos) {
       text_.resize(cut);
       finished_ = true;

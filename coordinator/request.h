@@ -1,9 +1,9 @@
 // One admitted generation request as the coordinator keeps it from admission to its final
-// message: everything the engines produced for it (tokens, the text they complete, the
-// finish) and the timings. The scheduler writes it; Generate handlers (one, or several for
-// a retried request_id) read it and stream what they have not sent yet. Replays after an
-// engine loss take `tokens()` as their resume_tokens, so a record never loses or repeats a
-// token. Thread-safe.
+// message: what it asks for (GenerationSpec), everything the engines produced for it
+// (tokens, the text they complete, the finish) and the timings. The scheduler writes it;
+// Generate handlers (one, or several for a retried request_id) read it and stream what they
+// have not sent yet. Replays after an engine loss take `tokens()` as their resume_tokens, so
+// a record never loses or repeats a token. Thread-safe.
 #ifndef DSV4_COORDINATOR_REQUEST_H_
 #define DSV4_COORDINATOR_REQUEST_H_
 
@@ -16,21 +16,37 @@
 #include "absl/time/time.h"
 #include "coordinator/metrics.h"
 #include "core/tokenizer.h"
-#include "proto/engine.pb.h"
 #include "proto/inference.pb.h"
 
 namespace dsv4::coordinator {
 
+// What a generation asks for, as the coordinator keeps it: a validated public request with
+// its prompt tokenized. Engines get it as an Admit message (built where the scheduler sends
+// it); only the stop strings stay with the coordinator.
+struct GenerationSpec {
+  std::vector<int32_t> prompt_token_ids;
+  // As the public API gives them: temperature 0 = greedy, top_p 0 = off, top_k 0 = off.
+  struct Sampling {
+    float temperature = 0.0f;
+    float top_p = 0.0f;
+    int32_t top_k = 0;
+    uint64_t seed = 0;
+  };
+  Sampling sampling;
+  int32_t max_tokens = 0;
+  std::vector<int32_t> stop_token_ids;  // end the request when sampled (engine side)
+  bool ignore_eos = false;              // EOS does not end the request
+  std::vector<std::string> stop;        // stop strings, matched on the decoded text
+};
+
 class Request {
  public:
-  // `admit` is what engines get (request_id, prompt, sampling, max_tokens, stop ids); `stop`
-  // are the stop strings, matched on the decoded text.
-  Request(engine::v1::Admit admit, std::vector<std::string> stop, const Tokenizer& tokenizer);
+  // `id` is the coordinator-assigned id engines know the request by.
+  Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer);
 
-  const std::string& id() const { return admit_.request_id(); }
-  // The Admit for (re)starting it now: resume_tokens = the tokens generated so far.
-  engine::v1::Admit AdmitMessage() const;
-  int prompt_tokens() const { return admit_.prompt_token_ids_size(); }
+  const std::string& id() const { return id_; }
+  const GenerationSpec& spec() const { return spec_; }
+  int prompt_tokens() const { return static_cast<int>(spec_.prompt_token_ids.size()); }
 
   // What a reader has not seen yet, past `tokens_seen` tokens and `text_seen` text bytes.
   struct Update {
@@ -60,8 +76,8 @@ class Request {
   absl::Time admitted() const { return admitted_; }
 
  private:
-  const engine::v1::Admit admit_;
-  const std::vector<std::string> stop_;
+  const std::string id_;
+  const GenerationSpec spec_;
   const absl::Time admitted_;
 
   mutable absl::Mutex mu_;

@@ -23,6 +23,26 @@ v1::FinishReason PublicReason(engine::v1::FinishReason reason) {
   }
 }
 
+// The Admit that (re)starts `request` on an engine now: resume_tokens = the tokens generated so
+// far (none on a first admission).
+engine::v1::Admit AdmitMessage(const Request& request) {
+  const GenerationSpec& spec = request.spec();
+  engine::v1::Admit admit;
+  admit.set_request_id(request.id());
+  admit.mutable_prompt_token_ids()->Add(spec.prompt_token_ids.begin(), spec.prompt_token_ids.end());
+  engine::v1::SamplingParams* sampling = admit.mutable_sampling();
+  sampling->set_temperature(spec.sampling.temperature);
+  sampling->set_top_p(spec.sampling.top_p);
+  sampling->set_top_k(spec.sampling.top_k);
+  sampling->set_seed(spec.sampling.seed);
+  admit.set_max_tokens(spec.max_tokens);
+  admit.mutable_stop_token_ids()->Add(spec.stop_token_ids.begin(), spec.stop_token_ids.end());
+  admit.set_ignore_eos(spec.ignore_eos);
+  const std::vector<int32_t> resume = request.tokens();
+  admit.mutable_resume_tokens()->Add(resume.begin(), resume.end());
+  return admit;
+}
+
 engine::v1::CoordinatorMessage CancelMessage(const std::string& id) {
   engine::v1::CoordinatorMessage message;
   message.mutable_cancel()->set_request_id(id);
@@ -45,8 +65,7 @@ Scheduler::~Scheduler() {
   dispatcher_.join();
 }
 
-absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(engine::v1::Admit admit,
-                                                           std::vector<std::string> stop,
+absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(GenerationSpec spec,
                                                            const std::string& client_request_id) {
   absl::MutexLock lock(&mu_);
   if (!client_request_id.empty()) {
@@ -71,8 +90,7 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(engine::v1::Admit adm
         "); retry later"));
   }
   const std::string id = absl::StrCat("r", next_id_++);
-  admit.set_request_id(id);
-  auto request = std::make_shared<Request>(std::move(admit), std::move(stop), tokenizer_);
+  auto request = std::make_shared<Request>(id, std::move(spec), tokenizer_);
   requests_.emplace(id, Entry{request, "", client_request_id});
   queue_.push_back(id);
   if (!client_request_id.empty()) by_client_id_[client_request_id] = request;
@@ -252,7 +270,7 @@ void Scheduler::DispatchLoop() {
       Entry& entry = requests_.at(id);
       entry.engine = engine_id;
       engines_[engine_id].requests.insert(id);
-      *message.mutable_admit() = entry.request->AdmitMessage();
+      *message.mutable_admit() = AdmitMessage(*entry.request);
       UpdateGaugesLocked();
     }
     // Outside the lock: a slow stream must not stall the API. If the engine is gone, its

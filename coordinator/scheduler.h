@@ -47,12 +47,11 @@ class Scheduler {
             Metrics* metrics);
   ~Scheduler();
 
-  // Admits a validated request (prompt already tokenized; `admit.request_id` is ignored:
-  // engines see coordinator-assigned ids). With a known `client_request_id`, the existing
-  // record. RESOURCE_EXHAUSTED when the queue is full; UNAVAILABLE when no engine can run it
-  // (none connected or expected, or SetUnavailable was called).
-  absl::StatusOr<std::shared_ptr<Request>> Submit(engine::v1::Admit admit,
-                                                  std::vector<std::string> stop,
+  // Admits a validated request (prompt already tokenized) under a coordinator-assigned id,
+  // which is what engines see. With a known `client_request_id`, the existing record.
+  // RESOURCE_EXHAUSTED when the queue is full; UNAVAILABLE when no engine can run it (none
+  // connected or expected, or SetUnavailable was called).
+  absl::StatusOr<std::shared_ptr<Request>> Submit(GenerationSpec spec,
                                                   const std::string& client_request_id);
   // A client stopped reading `request` (it left, or its deadline passed). The request is
   // cancelled (its engine frees the sequence) once no reader is left; Submit and Attach

@@ -4,7 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/security.h"
+#include "rpc/security.h"
+#include "rpc/status.h"
 
 namespace dsv4 {
 
@@ -18,16 +19,16 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(
   }
   auto client = std::unique_ptr<ControlClient>(new ControlClient());
   client->stub_ = engine::v1::EngineControl::NewStub(channel);
-  coordinator::AddBearerToken(&client->context_, bearer_token);
+  rpc::AddBearerToken(&client->context_, bearer_token);
   client->stream_ = client->stub_->Connect(&client->context_);
   engine::v1::EngineMessage message;
   *message.mutable_hello() = hello;
   engine::v1::CoordinatorMessage welcome;
   if (!client->stream_->Write(message) || !client->stream_->Read(&welcome)) {
     const grpc::Status s = client->stream_->Finish();
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                        absl::StrCat("coordinator ", address, " refused the engine: ",
-                                     s.ok() ? "stream closed" : s.error_message()));
+    const std::string refused = absl::StrCat("coordinator ", address, " refused the engine");
+    if (s.ok()) return absl::UnavailableError(absl::StrCat(refused, ": stream closed"));
+    return rpc::FromGrpc(s, refused);
   }
   if (!welcome.has_welcome()) {
     return absl::InternalError("coordinator's first message was not a Welcome");
@@ -48,8 +49,7 @@ void ControlClient::ReadLoop() {
   absl::MutexLock lock(&mu_);
   ended_ = true;
   end_status_ = s.ok() ? absl::UnavailableError("the coordinator closed the control stream")
-                       : absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                                      absl::StrCat("control stream: ", s.error_message()));
+                       : rpc::FromGrpc(s, "control stream");
 }
 
 absl::StatusOr<std::vector<engine::v1::CoordinatorMessage>> ControlClient::Receive(

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "core/engram_hash.h"
 #include "grpcpp/grpcpp.h"
+#include "rpc/status.h"
 
 namespace dsv4::engram {
 
@@ -274,8 +275,8 @@ void EngramClient::Send(std::shared_ptr<Call> call) {
       absl::StrAppend(&tried, tried.empty() ? "" : ", ", options_.servers[s]);
     l.status = absl::UnavailableError(
         absl::StrCat("Engram layer ", layers_[call->index].layer_id, " shard ", call->shard,
-                     ": every replica failed (", tried, "); last error: ",
-                     static_cast<int>(call->last.error_code()), " ", call->last.error_message()));
+                     ": every replica failed (", tried,
+                     "); last error: ", rpc::FromGrpc(call->last).ToString()));
     --l.pending;
     f.done.notify_all();
     return;

@@ -8,13 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "rpc/status.h"
 
 namespace dsv4::engram {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 std::string Ranges(const TableShards::Table& t) {
   std::string out;
@@ -91,7 +88,7 @@ grpc::ServerUnaryReactor* EngramStoreService::Lookup(grpc::CallbackServerContext
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<const TableShards::Table*> table = Check(*request);
   if (!table.ok()) {
-    reactor->Finish(ToGrpc(table.status()));
+    reactor->Finish(rpc::ToGrpc(table.status()));
     return reactor;
   }
   Fill(**table, *request, 0, request->rows_size(), response);
@@ -104,7 +101,7 @@ grpc::Status EngramStoreService::StreamLookup(grpc::ServerContext* context,
                                               const v1::LookupRequest* request,
                                               grpc::ServerWriter<v1::LookupResponse>* writer) {
   absl::StatusOr<const TableShards::Table*> table = Check(*request);
-  if (!table.ok()) return ToGrpc(table.status());
+  if (!table.ok()) return rpc::ToGrpc(table.status());
   const int64_t per_chunk = std::max<int64_t>(1, options_.max_chunk_bytes / (*table)->row_bytes);
   for (int64_t from = 0; from < request->rows_size(); from += per_chunk) {
     if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");

@@ -11,12 +11,12 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/security.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
+#include "rpc/security.h"
 #include "tests/test_util.h"
 
-namespace dsv4::coordinator {
+namespace dsv4::rpc {
 namespace {
 
 using ::dsv4::testing::WriteFile;
@@ -239,4 +239,4 @@ TEST_F(SecurityTest, ReadTokenFile) {
 }
 
 }  // namespace
-}  // namespace dsv4::coordinator
+}  // namespace dsv4::rpc

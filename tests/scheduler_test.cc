@@ -125,6 +125,43 @@ TEST_F(SchedulerTest, StreamsTheEnginesTokensAsTextWithUsageAndTimings) {
   EXPECT_THAT(server_->metrics().Scrape(), HasSubstr("dsv4_requests_total{status=\"ok\"} 1"));
 }
 
+TEST_F(SchedulerTest, AdmitCarriesEveryFieldTheEngineNeeds) {
+  std::unique_ptr<FakeEngine> engine = Connect();
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->add_ids(1);
+  request.mutable_token_ids()->add_ids(17);
+  request.mutable_token_ids()->add_ids(42);
+  request.set_max_tokens(9);
+  request.mutable_sampling()->set_temperature(1.5f);
+  request.mutable_sampling()->set_top_p(0.25f);
+  request.mutable_sampling()->set_top_k(40);
+  request.mutable_sampling()->set_seed(123456789012345ull);
+  request.add_stop_token_ids(7);
+  request.add_stop_token_ids(8);
+  request.set_ignore_eos(true);
+  request.add_stop("never");  // matched by the coordinator, not sent to engines
+  request.set_request_id("client-id");
+  auto done = Generate(request);
+  const engine::v1::CoordinatorMessage admit = Next(*engine);
+  ASSERT_TRUE(admit.has_admit());
+  const engine::v1::Admit& a = admit.admit();
+  EXPECT_FALSE(a.request_id().empty());
+  EXPECT_NE(a.request_id(), "client-id");  // engines see coordinator-assigned ids
+  EXPECT_THAT(a.prompt_token_ids(), ElementsAre(1, 17, 42));
+  EXPECT_EQ(a.max_tokens(), 9);
+  EXPECT_FLOAT_EQ(a.sampling().temperature(), 1.5f);
+  EXPECT_FLOAT_EQ(a.sampling().top_p(), 0.25f);
+  EXPECT_EQ(a.sampling().top_k(), 40);
+  EXPECT_EQ(a.sampling().seed(), 123456789012345ull);
+  EXPECT_THAT(a.stop_token_ids(), ElementsAre(7, 8));
+  EXPECT_TRUE(a.ignore_eos());
+  EXPECT_TRUE(a.resume_tokens().empty());
+  SendTokens(*engine, a.request_id(), {5}, engine::v1::FINISH_REASON_LENGTH);
+  const Streamed out = done.get();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.last.usage().prompt_tokens(), 3);
+}
+
 TEST_F(SchedulerTest, StopStringEndsTheTextBeforeItAndCancelsTheEngineSide) {
   auto tokenizer = Tokenizer::LoadFromDir(kModelDir);
   ASSERT_TRUE(tokenizer.ok());

@@ -22,10 +22,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator_server.h"
-#include "coordinator/security.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
+#include "rpc/security.h"
 #include "tests/coordinator_test_util.h"
 #include "tests/engram_test_util.h"
 #include "tests/test_util.h"
@@ -96,7 +96,7 @@ class ServingTest : public ::testing::Test {
     auto server = CoordinatorServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    absl::StatusOr<ClientSecurity> security = LoadClientSecurity(tls_cert_, token_file_);
+    absl::StatusOr<rpc::ClientSecurity> security = rpc::LoadClientSecurity(tls_cert_, token_file_);
     ASSERT_TRUE(security.ok()) << security.status();
     stub_ = v1::Inference::NewStub(
         grpc::CreateChannel(absl::StrCat("localhost:", server_->port()), security->credentials));
@@ -114,7 +114,7 @@ class ServingTest : public ::testing::Test {
     grpc::ClientContext context;
     context.set_deadline(Deadline(10));
     v1::ClusterStatus status;
-    AddBearerToken(&context, token_);
+    rpc::AddBearerToken(&context, token_);
     EXPECT_TRUE(stub_->GetClusterStatus(&context, {}, &status).ok());
     return status;
   }
@@ -140,7 +140,7 @@ class ServingTest : public ::testing::Test {
                                  std::shared_ptr<grpc::ClientContext> context = nullptr) {
     if (!context) context = std::make_shared<grpc::ClientContext>();
     context->set_deadline(Deadline(180));
-    AddBearerToken(context.get(), token_);
+    rpc::AddBearerToken(context.get(), token_);
     return GenerateAsync(stub_.get(), request, context, received);
   }
 

@@ -1,4 +1,4 @@
-#include "coordinator/security.h"
+#include "rpc/security.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
-namespace dsv4::coordinator {
+namespace dsv4::rpc {
 namespace {
 
 constexpr char kAuthorizationKey[] = "authorization";  // gRPC metadata keys are lower case
@@ -149,4 +149,4 @@ void AddBearerToken(grpc::ClientContext* context, const std::string& token) {
   context->AddMetadata(kAuthorizationKey, absl::StrCat(kBearerPrefix, token));
 }
 
-}  // namespace dsv4::coordinator
+}  // namespace dsv4::rpc

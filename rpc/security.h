@@ -1,11 +1,12 @@
-// Transport security and client authentication for the public API: TLS from PEM files (a
-// self-signed certificate is enough: clients trust it directly as their CA file) and a
-// shared bearer token sent as "authorization: Bearer <token>" metadata.
+// Transport security and client authentication for gRPC: TLS from PEM files (a self-signed
+// certificate is enough: clients trust it directly as their CA file) and a shared bearer token
+// sent as "authorization: Bearer <token>" metadata. It serves the coordinator's ports (public
+// API, engine control), engine leaders dialling a coordinator and the CLI's clients.
 //
 // Both are optional and independent. Without TLS a token travels in clear text, so it only
 // keeps honest clients apart; use both on untrusted networks.
-#ifndef DSV4_COORDINATOR_SECURITY_H_
-#define DSV4_COORDINATOR_SECURITY_H_
+#ifndef DSV4_RPC_SECURITY_H_
+#define DSV4_RPC_SECURITY_H_
 
 #include <memory>
 #include <string>
@@ -17,7 +18,7 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
-namespace dsv4::coordinator {
+namespace dsv4::rpc {
 
 // TLS server credentials from a PEM certificate (chain) and private key file when both are
 // set; insecure credentials when both are empty. INVALID_ARGUMENT when only one is set or
@@ -57,6 +58,6 @@ grpc::Status CheckBearerToken(const grpc::ServerContext& context, const std::str
 // Client side: adds the metadata CheckBearerToken expects; no-op when `token` is empty.
 void AddBearerToken(grpc::ClientContext* context, const std::string& token);
 
-}  // namespace dsv4::coordinator
+}  // namespace dsv4::rpc
 
-#endif  // DSV4_COORDINATOR_SECURITY_H_
+#endif  // DSV4_RPC_SECURITY_H_
