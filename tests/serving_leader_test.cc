@@ -59,7 +59,9 @@ class ServingLeaderTest : public ::testing::Test {
   }
 
   // Runs plans until nothing is left, sampling `token` for every entry that samples. The
-  // ranks' expert load is zero except `load`, reported by the final (idle) plan.
+  // ranks' expert load is zero except `load`, reported by the plan that ends the burst of
+  // work: the first one without entries that collects the load (the leader sends none after
+  // it until new work arrives).
   void RunUntilIdle(int32_t token, std::vector<int64_t> load = {}) {
     for (int guard = 0; guard < 100; ++guard) {
       absl::StatusOr<StepPlan> plan = leader_->NextPlan();
@@ -69,13 +71,13 @@ class ServingLeaderTest : public ::testing::Test {
       for (const PlanEntry& e : plan->entries) {
         if (e.sample) sampled.push_back({e.sequence, token});
       }
-      const bool idle = plan->entries.empty() && plan->release.empty();
+      const bool last = plan->entries.empty() && plan->report_load;
       std::vector<int64_t> reported;
       if (plan->report_load) {
-        reported = idle ? load : std::vector<int64_t>(kLayers * kExperts, 0);
+        reported = last ? load : std::vector<int64_t>(kLayers * kExperts, 0);
       }
       leader_->StepDone(*plan, sampled, 0.001, 0.002, reported, 0);
-      if (idle) return;
+      if (last) return;
     }
     FAIL() << "no idle plan after 100 steps";
   }
