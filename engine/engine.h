@@ -3,12 +3,12 @@
 // step the leader (rank 0) broadcasts the plan and all ranks run it layer by layer in lock
 // step, routed tokens going by MPI all-to-all (dispatch/).
 //
-//   auto engine = Engine::Create(options);                  // every rank loads its share
-//   engine->RunOneShot(prompts, decode_from);               // tests, benchmarks
-//   engine->Serve(rank == 0 ? control : nullptr, max_step); // a coordinator's requests
+//   auto engine = Engine::Create(options);     // every rank loads its share of the weights
+//   engine->RunOneShot(prompts, decode_from);  // tests, benchmarks: logits of given prompts
+//   engine->ServeCoordinator(serve);           // a coordinator's requests, until shut down
 //
 // Every method is collective: all ranks of the world call it, in the same order. Rank 0
-// gets the results (logits, timings, the Hello); the other ranks get empty ones.
+// gets the timings and the Hello, attention ranks the logits of the sequences they hold.
 #ifndef DSV4_ENGINE_ENGINE_H_
 #define DSV4_ENGINE_ENGINE_H_
 
@@ -104,11 +104,8 @@ class Engine {
   // answer), then Serve.
   absl::Status ServeCoordinator(const ServeOptions& options);
 
-  int rank() const { return rank_; }
   bool is_attention() const { return attention_; }
-  const ClusterConfig& cluster() const { return cluster_; }
   const ModelConfig& config() const { return config_; }
-  engram::EngramClient* engram_client() const { return engram_.get(); }
 
  private:
   struct StepTiming {
