@@ -14,6 +14,7 @@
 #include "core/checkpoint_layout.h"
 #include "core/model_config.h"
 #include "core/progress.h"
+#include "core/status_macros.h"
 #include "core/units.h"
 
 ABSL_FLAG(std::string, preset, "",
@@ -46,12 +47,10 @@ absl::Status Generate() {
                                  "': " + std::string(found.status().message()));
     config_path = *found;
   }
-  absl::StatusOr<std::string> text = ReadFile(config_path);
-  if (!text.ok()) return text.status();
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(*text, config_path);
-  if (!config.ok()) return config.status();
-  if (!config->is_v4())
-    return absl::InvalidArgumentError(config_path + ": model_type '" + config->model_type +
+  ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, config_path));
+  if (!config.is_v4())
+    return absl::InvalidArgumentError(config_path + ": model_type '" + config.model_type +
                                       "' has no runnable checkpoint layout (deepseek_v4 only)");
 
   GenerateOptions options;
@@ -63,7 +62,7 @@ absl::Status Generate() {
     progress->Update(done >> 20);
   };
   const std::string out = absl::GetFlag(FLAGS_out);
-  if (absl::Status s = GenerateCheckpoint(*config, *text, out, options); !s.ok()) return s;
+  RETURN_IF_ERROR(GenerateCheckpoint(config, text, out, options));
   if (progress) progress->Finish();
   // A tokenizer.json beside the config (the presets ship one) belongs in the checkpoint.
   const std::filesystem::path tokenizer =
@@ -76,7 +75,7 @@ absl::Status Generate() {
       return absl::InternalError("cannot copy " + tokenizer.string() + " to " + out + ": " +
                                  error.message());
   }
-  const ParameterCount params = CountParameters(*config);
+  const ParameterCount params = CountParameters(config);
   std::cout << absl::StrFormat("wrote %s: %s parameters, seed %d\n", out, FormatCount(params.total),
                                options.seed);
   return absl::OkStatus();

@@ -12,6 +12,7 @@
 #include "core/model_config.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/status_macros.h"
 #include "core/units.h"
 
 ABSL_FLAG(bool, verify_values, false,
@@ -38,10 +39,9 @@ std::string LayerSchedule(const ModelConfig& c) {
 // Dequantises a tensor and reports the first non-finite value, naming the tensor.
 absl::Status CheckFinite(Checkpoint& ckpt, const TensorSpec& spec) {
   if (spec.role == TensorRole::kScale || spec.dtype == DType::kI64) return absl::OkStatus();
-  absl::StatusOr<Tensor> t = ckpt.LoadF32(spec.name);
-  if (!t.ok()) return t.status();
-  const float* p = t->data();
-  for (int64_t i = 0; i < t->numel(); ++i) {
+  ASSIGN_OR_RETURN(Tensor t, ckpt.LoadF32(spec.name));
+  const float* p = t.data();
+  for (int64_t i = 0; i < t.numel(); ++i) {
     if (!std::isfinite(p[i]))
       return absl::DataLossError(
           absl::StrFormat("%s: element %d is %f (corrupt value or scale)", spec.name, i, p[i]));
@@ -50,11 +50,8 @@ absl::Status CheckFinite(Checkpoint& ckpt, const TensorSpec& spec) {
 }
 
 absl::Status Inspect(const std::string& dir) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(dir);
-  if (!config.ok()) return config.status();
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
-  if (!ckpt.ok()) return ckpt.status();
-  const ModelConfig& c = *config;
+  ASSIGN_OR_RETURN(const ModelConfig c, LoadModelConfigFromDir(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
 
   std::cout << absl::StrFormat("checkpoint   %s\n", dir);
   std::cout << absl::StrFormat("model        %s: %s\n", c.model_type, LayerSchedule(c));
@@ -71,15 +68,14 @@ absl::Status Inspect(const std::string& dir) {
   std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype;
   std::set<std::string> files;
   uint64_t total_bytes = 0;
-  const std::vector<std::string> names = (*ckpt)->TensorNames();
+  const std::vector<std::string> names = ckpt->TensorNames();
   for (const std::string& name : names) {
-    absl::StatusOr<const TensorView*> view = (*ckpt)->Get(name);
-    if (!view.ok()) return view.status();
-    auto& entry = by_dtype[std::string(DTypeName((*view)->dtype))];
+    ASSIGN_OR_RETURN(const TensorView* view, ckpt->Get(name));
+    auto& entry = by_dtype[std::string(DTypeName(view->dtype))];
     ++entry.first;
-    entry.second += (*view)->nbytes;
-    total_bytes += (*view)->nbytes;
-    files.insert((*view)->file);
+    entry.second += view->nbytes;
+    total_bytes += view->nbytes;
+    files.insert(view->file);
   }
   std::cout << absl::StrFormat("tensors      %d in %d files, %s\n", names.size(), files.size(),
                                FormatBytes(total_bytes));
@@ -98,7 +94,7 @@ absl::Status Inspect(const std::string& dir) {
   const std::vector<TensorSpec> expected = ExpectedTensors(c);
   for (const TensorSpec& spec : expected) {
     expected_names.insert(spec.name);
-    absl::StatusOr<const TensorView*> view = (*ckpt)->Get(spec.name);
+    absl::StatusOr<const TensorView*> view = ckpt->Get(spec.name);
     if (!view.ok()) {
       problems.push_back(spec.name + ": missing");
       continue;
@@ -115,7 +111,7 @@ absl::Status Inspect(const std::string& dir) {
   if (problems.empty() && absl::GetFlag(FLAGS_verify_values)) {
     ProgressBar bar("verifying", static_cast<int64_t>(expected.size()), "tensors");
     for (size_t i = 0; i < expected.size(); ++i) {
-      if (absl::Status s = CheckFinite(**ckpt, expected[i]); !s.ok())
+      if (absl::Status s = CheckFinite(*ckpt, expected[i]); !s.ok())
         problems.push_back(std::string(s.message()));
       bar.Update(static_cast<int64_t>(i + 1));
     }

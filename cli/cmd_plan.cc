@@ -13,6 +13,7 @@
 #include "core/cluster_config.h"
 #include "core/model_config.h"
 #include "core/progress.h"
+#include "core/status_macros.h"
 #include "planner/layout_search.h"
 #include "planner/report.h"
 #include "planner/workload.h"
@@ -63,32 +64,20 @@ absl::Status WriteText(const std::string& path, const std::string& text) {
 }
 
 absl::Status Plan() {
-  absl::StatusOr<std::string> model_path =
-      Resolve(absl::GetFlag(FLAGS_model), "model", "models", "/config.json");
-  if (!model_path.ok()) return model_path.status();
-  absl::StatusOr<std::string> cluster_path =
-      Resolve(absl::GetFlag(FLAGS_cluster), "cluster", "cluster-configs", ".yaml");
-  if (!cluster_path.ok()) return cluster_path.status();
-  absl::StatusOr<std::string> workload_path =
-      Resolve(absl::GetFlag(FLAGS_workload), "workload", "workloads", ".yaml");
-  if (!workload_path.ok()) return workload_path.status();
+  ASSIGN_OR_RETURN(std::string model_path,
+                   Resolve(absl::GetFlag(FLAGS_model), "model", "models", "/config.json"));
+  ASSIGN_OR_RETURN(std::string cluster_path,
+                   Resolve(absl::GetFlag(FLAGS_cluster), "cluster", "cluster-configs", ".yaml"));
+  ASSIGN_OR_RETURN(std::string workload_path,
+                   Resolve(absl::GetFlag(FLAGS_workload), "workload", "workloads", ".yaml"));
 
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(*model_path);
-  if (!config.ok()) return config.status();
-  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(*cluster_path);
-  if (!cluster.ok()) return cluster.status();
-  absl::StatusOr<planner::Workload> workload = planner::LoadWorkload(*workload_path);
-  if (!workload.ok()) return workload.status();
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_path));
+  ASSIGN_OR_RETURN(ClusterConfig cluster, LoadClusterConfig(cluster_path));
+  ASSIGN_OR_RETURN(planner::Workload workload, planner::LoadWorkload(workload_path));
 
   planner::PlannerOptions options;
-  absl::StatusOr<planner::Objective> objective =
-      planner::ParseObjective(absl::GetFlag(FLAGS_objective));
-  if (!objective.ok()) return objective.status();
-  options.objective = *objective;
-  absl::StatusOr<planner::LayoutFamily> layouts =
-      planner::ParseLayoutFamily(absl::GetFlag(FLAGS_layouts));
-  if (!layouts.ok()) return layouts.status();
-  options.layouts = *layouts;
+  ASSIGN_OR_RETURN(options.objective, planner::ParseObjective(absl::GetFlag(FLAGS_objective)));
+  ASSIGN_OR_RETURN(options.layouts, planner::ParseLayoutFamily(absl::GetFlag(FLAGS_layouts)));
   if (absl::GetFlag(FLAGS_slo_ttft_ms) < 0 || absl::GetFlag(FLAGS_slo_tpot_ms) < 0)
     return absl::InvalidArgumentError("SLOs must be positive (0 = take the workload's)");
   if (absl::GetFlag(FLAGS_slo_ttft_ms) > 0)
@@ -109,26 +98,23 @@ absl::Status Plan() {
   };
 
   absl::StatusOr<planner::PlanResult> result =
-      planner::RunPlanner(*config, *cluster, *workload, options);
+      planner::RunPlanner(config, cluster, workload, options);
   if (progress) progress->Finish();
   if (!result.ok()) return result.status();
   std::cout << planner::FormatPlanTable(*result);
 
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-    if (absl::Status s = WriteText(path, planner::PlanResultToJson(*result).dump(2) + "\n");
-        !s.ok())
-      return s;
+    RETURN_IF_ERROR(WriteText(path, planner::PlanResultToJson(*result).dump(2) + "\n"));
     std::cout << "wrote " << path << "\n";
   }
   if (const std::string path = absl::GetFlag(FLAGS_svg); !path.empty()) {
-    if (absl::Status s = WriteText(path, planner::RenderPlanSvg(*result)); !s.ok()) return s;
+    RETURN_IF_ERROR(WriteText(path, planner::RenderPlanSvg(*result)));
     std::cout << "wrote " << path << "\n";
   }
   if (const std::string path = absl::GetFlag(FLAGS_emit_cluster_config); !path.empty()) {
-    absl::StatusOr<std::vector<std::string>> written =
-        planner::WriteClusterConfigs(*result, *config, *cluster, *workload, path);
-    if (!written.ok()) return written.status();
-    for (const std::string& p : *written)
+    ASSIGN_OR_RETURN(const std::vector<std::string> written,
+                     planner::WriteClusterConfigs(*result, config, cluster, workload, path));
+    for (const std::string& p : written)
       std::cout << "wrote " << p << " (loads as a cluster config)\n";
   }
   return absl::OkStatus();

@@ -63,9 +63,8 @@ double Seconds(Clock::time_point since) {
 
 absl::StatusOr<ModelConfig> LoadConfigByName(const std::string& name) {
   if (name.find('/') == std::string::npos && name.find(".json") == std::string::npos) {
-    absl::StatusOr<std::string> path = FindProjectFile("models/" + name + "/config.json");
-    if (!path.ok()) return path.status();
-    return LoadModelConfig(*path);
+    ASSIGN_OR_RETURN(std::string path, FindProjectFile("models/" + name + "/config.json"));
+    return LoadModelConfig(path);
   }
   return LoadModelConfig(name);
 }
@@ -108,12 +107,11 @@ void PrintKvReport(const ModelConfig& config, const std::string& name, int64_t c
 absl::Status KvReportOnly() {
   for (absl::string_view name :
        absl::StrSplit(absl::GetFlag(FLAGS_kv_report), ',', absl::SkipWhitespace())) {
-    absl::StatusOr<ModelConfig> config = LoadConfigByName(std::string(name));
-    if (!config.ok()) return config.status();
-    if (!config->is_v4()) {
+    ASSIGN_OR_RETURN(ModelConfig config, LoadConfigByName(std::string(name)));
+    if (!config.is_v4()) {
       return absl::InvalidArgumentError(absl::StrCat(name, ": not a deepseek_v4 config"));
     }
-    PrintKvReport(*config, std::string(name), absl::GetFlag(FLAGS_kv_context), true);
+    PrintKvReport(config, std::string(name), absl::GetFlag(FLAGS_kv_context), true);
   }
   return absl::OkStatus();
 }
@@ -129,9 +127,7 @@ absl::Status Run() {
   const bool has_tokenizer = std::filesystem::exists(dir + "/tokenizer.json");
   std::optional<Tokenizer> tokenizer;
   if (has_tokenizer) {
-    absl::StatusOr<Tokenizer> loaded = Tokenizer::LoadFromDir(dir);
-    if (!loaded.ok()) return loaded.status();
-    tokenizer.emplace(*std::move(loaded));
+    ASSIGN_OR_RETURN(tokenizer, Tokenizer::LoadFromDir(dir));
   }
   const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
   if (!prompt_text.empty() && !absl::GetFlag(FLAGS_tokens).empty())
@@ -160,29 +156,24 @@ absl::Status Run() {
   SamplingParams sampling{static_cast<float>(absl::GetFlag(FLAGS_temperature)),
                           static_cast<float>(absl::GetFlag(FLAGS_top_p)),
                           absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_seed)};
-  if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateSamplingParams(sampling));
 
   const Clock::time_point load_start = Clock::now();
-  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(dir);
-  if (!config.ok()) return config.status();
-  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir);
-  if (!checkpoint.ok()) return checkpoint.status();
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfigFromDir(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   ModelOptions options;
   options.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
   options.load_mtp = absl::GetFlag(FLAGS_mtp);
   EngramSpec engram_spec;
   engram_spec.servers = absl::GetFlag(FLAGS_engram_servers);
   engram_spec.replication = absl::GetFlag(FLAGS_engram_replication);
-  absl::StatusOr<std::unique_ptr<engram::EngramClient>> engram =
-      engram::ConnectEngram(*config, engram_spec);
-  if (!engram.ok()) return engram.status();
-  options.engram_rows = engram->get();
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(*config, checkpoint->get(), options);
-  if (!model.ok()) return model.status();
-  absl::StatusOr<std::unique_ptr<InProcessExecutor>> experts =
-      InProcessExecutor::Load(*config, checkpoint->get(), options.load_mtp);
-  if (!experts.ok()) return experts.status();
-  const Model& m = **model;
+  ASSIGN_OR_RETURN(std::unique_ptr<engram::EngramClient> engram,
+                   engram::ConnectEngram(config, engram_spec));
+  options.engram_rows = engram.get();
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(config, checkpoint.get(), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<InProcessExecutor> experts,
+                   InProcessExecutor::Load(config, checkpoint.get(), options.load_mtp));
+  const Model& m = *model;
   const int64_t total = prompt + std::max<int64_t>(generate - 1, 0);
   if (m.max_seq_len() > 0 && total > m.max_seq_len()) {
     return absl::OutOfRangeError(absl::StrCat("the prompt (", prompt, " tokens) and ", generate,
@@ -192,7 +183,7 @@ absl::Status Run() {
   std::cerr << absl::StrFormat("loaded %s in %.2f s\n", dir, Seconds(load_start));
 
   // The prompt: one prefill of the first `prefill` tokens, then one token per step.
-  const int64_t vocab = config->vocab_size;
+  const int64_t vocab = config.vocab_size;
   const int64_t prefill = decode_from > 0 ? decode_from : prompt;
   const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
   const LogitRows rows = want_logits ? LogitRows::kAll : LogitRows::kLastPerSequence;
@@ -200,25 +191,20 @@ absl::Status Run() {
   std::vector<float> logits;  // [prompt, vocab] when written out, else the last row
   auto step = [&](absl::Span<const int32_t> ids) -> absl::Status {
     StepInput in{&state, ids};
-    absl::StatusOr<Tensor> out = m.Forward({&in, 1}, **experts, rows);
-    if (!out.ok()) return out.status();
+    ASSIGN_OR_RETURN(Tensor out, m.Forward({&in, 1}, *experts, rows));
     if (!want_logits) logits.clear();
-    logits.insert(logits.end(), out->data(), out->data() + out->numel());
+    logits.insert(logits.end(), out.data(), out.data() + out.numel());
     return absl::OkStatus();
   };
   Clock::time_point start = Clock::now();
-  if (absl::Status s = step(absl::MakeConstSpan(tokens).first(prefill)); !s.ok()) return s;
+  RETURN_IF_ERROR(step(absl::MakeConstSpan(tokens).first(prefill)));
   const double prefill_seconds = Seconds(start);
   start = Clock::now();
   for (int64_t t = prefill; t < prompt; ++t) {
-    if (absl::Status s = step(absl::MakeConstSpan(tokens).subspan(t, 1)); !s.ok()) return s;
+    RETURN_IF_ERROR(step(absl::MakeConstSpan(tokens).subspan(t, 1)));
   }
   if (want_logits) {
-    if (absl::Status s =
-            WriteNpyF32(absl::GetFlag(FLAGS_logits_out), {prompt, vocab}, logits.data());
-        !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(WriteNpyF32(absl::GetFlag(FLAGS_logits_out), {prompt, vocab}, logits.data()));
   }
   // Sampling: each new token comes from the previous position's logits.
   std::vector<int32_t> generated;
@@ -227,7 +213,7 @@ absl::Status Run() {
     const int32_t next = sampler.Sample(absl::MakeConstSpan(logits).last(vocab));
     generated.push_back(next);
     if (i + 1 < generate) {
-      if (absl::Status s = step({&generated.back(), 1}); !s.ok()) return s;
+      RETURN_IF_ERROR(step({&generated.back(), 1}));
     }
   }
   const double decode_seconds = Seconds(start);
@@ -243,16 +229,16 @@ absl::Status Run() {
     std::cout << absl::StrFormat("decode: %d tokens in %.3f s (%.1f tokens/s)\n", decode_steps,
                                  decode_seconds, decode_steps / decode_seconds);
   }
-  const int64_t weights = m.weight_bytes() + (*experts)->weight_bytes();
+  const int64_t weights = m.weight_bytes() + experts->weight_bytes();
   std::cout << absl::StrFormat(
       "memory: weights %s resident (fp32; attention side %s incl. MTP %s, routed experts %s)\n",
       FormatBytes(weights), FormatBytes(m.weight_bytes()), FormatBytes(m.mtp_weight_bytes()),
-      FormatBytes((*experts)->weight_bytes()));
+      FormatBytes(experts->weight_bytes()));
   std::cout << absl::StrFormat("memory: KV state %s after %d tokens (fp32) = %s amortised\n",
                                FormatBytes(state.bytes()), state.position(),
                                PerToken(static_cast<double>(state.bytes()) / state.position()));
-  PrintKvReport(*config, "this model", absl::GetFlag(FLAGS_kv_context), false);
-  if (*engram) std::cout << engram::EngramReport(**engram) << "\n";
+  PrintKvReport(config, "this model", absl::GetFlag(FLAGS_kv_context), false);
+  if (engram) std::cout << engram::EngramReport(*engram) << "\n";
   if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
   return absl::OkStatus();
 }

@@ -2,6 +2,7 @@
 
 #include "absl/flags/flag.h"
 #include "cli/common_flags.h"
+#include "core/status_macros.h"
 #include "rpc/security.h"
 
 namespace dsv4::cli {
@@ -11,12 +12,12 @@ void CoordinatorChannel::Authorize(grpc::ClientContext* context) const {
 }
 
 absl::StatusOr<CoordinatorChannel> DialCoordinator() {
-  absl::StatusOr<rpc::ClientSecurity> security =
-      rpc::LoadClientSecurity(absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_token_file));
-  if (!security.ok()) return security.status();
+  ASSIGN_OR_RETURN(
+      rpc::ClientSecurity security,
+      rpc::LoadClientSecurity(absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_token_file)));
   CoordinatorChannel out;
-  out.channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), security->credentials);
-  out.token = security->token;
+  out.channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), security.credentials);
+  out.token = security.token;
   return out;
 }
 

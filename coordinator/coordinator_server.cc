@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "rpc/security.h"
@@ -54,10 +55,8 @@ std::shared_ptr<spdlog::logger> Logger() {
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const CoordinatorOptions& options) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(options.checkpoint_dir);
-  if (!config.ok()) return config.status();
-  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::LoadFromDir(options.checkpoint_dir);
-  if (!tokenizer.ok()) return tokenizer.status();
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfigFromDir(options.checkpoint_dir));
+  ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::LoadFromDir(options.checkpoint_dir));
   if (options.heartbeat_interval_ms < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "coordinator: heartbeat_interval_ms must be ≥ 1, got ", options.heartbeat_interval_ms));
@@ -66,25 +65,20 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("coordinator: max_context must be ≥ 2, got ", options.max_context));
   }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      rpc::MakeServerCredentials(options.tls_cert, options.tls_key);
-  if (!credentials.ok()) return credentials.status();
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   rpc::MakeServerCredentials(options.tls_cert, options.tls_key));
   std::string token;
   if (!options.auth_token_file.empty()) {
-    absl::StatusOr<std::string> read = rpc::ReadTokenFile(options.auth_token_file);
-    if (!read.ok()) return read.status();
-    token = *read;
+    ASSIGN_OR_RETURN(token, rpc::ReadTokenFile(options.auth_token_file));
   }
   auto server = std::unique_ptr<CoordinatorServer>(
-      new CoordinatorServer(*std::move(config), *std::move(tokenizer), options.checkpoint_dir));
+      new CoordinatorServer(std::move(config), std::move(tokenizer), options.checkpoint_dir));
   const int max_context = static_cast<int>(
       std::min<int64_t>(options.max_context, server->config_.max_position_embeddings));
   server->limits_ = MakeRequestLimits(ModelNameFromDir(options.checkpoint_dir),
                                       static_cast<int>(server->config_.vocab_size), max_context);
   const std::shared_ptr<spdlog::logger> logger = Logger();
-  absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Start(options.metrics_listen);
-  if (!metrics.ok()) return metrics.status();
-  server->metrics_ = std::move(*metrics);
+  ASSIGN_OR_RETURN(server->metrics_, Metrics::Start(options.metrics_listen));
   SchedulerOptions scheduler_options;
   scheduler_options.max_queue = options.max_queue;
   server->scheduler_ = std::make_unique<Scheduler>(scheduler_options, server->registry_,
@@ -100,22 +94,20 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  absl::StatusOr<std::string> address = Listen(
-      options.listen, *credentials, {server->inference_.get(), server->engine_control_.get()},
-      &server->server_, &server->port_);
-  if (!address.ok()) return address.status();
-  server->address_ = *address;
+  ASSIGN_OR_RETURN(
+      server->address_,
+      Listen(options.listen, credentials, {server->inference_.get(), server->engine_control_.get()},
+             &server->server_, &server->port_));
   if (!options.admin_listen.empty()) {
     server->admin_ = std::make_unique<AdminService>(server->registry_, logger);
     int admin_port = 0;
     // The operator API stays plaintext on its own (loopback by default) address.
-    address = Listen(options.admin_listen, grpc::InsecureServerCredentials(),
-                     {server->admin_.get()}, &server->admin_server_, &admin_port);
-    if (!address.ok()) return address.status();
-    server->admin_address_ = *address;
+    ASSIGN_OR_RETURN(server->admin_address_,
+                     Listen(options.admin_listen, grpc::InsecureServerCredentials(),
+                            {server->admin_.get()}, &server->admin_server_, &admin_port));
   }
   if (options.launch) {
-    if (absl::Status s = server->LaunchEngines(*options.launch); !s.ok()) return s;
+    RETURN_IF_ERROR(server->LaunchEngines(*options.launch));
   }
   const absl::Duration interval = absl::Milliseconds(options.heartbeat_interval_ms);
   server->watchdog_ = std::thread([self, interval, logger] {
@@ -157,11 +149,9 @@ absl::Status CoordinatorServer::LaunchEngines(const EngineLaunch& launch) {
     LaunchSpec spec;
     spec.engine_id = id;
     spec.max_restarts = launch.max_restarts;
-    absl::StatusOr<std::vector<std::string>> argv =
-        MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_, advertise, id,
-                      launch.ranks, launch.hosts, launch.mpirun_args);
-    if (!argv.ok()) return argv.status();
-    spec.argv = std::move(*argv);
+    ASSIGN_OR_RETURN(spec.argv,
+                     MpirunCommand(launch.engine_binary, launch.cluster_yaml, checkpoint_dir_,
+                                   advertise, id, launch.ranks, launch.hosts, launch.mpirun_args));
     logger->info("launching engine {}: {}", id, absl::StrJoin(spec.argv, " "));
     EngineSupervisor::Callbacks callbacks;
     callbacks.restarted = [this, id, logger](int restarts, const std::string& why) {
@@ -194,7 +184,7 @@ absl::Status CoordinatorServer::LaunchEngines(const EngineLaunch& launch) {
         std::make_unique<EngineSupervisor>(std::move(spec), std::move(callbacks)));
   }
   for (const auto& supervisor : supervisors_) {
-    if (absl::Status s = supervisor->Start(); !s.ok()) return s;
+    RETURN_IF_ERROR(supervisor->Start());
   }
   return absl::OkStatus();
 }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 
 namespace dsv4::coordinator {
 namespace {
@@ -97,7 +98,7 @@ absl::Status EngineSupervisor::SpawnLocked() {
 
 absl::Status EngineSupervisor::Start() {
   absl::MutexLock lock(&mu_);
-  if (absl::Status s = SpawnLocked(); !s.ok()) return s;
+  RETURN_IF_ERROR(SpawnLocked());
   monitor_ = std::thread([this] { Monitor(); });
   return absl::OkStatus();
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4::coordinator {
 namespace {
@@ -43,7 +44,7 @@ RequestLimits MakeRequestLimits(const std::string& model, int vocab_size, int ma
 
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits) {
-  if (absl::Status s = CheckModel(request.model(), limits); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckModel(request.model(), limits));
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText:
       if (request.text().empty()) {
@@ -61,10 +62,7 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
         return OutOfRange("token_ids.ids count",
                           absl::StrCat("[1, ", limits.max_prompt_tokens, "]"), absl::StrCat(n));
       }
-      if (absl::Status s = CheckTokenIds("token_ids.ids", request.token_ids().ids(), limits);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(CheckTokenIds("token_ids.ids", request.token_ids().ids(), limits));
       break;
     }
     case v1::GenerateRequest::PROMPT_NOT_SET:
@@ -75,11 +73,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                       absl::StrCat(request.max_tokens()));
   }
   if (request.has_token_ids()) {
-    if (absl::Status s =
-            ValidatePromptLength(request.token_ids().ids_size(), request.max_tokens(), limits);
-        !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(
+        ValidatePromptLength(request.token_ids().ids_size(), request.max_tokens(), limits));
   }
   const v1::SamplingParams& sampling = request.sampling();
   // !(x >= lo) rather than x < lo so that NaN is refused too.
@@ -108,9 +103,7 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
     return OutOfRange("stop_token_ids count", absl::StrCat("[0, ", limits.max_stop_token_ids, "]"),
                       absl::StrCat(request.stop_token_ids_size()));
   }
-  if (absl::Status s = CheckTokenIds("stop_token_ids", request.stop_token_ids(), limits); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckTokenIds("stop_token_ids", request.stop_token_ids(), limits));
   if (request.request_id().size() > static_cast<size_t>(limits.max_request_id_bytes)) {
     return OutOfRange("request_id length in bytes",
                       absl::StrCat("[0, ", limits.max_request_id_bytes, "]"),
@@ -135,7 +128,7 @@ absl::Status ValidatePromptLength(int prompt_tokens, int max_tokens, const Reque
 
 absl::Status ValidateTokenizeRequest(const v1::TokenizeRequest& request,
                                      const RequestLimits& limits) {
-  if (absl::Status s = CheckModel(request.model(), limits); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckModel(request.model(), limits));
   if (request.text().size() > static_cast<size_t>(limits.max_prompt_bytes)) {
     return OutOfRange("text length in bytes", absl::StrCat("[0, ", limits.max_prompt_bytes, "]"),
                       absl::StrCat(request.text().size()));

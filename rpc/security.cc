@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "core/status_macros.h"
 
 namespace dsv4::rpc {
 namespace {
@@ -58,43 +59,39 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
                      cert_file.empty() ? absl::StrCat("key (", key_file, ")")
                                        : absl::StrCat("certificate (", cert_file, ")")));
   }
-  absl::StatusOr<std::string> cert = ReadFile(cert_file, "TLS certificate");
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadFile(key_file, "TLS private key");
-  if (!key.ok()) return key.status();
+  ASSIGN_OR_RETURN(std::string cert, ReadFile(cert_file, "TLS certificate"));
+  ASSIGN_OR_RETURN(std::string key, ReadFile(key_file, "TLS private key"));
   // gRPC would only log a bad PEM and fail the server's start without saying which file
   // was wrong; catch the usual mistakes (wrong file, cert and key swapped) here.
-  if (!absl::StrContains(*cert, "-----BEGIN CERTIFICATE-----")) {
+  if (!absl::StrContains(cert, "-----BEGIN CERTIFICATE-----")) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS certificate file ", cert_file, " holds no PEM certificate"));
   }
-  if (!absl::StrContains(*key, "PRIVATE KEY-----")) {
+  if (!absl::StrContains(key, "PRIVATE KEY-----")) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS private key file ", key_file, " holds no PEM private key"));
   }
   grpc::SslServerCredentialsOptions options;
-  options.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+  options.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
   return grpc::SslServerCredentials(options);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
     const std::string& ca_file) {
   if (ca_file.empty()) return grpc::InsecureChannelCredentials();
-  absl::StatusOr<std::string> ca = ReadFile(ca_file, "TLS CA certificate");
-  if (!ca.ok()) return ca.status();
-  if (!absl::StrContains(*ca, "-----BEGIN CERTIFICATE-----")) {
+  ASSIGN_OR_RETURN(std::string ca, ReadFile(ca_file, "TLS CA certificate"));
+  if (!absl::StrContains(ca, "-----BEGIN CERTIFICATE-----")) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS CA certificate file ", ca_file, " holds no PEM certificate"));
   }
   grpc::SslCredentialsOptions options;
-  options.pem_root_certs = *std::move(ca);
+  options.pem_root_certs = std::move(ca);
   return grpc::SslCredentials(options);
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> contents = ReadFile(path, "token");
-  if (!contents.ok()) return contents.status();
-  absl::string_view line = *contents;
+  ASSIGN_OR_RETURN(std::string contents, ReadFile(path, "token"));
+  absl::string_view line = contents;
   line = line.substr(0, line.find('\n'));
   line = absl::StripAsciiWhitespace(line);
   if (line.empty()) {
@@ -113,14 +110,9 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
 absl::StatusOr<ClientSecurity> LoadClientSecurity(const std::string& ca_file,
                                                   const std::string& token_file) {
   ClientSecurity out;
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      MakeChannelCredentials(ca_file);
-  if (!credentials.ok()) return credentials.status();
-  out.credentials = *std::move(credentials);
+  ASSIGN_OR_RETURN(out.credentials, MakeChannelCredentials(ca_file));
   if (!token_file.empty()) {
-    absl::StatusOr<std::string> token = ReadTokenFile(token_file);
-    if (!token.ok()) return token.status();
-    out.token = *std::move(token);
+    ASSIGN_OR_RETURN(out.token, ReadTokenFile(token_file));
   }
   return out;
 }
