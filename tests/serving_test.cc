@@ -175,6 +175,13 @@ class ServingTest : public ::testing::Test {
     return -1;
   }
   int64_t ExpertRankPid() { return RankPid("expert"); }
+  // Signals one rank's process. A pid that is not positive (no such rank) fails the test
+  // instead of reaching kill(2), where -1 would signal every process on the machine; call
+  // it inside ASSERT_NO_FATAL_FAILURE so that the test stops there.
+  static void SignalRank(int64_t pid, int signal) {
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(static_cast<pid_t>(pid), signal), 0);
+  }
 
   static testing::TempDir* dir_;
   int yamls_ = 0;
@@ -314,12 +321,11 @@ TEST_F(ServingTest, KillingAnExpertRankDuringEightStreamsLosesNoToken) {
   const std::vector<Streamed> undisturbed = GenerateAll(requests, &ignored);
 
   const int64_t pid = ExpertRankPid();
-  ASSERT_GT(pid, 0);
   std::atomic<int> received{0};
   std::future<std::vector<Streamed>> disturbed =
       std::async(std::launch::async, [&] { return GenerateAll(requests, &received); });
   WaitForTokens(received, 80);
-  ASSERT_EQ(kill(static_cast<pid_t>(pid), SIGKILL), 0);
+  ASSERT_NO_FATAL_FAILURE(SignalRank(pid, SIGKILL));
   const int at_kill = received.load();
   const std::vector<Streamed> replayed = disturbed.get();
   EXPECT_LT(at_kill, 8 * 100) << "the kill landed after (nearly) everything was streamed";
@@ -356,7 +362,7 @@ TEST_F(ServingTest, TwoEnginesShareTheStreamsAndSurviveOneRankKilled) {
   ASSERT_EQ(status.engines_size(), 2);
   EXPECT_GT(status.engines(0).running_requests(), 0);  // the requests are spread
   EXPECT_GT(status.engines(1).running_requests(), 0);
-  ASSERT_EQ(kill(static_cast<pid_t>(RankPid("expert", "engine-1")), SIGKILL), 0);
+  ASSERT_NO_FATAL_FAILURE(SignalRank(RankPid("expert", "engine-1"), SIGKILL));
   for (const Streamed& out : streams.get()) {
     ASSERT_TRUE(out.status.ok()) << out.status.error_message();
     EXPECT_EQ(out.tokens.size(), 100u);
@@ -379,11 +385,10 @@ TEST_F(ServingTest, AHungEngineIsKilledAndItsRequestsReplayed) {
   // SIGSTOP the leader mid-stream: its stream stays open but heartbeats stop, so only the
   // watchdog (3 missed heartbeats of 250 ms) can notice; it kills and restarts the engine.
   const int64_t leader = RankPid("attention");
-  ASSERT_GT(leader, 0);
   std::atomic<int> received{0};
   auto done = Generate(request, &received);
   WaitForTokens(received, 20);
-  ASSERT_EQ(kill(static_cast<pid_t>(leader), SIGSTOP), 0);
+  ASSERT_NO_FATAL_FAILURE(SignalRank(leader, SIGSTOP));
   const Streamed replayed = done.get();
   ASSERT_TRUE(replayed.status.ok()) << replayed.status.error_message();
   EXPECT_EQ(replayed.tokens, undisturbed.tokens);
@@ -464,7 +469,7 @@ TEST_F(ServingTest, AfterMaxRestartsRequestsAreUnavailableWithTheReason) {
   request.set_ignore_eos(true);  // still running when the rank dies
   auto done = Generate(request, &received);
   WaitForTokens(received, 3);
-  ASSERT_EQ(kill(static_cast<pid_t>(ExpertRankPid()), SIGKILL), 0);
+  ASSERT_NO_FATAL_FAILURE(SignalRank(ExpertRankPid(), SIGKILL));
   const Streamed out = done.get();
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(out.status.error_message(), HasSubstr("coordinator.max_restarts = 0"));
