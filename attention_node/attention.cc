@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention_node/sink_attention.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
@@ -55,20 +56,14 @@ absl::StatusOr<Attention> Attention::Load(WeightLoader& loader, const std::strin
       {&a.wo_b_, "wo_b.weight", {d, a.groups_ * a.o_rank_}},
   };
   for (const auto& t : tensors) {
-    absl::StatusOr<Tensor> w = loader.Load(absl::StrCat(prefix, ".", t.name), t.shape);
-    if (!w.ok()) return w.status();
-    *t.dst = std::move(*w);
+    ASSIGN_OR_RETURN(*t.dst, loader.Load(absl::StrCat(prefix, ".", t.name), t.shape));
   }
   if (a.ratio_ > 0) {
-    absl::StatusOr<Compressor> c =
-        Compressor::Load(loader, prefix + ".compressor", config, a.ratio_, a.head_dim_, a.rope_);
-    if (!c.ok()) return c.status();
-    a.compressor_ = std::move(*c);
+    ASSIGN_OR_RETURN(a.compressor_, Compressor::Load(loader, prefix + ".compressor", config,
+                                                     a.ratio_, a.head_dim_, a.rope_));
   }
   if (a.ratio_ == 4) {
-    absl::StatusOr<Indexer> indexer = Indexer::Load(loader, prefix + ".indexer", config, a.rope_);
-    if (!indexer.ok()) return indexer.status();
-    a.indexer_ = std::move(*indexer);
+    ASSIGN_OR_RETURN(a.indexer_, Indexer::Load(loader, prefix + ".indexer", config, a.rope_));
   }
   return a;
 }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
@@ -24,16 +25,13 @@ absl::StatusOr<Compressor> Compressor::Load(WeightLoader& loader, const std::str
                                             const ModelConfig& config, int ratio, int64_t head_dim,
                                             const Rope& rope) {
   const int64_t width = (ratio == 4 ? 2 : 1) * head_dim;
-  absl::StatusOr<Tensor> wkv = loader.Load(prefix + ".wkv.weight", {width, config.hidden_size});
-  if (!wkv.ok()) return wkv.status();
-  absl::StatusOr<Tensor> wgate = loader.Load(prefix + ".wgate.weight", {width, config.hidden_size});
-  if (!wgate.ok()) return wgate.status();
-  absl::StatusOr<Tensor> ape = loader.Load(prefix + ".ape", {ratio, width});
-  if (!ape.ok()) return ape.status();
-  absl::StatusOr<Tensor> norm = loader.Load(prefix + ".norm.weight", {head_dim});
-  if (!norm.ok()) return norm.status();
-  return Compressor(std::move(*wkv), std::move(*wgate), std::move(*ape), std::move(*norm), ratio,
-                    rope, static_cast<float>(config.rms_norm_eps));
+  ASSIGN_OR_RETURN(Tensor wkv, loader.Load(prefix + ".wkv.weight", {width, config.hidden_size}));
+  ASSIGN_OR_RETURN(Tensor wgate,
+                   loader.Load(prefix + ".wgate.weight", {width, config.hidden_size}));
+  ASSIGN_OR_RETURN(Tensor ape, loader.Load(prefix + ".ape", {ratio, width}));
+  ASSIGN_OR_RETURN(Tensor norm, loader.Load(prefix + ".norm.weight", {head_dim}));
+  return Compressor(std::move(wkv), std::move(wgate), std::move(ape), std::move(norm), ratio, rope,
+                    static_cast<float>(config.rms_norm_eps));
 }
 
 CompressorState Compressor::FreshState(int ratio, int64_t head_dim) {

@@ -11,6 +11,7 @@
 #include "core/checkpoint_layout.h"
 #include "core/engram_hash.h"
 #include "core/kernels.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -41,10 +42,7 @@ class LocalFetch : public EngramRowFetch {
         return absl::OutOfRangeError(
             absl::StrCat(t.name, ": row ", row, " outside [0, ", t.shape[0], ")"));
       }
-      if (absl::Status s = RowsToF32(t.dtype, t.data + row * row_bytes, 1, dim, out + i * dim);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(RowsToF32(t.dtype, t.data + row * row_bytes, 1, dim, out + i * dim));
     }
     return absl::OkStatus();
   }
@@ -109,16 +107,14 @@ absl::StatusOr<EngramHasher> EngramHasher::Create(const ModelConfig& config,
 }
 
 absl::StatusOr<EngramHasher> EngramHasher::Load(const ModelConfig& config, Checkpoint* checkpoint) {
-  absl::StatusOr<std::vector<int64_t>> canonical = checkpoint->LoadI64(kEngramCanonicalIdsName);
-  if (!canonical.ok()) return canonical.status();
+  ASSIGN_OR_RETURN(std::vector<int64_t> canonical, checkpoint->LoadI64(kEngramCanonicalIdsName));
   std::vector<std::vector<int64_t>> multipliers;
   for (int layer : config.engram.layer_ids) {
-    absl::StatusOr<std::vector<int64_t>> m =
-        checkpoint->LoadI64(EngramPrefix(layer) + "multipliers");
-    if (!m.ok()) return m.status();
-    multipliers.push_back(std::move(*m));
+    ASSIGN_OR_RETURN(std::vector<int64_t> m,
+                     checkpoint->LoadI64(EngramPrefix(layer) + "multipliers"));
+    multipliers.push_back(std::move(m));
   }
-  return Create(config, std::move(*canonical), std::move(multipliers));
+  return Create(config, std::move(canonical), std::move(multipliers));
 }
 
 int EngramHasher::index_of(int layer) const {
@@ -174,21 +170,20 @@ absl::StatusOr<std::unique_ptr<LocalEngramTables>> LocalEngramTables::Load(
   const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config.engram);
   auto tables = std::unique_ptr<LocalEngramTables>(new LocalEngramTables());
   for (size_t i = 0; i < sizes.size(); ++i) {
-    absl::StatusOr<const TensorView*> view =
-        checkpoint->Get(EngramTableName(config.engram.layer_ids[i]));
-    if (!view.ok()) return view.status();
+    ASSIGN_OR_RETURN(const TensorView* view,
+                     checkpoint->Get(EngramTableName(config.engram.layer_ids[i])));
     int64_t rows = 0;
     for (int64_t p : sizes[i]) rows += p;
     const Shape expected = {rows, config.engram.head_dim};
-    if ((*view)->shape != expected) {
+    if (view->shape != expected) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint ", checkpoint->dir(), ": tensor ", (*view)->name, " has shape ",
-          ShapeToString((*view)->shape), ", config.json implies ", ShapeToString(expected)));
+          "checkpoint ", checkpoint->dir(), ": tensor ", view->name, " has shape ",
+          ShapeToString(view->shape), ", config.json implies ", ShapeToString(expected)));
     }
-    if (absl::Status s = CheckRowDType((*view)->dtype); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat((*view)->name, ": ", s.message()));
+    if (absl::Status s = CheckRowDType(view->dtype); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(view->name, ": ", s.message()));
     }
-    tables->tables_.push_back(*view);
+    tables->tables_.push_back(view);
   }
   return tables;
 }
@@ -222,28 +217,23 @@ absl::StatusOr<EngramLayer> EngramLayer::Load(WeightLoader& loader, const ModelC
     *out = Tensor(full);
     const int64_t numel = NumElements(shape);
     for (int64_t i = 0; i < n; ++i) {
-      absl::StatusOr<Tensor> t = loader.Load(absl::StrCat(p, stem, i, leaf), shape);
-      if (!t.ok()) return t.status();
-      std::memcpy(out->data() + i * numel, t->data(), numel * sizeof(float));
+      ASSIGN_OR_RETURN(Tensor t, loader.Load(absl::StrCat(p, stem, i, leaf), shape));
+      std::memcpy(out->data() + i * numel, t.data(), numel * sizeof(float));
     }
     return absl::OkStatus();
   };
-  absl::StatusOr<Tensor> t = loader.Load(p + "value_proj.weight", {d, width});
-  if (!t.ok()) return t.status();
-  w.value_w = std::move(*t);
-  if (t = loader.Load(p + "value_proj.bias", {d}); !t.ok()) return t.status();
-  w.value_b = std::move(*t);
-  if (t = loader.Load(p + "short_conv.conv.weight", {n * d, 1, e.kernel_size}); !t.ok()) {
-    return t.status();
-  }
-  w.conv_w = t->Reshape({n * d, e.kernel_size});
+  ASSIGN_OR_RETURN(w.value_w, loader.Load(p + "value_proj.weight", {d, width}));
+  ASSIGN_OR_RETURN(w.value_b, loader.Load(p + "value_proj.bias", {d}));
+  ASSIGN_OR_RETURN(Tensor conv_w,
+                   loader.Load(p + "short_conv.conv.weight", {n * d, 1, e.kernel_size}));
+  w.conv_w = conv_w.Reshape({n * d, e.kernel_size});
   for (auto [stem, leaf, shape, out] :
        {std::tuple{"key_projs.", ".weight", Shape{d, width}, &w.key_w},
         std::tuple{"key_projs.", ".bias", Shape{d}, &w.key_b},
         std::tuple{"norm1.", ".weight", Shape{d}, &w.norm1},
         std::tuple{"norm2.", ".weight", Shape{d}, &w.norm2},
         std::tuple{"short_conv.norms.", ".weight", Shape{d}, &w.conv_norm}}) {
-    if (absl::Status s = stacked(stem, leaf, shape, out); !s.ok()) return s;
+    RETURN_IF_ERROR(stacked(stem, leaf, shape, out));
   }
   return EngramLayer(config, std::move(w));
 }
@@ -304,20 +294,15 @@ void EngramLayer::Apply(const float* x, const float* e, int64_t T, std::vector<f
 absl::StatusOr<std::unique_ptr<EngramModule>> EngramModule::Load(const ModelConfig& config,
                                                                  Checkpoint* checkpoint,
                                                                  EngramRowSource* source) {
-  absl::StatusOr<EngramHasher> hasher = EngramHasher::Load(config, checkpoint);
-  if (!hasher.ok()) return hasher.status();
-  auto module = std::unique_ptr<EngramModule>(new EngramModule(std::move(*hasher)));
+  ASSIGN_OR_RETURN(EngramHasher hasher, EngramHasher::Load(config, checkpoint));
+  auto module = std::unique_ptr<EngramModule>(new EngramModule(std::move(hasher)));
   WeightLoader loader(checkpoint);
   for (int layer : config.engram.layer_ids) {
-    absl::StatusOr<EngramLayer> l = EngramLayer::Load(loader, config, layer);
-    if (!l.ok()) return l.status();
-    module->layers_.push_back(std::move(*l));
+    ASSIGN_OR_RETURN(EngramLayer l, EngramLayer::Load(loader, config, layer));
+    module->layers_.push_back(std::move(l));
   }
   if (source == nullptr) {
-    absl::StatusOr<std::unique_ptr<LocalEngramTables>> local =
-        LocalEngramTables::Load(config, checkpoint);
-    if (!local.ok()) return local.status();
-    module->local_ = std::move(*local);
+    ASSIGN_OR_RETURN(module->local_, LocalEngramTables::Load(config, checkpoint));
     source = module->local_.get();
   }
   module->source_ = source;
@@ -348,7 +333,7 @@ absl::Status EngramModule::Apply(int layer, EngramRowFetch* fetch,
   int64_t tokens = 0;
   for (const Segment& s : segments) tokens += static_cast<int64_t>(s.tokens.size());
   std::vector<float> e(tokens * l.width());
-  if (absl::Status s = fetch->Wait(index, e.data()); !s.ok()) return s;
+  RETURN_IF_ERROR(fetch->Wait(index, e.data()));
   const int64_t stride = l.weights().conv_norm.numel();  // n·d per row
   int64_t row = 0;
   for (const Segment& s : segments) {

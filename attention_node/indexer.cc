@@ -5,6 +5,8 @@
 #include <numeric>
 #include <utility>
 
+#include "core/status_macros.h"
+
 namespace dsv4 {
 
 Indexer::Indexer(Tensor wq_b, Tensor weights_proj, Compressor compressor, int64_t topk,
@@ -19,17 +21,13 @@ absl::StatusOr<Indexer> Indexer::Load(WeightLoader& loader, const std::string& p
                                       const ModelConfig& config, const Rope& rope) {
   const int64_t heads = config.index_n_heads;
   const int64_t dim = config.index_head_dim;
-  absl::StatusOr<Tensor> wq_b =
-      loader.Load(prefix + ".wq_b.weight", {heads * dim, config.q_lora_rank});
-  if (!wq_b.ok()) return wq_b.status();
-  absl::StatusOr<Tensor> proj =
-      loader.Load(prefix + ".weights_proj.weight", {heads, config.hidden_size});
-  if (!proj.ok()) return proj.status();
-  absl::StatusOr<Compressor> compressor =
-      Compressor::Load(loader, prefix + ".compressor", config, 4, dim, rope);
-  if (!compressor.ok()) return compressor.status();
-  return Indexer(std::move(*wq_b), std::move(*proj), std::move(*compressor), config.index_topk,
-                 rope);
+  ASSIGN_OR_RETURN(Tensor wq_b,
+                   loader.Load(prefix + ".wq_b.weight", {heads * dim, config.q_lora_rank}));
+  ASSIGN_OR_RETURN(Tensor proj,
+                   loader.Load(prefix + ".weights_proj.weight", {heads, config.hidden_size}));
+  ASSIGN_OR_RETURN(Compressor compressor,
+                   Compressor::Load(loader, prefix + ".compressor", config, 4, dim, rope));
+  return Indexer(std::move(wq_b), std::move(proj), std::move(compressor), config.index_topk, rope);
 }
 
 void Indexer::Project(const float* x, const float* qr, const int64_t* positions, int64_t rows,

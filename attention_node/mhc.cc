@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/kernels.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -41,9 +42,8 @@ absl::StatusOr<std::vector<Tensor>> LoadTriple(WeightLoader& loader, const std::
   for (auto [suffix, shape] : {std::pair<const char*, Shape>{"_fn", {rows, width}},
                                {"_base", {rows}},
                                {"_scale", {scales}}}) {
-    absl::StatusOr<Tensor> t = loader.Load(prefix + suffix, shape);
-    if (!t.ok()) return t.status();
-    out.push_back(std::move(*t));
+    ASSIGN_OR_RETURN(Tensor t, loader.Load(prefix + suffix, shape));
+    out.push_back(std::move(t));
   }
   return out;
 }
@@ -96,10 +96,9 @@ absl::StatusOr<HyperConnection> HyperConnection::Load(WeightLoader& loader,
                                                       const std::string& prefix,
                                                       const ModelConfig& config) {
   const int n = config.hc_mult;
-  absl::StatusOr<std::vector<Tensor>> w =
-      LoadTriple(loader, prefix, config.mix_dim(), n * config.hidden_size, 3);
-  if (!w.ok()) return w.status();
-  return HyperConnection(std::move((*w)[0]), std::move((*w)[1]), std::move((*w)[2]), n,
+  ASSIGN_OR_RETURN(std::vector<Tensor> w,
+                   LoadTriple(loader, prefix, config.mix_dim(), n * config.hidden_size, 3));
+  return HyperConnection(std::move(w[0]), std::move(w[1]), std::move(w[2]), n,
                          config.hc_sinkhorn_iters, static_cast<float>(config.hc_eps),
                          static_cast<float>(config.rms_norm_eps));
 }
@@ -158,9 +157,8 @@ HcHead::HcHead(Tensor fn, Tensor base, Tensor scale, int n, float hc_eps, float 
 absl::StatusOr<HcHead> HcHead::Load(WeightLoader& loader, const std::string& prefix,
                                     const ModelConfig& config) {
   const int n = config.hc_mult;
-  absl::StatusOr<std::vector<Tensor>> w = LoadTriple(loader, prefix, n, n * config.hidden_size, 1);
-  if (!w.ok()) return w.status();
-  return HcHead(std::move((*w)[0]), std::move((*w)[1]), std::move((*w)[2]), n,
+  ASSIGN_OR_RETURN(std::vector<Tensor> w, LoadTriple(loader, prefix, n, n * config.hidden_size, 1));
+  return HcHead(std::move(w[0]), std::move(w[1]), std::move(w[2]), n,
                 static_cast<float>(config.hc_eps), static_cast<float>(config.rms_norm_eps));
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels.h"
+#include "core/status_macros.h"
 #include "core/weight_loader.h"
 
 namespace dsv4 {
@@ -73,54 +74,45 @@ absl::Status OutOfOrder(const char* stage, int layer) {
 absl::StatusOr<Model::Block> Model::LoadBlock(WeightLoader& loader, const std::string& prefix,
                                               const ModelConfig& config, int layer) {
   const int64_t d = config.hidden_size;
-  absl::StatusOr<HyperConnection> hc_attn =
-      HyperConnection::Load(loader, prefix + ".hc_attn", config);
-  if (!hc_attn.ok()) return hc_attn.status();
-  absl::StatusOr<HyperConnection> hc_ffn =
-      HyperConnection::Load(loader, prefix + ".hc_ffn", config);
-  if (!hc_ffn.ok()) return hc_ffn.status();
-  absl::StatusOr<Tensor> attn_norm = loader.Load(prefix + ".attn_norm.weight", {d});
-  if (!attn_norm.ok()) return attn_norm.status();
-  absl::StatusOr<Tensor> ffn_norm = loader.Load(prefix + ".ffn_norm.weight", {d});
-  if (!ffn_norm.ok()) return ffn_norm.status();
-  absl::StatusOr<Attention> attn = Attention::Load(loader, prefix + ".attn", config, layer);
-  if (!attn.ok()) return attn.status();
-  absl::StatusOr<Router> gate =
-      Router::Load(loader, prefix + ".ffn.gate", config, config.is_hash_layer(layer));
-  if (!gate.ok()) return gate.status();
-  absl::StatusOr<SwigluWeights> shared =
-      LoadSwiglu(loader, prefix + ".ffn.shared_experts", d, config.moe_intermediate_size);
-  if (!shared.ok()) return shared.status();
-  return Block{std::move(*hc_attn), std::move(*hc_ffn), std::move(*attn_norm), std::move(*ffn_norm),
-               std::move(*attn),    std::move(*gate),   std::move(*shared)};
+  ASSIGN_OR_RETURN(HyperConnection hc_attn,
+                   HyperConnection::Load(loader, prefix + ".hc_attn", config));
+  ASSIGN_OR_RETURN(HyperConnection hc_ffn,
+                   HyperConnection::Load(loader, prefix + ".hc_ffn", config));
+  ASSIGN_OR_RETURN(Tensor attn_norm, loader.Load(prefix + ".attn_norm.weight", {d}));
+  ASSIGN_OR_RETURN(Tensor ffn_norm, loader.Load(prefix + ".ffn_norm.weight", {d}));
+  ASSIGN_OR_RETURN(Attention attn, Attention::Load(loader, prefix + ".attn", config, layer));
+  ASSIGN_OR_RETURN(Router gate,
+                   Router::Load(loader, prefix + ".ffn.gate", config, config.is_hash_layer(layer)));
+  ASSIGN_OR_RETURN(SwigluWeights shared, LoadSwiglu(loader, prefix + ".ffn.shared_experts", d,
+                                                    config.moe_intermediate_size));
+  return Block{std::move(hc_attn), std::move(hc_ffn), std::move(attn_norm), std::move(ffn_norm),
+               std::move(attn),    std::move(gate),   std::move(shared)};
 }
 
 absl::StatusOr<Model::MtpBlock> Model::LoadMtp(WeightLoader& loader, const ModelConfig& config,
                                                int index) {
   const std::string prefix = absl::StrCat("mtp.", index);
   const int64_t d = config.hidden_size;
-  absl::StatusOr<Block> block = LoadBlock(loader, prefix, config, config.num_hidden_layers + index);
-  if (!block.ok()) return block.status();
+  ASSIGN_OR_RETURN(Block block,
+                   LoadBlock(loader, prefix, config, config.num_hidden_layers + index));
   std::vector<Tensor> w;
   for (auto [name, shape] : {std::pair<const char*, Shape>{"e_proj.weight", {d, d}},
                              {"h_proj.weight", {d, d}},
                              {"enorm.weight", {d}},
                              {"hnorm.weight", {d}},
                              {"norm.weight", {d}}}) {
-    absl::StatusOr<Tensor> t = loader.Load(absl::StrCat(prefix, ".", name), shape);
-    if (!t.ok()) return t.status();
-    w.push_back(std::move(*t));
+    ASSIGN_OR_RETURN(Tensor t, loader.Load(absl::StrCat(prefix, ".", name), shape));
+    w.push_back(std::move(t));
   }
-  absl::StatusOr<HcHead> hc_head = HcHead::Load(loader, prefix + ".hc_head", config);
-  if (!hc_head.ok()) return hc_head.status();
-  return MtpBlock{std::move(*block), std::move(w[0]), std::move(w[1]),    std::move(w[2]),
-                  std::move(w[3]),   std::move(w[4]), std::move(*hc_head)};
+  ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, prefix + ".hc_head", config));
+  return MtpBlock{std::move(block), std::move(w[0]), std::move(w[1]),   std::move(w[2]),
+                  std::move(w[3]),  std::move(w[4]), std::move(hc_head)};
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
                                                    Checkpoint* checkpoint,
                                                    const ModelOptions& options) {
-  if (absl::Status s = CheckConfig(config); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckConfig(config));
   const int64_t limit = config.max_position_embeddings;
   if (options.max_seq_len < 0 || (limit > 0 && options.max_seq_len > limit)) {
     return absl::InvalidArgumentError(
@@ -130,36 +122,28 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
   WeightLoader loader(checkpoint);
   const int64_t v = config.vocab_size;
   const int64_t d = config.hidden_size;
-  absl::StatusOr<HcHead> hc_head = HcHead::Load(loader, "hc_head", config);
-  if (!hc_head.ok()) return hc_head.status();
-  std::unique_ptr<Model> model(new Model(config, std::move(*hc_head)));
+  ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, "hc_head", config));
+  std::unique_ptr<Model> model(new Model(config, std::move(hc_head)));
   model->max_seq_len_ = options.max_seq_len > 0 ? options.max_seq_len : limit;
   for (auto [dst, name, shape] :
        {std::tuple<Tensor*, const char*, Shape>{&model->embed_, "embed.weight", {v, d}},
         {&model->head_, "head.weight", {v, d}},
         {&model->norm_, "norm.weight", {d}}}) {
-    absl::StatusOr<Tensor> t = loader.Load(name, shape);
-    if (!t.ok()) return t.status();
-    *dst = std::move(*t);
+    ASSIGN_OR_RETURN(*dst, loader.Load(name, shape));
   }
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    absl::StatusOr<Block> block = LoadBlock(loader, absl::StrCat("layers.", layer), config, layer);
-    if (!block.ok()) return block.status();
-    model->layers_.push_back(std::move(*block));
+    ASSIGN_OR_RETURN(Block block, LoadBlock(loader, absl::StrCat("layers.", layer), config, layer));
+    model->layers_.push_back(std::move(block));
   }
   const int64_t main_bytes = loader.bytes();
   if (options.load_mtp) {
     for (int i = 0; i < config.num_nextn_predict_layers; ++i) {
-      absl::StatusOr<MtpBlock> mtp = LoadMtp(loader, config, i);
-      if (!mtp.ok()) return mtp.status();
-      model->mtp_.push_back(std::move(*mtp));
+      ASSIGN_OR_RETURN(MtpBlock mtp, LoadMtp(loader, config, i));
+      model->mtp_.push_back(std::move(mtp));
     }
   }
   if (config.engram.enabled()) {
-    absl::StatusOr<std::unique_ptr<EngramModule>> engram =
-        EngramModule::Load(config, checkpoint, options.engram_rows);
-    if (!engram.ok()) return engram.status();
-    model->engram_ = std::move(*engram);
+    ASSIGN_OR_RETURN(model->engram_, EngramModule::Load(config, checkpoint, options.engram_rows));
   }
   model->weight_bytes_ = loader.bytes();
   model->mtp_weight_bytes_ = loader.bytes() - main_bytes;
@@ -235,10 +219,7 @@ absl::Status Model::AttentionStage(int layer, Step* step, RoutedTokens* routed) 
   float* x = step->x_.data();
   // Engram: X ← X + Y on every stream, before the attention's hc_pre.
   if (engram_ && engram_->is_engram_layer(layer)) {
-    if (absl::Status s = engram_->Apply(layer, step->engram_fetch_.get(), EngramSegments(*step), x);
-        !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(engram_->Apply(layer, step->engram_fetch_.get(), EngramSegments(*step), x));
   }
 
   std::vector<float>& y = step->attn_in_;
@@ -337,22 +318,17 @@ absl::Status Model::Finish(Step* step) const {
 
 absl::StatusOr<Tensor> Model::Forward(absl::Span<const StepInput> inputs, ExpertExecutor& experts,
                                       LogitRows rows) const {
-  absl::StatusOr<Step> step = BeginStep(inputs);
-  if (!step.ok()) return step.status();
+  ASSIGN_OR_RETURN(Step step, BeginStep(inputs));
   RoutedTokens routed;
   Tensor routed_out;
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    if (absl::Status s = AttentionStage(layer, &*step, &routed); !s.ok()) return s;
-    if (absl::Status s =
-            experts.Run(layer, routed.x, routed.expert_ids, routed.weights, routed.k, &routed_out);
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = MoeFinish(layer, &*step, routed_out); !s.ok()) return s;
+    RETURN_IF_ERROR(AttentionStage(layer, &step, &routed));
+    RETURN_IF_ERROR(
+        experts.Run(layer, routed.x, routed.expert_ids, routed.weights, routed.k, &routed_out));
+    RETURN_IF_ERROR(MoeFinish(layer, &step, routed_out));
   }
-  absl::StatusOr<Tensor> logits = Logits(*step, rows);
-  if (!logits.ok()) return logits.status();
-  if (absl::Status s = Finish(&*step); !s.ok()) return s;
+  ASSIGN_OR_RETURN(Tensor logits, Logits(step, rows));
+  RETURN_IF_ERROR(Finish(&step));
   return logits;
 }
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
@@ -27,25 +28,19 @@ Router::Router(Tensor gate, Tensor bias, std::vector<int32_t> tid2eid, int k, Sc
 
 absl::StatusOr<Router> Router::Load(WeightLoader& loader, const std::string& prefix,
                                     const ModelConfig& config, bool hash) {
-  absl::StatusOr<ScoreFunc> score = ParseScoreFunc(config.scoring_func);
-  if (!score.ok()) return score.status();
+  ASSIGN_OR_RETURN(ScoreFunc score, ParseScoreFunc(config.scoring_func));
   const int64_t experts = config.n_routed_experts;
   const int k = config.num_experts_per_tok;
-  absl::StatusOr<Tensor> gate = loader.Load(prefix + ".weight", {experts, config.hidden_size});
-  if (!gate.ok()) return gate.status();
+  ASSIGN_OR_RETURN(Tensor gate, loader.Load(prefix + ".weight", {experts, config.hidden_size}));
   Tensor bias;
   std::vector<int32_t> tid2eid;
   if (hash) {
-    absl::StatusOr<std::vector<int32_t>> table =
-        loader.LoadIndexTable(prefix + ".tid2eid", config.vocab_size, k, experts);
-    if (!table.ok()) return table.status();
-    tid2eid = std::move(*table);
+    ASSIGN_OR_RETURN(tid2eid,
+                     loader.LoadIndexTable(prefix + ".tid2eid", config.vocab_size, k, experts));
   } else {
-    absl::StatusOr<Tensor> b = loader.Load(prefix + ".bias", {experts});
-    if (!b.ok()) return b.status();
-    bias = std::move(*b);
+    ASSIGN_OR_RETURN(bias, loader.Load(prefix + ".bias", {experts}));
   }
-  return Router(std::move(*gate), std::move(bias), std::move(tid2eid), k, *score,
+  return Router(std::move(gate), std::move(bias), std::move(tid2eid), k, score,
                 static_cast<float>(config.routed_scaling_factor));
 }
 

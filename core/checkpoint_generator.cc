@@ -15,6 +15,7 @@
 #include "core/dtype.h"
 #include "core/engram_hash.h"
 #include "core/safetensors.h"
+#include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4 {
@@ -331,13 +332,12 @@ absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& co
         absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     SafetensorsWriter writer;
     for (const Unit* unit : shards[i]) {
-      if (absl::Status s = EmitUnit(config, *unit, options.seed, writer, checksums); !s.ok())
-        return s;
+      RETURN_IF_ERROR(EmitUnit(config, *unit, options.seed, writer, checksums));
       done += unit->nbytes();
       if (options.progress) options.progress(done, total);
     }
     for (const std::string& name : writer.names()) weight_map[name] = file;
-    if (absl::Status s = writer.Write(out_dir + "/" + file); !s.ok()) return s;
+    RETURN_IF_ERROR(writer.Write(out_dir + "/" + file));
   }
   if (config.engram.enabled()) {
     const std::string path = out_dir + "/" + kEngramChecksumsFile;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/topology.h"
 #include "core/yaml_reader.h"
 
@@ -281,7 +282,7 @@ absl::StatusOr<ClusterConfig> Parse(YamlReader& reader) {
   config.engine = ReadEngine(root);
   config.engram = ReadEngram(root);
   config.coordinator = ReadCoordinator(root, reader.file());
-  if (!reader.ok()) return reader.status();
+  RETURN_IF_ERROR(reader.status());
 
   // The hardware file's own errors name that file and line; say where it was named too.
   const std::string named_at = root.Where("hardware");

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
@@ -16,7 +17,7 @@ absl::Status CheckRowDType(DType dtype) {
 }
 
 absl::Status RowsToF32(DType dtype, const uint8_t* src, int64_t count, int64_t dim, float* out) {
-  if (absl::Status s = CheckRowDType(dtype); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckRowDType(dtype));
   const int64_t n = count * dim;
   switch (dtype) {
     case DType::kBF16:

@@ -1,6 +1,7 @@
 #include "core/hardware.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/yaml_reader.h"
 
 namespace dsv4 {
@@ -68,7 +69,7 @@ HardwareSpec Parse(YamlReader& reader) {
 absl::StatusOr<HardwareSpec> ParseGuarded(YamlReader& reader) {
   try {
     HardwareSpec hw = Parse(reader);
-    if (!reader.ok()) return reader.status();
+    RETURN_IF_ERROR(reader.status());
     return hw;
   } catch (const YAML::Exception& e) {  // defensive: the reader checks node types first
     return absl::InternalError(absl::StrCat(reader.file(), ": unexpected YAML error: ", e.what()));

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -393,7 +394,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   c.source = source;
   Reader r(root, source, "");
   r.String("model_type", &c.model_type, kRequired);
-  if (!r.status().ok()) return r.status();
+  RETURN_IF_ERROR(r.status());
   const bool v4 = c.model_type == "deepseek_v4";
   if (!v4 && c.model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -472,7 +473,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
     r.Int("num_key_value_heads", &c.num_key_value_heads);
     c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
   }
-  if (!r.status().ok()) return r.status();
+  RETURN_IF_ERROR(r.status());
   c.extra = r.Unused();
 
   Checker check(source);
@@ -495,7 +496,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   } else {
     ValidateV3(c, check);
   }
-  if (!check.status().ok()) return check.status();
+  RETURN_IF_ERROR(check.status());
   return c;
 }
 

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4 {
@@ -99,8 +100,7 @@ std::optional<Shape> ParseNonNegativeInts(const Json& value) {
 absl::StatusOr<HeaderEntry> ParseEntry(const std::string& name, const Json& info,
                                        uint64_t data_size, const std::string& file) {
   if (!info.is_object()) return TensorError(file, name, "header entry is not a JSON object");
-  absl::StatusOr<DType> dtype = ParseDType(info, name, file);
-  if (!dtype.ok()) return dtype.status();
+  ASSIGN_OR_RETURN(DType dtype, ParseDType(info, name, file));
   const auto shape_it = info.find("shape");
   std::optional<Shape> shape;
   if (shape_it != info.end()) shape = ParseNonNegativeInts(*shape_it);
@@ -122,15 +122,15 @@ absl::StatusOr<HeaderEntry> ParseEntry(const std::string& name, const Json& info
                        absl::StrCat("data offsets ", ByteRange(begin, end),
                                     " are outside the data section of ", data_size, " bytes"));
   }
-  const std::optional<uint64_t> needed = ByteCount(*shape, *dtype);
+  const std::optional<uint64_t> needed = ByteCount(*shape, dtype);
   if (!needed || *needed != end - begin) {
     return TensorError(
         file, name,
         absl::StrCat("data offsets ", ByteRange(begin, end), " hold ", end - begin,
-                     " bytes but shape ", ShapeToString(*shape), " of ", Name(*dtype), " needs ",
+                     " bytes but shape ", ShapeToString(*shape), " of ", Name(dtype), " needs ",
                      needed ? absl::StrCat(*needed) : std::string("more than 2^64")));
   }
-  return HeaderEntry{name, *dtype, std::move(*shape), begin, end};
+  return HeaderEntry{name, dtype, std::move(*shape), begin, end};
 }
 
 // Rejects two tensors whose non-empty byte ranges intersect. Sorted by start, any overlap
@@ -196,12 +196,10 @@ absl::Status WriteChunks(const std::string& path, const std::vector<std::string_
 
 // The weight_map of an index file: tensor name → shard file name.
 absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadTextFile(path);
-  if (!text.ok()) return text.status();
-  absl::StatusOr<Json> index = ParseJson(*text, path);
-  if (!index.ok()) return index.status();
-  const auto map_it = index->is_object() ? index->find("weight_map") : index->end();
-  if (map_it == index->end() || !map_it->is_object()) {
+  ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ASSIGN_OR_RETURN(Json index, ParseJson(text, path));
+  const auto map_it = index.is_object() ? index.find("weight_map") : index.end();
+  if (map_it == index.end() || !map_it->is_object()) {
     return FileError(path, "missing object 'weight_map'");
   }
   std::map<std::string, std::string> weight_map;
@@ -290,19 +288,17 @@ absl::StatusOr<std::vector<HeaderEntry>> ParseSafetensorsHeader(const uint8_t* b
     return FileError(file, absl::StrCat("truncated: header length ", header_bytes,
                                         " runs past the end of the file (", size, " bytes)"));
   }
-  absl::StatusOr<Json> header =
-      ParseJson({reinterpret_cast<const char*>(bytes + 8), header_bytes}, file);
-  if (!header.ok()) return header.status();
-  if (!header->is_object()) return FileError(file, "header is not a JSON object");
+  ASSIGN_OR_RETURN(Json header,
+                   ParseJson({reinterpret_cast<const char*>(bytes + 8), header_bytes}, file));
+  if (!header.is_object()) return FileError(file, "header is not a JSON object");
   const uint64_t data_size = size - 8 - header_bytes;
   std::vector<HeaderEntry> entries;
-  for (const auto& [name, info] : header->items()) {
+  for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") continue;
-    absl::StatusOr<HeaderEntry> entry = ParseEntry(name, info, data_size, file);
-    if (!entry.ok()) return entry.status();
-    entries.push_back(*std::move(entry));
+    ASSIGN_OR_RETURN(HeaderEntry entry, ParseEntry(name, info, data_size, file));
+    entries.push_back(std::move(entry));
   }
-  if (absl::Status status = CheckNoOverlap(entries, file); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckNoOverlap(entries, file));
   return entries;
 }
 
@@ -333,11 +329,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   ::close(fd);  // the mapping keeps the file alive
   const auto* bytes = static_cast<const uint8_t*>(file->map_);
-  absl::StatusOr<std::vector<HeaderEntry>> entries =
-      ParseSafetensorsHeader(bytes, file->size_, path);
-  if (!entries.ok()) return entries.status();
+  ASSIGN_OR_RETURN(std::vector<HeaderEntry> entries,
+                   ParseSafetensorsHeader(bytes, file->size_, path));
   const uint8_t* data = bytes + 8 + ReadLe64(bytes);
-  for (HeaderEntry& entry : *entries) {
+  for (HeaderEntry& entry : entries) {
     TensorView view{entry.name,         path,
                     entry.dtype,        std::move(entry.shape),
                     data + entry.begin, entry.end - entry.begin};
@@ -362,21 +357,18 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string single_path = JoinPath(dir, kSingleFile);
   std::error_code error;
   if (std::filesystem::exists(index_path, error)) {
-    absl::StatusOr<std::map<std::string, std::string>> weight_map = ReadIndex(index_path);
-    if (!weight_map.ok()) return weight_map.status();
-    checkpoint->tensor_file_ = *std::move(weight_map);
+    ASSIGN_OR_RETURN(checkpoint->tensor_file_, ReadIndex(index_path));
     return checkpoint;
   }
   if (!std::filesystem::exists(single_path, error)) {
     return absl::NotFoundError(absl::StrCat(dir, ": no ", kIndexFile, " or ", kSingleFile));
   }
   // Without an index the file's own header is the list of tensors.
-  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(single_path);
-  if (!file.ok()) return file.status();
-  for (const auto& [name, view] : (*file)->tensors()) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(single_path));
+  for (const auto& [name, view] : file->tensors()) {
     checkpoint->tensor_file_.emplace(name, kSingleFile);
   }
-  checkpoint->open_files_.emplace(kSingleFile, *std::move(file));
+  checkpoint->open_files_.emplace(kSingleFile, std::move(file));
   return checkpoint;
 }
 
@@ -417,13 +409,12 @@ absl::StatusOr<const TensorView*> Checkpoint::Get(const std::string& name) {
 }
 
 absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name) {
-  absl::StatusOr<const TensorView*> weight = Get(name);
-  if (!weight.ok()) return weight.status();
-  const DType dtype = (*weight)->dtype;
-  if (dtype != DType::kF8E4M3 && dtype != DType::kI8) return ToF32(**weight);
+  ASSIGN_OR_RETURN(const TensorView* weight, Get(name));
+  const DType dtype = weight->dtype;
+  if (dtype != DType::kF8E4M3 && dtype != DType::kI8) return ToF32(*weight);
   constexpr std::string_view kSuffix = ".weight";
   if (!name.ends_with(kSuffix)) {
-    return TensorError((*weight)->file, name,
+    return TensorError(weight->file, name,
                        absl::StrCat("quantised ", Name(dtype),
                                     " tensor has no '.weight' suffix to find its scale"));
   }
@@ -434,15 +425,14 @@ absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name) {
     return absl::Status(scale.status().code(), absl::StrCat(scale.status().message(),
                                                             " (the scale of ", Quoted(name), ")"));
   }
-  return dtype == DType::kF8E4M3 ? DequantFp8(**weight, **scale) : DequantFp4(**weight, **scale);
+  return dtype == DType::kF8E4M3 ? DequantFp8(*weight, **scale) : DequantFp4(*weight, **scale);
 }
 
 absl::StatusOr<std::vector<int64_t>> Checkpoint::LoadI64(const std::string& name) {
-  absl::StatusOr<const TensorView*> view = Get(name);
-  if (!view.ok()) return view.status();
-  if (absl::Status status = CheckView(**view, DType::kI64, -1); !status.ok()) return status;
-  std::vector<int64_t> values((*view)->nbytes / sizeof(int64_t));
-  if (!values.empty()) std::memcpy(values.data(), (*view)->data, (*view)->nbytes);
+  ASSIGN_OR_RETURN(const TensorView* view, Get(name));
+  RETURN_IF_ERROR(CheckView(*view, DType::kI64, -1));
+  std::vector<int64_t> values(view->nbytes / sizeof(int64_t));
+  if (!values.empty()) std::memcpy(values.data(), view->data, view->nbytes);
   return values;
 }
 
@@ -459,7 +449,7 @@ absl::StatusOr<Tensor> ToF32(const TensorView& view) {
                                       " has no direct fp32 conversion (quantised weights need "
                                       "their scale; integers are not weights)"));
   }
-  if (absl::Status status = CheckView(view, view.dtype, -1); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckView(view, view.dtype, -1));
   switch (view.dtype) {
     case DType::kF32:
       // memcpy: the mapped data need not be 4-byte aligned.
@@ -478,16 +468,13 @@ absl::StatusOr<Tensor> ToF32(const TensorView& view) {
 }
 
 absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale) {
-  if (absl::Status status = CheckView(weight, DType::kF8E4M3, 2); !status.ok()) return status;
-  if (absl::Status status = CheckView(scale, DType::kF8E8M0, -1); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckView(weight, DType::kF8E4M3, 2));
+  RETURN_IF_ERROR(CheckView(scale, DType::kF8E8M0, -1));
   const int64_t rows = weight.shape[0];
   const int64_t cols = weight.shape[1];
   const int64_t block_cols = CeilDiv(cols, kFp8Block);
-  if (absl::Status status =
-          CheckScaleShape(weight, scale, {CeilDiv(rows, kFp8Block), block_cols}, "128x128");
-      !status.ok()) {
-    return status;
-  }
+  RETURN_IF_ERROR(
+      CheckScaleShape(weight, scale, {CeilDiv(rows, kFp8Block), block_cols}, "128x128"));
   const std::vector<float> scales = DecodeScales(scale);
   const std::array<float, 256>& fp8 = E4M3Table();
   Tensor out({rows, cols});
@@ -501,15 +488,12 @@ absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& sc
 }
 
 absl::StatusOr<Tensor> DequantFp4(const TensorView& weight, const TensorView& scale) {
-  if (absl::Status status = CheckView(weight, DType::kI8, 2); !status.ok()) return status;
-  if (absl::Status status = CheckView(scale, DType::kF8E8M0, -1); !status.ok()) return status;
+  RETURN_IF_ERROR(CheckView(weight, DType::kI8, 2));
+  RETURN_IF_ERROR(CheckView(scale, DType::kF8E8M0, -1));
   const int64_t rows = weight.shape[0];
   const int64_t cols = 2 * weight.shape[1];  // two codes per byte
   const int64_t block_cols = CeilDiv(cols, kFp4Block);
-  if (absl::Status status = CheckScaleShape(weight, scale, {rows, block_cols}, "1x32");
-      !status.ok()) {
-    return status;
-  }
+  RETURN_IF_ERROR(CheckScaleShape(weight, scale, {rows, block_cols}, "1x32"));
   const std::vector<float> scales = DecodeScales(scale);
   Tensor out({rows, cols});
   float* dst = out.data();

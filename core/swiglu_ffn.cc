@@ -5,24 +5,22 @@
 #include <utility>
 
 #include "core/kernels.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
 absl::StatusOr<SwigluWeights> LoadSwiglu(WeightLoader& loader, const std::string& prefix,
                                          int64_t dim, int64_t inter_dim) {
-  absl::StatusOr<Tensor> w1 = loader.Load(prefix + ".w1.weight", {inter_dim, dim});
-  if (!w1.ok()) return w1.status();
-  absl::StatusOr<Tensor> w3 = loader.Load(prefix + ".w3.weight", {inter_dim, dim});
-  if (!w3.ok()) return w3.status();
-  absl::StatusOr<Tensor> w2 = loader.Load(prefix + ".w2.weight", {dim, inter_dim});
-  if (!w2.ok()) return w2.status();
+  ASSIGN_OR_RETURN(Tensor w1, loader.Load(prefix + ".w1.weight", {inter_dim, dim}));
+  ASSIGN_OR_RETURN(Tensor w3, loader.Load(prefix + ".w3.weight", {inter_dim, dim}));
+  ASSIGN_OR_RETURN(Tensor w2, loader.Load(prefix + ".w2.weight", {dim, inter_dim}));
   // w1 and w3 are stacked so that one GEMM computes both.
   SwigluWeights w;
   w.w13 = Tensor({2 * inter_dim, dim});
   const size_t half = static_cast<size_t>(inter_dim * dim);
-  std::memcpy(w.w13.data(), w1->data(), half * sizeof(float));
-  std::memcpy(w.w13.data() + half, w3->data(), half * sizeof(float));
-  w.w2 = std::move(*w2);
+  std::memcpy(w.w13.data(), w1.data(), half * sizeof(float));
+  std::memcpy(w.w13.data() + half, w3.data(), half * sizeof(float));
+  w.w2 = std::move(w2);
   return w;
 }
 

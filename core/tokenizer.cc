@@ -19,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4 {
@@ -462,8 +463,7 @@ absl::Status Tokenizer::Impl::ParseModel(const json& model) {
   for (const auto& [token, id] : v->items()) {
     if (!id.is_number_integer())
       return Invalid(source, "model.vocab[\"", token, "\"] must be an integer id");
-    if (absl::Status s = SetToken(id.get<int64_t>(), token, kModel, "model.vocab"); !s.ok())
-      return s;
+    RETURN_IF_ERROR(SetToken(id.get<int64_t>(), token, kModel, "model.vocab"));
     vocab[token] = id.get<int>();
   }
   if (const json* unk = Member(model, "unk_token")) {
@@ -529,9 +529,7 @@ absl::Status Tokenizer::Impl::ParseAddedTokens(const json& list) {
         return Invalid(source, where, " (\"", text, "\"): ", flag, " is not supported");
     }
     const bool special = Flag(t, "special", false);
-    if (absl::Status s = SetToken(id->get<int64_t>(), text, special ? kSpecial : kAdded, where);
-        !s.ok())
-      return s;
+    RETURN_IF_ERROR(SetToken(id->get<int64_t>(), text, special ? kSpecial : kAdded, where));
     const int token_id = id->get<int>();
     added[text] = token_id;
     added_tries[Flag(t, "normalized", true) ? 1 : 0].Insert(text, token_id);
@@ -549,10 +547,8 @@ absl::Status Tokenizer::Impl::ParsePreTokenizer(const json& p, const std::string
     if (list == nullptr || !list->is_array())
       return Invalid(source, where, ".pretokenizers must be an array");
     for (size_t i = 0; i < list->size(); ++i) {
-      if (absl::Status s = ParsePreTokenizer(
-              (*list)[i], absl::StrCat(where, ".pretokenizers[", i, "]"), byte_level);
-          !s.ok())
-        return s;
+      RETURN_IF_ERROR(ParsePreTokenizer((*list)[i], absl::StrCat(where, ".pretokenizers[", i, "]"),
+                                        byte_level));
     }
     return absl::OkStatus();
   }
@@ -564,10 +560,8 @@ absl::Status Tokenizer::Impl::ParsePreTokenizer(const json& p, const std::string
     *byte_level = true;
     step.add_prefix_space = Flag(p, "add_prefix_space", true);
     if (Flag(p, "use_regex", true)) {
-      absl::StatusOr<Regex> regex =
-          CompileRegex(kGpt2Pattern, false, absl::StrCat(source, ": ", where));
-      if (!regex.ok()) return regex.status();
-      step.regex = *std::move(regex);
+      ASSIGN_OR_RETURN(step.regex,
+                       CompileRegex(kGpt2Pattern, false, absl::StrCat(source, ": ", where)));
     }
   } else if (kind == "Split") {
     const json* pattern = Member(p, "pattern");
@@ -576,10 +570,8 @@ absl::Status Tokenizer::Impl::ParsePreTokenizer(const json& p, const std::string
     if (pattern == nullptr || !pattern->is_object() || !pattern->contains(key) ||
         !pattern->at(key).is_string())
       return Invalid(source, where, ".pattern must be {\"Regex\": ...} or {\"String\": ...}");
-    absl::StatusOr<Regex> regex = CompileRegex(pattern->at(key).get<std::string>(), literal,
-                                               absl::StrCat(source, ": ", where, ".pattern"));
-    if (!regex.ok()) return regex.status();
-    step.regex = *std::move(regex);
+    ASSIGN_OR_RETURN(step.regex, CompileRegex(pattern->at(key).get<std::string>(), literal,
+                                              absl::StrCat(source, ": ", where, ".pattern")));
     static const auto* kBehaviors = new absl::flat_hash_map<std::string, SplitBehavior>{
         {"Removed", SplitBehavior::kRemoved},
         {"Isolated", SplitBehavior::kIsolated},
@@ -613,10 +605,7 @@ absl::Status Tokenizer::Impl::ParsePostProcessor(const json& p, const std::strin
     if (list == nullptr || !list->is_array())
       return Invalid(source, where, ".processors must be an array");
     for (size_t i = 0; i < list->size(); ++i) {
-      if (absl::Status s =
-              ParsePostProcessor((*list)[i], absl::StrCat(where, ".processors[", i, "]"));
-          !s.ok())
-        return s;
+      RETURN_IF_ERROR(ParsePostProcessor((*list)[i], absl::StrCat(where, ".processors[", i, "]")));
     }
     return absl::OkStatus();
   }
@@ -801,28 +790,25 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<Tokenizer> Tokenizer::Load(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
-  if (!text.ok()) return text.status();
-  return Parse(*text, path);
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return Parse(text, path);
 }
 
 absl::StatusOr<Tokenizer> Tokenizer::LoadFromDir(const std::string& dir) {
   const std::filesystem::path root(dir);
-  absl::StatusOr<Tokenizer> tokenizer = Load((root / "tokenizer.json").string());
-  if (!tokenizer.ok()) return tokenizer.status();
+  ASSIGN_OR_RETURN(Tokenizer tokenizer, Load((root / "tokenizer.json").string()));
   const std::string config_path = (root / "tokenizer_config.json").string();
   if (!std::filesystem::exists(config_path)) return tokenizer;
-  absl::StatusOr<std::string> text = ReadFile(config_path);
-  if (!text.ok()) return text.status();
+  ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
   try {
-    const json config = json::parse(*text);
-    for (const auto& [key, slot] : {std::pair{"bos_token", &tokenizer->impl_->bos},
-                                    std::pair{"eos_token", &tokenizer->impl_->eos}}) {
+    const json config = json::parse(text);
+    for (const auto& [key, slot] : {std::pair{"bos_token", &tokenizer.impl_->bos},
+                                    std::pair{"eos_token", &tokenizer.impl_->eos}}) {
       const json* value = Member(config, key);
       if (value == nullptr) continue;
       const std::string name =
           value->is_object() ? value->at("content").get<std::string>() : value->get<std::string>();
-      *slot = tokenizer->TokenId(name);
+      *slot = tokenizer.TokenId(name);
       if (!*slot) return Invalid(config_path, key, " \"", name, "\" is not a token");
     }
   } catch (const json::exception& e) {
@@ -848,15 +834,14 @@ absl::StatusOr<Tokenizer> Tokenizer::Parse(absl::string_view json_text, const st
       return Invalid(source, "a normalizer is not supported (DeepSeek's is null)");
     const json* model = Member(root, "model");
     if (model == nullptr) return Invalid(source, "\"model\" is missing");
-    if (absl::Status s = impl->ParseModel(*model); !s.ok()) return s;
+    RETURN_IF_ERROR(impl->ParseModel(*model));
     if (const json* added = Member(root, "added_tokens")) {
-      if (absl::Status s = impl->ParseAddedTokens(*added); !s.ok()) return s;
+      RETURN_IF_ERROR(impl->ParseAddedTokens(*added));
     }
     const json* pre = Member(root, "pre_tokenizer");
     bool byte_level = false;
     if (pre != nullptr) {
-      if (absl::Status s = impl->ParsePreTokenizer(*pre, "pre_tokenizer", &byte_level); !s.ok())
-        return s;
+      RETURN_IF_ERROR(impl->ParsePreTokenizer(*pre, "pre_tokenizer", &byte_level));
     }
     if (!byte_level)
       return Invalid(source,
@@ -866,7 +851,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Parse(absl::string_view json_text, const st
     if (decoder == nullptr || !decoder->is_object() || decoder->value("type", "") != "ByteLevel")
       return Invalid(source, "decoder must be ByteLevel");
     if (const json* post = Member(root, "post_processor")) {
-      if (absl::Status s = impl->ParsePostProcessor(*post, "post_processor"); !s.ok()) return s;
+      RETURN_IF_ERROR(impl->ParsePostProcessor(*post, "post_processor"));
     }
   } catch (const json::exception& e) {
     return Invalid(source, e.what());

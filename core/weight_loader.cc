@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
@@ -33,19 +34,17 @@ absl::StatusOr<std::vector<int32_t>> WeightLoader::LoadIndexTable(const std::str
                                                                   int64_t rows, int64_t cols,
                                                                   int64_t limit) {
   if (!checkpoint_->Has(name)) return Missing(name);
-  absl::StatusOr<const TensorView*> view = checkpoint_->Get(name);
-  if (!view.ok()) return view.status();
+  ASSIGN_OR_RETURN(const TensorView* view, checkpoint_->Get(name));
   const Shape expected = {rows, cols};
-  if ((*view)->shape != expected) {
+  if (view->shape != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint ", checkpoint_->dir(), ": tensor ", name, " has shape ",
-        ShapeToString((*view)->shape), ", config.json implies ", ShapeToString(expected)));
+        ShapeToString(view->shape), ", config.json implies ", ShapeToString(expected)));
   }
-  absl::StatusOr<std::vector<int64_t>> values = checkpoint_->LoadI64(name);
-  if (!values.ok()) return values.status();
-  std::vector<int32_t> table(values->size());
-  for (size_t i = 0; i < values->size(); ++i) {
-    const int64_t v = (*values)[i];
+  ASSIGN_OR_RETURN(std::vector<int64_t> values, checkpoint_->LoadI64(name));
+  std::vector<int32_t> table(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    const int64_t v = values[i];
     if (v < 0 || v >= limit) {
       return absl::InvalidArgumentError(absl::StrCat("checkpoint ", checkpoint_->dir(), ": tensor ",
                                                      name, " holds ", v, " at row ", i / cols,

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -451,8 +452,7 @@ absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking,
   }
   if (!s.status.ok()) {
     st.send_counts.assign(num_ranks_, -1);
-    absl::Status posted = PostCounts(s);
-    if (!posted.ok()) return posted;
+    RETURN_IF_ERROR(PostCounts(s));
     return Advance(s, /*wait=*/true).status();  // the local error
   }
 
@@ -499,8 +499,7 @@ absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking,
                 record);
     EncodeRow(x.data() + s.origin_token[i] * d, d, record + header);
   }
-  absl::Status posted = PostCounts(s);
-  if (!posted.ok()) return posted;
+  RETURN_IF_ERROR(PostCounts(s));
   return DispatchHandle(std::move(state));
 }
 
@@ -514,10 +513,8 @@ absl::StatusOr<DispatchHandle> Dispatcher::Dispatch(const Tensor& x,
                                                     absl::Span<const int32_t> expert_slots,
                                                     absl::Span<const float> weights,
                                                     ExpertBatch* batch) {
-  absl::StatusOr<DispatchHandle> handle = Start(0, /*blocking=*/true, x, expert_slots, weights);
-  if (!handle.ok()) return handle.status();
-  absl::Status finished = FinishDispatch(*handle, batch);
-  if (!finished.ok()) return finished;
+  ASSIGN_OR_RETURN(DispatchHandle handle, Start(0, /*blocking=*/true, x, expert_slots, weights));
+  RETURN_IF_ERROR(FinishDispatch(handle, batch));
   return handle;
 }
 
@@ -534,8 +531,7 @@ absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* bat
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishDispatch: the handle is past its dispatch"));
   }
-  absl::StatusOr<bool> done = Advance(s, /*wait=*/true);
-  if (!done.ok()) return done.status();
+  RETURN_IF_ERROR(Advance(s, /*wait=*/true).status());
 
   // The records addressed to this rank, ordered by source rank: each source's records to
   // one destination travel one path and keep their order, so this order does not depend
@@ -654,8 +650,7 @@ absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishCombine needs a started combine"));
   }
-  absl::StatusOr<bool> done = Advance(s, /*wait=*/true);
-  if (!done.ok()) return done.status();
+  RETURN_IF_ERROR(Advance(s, /*wait=*/true).status());
 
   // out[t] sums its combine rows in origin order: destination ranks ascending.
   const int64_t d = options_.hidden;
@@ -673,8 +668,7 @@ absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
 }
 
 absl::Status Dispatcher::Combine(DispatchHandle& handle, const Tensor& y, Tensor* out) {
-  absl::Status started = BeginCombine(handle, /*blocking=*/true, y);
-  if (!started.ok()) return started;
+  RETURN_IF_ERROR(BeginCombine(handle, /*blocking=*/true, y));
   return FinishCombine(handle, out);
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/engram_hash.h"
+#include "core/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "rpc/status.h"
 
@@ -68,15 +69,14 @@ class RemoteFetch : public EngramRowFetch {
                               std::chrono::steady_clock::now() - start)
                               .count();
     client_->FinishFetchWait(stall, l.status.ok());
-    if (!l.status.ok()) return l.status;
+    RETURN_IF_ERROR(l.status);
     const EngramClient::Layer& layer = client_->layers_[index];
     const int64_t dim = layer.row_bytes / DTypeSize(layer.dtype);
     for (size_t i = 0; i < l.slot.size(); ++i) {
-      const absl::Status s =
+      RETURN_IF_ERROR(
           RowsToF32(layer.dtype,
                     reinterpret_cast<const uint8_t*>(l.bytes.data()) + l.slot[i] * layer.row_bytes,
-                    1, dim, out + i * dim);
-      if (!s.ok()) return s;
+                    1, dim, out + i * dim));
     }
     return absl::OkStatus();
   }
@@ -111,7 +111,7 @@ absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Create(const ModelCo
     return absl::InvalidArgumentError("the model config has no Engram layers");
   }
   ShardPlan plan{static_cast<int>(options.servers.size()), options.replication};
-  if (absl::Status s = plan.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(plan.Validate());
   if (options.max_batch_rows < 1) {
     return absl::InvalidArgumentError("Engram client: max_batch_rows must be ≥ 1");
   }
@@ -126,7 +126,7 @@ absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Create(const ModelCo
         grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
     client->stubs_.push_back(v1::EngramStore::NewStub(client->channels_.back()));
   }
-  if (absl::Status s = client->Handshake(); !s.ok()) return s;
+  RETURN_IF_ERROR(client->Handshake());
   return client;
 }
 

@@ -14,6 +14,7 @@
 #include "core/checkpoint_layout.h"
 #include "core/engram_hash.h"
 #include "core/engram_rows.h"
+#include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4::engram {
@@ -58,44 +59,41 @@ bool TableShards::Table::Holds(int64_t row) const {
 
 absl::StatusOr<std::unique_ptr<TableShards>> TableShards::Load(const std::string& dir,
                                                                const TableShardOptions& options) {
-  if (absl::Status s = options.plan.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(options.plan.Validate());
   if (options.server_index < 0 || options.server_index >= options.plan.num_servers) {
     return absl::InvalidArgumentError(absl::StrCat("Engram store: server index ",
                                                    options.server_index, " outside [0, ",
                                                    options.plan.num_servers, ")"));
   }
-  absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(dir);
-  if (!config.ok()) return config.status();
-  if (!config->engram.enabled()) {
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfigFromDir(dir));
+  if (!config.engram.enabled()) {
     return absl::FailedPreconditionError(
         absl::StrCat(dir, "/config.json has no Engram layers (engram_layer_ids)"));
   }
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
-  if (!ckpt.ok()) return ckpt.status();
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
 
   auto shards = std::unique_ptr<TableShards>(new TableShards());
   shards->options_ = options;
-  const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config->engram);
+  const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config.engram);
   for (size_t i = 0; i < sizes.size(); ++i) {
     Table t;
-    t.layer = config->engram.layer_ids[i];
+    t.layer = config.engram.layer_ids[i];
     t.name = EngramTableName(t.layer);
     for (int64_t p : sizes[i]) t.rows += p;
-    absl::StatusOr<const TensorView*> view = (*ckpt)->Get(t.name);
-    if (!view.ok()) return view.status();
-    const Shape expected = {t.rows, config->engram.head_dim};
-    if ((*view)->shape != expected) {
+    ASSIGN_OR_RETURN(const TensorView* view, ckpt->Get(t.name));
+    const Shape expected = {t.rows, config.engram.head_dim};
+    if (view->shape != expected) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "checkpoint ", dir, ": Engram table ", t.name, " has shape ",
-          ShapeToString((*view)->shape), ", but config.json implies ", ShapeToString(expected),
+          "checkpoint ", dir, ": Engram table ", t.name, " has shape ", ShapeToString(view->shape),
+          ", but config.json implies ", ShapeToString(expected),
           " (engram_vocab_size, engram_n_heads, engram_max_ngram_size, engram_head_dim)"));
     }
-    if (absl::Status s = CheckRowDType((*view)->dtype); !s.ok()) {
+    if (absl::Status s = CheckRowDType(view->dtype); !s.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(t.name, ": ", s.message()));
     }
-    t.dtype = (*view)->dtype;
-    t.row_bytes = config->engram.head_dim * DTypeSize(t.dtype);
-    t.data = (*view)->data;
+    t.dtype = view->dtype;
+    t.row_bytes = config.engram.head_dim * DTypeSize(t.dtype);
+    t.data = view->data;
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (int s : options.plan.ShardsOf(options.server_index)) {
       ranges.push_back(options.plan.ShardRows(t.rows, s));
@@ -103,13 +101,13 @@ absl::StatusOr<std::unique_ptr<TableShards>> TableShards::Load(const std::string
     t.held = Merge(std::move(ranges));
     shards->tables_.push_back(std::move(t));
   }
-  shards->checkpoint_ = std::move(*ckpt);
+  shards->checkpoint_ = std::move(ckpt);
   if (options.verify_checksums) {
-    if (absl::Status s = shards->VerifyChecksums(dir); !s.ok()) return s;
+    RETURN_IF_ERROR(shards->VerifyChecksums(dir));
   }
   if (options.mlock) {
     for (const Table& t : shards->tables_) {
-      if (absl::Status s = Lock(t); !s.ok()) return s;
+      RETURN_IF_ERROR(Lock(t));
     }
   }
   return shards;

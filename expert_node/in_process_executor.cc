@@ -4,15 +4,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 
 absl::StatusOr<std::unique_ptr<InProcessExecutor>> InProcessExecutor::Load(
     const ModelConfig& config, Checkpoint* checkpoint, bool include_mtp) {
-  absl::StatusOr<std::unique_ptr<RoutedExperts>> experts = RoutedExperts::Load(
-      config, checkpoint, [](int, int) { return true; }, include_mtp);
-  if (!experts.ok()) return experts.status();
-  return std::unique_ptr<InProcessExecutor>(new InProcessExecutor(std::move(*experts)));
+  ASSIGN_OR_RETURN(std::unique_ptr<RoutedExperts> experts,
+                   RoutedExperts::Load(
+                       config, checkpoint, [](int, int) { return true; }, include_mtp));
+  return std::unique_ptr<InProcessExecutor>(new InProcessExecutor(std::move(experts)));
 }
 
 absl::Status InProcessExecutor::Run(int layer, const Tensor& x,

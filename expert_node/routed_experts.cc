@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/weight_loader.h"
 
 namespace dsv4 {
@@ -22,11 +23,10 @@ absl::StatusOr<std::unique_ptr<RoutedExperts>> RoutedExperts::Load(const ModelCo
                                                   : absl::StrCat("mtp.", layer - main_layers);
     for (int e = 0; e < config.n_routed_experts; ++e) {
       if (!select(layer, e)) continue;
-      absl::StatusOr<SwigluWeights> w =
-          LoadSwiglu(loader, absl::StrCat(block, ".ffn.experts.", e), config.hidden_size,
-                     config.moe_intermediate_size);
-      if (!w.ok()) return w.status();
-      experts->experts_.emplace(std::make_pair(layer, e), std::move(*w));
+      ASSIGN_OR_RETURN(SwigluWeights w,
+                       LoadSwiglu(loader, absl::StrCat(block, ".ffn.experts.", e),
+                                  config.hidden_size, config.moe_intermediate_size));
+      experts->experts_.emplace(std::make_pair(layer, e), std::move(w));
     }
   }
   experts->weight_bytes_ = loader.bytes();

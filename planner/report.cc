@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/status_macros.h"
 
 namespace dsv4::planner {
 namespace {
@@ -522,11 +523,10 @@ absl::StatusOr<std::vector<std::string>> WriteClusterConfigs(const PlanResult& r
   std::vector<std::string> written;
   for (const auto& [phase, out] :
        {std::pair{Phase::kDecode, fs::path(path)}, std::pair{Phase::kPrefill, prefill_path}}) {
-    absl::StatusOr<std::string> yaml =
-        UnitClusterYaml(result, plan, phase, config, cluster, workload, out.string());
-    if (!yaml.ok()) return yaml.status();
+    ASSIGN_OR_RETURN(std::string yaml,
+                     UnitClusterYaml(result, plan, phase, config, cluster, workload, out.string()));
     std::ofstream file(out);
-    file << *yaml;
+    file << yaml;
     file.close();
     if (!file) return absl::InternalError(absl::StrCat("cannot write ", out.string()));
     absl::StatusOr<ClusterConfig> loaded = LoadClusterConfig(out.string());

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/status_macros.h"
 #include "core/yaml_reader.h"
 
 namespace dsv4::planner {
@@ -178,7 +179,7 @@ absl::StatusOr<Workload> Parse(YamlReader& reader) {
   const YamlMap slo = root.Map("slo", {"ttft_ms", "tpot_ms"});
   if (slo.Has("ttft_ms")) w.slo_ttft = slo.Number("ttft_ms", NumberRule::kPositive) / 1e3;
   if (slo.Has("tpot_ms")) w.slo_tpot = slo.Number("tpot_ms", NumberRule::kPositive) / 1e3;
-  if (!reader.ok()) return reader.status();
+  RETURN_IF_ERROR(reader.status());
   return w;
 }
 
@@ -225,7 +226,7 @@ absl::StatusOr<Workload> ParseWorkload(const std::string& yaml_text, const std::
 
 absl::StatusOr<Workload> LoadWorkload(const std::string& path) {
   YamlReader reader = YamlReader::FromFile(path);
-  if (!reader.ok()) return reader.status();
+  RETURN_IF_ERROR(reader.status());
   try {
     return Parse(reader);
   } catch (const YAML::Exception& e) {
