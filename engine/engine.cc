@@ -33,7 +33,6 @@ namespace dsv4 {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-static_assert(std::is_trivially_copyable_v<StepCost>, "StepCost is gathered as bytes");
 
 }  // namespace
 
