@@ -11,9 +11,9 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "cli/coordinator_client.h"
+#include "core/units.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/inference.grpc.pb.h"
-#include "core/units.h"
 
 namespace dsv4::cli {
 namespace {

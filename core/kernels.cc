@@ -115,9 +115,9 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   const int64_t a_cols = trans_a ? m : k;
   const int64_t b_cols = trans_b ? k : n;
   DSV4_CHECK(lda >= std::max<int64_t>(1, a_cols) && FitsBlasInt(lda), "lda=", lda,
-               " for a stored A with ", a_cols, " columns");
+             " for a stored A with ", a_cols, " columns");
   DSV4_CHECK(ldb >= std::max<int64_t>(1, b_cols) && FitsBlasInt(ldb), "ldb=", ldb,
-               " for a stored B with ", b_cols, " columns");
+             " for a stored B with ", b_cols, " columns");
   DSV4_CHECK(ldc >= std::max<int64_t>(1, n) && FitsBlasInt(ldc), "ldc=", ldc, " for n=", n);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // BLAS would leave C untouched or scaled; spell out C = beta·C
@@ -168,7 +168,7 @@ void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t ou
 Tensor Linear(const Tensor& x, const Tensor& w) {
   DSV4_CHECK(w.rank() == 2, "weight shape ", ShapeToString(w.shape()));
   DSV4_CHECK(x.rank() >= 1 && x.dim(-1) == w.dim(1), "x ", ShapeToString(x.shape()),
-               " does not match weight ", ShapeToString(w.shape()));
+             " does not match weight ", ShapeToString(w.shape()));
   const Tensor xc = x.Contiguous();
   const Tensor wc = w.Contiguous();
   Shape out_shape = x.shape();
@@ -254,8 +254,7 @@ Rope::Rope(const RopeParams& params) : params_(params) {
   const bool yarn = params.original_seq_len > 0;
   if (yarn) {
     DSV4_CHECK(params.factor > 0.0 && params.beta_fast > 0.0 && params.beta_slow > 0.0,
-                 "YaRN factor ", params.factor, ", betas ", params.beta_fast, "/",
-                 params.beta_slow);
+               "YaRN factor ", params.factor, ", betas ", params.beta_fast, "/", params.beta_slow);
   }
   // Every step is rounded as the reference's fp32 tensor ops round it: exponent 2i/r in fp32,
   // base^e in fp32, then the reciprocal.

@@ -24,8 +24,7 @@ Shape PackedStrides(const Shape& shape) {
 
 int NormalizeAxis(int axis, int rank) {
   const int normalized = axis < 0 ? axis + rank : axis;
-  DSV4_CHECK(normalized >= 0 && normalized < rank, "axis ", axis, " out of range for rank ",
-               rank);
+  DSV4_CHECK(normalized >= 0 && normalized < rank, "axis ", axis, " out of range for rank ", rank);
   return normalized;
 }
 
@@ -63,7 +62,7 @@ Tensor::Tensor(Shape shape, float fill) : shape_(std::move(shape)) {
 Tensor Tensor::FromVector(Shape shape, std::vector<float> values) {
   CheckShape(shape);
   DSV4_CHECK(NumElements(shape) == static_cast<int64_t>(values.size()), "shape ",
-               ShapeToString(shape), " needs ", NumElements(shape), " values, got ", values.size());
+             ShapeToString(shape), " needs ", NumElements(shape), " values, got ", values.size());
   Tensor t;
   t.shape_ = std::move(shape);
   t.strides_ = PackedStrides(t.shape_);
@@ -97,12 +96,12 @@ float Tensor::at(std::initializer_list<int64_t> index) const {
 int64_t Tensor::ElementOffset(std::initializer_list<int64_t> index) const {
   DSV4_CHECK(!empty(), "at() on an empty tensor");
   DSV4_CHECK(static_cast<int>(index.size()) == rank(), "index has ", index.size(),
-               " entries for a tensor of shape ", ShapeToString(shape_));
+             " entries for a tensor of shape ", ShapeToString(shape_));
   int64_t pos = offset_;
   int axis = 0;
   for (int64_t i : index) {
     DSV4_CHECK(i >= 0 && i < shape_[axis], "index ", i, " out of range on axis ", axis,
-                 " of shape ", ShapeToString(shape_));
+               " of shape ", ShapeToString(shape_));
     pos += i * strides_[axis];
     ++axis;
   }
@@ -110,8 +109,8 @@ int64_t Tensor::ElementOffset(std::initializer_list<int64_t> index) const {
 }
 
 Tensor Tensor::Reshape(Shape shape) const {
-  DSV4_CHECK(is_contiguous(), "Reshape of a non-contiguous tensor of shape ",
-               ShapeToString(shape_), "; call Contiguous() first");
+  DSV4_CHECK(is_contiguous(), "Reshape of a non-contiguous tensor of shape ", ShapeToString(shape_),
+             "; call Contiguous() first");
   int inferred = -1;
   int64_t known = 1;
   for (int i = 0; i < static_cast<int>(shape.size()); ++i) {
@@ -124,12 +123,12 @@ Tensor Tensor::Reshape(Shape shape) const {
     }
   }
   if (inferred >= 0) {
-    DSV4_CHECK(known > 0 && numel() % known == 0, "cannot reshape ", ShapeToString(shape_),
-                 " to ", ShapeToString(shape));
+    DSV4_CHECK(known > 0 && numel() % known == 0, "cannot reshape ", ShapeToString(shape_), " to ",
+               ShapeToString(shape));
     shape[inferred] = numel() / known;
   }
   DSV4_CHECK(NumElements(shape) == numel(), "cannot reshape ", ShapeToString(shape_), " to ",
-               ShapeToString(shape));
+             ShapeToString(shape));
   Tensor t = *this;
   t.shape_ = std::move(shape);
   t.strides_ = PackedStrides(t.shape_);
@@ -139,7 +138,7 @@ Tensor Tensor::Reshape(Shape shape) const {
 Tensor Tensor::Slice(int axis, int64_t begin, int64_t end) const {
   const int a = NormalizeAxis(axis, rank());
   DSV4_CHECK(0 <= begin && begin <= end && end <= shape_[a], "slice [", begin, ", ", end,
-               ") out of range on axis ", axis, " of shape ", ShapeToString(shape_));
+             ") out of range on axis ", axis, " of shape ", ShapeToString(shape_));
   Tensor t = *this;
   t.offset_ += begin * strides_[a];
   t.shape_[a] = end - begin;
@@ -149,7 +148,7 @@ Tensor Tensor::Slice(int axis, int64_t begin, int64_t end) const {
 Tensor Tensor::Select(int axis, int64_t index) const {
   const int a = NormalizeAxis(axis, rank());
   DSV4_CHECK(0 <= index && index < shape_[a], "index ", index, " out of range on axis ", axis,
-               " of shape ", ShapeToString(shape_));
+             " of shape ", ShapeToString(shape_));
   Tensor t = *this;
   t.offset_ += index * strides_[a];
   t.shape_.erase(t.shape_.begin() + a);
