@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "attention_node/model.h"
+#include "core/check.h"
 #include "core/kernels.h"
 #include "core/npy.h"
 #include "core/safetensors.h"
@@ -311,6 +312,7 @@ void Engine::ReduceLoad(std::vector<int64_t>* load, double* engram_stall_ms) {
 }
 
 absl::Status Engine::Serve(ControlClient* control, absl::Duration max_step) {
+  DSV4_CHECK(rank_ != 0 || control != nullptr, "rank 0 serves through a control stream");
   StartAttention(/*keep_logits=*/false);
   std::unique_ptr<ServingLeader> leader;
   if (rank_ == 0) {
