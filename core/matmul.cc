@@ -131,12 +131,20 @@ HWY_INLINE VF DecodeFp4(DF df, const uint8_t* p) {
 // Load(j, k0): W[row j of the tile][k0 .. k0+L), k0 + L ≤ K.
 // Tail(j, k0): W[row j][k0 .. K) padded with +0 to L lanes, K - k0 < L.
 
-// Dequantises straight from the released bytes.
-template <WeightFormat kFormat>
+// Whether one scale covers each whole vector step and its index is a shift of k: the scale
+// block width is a power of two and a multiple of L (32 and 128 are, up to 512-bit
+// vectors). Other widths decode per element (correct, slow).
+inline bool VectorScales(const WeightMatrix& w) {
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
+  return w.block_cols > 0 && (w.block_cols & (w.block_cols - 1)) == 0 && w.block_cols % lanes == 0;
+}
+
+// Dequantises straight from the released bytes (kVectorScales as VectorScales(w)). Nothing
+// in Load calls out of line: a call in the k loop would spill the accumulators.
+template <WeightFormat kFormat, bool kVectorScales>
 class DirectSource {
  public:
   DirectSource(const WeightMatrix& w, int64_t n0, int rows) : w_(w), n0_(n0) {
-    const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
     const int64_t row_bytes = w.row_bytes();
     for (int j = 0; j < rows; ++j) row_[j] = w.data + (n0 + j) * row_bytes;
     if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
@@ -144,13 +152,9 @@ class DirectSource {
       for (int j = 0; j < rows; ++j) {
         scale_row_[j] = w.scales + ((n0 + j) / w.block_rows) * scale_cols;
       }
-      // The fast path takes one scale per vector step.
-      vector_scales_ = w.block_cols % lanes == 0;
-      if ((w.block_cols & (w.block_cols - 1)) == 0) {
-        while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
-      } else {
-        block_shift_ = -1;
-      }
+      DSV4_CHECK(kVectorScales == VectorScales(w));
+      while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
+      scale_table_ = E8M0Table().data();
     }
   }
 
@@ -161,9 +165,10 @@ class DirectSource {
     } else if constexpr (kFormat == WeightFormat::kBF16) {
       return DecodeBf16(df, row_[j] + 2 * k0);
     } else {
-      if (!vector_scales_) return Scalar(j, k0, k0 + static_cast<int64_t>(hn::Lanes(df)));
-      const int64_t block = block_shift_ >= 0 ? (k0 >> block_shift_) : (k0 / w_.block_cols);
-      const VF scale = hn::Set(df, E8M0Table()[scale_row_[j][block]]);
+      if constexpr (!kVectorScales) {
+        return Scalar(j, k0, k0 + static_cast<int64_t>(hn::Lanes(df)));
+      }
+      const VF scale = hn::Set(df, scale_table_[scale_row_[j][k0 >> block_shift_]]);
       if constexpr (kFormat == WeightFormat::kFp8) {
         return hn::Mul(DecodeE4M3(df, row_[j] + k0), scale);
       } else {
@@ -191,7 +196,7 @@ class DirectSource {
   const int64_t n0_;
   const uint8_t* row_[kTileCols] = {};
   const uint8_t* scale_row_[kTileCols] = {};
-  bool vector_scales_ = true;
+  const float* scale_table_ = nullptr;
   int block_shift_ = 0;
 };
 
@@ -209,35 +214,74 @@ class PanelSource {
 
 // ---- The micro-kernel: y[i][j] for ROWS rows of x and COLS rows of the source, in the
 // canonical order of core/matmul.h. ----
+// One k step of one row: c_j += xv · w_j for the tile's COLS columns.
+template <int COLS>
+HWY_INLINE void RowStep(VF xv, VF w0, VF w1, VF w2, VF w3, VF& c0, VF& c1, VF& c2, VF& c3) {
+  c0 = hn::MulAdd(xv, w0, c0);
+  if constexpr (COLS > 1) c1 = hn::MulAdd(xv, w1, c1);
+  if constexpr (COLS > 2) c2 = hn::MulAdd(xv, w2, c2);
+  if constexpr (COLS > 3) c3 = hn::MulAdd(xv, w3, c3);
+}
+
+template <int COLS>
+HWY_INLINE void StoreRow(float* y, VF c0, VF c1, VF c2, VF c3) {
+  const DF df;
+  y[0] = hn::GetLane(hn::SumOfLanes(df, c0));
+  if constexpr (COLS > 1) y[1] = hn::GetLane(hn::SumOfLanes(df, c1));
+  if constexpr (COLS > 2) y[2] = hn::GetLane(hn::SumOfLanes(df, c2));
+  if constexpr (COLS > 3) y[3] = hn::GetLane(hn::SumOfLanes(df, c3));
+}
+
+// The accumulators are named variables (not arrays) and nothing is called while they are
+// live, so they stay in registers: the partial last step's operands are staged before the
+// loop.
 template <int ROWS, int COLS, class Source>
 HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, float* HWY_RESTRICT y,
                      int64_t ldy) {
+  static_assert(ROWS >= 1 && ROWS <= 4 && COLS >= 1 && COLS <= 4);
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  VF acc[ROWS][COLS];
-  for (int i = 0; i < ROWS; ++i)
-    for (int j = 0; j < COLS; ++j) acc[i][j] = hn::Zero(df);
-  int64_t k0 = 0;
-  for (; k0 + lanes <= k; k0 += lanes) {
-    VF wv[COLS];
-    for (int j = 0; j < COLS; ++j) wv[j] = w.Load(j, k0);
+  const int64_t k_full = k / lanes * lanes;
+  HWY_ALIGN float x_tail[ROWS][kMaxLanes];
+  HWY_ALIGN float w_tail[COLS][kMaxLanes];
+  if (k_full < k) {
     for (int i = 0; i < ROWS; ++i) {
-      const VF xv = hn::LoadU(df, x + i * k + k0);
-      for (int j = 0; j < COLS; ++j) acc[i][j] = hn::MulAdd(xv, wv[j], acc[i][j]);
+      std::memset(x_tail[i], 0, sizeof(x_tail[i]));
+      std::memcpy(x_tail[i], x + i * k + k_full, static_cast<size_t>(k - k_full) * sizeof(float));
     }
+    for (int j = 0; j < COLS; ++j) hn::Store(w.Tail(j, k_full), df, w_tail[j]);
   }
-  if (k0 < k) {
-    VF wv[COLS];
-    for (int j = 0; j < COLS; ++j) wv[j] = w.Tail(j, k0);
-    for (int i = 0; i < ROWS; ++i) {
-      HWY_ALIGN float buf[kMaxLanes] = {};
-      std::memcpy(buf, x + i * k + k0, static_cast<size_t>(k - k0) * sizeof(float));
-      const VF xv = hn::Load(df, buf);
-      for (int j = 0; j < COLS; ++j) acc[i][j] = hn::MulAdd(xv, wv[j], acc[i][j]);
-    }
+  VF c00 = hn::Zero(df), c01 = c00, c02 = c00, c03 = c00;
+  VF c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+  VF c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+  VF c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+  const auto step = [&](VF w0, VF w1, VF w2, VF w3, const float* x0, const float* x1,
+                        const float* x2, const float* x3) HWY_ATTR {
+    RowStep<COLS>(hn::LoadU(df, x0), w0, w1, w2, w3, c00, c01, c02, c03);
+    if constexpr (ROWS > 1) RowStep<COLS>(hn::LoadU(df, x1), w0, w1, w2, w3, c10, c11, c12, c13);
+    if constexpr (ROWS > 2) RowStep<COLS>(hn::LoadU(df, x2), w0, w1, w2, w3, c20, c21, c22, c23);
+    if constexpr (ROWS > 3) RowStep<COLS>(hn::LoadU(df, x3), w0, w1, w2, w3, c30, c31, c32, c33);
+  };
+  const int64_t r1 = ROWS > 1 ? k : 0, r2 = ROWS > 2 ? 2 * k : 0, r3 = ROWS > 3 ? 3 * k : 0;
+  for (int64_t k0 = 0; k0 < k_full; k0 += lanes) {
+    const VF w0 = w.Load(0, k0);
+    const VF w1 = COLS > 1 ? w.Load(1, k0) : w0;
+    const VF w2 = COLS > 2 ? w.Load(2, k0) : w0;
+    const VF w3 = COLS > 3 ? w.Load(3, k0) : w0;
+    step(w0, w1, w2, w3, x + k0, x + r1 + k0, x + r2 + k0, x + r3 + k0);
   }
-  for (int i = 0; i < ROWS; ++i)
-    for (int j = 0; j < COLS; ++j) y[i * ldy + j] = hn::GetLane(hn::SumOfLanes(df, acc[i][j]));
+  if (k_full < k) {
+    const VF w0 = hn::Load(df, w_tail[0]);
+    const VF w1 = hn::Load(df, w_tail[COLS > 1 ? 1 : 0]);
+    const VF w2 = hn::Load(df, w_tail[COLS > 2 ? 2 : 0]);
+    const VF w3 = hn::Load(df, w_tail[COLS > 3 ? 3 : 0]);
+    step(w0, w1, w2, w3, x_tail[0], x_tail[ROWS > 1 ? 1 : 0], x_tail[ROWS > 2 ? 2 : 0],
+         x_tail[ROWS > 3 ? 3 : 0]);
+  }
+  StoreRow<COLS>(y, c00, c01, c02, c03);
+  if constexpr (ROWS > 1) StoreRow<COLS>(y + ldy, c10, c11, c12, c13);
+  if constexpr (ROWS > 2) StoreRow<COLS>(y + 2 * ldy, c20, c21, c22, c23);
+  if constexpr (ROWS > 3) StoreRow<COLS>(y + 3 * ldy, c30, c31, c32, c33);
 }
 
 // Runs Tile with run-time tile sizes (1..kTileRows × 1..kTileCols).
@@ -274,12 +318,12 @@ HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t k, const S
 }
 
 // Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
-template <WeightFormat kFormat>
+template <WeightFormat kFormat, bool kVectorScales>
 void RunDirect(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const int64_t n_total = w.rows, k = w.cols;
   for (int64_t n0 = 0; n0 < n_total; n0 += kTileCols) {
     const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_total - n0));
-    const DirectSource<kFormat> source(w, n0, cols);
+    const DirectSource<kFormat, kVectorScales> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
       AnyTile(rows, cols, x + i0 * k, k, source, y + i0 * n_total + n0, n_total);
@@ -288,7 +332,7 @@ void RunDirect(const float* x, int64_t m, const WeightMatrix& w, float* y) {
 }
 
 // Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
-template <WeightFormat kFormat>
+template <WeightFormat kFormat, bool kVectorScales>
 void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
@@ -301,7 +345,7 @@ void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   for (int64_t n0 = 0; n0 < n_total; n0 += panel_rows) {
     const int64_t rows_here = std::min(panel_rows, n_total - n0);
     for (int64_t j = 0; j < rows_here; ++j) {
-      const DirectSource<kFormat> source(w, n0 + j, 1);
+      const DirectSource<kFormat, kVectorScales> source(w, n0 + j, 1);
       float* dst = panel.get() + j * stride;
       int64_t k0 = 0;
       for (; k0 + lanes <= k; k0 += lanes) hn::Store(source.Load(0, k0), df, dst + k0);
@@ -318,13 +362,22 @@ void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   }
 }
 
-template <WeightFormat kFormat>
+template <WeightFormat kFormat, bool kVectorScales>
 void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
   const bool direct = path == MatMulPath::kDirect || (path == MatMulPath::kAuto && m <= kTileRows);
   if (direct) {
-    RunDirect<kFormat>(x, m, w, y);
+    RunDirect<kFormat, kVectorScales>(x, m, w, y);
   } else {
-    RunPanel<kFormat>(x, m, w, y);
+    RunPanel<kFormat, kVectorScales>(x, m, w, y);
+  }
+}
+
+template <WeightFormat kFormat>
+void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  if (kFormat == WeightFormat::kF32 || kFormat == WeightFormat::kBF16 || VectorScales(w)) {
+    Run<kFormat, true>(x, m, w, y, path);
+  } else {
+    Run<kFormat, false>(x, m, w, y, path);
   }
 }
 
