@@ -17,6 +17,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 #ifndef DSV4_CORE_MATMUL_ONCE_
@@ -121,6 +122,14 @@ HWY_INLINE VF DecodeFp4(DF df, const uint8_t* p) {
   const auto spread = hn::Or(hn::And(b16, hn::Set(d16h, uint16_t{0x0F})),
                              hn::ShiftLeft<4>(hn::And(b16, hn::Set(d16h, uint16_t{0xF0}))));
   const auto n = hn::PromoteTo(du, hn::BitCast(d8, spread));
+  if constexpr (hn::MaxLanes(DF()) == 16) {
+    // The 16 values fill one vector: a single lane permutation decodes.
+    HWY_ALIGN static constexpr float kValues[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
+                                                    4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
+                                                    -2.0f, -3.0f, -4.0f, -6.0f};
+    const hn::RebindToSigned<DF> di;
+    return hn::TableLookupLanes(hn::Load(df, kValues), hn::IndicesFromVec(df, hn::BitCast(di, n)));
+  }
   const auto sign = hn::ShiftLeft<28>(hn::And(n, hn::Set(du, 0x8u)));
   const auto mag = hn::ShiftLeft<22>(hn::And(n, hn::Set(du, 0x7u)));
   return hn::Mul(hn::BitCast(df, hn::Or(mag, sign)), hn::Set(df, 0x1p126f));
@@ -146,7 +155,12 @@ class DirectSource {
  public:
   DirectSource(const WeightMatrix& w, int64_t n0, int rows) : w_(w), n0_(n0) {
     const int64_t row_bytes = w.row_bytes();
-    for (int j = 0; j < rows; ++j) row_[j] = w.data + (n0 + j) * row_bytes;
+    for (int j = 0; j < rows; ++j) {
+      row_[j] = w.data + (n0 + j) * row_bytes;
+      // The same row of the next group: prefetched a group ahead, since rows of a few KiB
+      // each start a new page that the hardware prefetcher would ramp up on again.
+      next_row_[j] = n0 + rows + j < w.rows ? row_[j] + rows * row_bytes : row_[j];
+    }
     if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
       const int64_t scale_cols = w.scale_cols();
       for (int j = 0; j < rows; ++j) {
@@ -161,10 +175,13 @@ class DirectSource {
   HWY_INLINE VF Load(int j, int64_t k0) const {
     const DF df;
     if constexpr (kFormat == WeightFormat::kF32) {
+      PrefetchNext(j, 4 * k0);
       return hn::LoadU(df, reinterpret_cast<const float*>(row_[j]) + k0);
     } else if constexpr (kFormat == WeightFormat::kBF16) {
+      PrefetchNext(j, 2 * k0);
       return DecodeBf16(df, row_[j] + 2 * k0);
     } else {
+      PrefetchNext(j, kFormat == WeightFormat::kFp8 ? k0 : k0 / 2);
       if constexpr (!kVectorScales) {
         return Scalar(j, k0, k0 + static_cast<int64_t>(hn::Lanes(df)));
       }
@@ -184,6 +201,12 @@ class DirectSource {
   HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
 
  private:
+  // Once per 64-byte line of the row (a predictable branch is cheaper than a prefetch per
+  // vector).
+  HWY_INLINE void PrefetchNext(int j, int64_t byte_offset) const {
+    if ((byte_offset & 63) == 0) hwy::Prefetch(next_row_[j] + byte_offset);
+  }
+
   // Elements k0 .. k1 (k1 - k0 ≤ L) decoded one by one, padded with +0.
   HWY_NOINLINE VF Scalar(int j, int64_t k0, int64_t k1) const {
     const DF df;
@@ -195,6 +218,7 @@ class DirectSource {
   const WeightMatrix& w_;
   const int64_t n0_;
   const uint8_t* row_[kTileCols] = {};
+  const uint8_t* next_row_[kTileCols] = {};
   const uint8_t* scale_row_[kTileCols] = {};
   const float* scale_table_ = nullptr;
   int block_shift_ = 0;
