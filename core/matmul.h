@@ -21,6 +21,9 @@
 //   then a 4×4 register-blocked micro-kernel runs over the rows.
 // Work is partitioned by output columns n: a later thread split over N does not change any
 // output. Results do depend on the dispatched target (vector width, FMA or not).
+//
+// Speed: the vector decoders need a scale block width that is a power of two and a
+// multiple of L (32 and 128 are); other FP8 block widths are exact but decode per element.
 #ifndef DSV4_CORE_MATMUL_H_
 #define DSV4_CORE_MATMUL_H_
 

@@ -122,9 +122,13 @@ struct FormatCase {
 
 const std::vector<FormatCase>& Formats() {
   static const std::vector<FormatCase> formats = {
-      {WeightFormat::kF32, 0, "F32"},           {WeightFormat::kBF16, 0, "BF16"},
-      {WeightFormat::kFp8, 128, "FP8_128x128"}, {WeightFormat::kFp8, 32, "FP8_32x32"},
+      {WeightFormat::kF32, 0, "F32"},
+      {WeightFormat::kBF16, 0, "BF16"},
+      {WeightFormat::kFp8, 128, "FP8_128x128"},
+      {WeightFormat::kFp8, 32, "FP8_32x32"},
       {WeightFormat::kFp4, 32, "FP4_1x32"},
+      // Not a power of two: the per-element decoding path.
+      {WeightFormat::kFp8, 24, "FP8_24x24"},
   };
   return formats;
 }
