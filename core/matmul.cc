@@ -1,0 +1,443 @@
+// Highway kernels for MatMul (core/matmul.h): compiled once per target by foreach_target.h,
+// dispatched at run time with HWY_DYNAMIC_DISPATCH.
+#include "core/matmul.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "core/check.h"
+#include "core/dtype.h"
+#include "core/weight_matrix.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "core/matmul.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+
+#ifndef DSV4_CORE_MATMUL_ONCE_
+#define DSV4_CORE_MATMUL_ONCE_
+namespace dsv4 {
+namespace matmul_internal {
+
+// Rows per pass of the direct regime and the micro-kernel's tile (rows × outputs).
+constexpr int kTileRows = 4;
+constexpr int kTileCols = 4;
+// fp32 scratch for one dequantised panel of W: 256 KiB, well inside L2.
+constexpr int64_t kPanelFloats = 64 * 1024;
+
+// E8M0 code → fp32 (2^(code-127), 255 NaN), decoded once.
+inline const std::array<float, 256>& E8M0Table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[c] = E8M0ToFloat(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+
+// W[n][k] decoded one element at a time with core/dtype.h (used for the partial last step
+// and scale blocks that are not a multiple of the vector width). Exact, like the vector
+// decoders, so either gives the same bits.
+inline float DecodeElement(const WeightMatrix& w, int64_t n, int64_t k) {
+  const uint8_t* row = w.data + n * w.row_bytes();
+  switch (w.format) {
+    case WeightFormat::kF32: {
+      float v;
+      std::memcpy(&v, row + 4 * k, 4);
+      return v;
+    }
+    case WeightFormat::kBF16: {
+      uint16_t bits;
+      std::memcpy(&bits, row + 2 * k, 2);
+      return Bf16ToFloat(bits);
+    }
+    case WeightFormat::kFp8:
+      return E4M3ToFloat(row[k]) *
+             E8M0Table()[w.scales[(n / w.block_rows) * w.scale_cols() + k / w.block_cols]];
+    case WeightFormat::kFp4:
+      return Fp4PackedElement(row, k) * E8M0Table()[w.scales[n * w.scale_cols() + k / 32]];
+  }
+  return 0.0f;
+}
+
+}  // namespace matmul_internal
+}  // namespace dsv4
+#endif  // DSV4_CORE_MATMUL_ONCE_
+
+HWY_BEFORE_NAMESPACE();
+namespace dsv4 {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+using matmul_internal::DecodeElement;
+using matmul_internal::E8M0Table;
+using matmul_internal::kTileCols;
+using matmul_internal::kTileRows;
+
+constexpr size_t kMaxLanes = HWY_MAX_BYTES / sizeof(float);
+
+// ---- In-register decoders: L consecutive elements starting at p. ----
+
+HWY_INLINE VF DecodeBf16(DF df, const uint8_t* p) {
+  const hn::Rebind<uint16_t, DF> d16;
+  const hn::RebindToUnsigned<DF> du;
+  const auto bits = hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(p)));
+  return hn::BitCast(df, hn::ShiftLeft<16>(bits));
+}
+
+// E4M3 bits s eeee mmm: placing eeee mmm at float bits 20..26 gives 2^(e-127)·1.m (or the
+// subnormal 2^-126·0.m when e = 0); × 2^120 rescales to e4m3's bias 7 exactly. 0x7F/0xFF
+// are NaN.
+HWY_INLINE VF DecodeE4M3(DF df, const uint8_t* p) {
+  const hn::Rebind<uint8_t, DF> d8;
+  const hn::RebindToUnsigned<DF> du;
+  const auto b = hn::PromoteTo(du, hn::LoadU(d8, p));
+  const auto mag = hn::And(b, hn::Set(du, 0x7Fu));
+  const auto sign = hn::ShiftLeft<24>(hn::And(b, hn::Set(du, 0x80u)));
+  const VF v =
+      hn::Mul(hn::BitCast(df, hn::Or(hn::ShiftLeft<20>(mag), sign)), hn::Set(df, 0x1p120f));
+  const auto is_nan = hn::RebindMask(df, hn::Eq(mag, hn::Set(du, 0x7Fu)));
+  return hn::IfThenElse(is_nan, hn::Set(df, std::numeric_limits<float>::quiet_NaN()), v);
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// e2m1 bits s ee m: placing ee m at float bits 22..24 and scaling by 2^126 gives
+// {0, .5, 1, 1.5, 2, 3, 4, 6} exactly. p holds L/2 packed bytes (low nibble first).
+HWY_INLINE VF DecodeFp4(DF df, const uint8_t* p) {
+  const hn::Half<DF> dh;
+  const hn::Rebind<uint8_t, decltype(dh)> d8h;
+  const hn::Rebind<uint16_t, decltype(dh)> d16h;
+  const hn::Rebind<uint8_t, DF> d8;
+  const hn::RebindToUnsigned<DF> du;
+  const auto b16 = hn::PromoteTo(d16h, hn::LoadU(d8h, p));
+  // Each 16-bit lane becomes lo | hi << 8: as bytes, the nibbles in element order.
+  const auto spread = hn::Or(hn::And(b16, hn::Set(d16h, uint16_t{0x0F})),
+                             hn::ShiftLeft<4>(hn::And(b16, hn::Set(d16h, uint16_t{0xF0}))));
+  const auto n = hn::PromoteTo(du, hn::BitCast(d8, spread));
+  if constexpr (hn::MaxLanes(DF()) == 16) {
+    // The 16 values fill one vector: a single lane permutation decodes.
+    HWY_ALIGN static constexpr float kValues[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
+                                                    4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
+                                                    -2.0f, -3.0f, -4.0f, -6.0f};
+    const hn::RebindToSigned<DF> di;
+    return hn::TableLookupLanes(hn::Load(df, kValues), hn::IndicesFromVec(df, hn::BitCast(di, n)));
+  }
+  const auto sign = hn::ShiftLeft<28>(hn::And(n, hn::Set(du, 0x8u)));
+  const auto mag = hn::ShiftLeft<22>(hn::And(n, hn::Set(du, 0x7u)));
+  return hn::Mul(hn::BitCast(df, hn::Or(mag, sign)), hn::Set(df, 0x1p126f));
+}
+#endif
+
+// ---- Weight sources for the micro-kernel. ----
+// Load(j, k0): W[row j of the tile][k0 .. k0+L), k0 + L ≤ K.
+// Tail(j, k0): W[row j][k0 .. K) padded with +0 to L lanes, K - k0 < L.
+
+// Whether one scale covers each whole vector step and its index is a shift of k: the scale
+// block width is a power of two and a multiple of L (32 and 128 are, up to 512-bit
+// vectors). Other widths decode per element (correct, slow).
+inline bool VectorScales(const WeightMatrix& w) {
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
+  return w.block_cols > 0 && (w.block_cols & (w.block_cols - 1)) == 0 && w.block_cols % lanes == 0;
+}
+
+// Dequantises straight from the released bytes (kVectorScales as VectorScales(w)). Nothing
+// in Load calls out of line: a call in the k loop would spill the accumulators.
+template <WeightFormat kFormat, bool kVectorScales>
+class DirectSource {
+ public:
+  DirectSource(const WeightMatrix& w, int64_t n0, int rows) : w_(w), n0_(n0) {
+    const int64_t row_bytes = w.row_bytes();
+    for (int j = 0; j < rows; ++j) {
+      row_[j] = w.data + (n0 + j) * row_bytes;
+      // The same row of the next group: prefetched a group ahead, since rows of a few KiB
+      // each start a new page that the hardware prefetcher would ramp up on again.
+      next_row_[j] = n0 + rows + j < w.rows ? row_[j] + rows * row_bytes : row_[j];
+    }
+    if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
+      const int64_t scale_cols = w.scale_cols();
+      for (int j = 0; j < rows; ++j) {
+        scale_row_[j] = w.scales + ((n0 + j) / w.block_rows) * scale_cols;
+      }
+      DSV4_CHECK(kVectorScales == VectorScales(w));
+      while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
+      scale_table_ = E8M0Table().data();
+    }
+  }
+
+  HWY_INLINE VF Load(int j, int64_t k0) const {
+    const DF df;
+    if constexpr (kFormat == WeightFormat::kF32) {
+      PrefetchNext(j, 4 * k0);
+      return hn::LoadU(df, reinterpret_cast<const float*>(row_[j]) + k0);
+    } else if constexpr (kFormat == WeightFormat::kBF16) {
+      PrefetchNext(j, 2 * k0);
+      return DecodeBf16(df, row_[j] + 2 * k0);
+    } else {
+      PrefetchNext(j, kFormat == WeightFormat::kFp8 ? k0 : k0 / 2);
+      if constexpr (!kVectorScales) {
+        return Scalar(j, k0, k0 + static_cast<int64_t>(hn::Lanes(df)));
+      }
+      const VF scale = hn::Set(df, scale_table_[scale_row_[j][k0 >> block_shift_]]);
+      if constexpr (kFormat == WeightFormat::kFp8) {
+        return hn::Mul(DecodeE4M3(df, row_[j] + k0), scale);
+      } else {
+#if HWY_TARGET == HWY_SCALAR
+        return Scalar(j, k0, k0 + 1);
+#else
+        return hn::Mul(DecodeFp4(df, row_[j] + k0 / 2), scale);
+#endif
+      }
+    }
+  }
+
+  HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
+
+ private:
+  // Once per 64-byte line of the row (a predictable branch is cheaper than a prefetch per
+  // vector).
+  HWY_INLINE void PrefetchNext(int j, int64_t byte_offset) const {
+    if ((byte_offset & 63) == 0) hwy::Prefetch(next_row_[j] + byte_offset);
+  }
+
+  // Elements k0 .. k1 (k1 - k0 ≤ L) decoded one by one, padded with +0.
+  HWY_NOINLINE VF Scalar(int j, int64_t k0, int64_t k1) const {
+    const DF df;
+    HWY_ALIGN float buf[kMaxLanes] = {};
+    for (int64_t k = k0; k < k1; ++k) buf[k - k0] = DecodeElement(w_, n0_ + j, k);
+    return hn::Load(df, buf);
+  }
+
+  const WeightMatrix& w_;
+  const int64_t n0_;
+  const uint8_t* row_[kTileCols] = {};
+  const uint8_t* next_row_[kTileCols] = {};
+  const uint8_t* scale_row_[kTileCols] = {};
+  const float* scale_table_ = nullptr;
+  int block_shift_ = 0;
+};
+
+// Reads a dequantised fp32 panel: row j at panel + j * stride, padded with +0 to stride.
+class PanelSource {
+ public:
+  PanelSource(const float* panel, int64_t stride) : panel_(panel), stride_(stride) {}
+  HWY_INLINE VF Load(int j, int64_t k0) const { return hn::Load(DF(), panel_ + j * stride_ + k0); }
+  HWY_INLINE VF Tail(int j, int64_t k0) const { return Load(j, k0); }
+
+ private:
+  const float* panel_;
+  int64_t stride_;
+};
+
+// ---- The micro-kernel: y[i][j] for ROWS rows of x and COLS rows of the source, in the
+// canonical order of core/matmul.h. ----
+// One k step of one row: c_j += xv · w_j for the tile's COLS columns.
+template <int COLS>
+HWY_INLINE void RowStep(VF xv, VF w0, VF w1, VF w2, VF w3, VF& c0, VF& c1, VF& c2, VF& c3) {
+  c0 = hn::MulAdd(xv, w0, c0);
+  if constexpr (COLS > 1) c1 = hn::MulAdd(xv, w1, c1);
+  if constexpr (COLS > 2) c2 = hn::MulAdd(xv, w2, c2);
+  if constexpr (COLS > 3) c3 = hn::MulAdd(xv, w3, c3);
+}
+
+template <int COLS>
+HWY_INLINE void StoreRow(float* y, VF c0, VF c1, VF c2, VF c3) {
+  const DF df;
+  y[0] = hn::GetLane(hn::SumOfLanes(df, c0));
+  if constexpr (COLS > 1) y[1] = hn::GetLane(hn::SumOfLanes(df, c1));
+  if constexpr (COLS > 2) y[2] = hn::GetLane(hn::SumOfLanes(df, c2));
+  if constexpr (COLS > 3) y[3] = hn::GetLane(hn::SumOfLanes(df, c3));
+}
+
+// The accumulators are named variables (not arrays) and nothing is called while they are
+// live, so they stay in registers: the partial last step's operands are staged before the
+// loop.
+template <int ROWS, int COLS, class Source>
+HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, float* HWY_RESTRICT y,
+                     int64_t ldy) {
+  static_assert(ROWS >= 1 && ROWS <= 4 && COLS >= 1 && COLS <= 4);
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t k_full = k / lanes * lanes;
+  HWY_ALIGN float x_tail[ROWS][kMaxLanes];
+  HWY_ALIGN float w_tail[COLS][kMaxLanes];
+  if (k_full < k) {
+    for (int i = 0; i < ROWS; ++i) {
+      std::memset(x_tail[i], 0, sizeof(x_tail[i]));
+      std::memcpy(x_tail[i], x + i * k + k_full, static_cast<size_t>(k - k_full) * sizeof(float));
+    }
+    for (int j = 0; j < COLS; ++j) hn::Store(w.Tail(j, k_full), df, w_tail[j]);
+  }
+  VF c00 = hn::Zero(df), c01 = c00, c02 = c00, c03 = c00;
+  VF c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+  VF c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+  VF c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+  const auto step = [&](VF w0, VF w1, VF w2, VF w3, const float* x0, const float* x1,
+                        const float* x2, const float* x3) HWY_ATTR {
+    RowStep<COLS>(hn::LoadU(df, x0), w0, w1, w2, w3, c00, c01, c02, c03);
+    if constexpr (ROWS > 1) RowStep<COLS>(hn::LoadU(df, x1), w0, w1, w2, w3, c10, c11, c12, c13);
+    if constexpr (ROWS > 2) RowStep<COLS>(hn::LoadU(df, x2), w0, w1, w2, w3, c20, c21, c22, c23);
+    if constexpr (ROWS > 3) RowStep<COLS>(hn::LoadU(df, x3), w0, w1, w2, w3, c30, c31, c32, c33);
+  };
+  const int64_t r1 = ROWS > 1 ? k : 0, r2 = ROWS > 2 ? 2 * k : 0, r3 = ROWS > 3 ? 3 * k : 0;
+  for (int64_t k0 = 0; k0 < k_full; k0 += lanes) {
+    const VF w0 = w.Load(0, k0);
+    const VF w1 = COLS > 1 ? w.Load(1, k0) : w0;
+    const VF w2 = COLS > 2 ? w.Load(2, k0) : w0;
+    const VF w3 = COLS > 3 ? w.Load(3, k0) : w0;
+    step(w0, w1, w2, w3, x + k0, x + r1 + k0, x + r2 + k0, x + r3 + k0);
+  }
+  if (k_full < k) {
+    const VF w0 = hn::Load(df, w_tail[0]);
+    const VF w1 = hn::Load(df, w_tail[COLS > 1 ? 1 : 0]);
+    const VF w2 = hn::Load(df, w_tail[COLS > 2 ? 2 : 0]);
+    const VF w3 = hn::Load(df, w_tail[COLS > 3 ? 3 : 0]);
+    step(w0, w1, w2, w3, x_tail[0], x_tail[ROWS > 1 ? 1 : 0], x_tail[ROWS > 2 ? 2 : 0],
+         x_tail[ROWS > 3 ? 3 : 0]);
+  }
+  StoreRow<COLS>(y, c00, c01, c02, c03);
+  if constexpr (ROWS > 1) StoreRow<COLS>(y + ldy, c10, c11, c12, c13);
+  if constexpr (ROWS > 2) StoreRow<COLS>(y + 2 * ldy, c20, c21, c22, c23);
+  if constexpr (ROWS > 3) StoreRow<COLS>(y + 3 * ldy, c30, c31, c32, c33);
+}
+
+// Runs Tile with run-time tile sizes (1..kTileRows × 1..kTileCols).
+template <int ROWS, class Source>
+HWY_INLINE void TileCols(int cols, const float* x, int64_t k, const Source& w, float* y,
+                         int64_t ldy) {
+  static_assert(kTileCols == 4);
+  switch (cols) {
+    case 1:
+      return Tile<ROWS, 1>(x, k, w, y, ldy);
+    case 2:
+      return Tile<ROWS, 2>(x, k, w, y, ldy);
+    case 3:
+      return Tile<ROWS, 3>(x, k, w, y, ldy);
+    default:
+      return Tile<ROWS, 4>(x, k, w, y, ldy);
+  }
+}
+
+template <class Source>
+HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t k, const Source& w, float* y,
+                          int64_t ldy) {
+  static_assert(kTileRows == 4);
+  switch (rows) {
+    case 1:
+      return TileCols<1>(cols, x, k, w, y, ldy);
+    case 2:
+      return TileCols<2>(cols, x, k, w, y, ldy);
+    case 3:
+      return TileCols<3>(cols, x, k, w, y, ldy);
+    default:
+      return TileCols<4>(cols, x, k, w, y, ldy);
+  }
+}
+
+// Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
+template <WeightFormat kFormat, bool kVectorScales>
+void RunDirect(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+  const int64_t n_total = w.rows, k = w.cols;
+  for (int64_t n0 = 0; n0 < n_total; n0 += kTileCols) {
+    const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_total - n0));
+    const DirectSource<kFormat, kVectorScales> source(w, n0, cols);
+    for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+      AnyTile(rows, cols, x + i0 * k, k, source, y + i0 * n_total + n0, n_total);
+    }
+  }
+}
+
+// Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
+template <WeightFormat kFormat, bool kVectorScales>
+void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t n_total = w.rows, k = w.cols;
+  const int64_t stride = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
+  int64_t panel_rows = matmul_internal::kPanelFloats / stride / kTileCols * kTileCols;
+  panel_rows = std::clamp<int64_t>(panel_rows, kTileCols, 256);
+  panel_rows = std::min<int64_t>(panel_rows, (n_total + kTileCols - 1) / kTileCols * kTileCols);
+  auto panel = hwy::AllocateAligned<float>(static_cast<size_t>(panel_rows * stride));
+  for (int64_t n0 = 0; n0 < n_total; n0 += panel_rows) {
+    const int64_t rows_here = std::min(panel_rows, n_total - n0);
+    for (int64_t j = 0; j < rows_here; ++j) {
+      const DirectSource<kFormat, kVectorScales> source(w, n0 + j, 1);
+      float* dst = panel.get() + j * stride;
+      int64_t k0 = 0;
+      for (; k0 + lanes <= k; k0 += lanes) hn::Store(source.Load(0, k0), df, dst + k0);
+      if (k0 < k) hn::Store(source.Tail(0, k0), df, dst + k0);
+    }
+    for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
+      for (int64_t j0 = 0; j0 < rows_here; j0 += kTileCols) {
+        const int cols = static_cast<int>(std::min<int64_t>(kTileCols, rows_here - j0));
+        const PanelSource source(panel.get() + j0 * stride, stride);
+        AnyTile(rows, cols, x + i0 * k, k, source, y + i0 * n_total + n0 + j0, n_total);
+      }
+    }
+  }
+}
+
+template <WeightFormat kFormat, bool kVectorScales>
+void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  const bool direct = path == MatMulPath::kDirect || (path == MatMulPath::kAuto && m <= kTileRows);
+  if (direct) {
+    RunDirect<kFormat, kVectorScales>(x, m, w, y);
+  } else {
+    RunPanel<kFormat, kVectorScales>(x, m, w, y);
+  }
+}
+
+template <WeightFormat kFormat>
+void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  if (kFormat == WeightFormat::kF32 || kFormat == WeightFormat::kBF16 || VectorScales(w)) {
+    Run<kFormat, true>(x, m, w, y, path);
+  } else {
+    Run<kFormat, false>(x, m, w, y, path);
+  }
+}
+
+void MatMulImpl(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  switch (w.format) {
+    case WeightFormat::kF32:
+      return Run<WeightFormat::kF32>(x, m, w, y, path);
+    case WeightFormat::kBF16:
+      return Run<WeightFormat::kBF16>(x, m, w, y, path);
+    case WeightFormat::kFp8:
+      return Run<WeightFormat::kFp8>(x, m, w, y, path);
+    case WeightFormat::kFp4:
+      return Run<WeightFormat::kFp4>(x, m, w, y, path);
+  }
+}
+
+int64_t TargetImpl() { return HWY_TARGET; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace dsv4
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace dsv4 {
+
+HWY_EXPORT(MatMulImpl);
+HWY_EXPORT(TargetImpl);
+
+void MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  const absl::Status status = w.Validate();
+  DSV4_CHECK(status.ok(), status.ToString());
+  if (m <= 0 || w.rows <= 0) return;
+  HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, m, w, y, path);
+}
+
+const char* MatMulTargetName() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
+
+}  // namespace dsv4
+#endif  // HWY_ONCE

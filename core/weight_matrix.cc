@@ -1,0 +1,117 @@
+#include "core/weight_matrix.h"
+
+#include "absl/strings/str_format.h"
+
+namespace dsv4 {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+const char* WeightFormatName(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kF32:
+      return "F32";
+    case WeightFormat::kBF16:
+      return "BF16";
+    case WeightFormat::kFp8:
+      return "FP8";
+    case WeightFormat::kFp4:
+      return "FP4";
+  }
+  return "?";
+}
+
+absl::StatusOr<WeightMatrix> WeightMatrix::F32(const float* data, int64_t rows, int64_t cols) {
+  WeightMatrix w{
+      WeightFormat::kF32, rows, cols, reinterpret_cast<const uint8_t*>(data), nullptr, 0, 0};
+  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  return w;
+}
+
+absl::StatusOr<WeightMatrix> WeightMatrix::Bf16(const uint16_t* data, int64_t rows, int64_t cols) {
+  WeightMatrix w{
+      WeightFormat::kBF16, rows, cols, reinterpret_cast<const uint8_t*>(data), nullptr, 0, 0};
+  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  return w;
+}
+
+absl::StatusOr<WeightMatrix> WeightMatrix::Fp8(const uint8_t* data, const uint8_t* scales,
+                                               int64_t rows, int64_t cols, int64_t block_rows,
+                                               int64_t block_cols) {
+  WeightMatrix w{WeightFormat::kFp8, rows, cols, data, scales, block_rows, block_cols};
+  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  return w;
+}
+
+absl::StatusOr<WeightMatrix> WeightMatrix::Fp4(const uint8_t* data, const uint8_t* scales,
+                                               int64_t rows, int64_t cols) {
+  WeightMatrix w{WeightFormat::kFp4, rows, cols, data, scales, 1, 32};
+  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  return w;
+}
+
+absl::Status WeightMatrix::Validate() const {
+  const char* name = WeightFormatName(format);
+  if (rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s weight matrix has negative shape [%d, %d]", name, rows, cols));
+  }
+  if (rows > 0 && cols > 0 && data == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s weight matrix [%d, %d] has no data", name, rows, cols));
+  }
+  switch (format) {
+    case WeightFormat::kF32:
+    case WeightFormat::kBF16:
+      if (scales != nullptr || block_rows != 0 || block_cols != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s weight matrix takes no scales or scale blocks", name));
+      }
+      return absl::OkStatus();
+    case WeightFormat::kFp8:
+      if (block_rows <= 0 || block_cols <= 0) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "FP8 weight matrix needs positive scale blocks, got %dx%d", block_rows, block_cols));
+      }
+      break;
+    case WeightFormat::kFp4:
+      if (block_rows != 1 || block_cols != 32) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "FP4 weight matrix has 1x32 scale blocks, got %dx%d", block_rows, block_cols));
+      }
+      break;
+    default:
+      return absl::InvalidArgumentError("unknown weight format");
+  }
+  if (rows > 0 && cols > 0 && scales == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s weight matrix [%d, %d] has no scales", name, rows, cols));
+  }
+  return absl::OkStatus();
+}
+
+int64_t WeightMatrix::row_bytes() const {
+  switch (format) {
+    case WeightFormat::kF32:
+      return cols * 4;
+    case WeightFormat::kBF16:
+      return cols * 2;
+    case WeightFormat::kFp8:
+      return cols;
+    case WeightFormat::kFp4:
+      return CeilDiv(cols, 2);
+  }
+  return 0;
+}
+
+int64_t WeightMatrix::scale_rows() const { return block_rows > 0 ? CeilDiv(rows, block_rows) : 0; }
+
+int64_t WeightMatrix::scale_cols() const { return block_cols > 0 ? CeilDiv(cols, block_cols) : 0; }
+
+int64_t WeightMatrix::released_bytes() const {
+  return rows * row_bytes() + scale_rows() * scale_cols();
+}
+
+}  // namespace dsv4

@@ -1,0 +1,307 @@
+#include "core/matmul.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/dtype.h"
+#include "core/weight_matrix.h"
+
+namespace dsv4 {
+namespace {
+
+// A weight matrix in one released format together with the storage it views.
+struct TestWeights {
+  WeightFormat format = WeightFormat::kF32;
+  int64_t n = 0, k = 0, block_rows = 0, block_cols = 0;
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+  std::vector<uint8_t> bytes, scales;
+
+  WeightMatrix view() const {
+    absl::StatusOr<WeightMatrix> w;
+    switch (format) {
+      case WeightFormat::kF32:
+        w = WeightMatrix::F32(f32.data(), n, k);
+        break;
+      case WeightFormat::kBF16:
+        w = WeightMatrix::Bf16(bf16.data(), n, k);
+        break;
+      case WeightFormat::kFp8:
+        w = WeightMatrix::Fp8(bytes.data(), scales.data(), n, k, block_rows, block_cols);
+        break;
+      case WeightFormat::kFp4:
+        w = WeightMatrix::Fp4(bytes.data(), scales.data(), n, k);
+        break;
+    }
+    EXPECT_TRUE(w.ok()) << w.status();
+    return *w;
+  }
+
+  // W[r][c] decoded independently of the kernel, with core/dtype.h.
+  double At(int64_t r, int64_t c) const {
+    switch (format) {
+      case WeightFormat::kF32:
+        return f32[r * k + c];
+      case WeightFormat::kBF16:
+        return Bf16ToFloat(bf16[r * k + c]);
+      case WeightFormat::kFp8: {
+        const int64_t scale_cols = (k + block_cols - 1) / block_cols;
+        return static_cast<double>(E4M3ToFloat(bytes[r * k + c])) *
+               E8M0ToFloat(scales[(r / block_rows) * scale_cols + c / block_cols]);
+      }
+      case WeightFormat::kFp4: {
+        const int64_t row_bytes = (k + 1) / 2, scale_cols = (k + 31) / 32;
+        return static_cast<double>(Fp4PackedElement(bytes.data() + r * row_bytes, c)) *
+               E8M0ToFloat(scales[r * scale_cols + c / 32]);
+      }
+    }
+    return 0.0;
+  }
+};
+
+// Random weights; codes avoid E4M3 NaN, scales stay in 2^-8 .. 2^6 so nothing overflows.
+TestWeights RandomWeights(WeightFormat format, int64_t n, int64_t k, int64_t block, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uni(-2.0f, 2.0f);
+  std::uniform_int_distribution<int> byte(0, 255), scale(119, 133);
+  TestWeights w;
+  w.format = format;
+  w.n = n;
+  w.k = k;
+  switch (format) {
+    case WeightFormat::kF32:
+      w.f32.resize(n * k);
+      for (float& v : w.f32) v = uni(rng);
+      break;
+    case WeightFormat::kBF16:
+      w.bf16.resize(n * k);
+      for (uint16_t& v : w.bf16) v = FloatToBf16(uni(rng));
+      break;
+    case WeightFormat::kFp8:
+      w.block_rows = w.block_cols = block;
+      w.bytes.resize(n * k);
+      for (uint8_t& b : w.bytes) {
+        b = static_cast<uint8_t>(byte(rng));
+        if ((b & 0x7F) == 0x7F) b ^= 1;  // NaN → the largest finite code
+      }
+      w.scales.resize(((n + block - 1) / block) * ((k + block - 1) / block));
+      for (uint8_t& s : w.scales) s = static_cast<uint8_t>(scale(rng));
+      break;
+    case WeightFormat::kFp4:
+      w.block_rows = 1;
+      w.block_cols = 32;
+      w.bytes.resize(n * ((k + 1) / 2));
+      for (uint8_t& b : w.bytes) b = static_cast<uint8_t>(byte(rng));
+      w.scales.resize(n * ((k + 31) / 32));
+      for (uint8_t& s : w.scales) s = static_cast<uint8_t>(scale(rng));
+      break;
+  }
+  return w;
+}
+
+std::vector<float> RandomRows(int64_t m, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> x(m * k);
+  for (float& v : x) v = uni(rng);
+  return x;
+}
+
+struct FormatCase {
+  WeightFormat format;
+  int64_t block;  // FP8 scale block (square); ignored otherwise
+  std::string name;
+};
+
+const std::vector<FormatCase>& Formats() {
+  static const std::vector<FormatCase> formats = {
+      {WeightFormat::kF32, 0, "F32"},
+      {WeightFormat::kBF16, 0, "BF16"},
+      {WeightFormat::kFp8, 128, "FP8_128x128"},
+      {WeightFormat::kFp8, 32, "FP8_32x32"},
+      {WeightFormat::kFp4, 32, "FP4_1x32"},
+      // Not a power of two: the per-element decoding path.
+      {WeightFormat::kFp8, 24, "FP8_24x24"},
+  };
+  return formats;
+}
+
+constexpr MatMulPath kPaths[] = {MatMulPath::kAuto, MatMulPath::kDirect, MatMulPath::kPanel};
+
+TEST(MatMulTest, DispatchPicksATarget) {
+  const std::string target = MatMulTargetName();
+  std::printf("MatMul dispatches to Highway target %s\n", target.c_str());
+  EXPECT_FALSE(target.empty());
+  EXPECT_NE(target, "Unknown");
+}
+
+// Against a double-precision loop over the decoded weights. The weights are exact, so the
+// only error is fp32 accumulation: with the canonical order (lanes of ⌈K/L⌉ sequential
+// FMAs, then a log2(L)-level lane tree) each product passes through at most K + 5 roundings
+// of relative size u = 2^-24, so |y - ref| ≤ (K + 5)·u·Σ|x_k·W_nk| (Higham's γ_n bound).
+TEST(MatMulTest, MatchesDoubleReference) {
+  const int64_t m = 5;
+  for (const FormatCase& f : Formats()) {
+    for (int64_t k : {1, 33, 200, 4096 + 7}) {
+      for (int64_t n : {1, 7, 130}) {
+        const TestWeights w = RandomWeights(f.format, n, k, f.block, 1000 + k * 7 + n);
+        const WeightMatrix view = w.view();
+        const std::vector<float> x = RandomRows(m, k, 17 + k + n);
+        for (MatMulPath path : kPaths) {
+          std::vector<float> y(m * n, -1.0f);
+          MatMul(x.data(), m, view, y.data(), path);
+          int bad = 0;
+          for (int64_t i = 0; i < m; ++i) {
+            for (int64_t j = 0; j < n; ++j) {
+              double ref = 0.0, abs_sum = 0.0;
+              for (int64_t c = 0; c < k; ++c) {
+                const double p = static_cast<double>(x[i * k + c]) * w.At(j, c);
+                ref += p;
+                abs_sum += std::fabs(p);
+              }
+              const double tol = (k + 5) * 0x1p-24 * abs_sum;
+              const double err = std::fabs(y[i * n + j] - ref);
+              if (!(err <= tol) && bad++ < 5) {
+                ADD_FAILURE() << f.name << " k=" << k << " n=" << n << " path "
+                              << static_cast<int>(path) << " y[" << i << "][" << j
+                              << "]=" << y[i * n + j] << " ref=" << ref << " tol=" << tol;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Every code of every format decodes exactly: x = I_K makes y[i][n] = W[n][i] with one
+// non-zero product per output. Scales span E8M0's range from 2^-127 up to the largest that
+// keeps every element finite (an infinite weight would make 0 × inf = NaN elsewhere).
+TEST(MatMulTest, DecodesEveryCodeExactly) {
+  for (const FormatCase& f : Formats()) {
+    const int64_t k = 256 + 5, n = 9;
+    TestWeights w = RandomWeights(f.format, n, k, f.block, 7);
+    if (f.format == WeightFormat::kFp8) {
+      for (int64_t i = 0; i < n * k; ++i) w.bytes[i] = static_cast<uint8_t>((i * 7) & 0xFF);
+      for (uint8_t& b : w.bytes)
+        if ((b & 0x7F) == 0x7F) b = 0x7E;
+      // 448 · 2^(245-127) < 2^128.
+      for (size_t i = 0; i < w.scales.size(); ++i) w.scales[i] = static_cast<uint8_t>(i * 53 % 246);
+      w.scales[0] = 0;
+      w.scales.back() = 245;
+    } else if (f.format == WeightFormat::kFp4) {
+      for (size_t i = 0; i < w.bytes.size(); ++i) w.bytes[i] = static_cast<uint8_t>(i * 29);
+      // 6 · 2^(252-127) < 2^128.
+      for (size_t i = 0; i < w.scales.size(); ++i) w.scales[i] = static_cast<uint8_t>(i * 31 % 253);
+      w.scales[0] = 0;
+      w.scales.back() = 252;
+    }
+    std::vector<float> x(k * k, 0.0f);
+    for (int64_t i = 0; i < k; ++i) x[i * k + i] = 1.0f;
+    for (MatMulPath path : kPaths) {
+      std::vector<float> y(k * n);
+      MatMul(x.data(), k, w.view(), y.data(), path);
+      int bad = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          const float expect = static_cast<float>(w.At(j, i));
+          if (y[i * n + j] != expect && bad++ < 5) {
+            ADD_FAILURE() << f.name << " W[" << j << "][" << i << "]: got " << y[i * n + j]
+                          << ", expected " << expect;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A row's output is bitwise the same whatever the batch size, the row's position in the
+// batch and the regime (direct or panel).
+TEST(MatMulTest, RowsAreBatchInvariant) {
+  const int64_t pool = 64;
+  for (const FormatCase& f : Formats()) {
+    for (int64_t k : {33, 200, 4096 + 7}) {
+      const int64_t n = 130;
+      const TestWeights w = RandomWeights(f.format, n, k, f.block, 99 + k);
+      const WeightMatrix view = w.view();
+      const std::vector<float> rows = RandomRows(pool, k, 5 + k);
+      // Each row alone (m = 1) is the reference.
+      std::vector<float> single(pool * n);
+      for (int64_t r = 0; r < pool; ++r) {
+        MatMul(rows.data() + r * k, 1, view, single.data() + r * n);
+      }
+      for (int64_t m : {1, 3, 8, 17, 64}) {
+        for (int64_t shift : {int64_t{0}, m / 2 + 1, int64_t{29}}) {
+          std::vector<float> x(m * k);
+          std::vector<int64_t> source(m);
+          for (int64_t i = 0; i < m; ++i) {
+            source[i] = (i * 7 + shift) % pool;
+            std::memcpy(x.data() + i * k, rows.data() + source[i] * k, k * sizeof(float));
+          }
+          for (MatMulPath path : kPaths) {
+            std::vector<float> y(m * n);
+            MatMul(x.data(), m, view, y.data(), path);
+            for (int64_t i = 0; i < m; ++i) {
+              EXPECT_EQ(
+                  std::memcmp(y.data() + i * n, single.data() + source[i] * n, n * sizeof(float)),
+                  0)
+                  << f.name << " k=" << k << " m=" << m << " row " << i << " (pool row "
+                  << source[i] << ") path " << static_cast<int>(path);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatMulTest, EmptyShapes) {
+  const TestWeights w = RandomWeights(WeightFormat::kFp8, 3, 0, 128, 1);
+  std::vector<float> y(2 * 3, -1.0f);
+  const std::vector<float> x(2, 0.0f);
+  MatMul(x.data(), 2, w.view(), y.data());
+  for (float v : y) EXPECT_EQ(v, 0.0f);  // K = 0: empty sums
+  MatMul(x.data(), 0, w.view(), y.data());
+}
+
+TEST(WeightMatrixTest, ValidatesShapes) {
+  const std::vector<uint8_t> bytes(130 * 200), scales(4);
+  absl::StatusOr<WeightMatrix> fp8 =
+      WeightMatrix::Fp8(bytes.data(), scales.data(), 130, 200, 128, 128);
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  EXPECT_EQ(fp8->scale_rows(), 2);
+  EXPECT_EQ(fp8->scale_cols(), 2);
+  EXPECT_EQ(fp8->released_bytes(), 130 * 200 + 4);
+
+  absl::StatusOr<WeightMatrix> fp4 = WeightMatrix::Fp4(bytes.data(), scales.data(), 7, 65);
+  ASSERT_TRUE(fp4.ok()) << fp4.status();
+  EXPECT_EQ(fp4->row_bytes(), 33);
+  EXPECT_EQ(fp4->released_bytes(), 7 * 33 + 7 * 3);
+
+  const std::vector<uint16_t> bf16(6);
+  absl::StatusOr<WeightMatrix> b = WeightMatrix::Bf16(bf16.data(), 2, 3);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->released_bytes(), 12);
+
+  EXPECT_FALSE(WeightMatrix::Fp8(bytes.data(), scales.data(), 4, 4, 0, 128).ok());
+  EXPECT_FALSE(WeightMatrix::Fp8(bytes.data(), nullptr, 4, 4, 128, 128).ok());
+  EXPECT_FALSE(WeightMatrix::Fp4(bytes.data(), nullptr, 4, 64).ok());
+  EXPECT_FALSE(WeightMatrix::F32(nullptr, 4, 4).ok());
+  EXPECT_FALSE(WeightMatrix::F32(nullptr, -1, 4).ok());
+  WeightMatrix bad = *fp4;
+  bad.block_cols = 16;
+  EXPECT_FALSE(bad.Validate().ok());
+  WeightMatrix f32 = *WeightMatrix::F32(reinterpret_cast<const float*>(bytes.data()), 2, 2);
+  f32.scales = scales.data();
+  EXPECT_FALSE(f32.Validate().ok());
+}
+
+}  // namespace
+}  // namespace dsv4
