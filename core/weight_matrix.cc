@@ -1,6 +1,7 @@
 #include "core/weight_matrix.h"
 
 #include "absl/strings/str_format.h"
+#include "core/status_macros.h"
 
 namespace dsv4 {
 namespace {
@@ -26,14 +27,14 @@ const char* WeightFormatName(WeightFormat format) {
 absl::StatusOr<WeightMatrix> WeightMatrix::F32(const float* data, int64_t rows, int64_t cols) {
   WeightMatrix w{
       WeightFormat::kF32, rows, cols, reinterpret_cast<const uint8_t*>(data), nullptr, 0, 0};
-  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(w.Validate());
   return w;
 }
 
 absl::StatusOr<WeightMatrix> WeightMatrix::Bf16(const uint16_t* data, int64_t rows, int64_t cols) {
   WeightMatrix w{
       WeightFormat::kBF16, rows, cols, reinterpret_cast<const uint8_t*>(data), nullptr, 0, 0};
-  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(w.Validate());
   return w;
 }
 
@@ -41,14 +42,14 @@ absl::StatusOr<WeightMatrix> WeightMatrix::Fp8(const uint8_t* data, const uint8_
                                                int64_t rows, int64_t cols, int64_t block_rows,
                                                int64_t block_cols) {
   WeightMatrix w{WeightFormat::kFp8, rows, cols, data, scales, block_rows, block_cols};
-  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(w.Validate());
   return w;
 }
 
 absl::StatusOr<WeightMatrix> WeightMatrix::Fp4(const uint8_t* data, const uint8_t* scales,
                                                int64_t rows, int64_t cols) {
   WeightMatrix w{WeightFormat::kFp4, rows, cols, data, scales, 1, 32};
-  if (absl::Status s = w.Validate(); !s.ok()) return s;
+  RETURN_IF_ERROR(w.Validate());
   return w;
 }
 
