@@ -14,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -83,8 +84,22 @@ inline std::string UtcNow() {
   return buf;
 }
 
+// The source tree's HEAD commit, or "unknown" outside a git checkout.
+inline std::string GitCommit() {
+  const std::string cmd = "git -C '" + SourceRoot().string() + "' rev-parse HEAD 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
+  if (!pipe) return "unknown";
+  char buf[64] = {};
+  if (!std::fgets(buf, sizeof(buf), pipe.get())) return "unknown";
+  std::string out(buf);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out.empty() ? "unknown" : out;
+}
+
+// The machine a result was measured on, and the commit it measured.
 inline nlohmann::json MachineJson() {
   return {{"cpu_model", CpuModel()},
+          {"commit", GitCommit()},
           {"logical_cores", std::thread::hardware_concurrency()},
           {"openblas_threads", BlasThreads()},
           {"openblas_config", openblas_get_config()},

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,18 +50,6 @@ HWY_NOINLINE double FmaPeakGflops() {
     best = std::max(best, 2.0 * kChains * hn::Lanes(df) * kIters / s / 1e9);
   }
   return best;
-}
-
-std::string GitCommit() {
-  const std::string cmd =
-      "git -C '" + bench::SourceRoot().string() + "' rev-parse HEAD 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
-  if (!pipe) return "unknown";
-  char buf[64] = {};
-  if (!std::fgets(buf, sizeof(buf), pipe.get())) return "unknown";
-  std::string out(buf);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out.empty() ? "unknown" : out;
 }
 
 // Storage for one matrix in a format, filled with finite, normal values.
@@ -187,7 +174,6 @@ int Main(int argc, char** argv) {
   machine["highway_target"] = MatMulTargetName();
   const json result = {
       {"machine", machine},
-      {"commit", GitCommit()},
       {"threads", 1},
       {"read_bandwidth", {{"best_gb_per_s", bw.best_gbs}, {"median_gb_per_s", bw.median_gbs}}},
       {"fma_peak", {{"name", "Highway MulAdd, 12 chains, static target"}, {"gflops", fma_peak}}},

@@ -19,17 +19,14 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "attention_node/model.h"
-#include "core/safetensors.h"
 #include "core/sampling.h"
-#include "expert_node/in_process_executor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/engine_test_util.h"
 #include "tests/fake_coordinator.h"
+#include "tests/model_test_util.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
@@ -38,16 +35,6 @@ namespace {
 
 constexpr double kTolerance = 2e-5;
 constexpr int kAttentionRanks = 2, kExpertRanks = 1;
-
-std::vector<int32_t> Prompt(int count, int salt) {
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(testing::Tokens(count, salt), ',')) {
-    int32_t id = 0;
-    EXPECT_TRUE(absl::SimpleAtoi(part, &id));
-    ids.push_back(id);
-  }
-  return ids;
-}
 
 // The same string on every rank: rank 0's.
 std::string Broadcast(std::string text) {
@@ -58,61 +45,42 @@ std::string Broadcast(std::string text) {
   return text;
 }
 
-// The single-process model on the checkpoint, with all routed experts in process.
-struct Reference {
-  std::unique_ptr<Checkpoint> checkpoint;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<InProcessExecutor> experts;
-
-  static Reference Load(const std::string& dir, const ModelConfig& config) {
-    Reference r;
-    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir);
-    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
-    r.checkpoint = std::move(*checkpoint);
-    absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(config, r.checkpoint.get());
-    EXPECT_TRUE(model.ok()) << model.status();
-    r.model = std::move(*model);
-    absl::StatusOr<std::unique_ptr<InProcessExecutor>> experts =
-        InProcessExecutor::Load(config, r.checkpoint.get(), false);
-    EXPECT_TRUE(experts.ok()) << experts.status();
-    r.experts = std::move(*experts);
-    return r;
+// The single-process model on the checkpoint (all routed experts in process): the logits
+// of every position of `prompt`, a prefill of `decode_from` tokens (all when 0) then one
+// token per step.
+std::vector<float> ReferenceLogits(testing::LoadedModel& m, const std::vector<int32_t>& prompt,
+                                   int64_t decode_from) {
+  SequenceState state = m.model->NewSequence();
+  std::vector<float> out;
+  const size_t prefill = decode_from > 0 ? decode_from : prompt.size();
+  for (size_t begin = 0; begin < prompt.size();) {
+    const size_t n = begin == 0 ? prefill : 1;
+    StepInput in{&state, absl::MakeConstSpan(prompt).subspan(begin, n)};
+    absl::StatusOr<Tensor> logits = m.model->Forward({&in, 1}, *m.experts);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    out.insert(out.end(), logits->data(), logits->data() + logits->numel());
+    begin += n;
   }
+  return out;
+}
 
-  // Logits of every position: a prefill of `decode_from` tokens (all when 0), then one
-  // token per step.
-  std::vector<float> Logits(const std::vector<int32_t>& prompt, int64_t decode_from) {
-    SequenceState state = model->NewSequence();
-    std::vector<float> out;
-    const size_t prefill = decode_from > 0 ? decode_from : prompt.size();
-    for (size_t begin = 0; begin < prompt.size();) {
-      const size_t n = begin == 0 ? prefill : 1;
-      StepInput in{&state, absl::MakeConstSpan(prompt).subspan(begin, n)};
-      absl::StatusOr<Tensor> logits = model->Forward({&in, 1}, *experts);
-      EXPECT_TRUE(logits.ok()) << logits.status();
-      out.insert(out.end(), logits->data(), logits->data() + logits->numel());
-      begin += n;
-    }
-    return out;
+// `count` greedy tokens after `prompt`, from the single-process model.
+std::vector<int32_t> ReferenceGreedy(testing::LoadedModel& m, const std::vector<int32_t>& prompt,
+                                     int count) {
+  SequenceState state = m.model->NewSequence();
+  std::vector<int32_t> generated;
+  std::vector<int32_t> feed = prompt;
+  for (int i = 0; i < count; ++i) {
+    StepInput in{&state, feed};
+    absl::StatusOr<Tensor> logits =
+        m.model->Forward({&in, 1}, *m.experts, LogitRows::kLastPerSequence);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    generated.push_back(Sampler::SampleDraw(absl::MakeConstSpan(logits->data(), logits->numel()),
+                                            SamplingParams{.temperature = 0}, i));
+    feed = {generated.back()};
   }
-
-  // `count` greedy tokens after `prompt`.
-  std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int count) {
-    SequenceState state = model->NewSequence();
-    std::vector<int32_t> generated;
-    std::vector<int32_t> feed = prompt;
-    for (int i = 0; i < count; ++i) {
-      StepInput in{&state, feed};
-      absl::StatusOr<Tensor> logits =
-          model->Forward({&in, 1}, *experts, LogitRows::kLastPerSequence);
-      EXPECT_TRUE(logits.ok()) << logits.status();
-      generated.push_back(Sampler::SampleDraw(absl::MakeConstSpan(logits->data(), logits->numel()),
-                                              SamplingParams{.temperature = 0}, i));
-      feed = {generated.back()};
-    }
-    return generated;
-  }
-};
+  return generated;
+}
 
 class EngineMpiTest : public testing::MpiTest {
  protected:
@@ -152,7 +120,8 @@ std::string* EngineMpiTest::dir_ = nullptr;
 TEST_F(EngineMpiTest, OneShotLogitsMatchTheSingleProcessModel) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
   ASSERT_TRUE(engine.ok()) << engine.status();  // fails on every rank alike
-  const std::vector<std::vector<int32_t>> prompts = {Prompt(150, 0), Prompt(90, 1), Prompt(40, 2)};
+  const std::vector<std::vector<int32_t>> prompts = {
+      testing::TokenIds(150, 0), testing::TokenIds(90, 1), testing::TokenIds(40, 2)};
   const int64_t decode_from = 30;
   absl::StatusOr<OneShotResult> result = (*engine)->RunOneShot(prompts, decode_from);
   ASSERT_TRUE(result.ok()) << result.status();
@@ -165,7 +134,8 @@ TEST_F(EngineMpiTest, OneShotLogitsMatchTheSingleProcessModel) {
     EXPECT_TRUE(result->logits.empty());
     return;
   }
-  Reference reference = Reference::Load(Options().checkpoint, (*engine)->config());
+  absl::StatusOr<testing::LoadedModel> reference = testing::LoadModelDir(Options().checkpoint);
+  ASSERT_TRUE(reference.ok()) << reference.status();
   std::vector<int32_t> held;
   for (const auto& [sequence, rows] : result->logits) held.push_back(sequence);
   // Prompt i lives on attention rank i mod A.
@@ -173,7 +143,7 @@ TEST_F(EngineMpiTest, OneShotLogitsMatchTheSingleProcessModel) {
       rank == 0 ? std::vector<int32_t>{0, 2} : std::vector<int32_t>{1};
   EXPECT_EQ(held, expected_held);
   for (const auto& [sequence, rows] : result->logits) {
-    const std::vector<float> expected = reference.Logits(prompts[sequence], decode_from);
+    const std::vector<float> expected = ReferenceLogits(*reference, prompts[sequence], decode_from);
     ASSERT_EQ(rows.size(), expected.size()) << "sequence " << sequence;
     double max_ref = 0, max_diff = 0;
     for (size_t i = 0; i < rows.size(); ++i) {
@@ -188,7 +158,8 @@ TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
   ASSERT_TRUE(engine.ok()) << engine.status();
   const int rank = testing::WorldRank();
-  const std::vector<std::vector<int32_t>> prompts = {Prompt(50, 3), Prompt(20, 4)};
+  const std::vector<std::vector<int32_t>> prompts = {testing::TokenIds(50, 3),
+                                                     testing::TokenIds(20, 4)};
   constexpr int kTokens = 6;
   std::unique_ptr<testing::FakeCoordinator> coordinator;
   std::thread client;
@@ -244,9 +215,10 @@ TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
     std::vector<int32_t>& tokens = streamed[m.tokens().request_id()];
     tokens.insert(tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
   }
-  Reference reference = Reference::Load(Options().checkpoint, (*engine)->config());
+  absl::StatusOr<testing::LoadedModel> reference = testing::LoadModelDir(Options().checkpoint);
+  ASSERT_TRUE(reference.ok()) << reference.status();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT_EQ(streamed[absl::StrCat("r", i)], reference.Greedy(prompts[i], kTokens))
+    EXPECT_EQ(streamed[absl::StrCat("r", i)], ReferenceGreedy(*reference, prompts[i], kTokens))
         << "request r" << i;
   }
 }

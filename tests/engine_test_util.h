@@ -3,6 +3,7 @@
 #ifndef DSV4_TESTS_ENGINE_TEST_UTIL_H_
 #define DSV4_TESTS_ENGINE_TEST_UTIL_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -43,11 +44,13 @@ engine:
 )");
 }
 
-inline std::string Tokens(int count, int salt) {
-  std::vector<int> ids;
+// `count` token ids below 1024, different for each `salt`; Tokens joins them for --tokens.
+inline std::vector<int32_t> TokenIds(int count, int salt) {
+  std::vector<int32_t> ids;
   for (int i = 0; i < count; ++i) ids.push_back((i * 37 + salt * 101 + 11) % 1024);
-  return absl::StrJoin(ids, ",");
+  return ids;
 }
+inline std::string Tokens(int count, int salt) { return absl::StrJoin(TokenIds(count, salt), ","); }
 
 }  // namespace dsv4::testing
 
