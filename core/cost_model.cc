@@ -716,25 +716,16 @@ void AddAllToAllCost(const ModelConfig& config, double tokens, const ExpertGeome
 
 ExpertGeometry ExpertGeometryOf(const Topology& topology, int sender, bool hierarchical) {
   ExpertGeometry g;
-  const int attention = topology.num_attention_ranks();
   const int experts = topology.num_expert_ranks();
   const ChipPosition& self = topology.rank_position(sender);
-  std::vector<int> nodes, supernodes;
-  g.same_node = g.same_supernode = 0;
-  for (int r = attention; r < attention + experts; ++r) {
+  for (int r = topology.num_attention_ranks(); r < topology.num_ranks(); ++r) {
     const ChipPosition& p = topology.rank_position(r);
     if (p.global_node == self.global_node) g.same_node += 1;
     if (p.supernode == self.supernode) g.same_supernode += 1;
-    nodes.push_back(p.global_node);
-    supernodes.push_back(p.supernode);
   }
-  auto distinct = [](std::vector<int> v) {
-    std::sort(v.begin(), v.end());
-    return static_cast<double>(std::unique(v.begin(), v.end()) - v.begin());
-  };
   g.expert_ranks = experts;
-  g.ranks_per_node = experts / distinct(nodes);
-  g.ranks_per_supernode = experts / distinct(supernodes);
+  g.ranks_per_node = static_cast<double>(experts) / topology.num_expert_nodes();
+  g.ranks_per_supernode = static_cast<double>(experts) / topology.num_expert_supernodes();
   g.sender_is_expert = topology.role(sender) == RankRole::kExpert;
   g.hierarchical = hierarchical;
   return g;

@@ -111,6 +111,29 @@ std::vector<int> Topology::RanksOnChips(int begin, int end) const {
   return ranks;
 }
 
+namespace {
+
+// Distinct values of `of(position)` over the expert ranks.
+template <typename Of>
+int DistinctOverExperts(const Topology& t, Of of) {
+  std::vector<int> values;
+  for (int r = t.num_attention_ranks(); r < t.num_ranks(); ++r) {
+    values.push_back(of(t.rank_position(r)));
+  }
+  std::sort(values.begin(), values.end());
+  return static_cast<int>(std::unique(values.begin(), values.end()) - values.begin());
+}
+
+}  // namespace
+
+int Topology::num_expert_nodes() const {
+  return DistinctOverExperts(*this, [](const ChipPosition& p) { return p.global_node; });
+}
+
+int Topology::num_expert_supernodes() const {
+  return DistinctOverExperts(*this, [](const ChipPosition& p) { return p.supernode; });
+}
+
 std::vector<int> Topology::RanksInSupernode(int supernode) const {
   return RanksOnChips(supernode_chip_begin_[supernode], supernode_chip_begin_[supernode + 1]);
 }

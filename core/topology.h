@@ -46,6 +46,9 @@ class Topology {
   int num_ranks() const { return static_cast<int>(rank_chip_.size()); }
   int num_attention_ranks() const { return attention_ranks_; }
   int num_expert_ranks() const { return num_ranks() - attention_ranks_; }
+  // Distinct nodes, and supernodes, that hold expert ranks.
+  int num_expert_nodes() const;
+  int num_expert_supernodes() const;
   // Chips in supernode `supernode`.
   int supernode_size(int supernode) const {
     return supernode_chip_begin_[supernode + 1] - supernode_chip_begin_[supernode];

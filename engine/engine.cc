@@ -68,16 +68,10 @@ absl::Status Engine::Setup(const EngineOptions& options) {
 
   // Placement over the expert ranks; dispatcher slots map onto world ranks A + expert rank.
   const int attention_ranks = topology_->num_attention_ranks();
-  std::vector<int> expert_nodes;
-  for (int r = attention_ranks; r < size_; ++r) {
-    expert_nodes.push_back(topology_->rank_position(r).global_node);
-  }
-  std::sort(expert_nodes.begin(), expert_nodes.end());
   placement_options_.policy = cluster_.engine.placement;
   placement_options_.num_slots = config_.n_routed_experts + cluster_.engine.redundant_experts;
   placement_options_.num_groups = config_.n_group;
-  placement_options_.num_nodes = static_cast<int>(
-      std::unique(expert_nodes.begin(), expert_nodes.end()) - expert_nodes.begin());
+  placement_options_.num_nodes = topology_->num_expert_nodes();
   placement_options_.num_ranks = topology_->num_expert_ranks();
   ASSIGN_OR_RETURN(ExpertPlacement placement,
                    ExpertPlacement::Uniform(config_.num_hidden_layers, config_.n_routed_experts,
