@@ -58,10 +58,9 @@ inline float DecodeElement(const WeightMatrix& w, int64_t n, int64_t k) {
       return Bf16ToFloat(bits);
     }
     case WeightFormat::kFp8:
-      return E4M3ToFloat(row[k]) *
-             E8M0Table()[w.scales[(n / w.block_rows) * w.scale_cols() + k / w.block_cols]];
+      return E4M3ToFloat(row[k]) * E8M0Table()[w.scales[w.scale_index(n, k)]];
     case WeightFormat::kFp4:
-      return Fp4PackedElement(row, k) * E8M0Table()[w.scales[n * w.scale_cols() + k / 32]];
+      return Fp4PackedElement(row, k) * E8M0Table()[w.scales[w.scale_index(n, k)]];
   }
   return 0.0f;
 }
@@ -162,9 +161,8 @@ class DirectSource {
       next_row_[j] = n0 + rows + j < w.rows ? row_[j] + rows * row_bytes : row_[j];
     }
     if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
-      const int64_t scale_cols = w.scale_cols();
       for (int j = 0; j < rows; ++j) {
-        scale_row_[j] = w.scales + ((n0 + j) / w.block_rows) * scale_cols;
+        scale_row_[j] = w.scales + w.scale_index(n0 + j, 0);
       }
       DSV4_CHECK(kVectorScales == VectorScales(w));
       while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
@@ -260,8 +258,8 @@ HWY_INLINE void StoreRow(float* y, VF c0, VF c1, VF c2, VF c3) {
 // live, so they stay in registers: the partial last step's operands are staged before the
 // loop.
 template <int ROWS, int COLS, class Source>
-HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, float* HWY_RESTRICT y,
-                     int64_t ldy) {
+HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const Source& w,
+                     float* HWY_RESTRICT y, int64_t ldy) {
   static_assert(ROWS >= 1 && ROWS <= 4 && COLS >= 1 && COLS <= 4);
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
@@ -271,7 +269,7 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, fl
   if (k_full < k) {
     for (int i = 0; i < ROWS; ++i) {
       std::memset(x_tail[i], 0, sizeof(x_tail[i]));
-      std::memcpy(x_tail[i], x + i * k + k_full, static_cast<size_t>(k - k_full) * sizeof(float));
+      std::memcpy(x_tail[i], x + i * ldx + k_full, static_cast<size_t>(k - k_full) * sizeof(float));
     }
     for (int j = 0; j < COLS; ++j) hn::Store(w.Tail(j, k_full), df, w_tail[j]);
   }
@@ -286,7 +284,7 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, fl
     if constexpr (ROWS > 2) RowStep<COLS>(hn::LoadU(df, x2), w0, w1, w2, w3, c20, c21, c22, c23);
     if constexpr (ROWS > 3) RowStep<COLS>(hn::LoadU(df, x3), w0, w1, w2, w3, c30, c31, c32, c33);
   };
-  const int64_t r1 = ROWS > 1 ? k : 0, r2 = ROWS > 2 ? 2 * k : 0, r3 = ROWS > 3 ? 3 * k : 0;
+  const int64_t r1 = ROWS > 1 ? ldx : 0, r2 = ROWS > 2 ? 2 * ldx : 0, r3 = ROWS > 3 ? 3 * ldx : 0;
   for (int64_t k0 = 0; k0 < k_full; k0 += lanes) {
     const VF w0 = w.Load(0, k0);
     const VF w1 = COLS > 1 ? w.Load(1, k0) : w0;
@@ -310,54 +308,56 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t k, const Source& w, fl
 
 // Runs Tile with run-time tile sizes (1..kTileRows × 1..kTileCols).
 template <int ROWS, class Source>
-HWY_INLINE void TileCols(int cols, const float* x, int64_t k, const Source& w, float* y,
-                         int64_t ldy) {
+HWY_INLINE void TileCols(int cols, const float* x, int64_t ldx, int64_t k, const Source& w,
+                         float* y, int64_t ldy) {
   static_assert(kTileCols == 4);
   switch (cols) {
     case 1:
-      return Tile<ROWS, 1>(x, k, w, y, ldy);
+      return Tile<ROWS, 1>(x, ldx, k, w, y, ldy);
     case 2:
-      return Tile<ROWS, 2>(x, k, w, y, ldy);
+      return Tile<ROWS, 2>(x, ldx, k, w, y, ldy);
     case 3:
-      return Tile<ROWS, 3>(x, k, w, y, ldy);
+      return Tile<ROWS, 3>(x, ldx, k, w, y, ldy);
     default:
-      return Tile<ROWS, 4>(x, k, w, y, ldy);
+      return Tile<ROWS, 4>(x, ldx, k, w, y, ldy);
   }
 }
 
 template <class Source>
-HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t k, const Source& w, float* y,
-                          int64_t ldy) {
+HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t ldx, int64_t k,
+                          const Source& w, float* y, int64_t ldy) {
   static_assert(kTileRows == 4);
   switch (rows) {
     case 1:
-      return TileCols<1>(cols, x, k, w, y, ldy);
+      return TileCols<1>(cols, x, ldx, k, w, y, ldy);
     case 2:
-      return TileCols<2>(cols, x, k, w, y, ldy);
+      return TileCols<2>(cols, x, ldx, k, w, y, ldy);
     case 3:
-      return TileCols<3>(cols, x, k, w, y, ldy);
+      return TileCols<3>(cols, x, ldx, k, w, y, ldy);
     default:
-      return TileCols<4>(cols, x, k, w, y, ldy);
+      return TileCols<4>(cols, x, ldx, k, w, y, ldy);
   }
 }
 
 // Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
 template <WeightFormat kFormat, bool kVectorScales>
-void RunDirect(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
+               int64_t ldy) {
   const int64_t n_total = w.rows, k = w.cols;
   for (int64_t n0 = 0; n0 < n_total; n0 += kTileCols) {
     const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_total - n0));
     const DirectSource<kFormat, kVectorScales> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
-      AnyTile(rows, cols, x + i0 * k, k, source, y + i0 * n_total + n0, n_total);
+      AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0, ldy);
     }
   }
 }
 
 // Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
 template <WeightFormat kFormat, bool kVectorScales>
-void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
+              int64_t ldy) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t n_total = w.rows, k = w.cols;
@@ -380,41 +380,44 @@ void RunPanel(const float* x, int64_t m, const WeightMatrix& w, float* y) {
       for (int64_t j0 = 0; j0 < rows_here; j0 += kTileCols) {
         const int cols = static_cast<int>(std::min<int64_t>(kTileCols, rows_here - j0));
         const PanelSource source(panel.get() + j0 * stride, stride);
-        AnyTile(rows, cols, x + i0 * k, k, source, y + i0 * n_total + n0 + j0, n_total);
+        AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0 + j0, ldy);
       }
     }
   }
 }
 
 template <WeightFormat kFormat, bool kVectorScales>
-void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+         MatMulPath path) {
   const bool direct = path == MatMulPath::kDirect || (path == MatMulPath::kAuto && m <= kTileRows);
   if (direct) {
-    RunDirect<kFormat, kVectorScales>(x, m, w, y);
+    RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
   } else {
-    RunPanel<kFormat, kVectorScales>(x, m, w, y);
+    RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
   }
 }
 
 template <WeightFormat kFormat>
-void Run(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+         MatMulPath path) {
   if (kFormat == WeightFormat::kF32 || kFormat == WeightFormat::kBF16 || VectorScales(w)) {
-    Run<kFormat, true>(x, m, w, y, path);
+    Run<kFormat, true>(x, ldx, m, w, y, ldy, path);
   } else {
-    Run<kFormat, false>(x, m, w, y, path);
+    Run<kFormat, false>(x, ldx, m, w, y, ldy, path);
   }
 }
 
-void MatMulImpl(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+void MatMulImpl(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
+                int64_t ldy, MatMulPath path) {
   switch (w.format) {
     case WeightFormat::kF32:
-      return Run<WeightFormat::kF32>(x, m, w, y, path);
+      return Run<WeightFormat::kF32>(x, ldx, m, w, y, ldy, path);
     case WeightFormat::kBF16:
-      return Run<WeightFormat::kBF16>(x, m, w, y, path);
+      return Run<WeightFormat::kBF16>(x, ldx, m, w, y, ldy, path);
     case WeightFormat::kFp8:
-      return Run<WeightFormat::kFp8>(x, m, w, y, path);
+      return Run<WeightFormat::kFp8>(x, ldx, m, w, y, ldy, path);
     case WeightFormat::kFp4:
-      return Run<WeightFormat::kFp4>(x, m, w, y, path);
+      return Run<WeightFormat::kFp4>(x, ldx, m, w, y, ldy, path);
   }
 }
 
@@ -430,11 +433,18 @@ namespace dsv4 {
 HWY_EXPORT(MatMulImpl);
 HWY_EXPORT(TargetImpl);
 
-void MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+void MatMul(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+            MatMulPath path) {
   const absl::Status status = w.Validate();
   DSV4_CHECK(status.ok(), status.ToString());
+  DSV4_CHECK(ldx >= w.cols && ldy >= w.rows, "ldx ", ldx, " < K ", w.cols, " or ldy ", ldy,
+             " < N ", w.rows);
   if (m <= 0 || w.rows <= 0) return;
-  HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, m, w, y, path);
+  HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, ldx, m, w, y, ldy, path);
+}
+
+void MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y, MatMulPath path) {
+  MatMul(x, w.cols, m, w, y, w.rows, path);
 }
 
 const char* MatMulTargetName() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }

@@ -41,6 +41,10 @@ enum class MatMulPath { kAuto, kDirect, kPanel };
 // (row strides K and N). w must satisfy w.Validate(). y must not overlap x.
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y,
             MatMulPath path = MatMulPath::kAuto);
+// The same with row strides: x[i] at x + i·ldx (ldx ≥ K), y[i] at y + i·ldy (ldy ≥ N), e.g.
+// to multiply a column slice of x into a column slice of y.
+void MatMul(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+            MatMulPath path = MatMulPath::kAuto);
 
 // The Highway target MatMul dispatches to on this CPU, e.g. "AVX3".
 const char* MatMulTargetName();

@@ -1,6 +1,7 @@
 #include "core/weight_matrix.h"
 
 #include "absl/strings/str_format.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -66,7 +67,7 @@ absl::Status WeightMatrix::Validate() const {
   switch (format) {
     case WeightFormat::kF32:
     case WeightFormat::kBF16:
-      if (scales != nullptr || block_rows != 0 || block_cols != 0) {
+      if (scales != nullptr || block_rows != 0 || block_cols != 0 || row_phase != 0) {
         return absl::InvalidArgumentError(
             absl::StrFormat("%s weight matrix takes no scales or scale blocks", name));
       }
@@ -76,9 +77,13 @@ absl::Status WeightMatrix::Validate() const {
         return absl::InvalidArgumentError(absl::StrFormat(
             "FP8 weight matrix needs positive scale blocks, got %dx%d", block_rows, block_cols));
       }
+      if (row_phase < 0 || row_phase >= block_rows) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "FP8 weight matrix row phase %d is outside [0, %d)", row_phase, block_rows));
+      }
       break;
     case WeightFormat::kFp4:
-      if (block_rows != 1 || block_cols != 32) {
+      if (block_rows != 1 || block_cols != 32 || row_phase != 0) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "FP4 weight matrix has 1x32 scale blocks, got %dx%d", block_rows, block_cols));
       }
@@ -107,7 +112,23 @@ int64_t WeightMatrix::row_bytes() const {
   return 0;
 }
 
-int64_t WeightMatrix::scale_rows() const { return block_rows > 0 ? CeilDiv(rows, block_rows) : 0; }
+WeightMatrix WeightMatrix::Rows(int64_t begin, int64_t count) const {
+  DSV4_CHECK(begin >= 0 && count >= 0 && begin + count <= rows, "rows [", begin, ", ",
+             begin + count, ") of a matrix with ", rows);
+  WeightMatrix slice = *this;
+  slice.rows = count;
+  slice.data = data + begin * row_bytes();
+  if (scales != nullptr) {
+    const int64_t first = row_phase + begin;
+    slice.scales = scales + first / block_rows * scale_cols();
+    slice.row_phase = first % block_rows;
+  }
+  return slice;
+}
+
+int64_t WeightMatrix::scale_rows() const {
+  return block_rows > 0 ? CeilDiv(row_phase + rows, block_rows) : 0;
+}
 
 int64_t WeightMatrix::scale_cols() const { return block_cols > 0 ? CeilDiv(cols, block_cols) : 0; }
 

@@ -33,6 +33,9 @@ struct WeightMatrix {
   const uint8_t* scales = nullptr;  // E8M0 codes; null for F32 and BF16
   int64_t block_rows = 0;           // scale block shape; 0 for F32 and BF16
   int64_t block_cols = 0;
+  // Row slices of FP8: the rows of the first scale block that precede row 0, so W[n] uses
+  // scale row (row_phase + n) / block_rows. 0 for whole matrices.
+  int64_t row_phase = 0;
 
   // Views with checked shapes. FP8 blocks must be positive; FP4's are fixed at 1×32.
   static absl::StatusOr<WeightMatrix> F32(const float* data, int64_t rows, int64_t cols);
@@ -41,6 +44,15 @@ struct WeightMatrix {
                                           int64_t cols, int64_t block_rows, int64_t block_cols);
   static absl::StatusOr<WeightMatrix> Fp4(const uint8_t* data, const uint8_t* scales, int64_t rows,
                                           int64_t cols);
+
+  // Rows [begin, begin + count) as a matrix of their own (e.g. one group of a grouped
+  // projection). Dies on a range outside the matrix.
+  WeightMatrix Rows(int64_t begin, int64_t count) const;
+
+  // The scale of W[n][k] is scales[scale_index(n, k)] (FP8 and FP4).
+  int64_t scale_index(int64_t n, int64_t k) const {
+    return (row_phase + n) / block_rows * scale_cols() + k / block_cols;
+  }
 
   // OK when the fields describe a matrix the kernels accept (as the factories build).
   absl::Status Validate() const;
