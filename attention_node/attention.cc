@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention_node/sink_attention.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -42,20 +43,29 @@ absl::StatusOr<Attention> Attention::Load(WeightLoader& loader, const std::strin
   const int64_t hd = a.heads_ * a.head_dim_;
   const int64_t q = config.q_lora_rank;
   const struct {
+    WeightMatrix* dst;
+    const char* name;
+    int64_t rows, cols;
+  } matrices[] = {
+      {&a.wq_a_, "wq_a.weight", q, d},
+      {&a.wq_b_, "wq_b.weight", hd, q},
+      {&a.wkv_, "wkv.weight", a.head_dim_, d},
+      {&a.wo_a_, "wo_a.weight", a.groups_ * a.o_rank_, hd / a.groups_},
+      {&a.wo_b_, "wo_b.weight", d, a.groups_ * a.o_rank_},
+  };
+  for (const auto& m : matrices) {
+    ASSIGN_OR_RETURN(*m.dst, loader.LoadMatrix(absl::StrCat(prefix, ".", m.name), m.rows, m.cols));
+  }
+  const struct {
     Tensor* dst;
     const char* name;
     Shape shape;
-  } tensors[] = {
+  } vectors[] = {
       {&a.attn_sink_, "attn_sink", {a.heads_}},
-      {&a.wq_a_, "wq_a.weight", {q, d}},
       {&a.q_norm_, "q_norm.weight", {q}},
-      {&a.wq_b_, "wq_b.weight", {hd, q}},
-      {&a.wkv_, "wkv.weight", {a.head_dim_, d}},
       {&a.kv_norm_, "kv_norm.weight", {a.head_dim_}},
-      {&a.wo_a_, "wo_a.weight", {a.groups_ * a.o_rank_, hd / a.groups_}},
-      {&a.wo_b_, "wo_b.weight", {d, a.groups_ * a.o_rank_}},
   };
-  for (const auto& t : tensors) {
+  for (const auto& t : vectors) {
     ASSIGN_OR_RETURN(*t.dst, loader.Load(absl::StrCat(prefix, ".", t.name), t.shape));
   }
   if (a.ratio_ > 0) {
@@ -112,8 +122,7 @@ void Attention::Forward(const float* x, int64_t rows, absl::Span<const Attention
 void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) const {
   const int h = heads_;
   const int64_t dh = head_dim_;
-  const int64_t d = wkv_.dim(1);
-  const int64_t q_rank = wq_a_.dim(0);
+  const int64_t q_rank = wq_a_.rows;
   const int64_t r = rope_.params().dim;
   ws->qr.resize(rows * q_rank);
   ws->q.resize(rows * h * dh);
@@ -121,11 +130,11 @@ void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) co
   float* qr = ws->qr.data();
   float* q = ws->q.data();
   float* kv = ws->kv.data();
-  Linear(x, rows, d, wq_a_.data(), q_rank, qr);
+  MatMul(x, rows, wq_a_, qr);
   RmsNorm(qr, q_norm_.data(), rows, q_rank, norm_eps_, qr);
-  Linear(qr, rows, q_rank, wq_b_.data(), h * dh, q);
+  MatMul(qr, rows, wq_b_, q);
   RmsNorm(q, nullptr, rows * h, dh, norm_eps_, q);
-  Linear(x, rows, d, wkv_.data(), dh, kv);
+  MatMul(x, rows, wkv_, kv);
   RmsNorm(kv, kv_norm_.data(), rows, dh, norm_eps_, kv);
   for (int64_t t = 0; t < rows; ++t) {
     rope_.ApplyHeads(q + t * h * dh + dh - r, h, dh, ws->positions[t]);
@@ -225,12 +234,11 @@ void Attention::ProjectOutput(int64_t rows, AttentionWorkspace* ws, float* out) 
   const int64_t group_in = h * dh / groups_;
   const int64_t z_width = groups_ * o_rank_;
   ws->z.resize(rows * z_width);
-  for (int64_t g = 0; g < groups_; ++g) {
-    Gemm(false, true, rows, o_rank_, group_in, 1.0f, o + g * group_in, h * dh,
-         wo_a_.data() + g * o_rank_ * group_in, group_in, 0.0f, ws->z.data() + g * o_rank_,
-         z_width);
+  for (int64_t g = 0; g < groups_; ++g) {  // z_g = wo_a[g]·o_g: group g's heads only
+    MatMul(o + g * group_in, h * dh, rows, wo_a_.Rows(g * o_rank_, o_rank_),
+           ws->z.data() + g * o_rank_, z_width);
   }
-  Linear(ws->z.data(), rows, z_width, wo_b_.data(), wo_b_.dim(0), out);
+  MatMul(ws->z.data(), rows, wo_b_, out);
 }
 
 }  // namespace dsv4

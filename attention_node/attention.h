@@ -31,6 +31,7 @@
 #include "core/model_config.h"
 #include "core/tensor.h"
 #include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 
 namespace dsv4 {
 
@@ -92,13 +93,13 @@ class Attention {
   float norm_eps_ = 1e-6f;
   Rope rope_{RopeParams{}};
   Tensor attn_sink_;                      // [H]
-  Tensor wq_a_;                           // [Q, d]
+  WeightMatrix wq_a_;                     // [Q, d]
   Tensor q_norm_;                         // [Q]
-  Tensor wq_b_;                           // [H·D, Q]
-  Tensor wkv_;                            // [D, d]
+  WeightMatrix wq_b_;                     // [H·D, Q]
+  WeightMatrix wkv_;                      // [D, d]
   Tensor kv_norm_;                        // [D]
-  Tensor wo_a_;                           // [G·R, H·D/G]
-  Tensor wo_b_;                           // [d, G·R]
+  WeightMatrix wo_a_;                     // [G·R, H·D/G]
+  WeightMatrix wo_b_;                     // [d, G·R]
   std::optional<Compressor> compressor_;  // m > 0
   std::optional<Indexer> indexer_;        // m = 4
 };

@@ -7,14 +7,15 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
 
-Compressor::Compressor(Tensor wkv, Tensor wgate, Tensor ape, Tensor norm, int ratio,
+Compressor::Compressor(WeightMatrix wkv, WeightMatrix wgate, Tensor ape, Tensor norm, int ratio,
                        const Rope& rope, float norm_eps)
-    : wkv_(std::move(wkv)),
-      wgate_(std::move(wgate)),
+    : wkv_(wkv),
+      wgate_(wgate),
       ape_(std::move(ape)),
       norm_(std::move(norm)),
       ratio_(ratio),
@@ -25,12 +26,13 @@ absl::StatusOr<Compressor> Compressor::Load(WeightLoader& loader, const std::str
                                             const ModelConfig& config, int ratio, int64_t head_dim,
                                             const Rope& rope) {
   const int64_t width = (ratio == 4 ? 2 : 1) * head_dim;
-  ASSIGN_OR_RETURN(Tensor wkv, loader.Load(prefix + ".wkv.weight", {width, config.hidden_size}));
-  ASSIGN_OR_RETURN(Tensor wgate,
-                   loader.Load(prefix + ".wgate.weight", {width, config.hidden_size}));
+  ASSIGN_OR_RETURN(WeightMatrix wkv,
+                   loader.LoadMatrix(prefix + ".wkv.weight", width, config.hidden_size));
+  ASSIGN_OR_RETURN(WeightMatrix wgate,
+                   loader.LoadMatrix(prefix + ".wgate.weight", width, config.hidden_size));
   ASSIGN_OR_RETURN(Tensor ape, loader.Load(prefix + ".ape", {ratio, width}));
   ASSIGN_OR_RETURN(Tensor norm, loader.Load(prefix + ".norm.weight", {head_dim}));
-  return Compressor(std::move(wkv), std::move(wgate), std::move(ape), std::move(norm), ratio, rope,
+  return Compressor(wkv, wgate, std::move(ape), std::move(norm), ratio, rope,
                     static_cast<float>(config.rms_norm_eps));
 }
 
@@ -44,8 +46,8 @@ CompressorState Compressor::FreshState(int ratio, int64_t head_dim) {
 }
 
 void Compressor::Project(const float* x, int64_t rows, float* kv, float* score) const {
-  Linear(x, rows, wkv_.dim(1), wkv_.data(), width(), kv);
-  Linear(x, rows, wgate_.dim(1), wgate_.data(), width(), score);
+  MatMul(x, rows, wkv_, kv);
+  MatMul(x, rows, wgate_, score);
 }
 
 void Compressor::Push(CompressorState* state, const float* kv, const float* score, int64_t pos,

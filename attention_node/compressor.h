@@ -24,6 +24,7 @@
 #include "core/model_config.h"
 #include "core/tensor.h"
 #include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 
 namespace dsv4 {
 
@@ -37,8 +38,8 @@ struct CompressorState {
 class Compressor {
  public:
   // wkv, wgate [c·D_c, d]; ape [m, c·D_c]; norm [D_c].
-  Compressor(Tensor wkv, Tensor wgate, Tensor ape, Tensor norm, int ratio, const Rope& rope,
-             float norm_eps);
+  Compressor(WeightMatrix wkv, WeightMatrix wgate, Tensor ape, Tensor norm, int ratio,
+             const Rope& rope, float norm_eps);
   // Loads "<prefix>.wkv.weight", ".wgate.weight", ".ape", ".norm.weight".
   static absl::StatusOr<Compressor> Load(WeightLoader& loader, const std::string& prefix,
                                          const ModelConfig& config, int ratio, int64_t head_dim,
@@ -47,7 +48,7 @@ class Compressor {
   int ratio() const { return ratio_; }
   bool overlap() const { return ratio_ == 4; }
   int64_t head_dim() const { return norm_.dim(0); }  // D_c
-  int64_t width() const { return wkv_.dim(0); }      // c·D_c
+  int64_t width() const { return wkv_.rows; }        // c·D_c
 
   // The state of a fresh sequence for a compressor of this ratio and D_c.
   static CompressorState FreshState(int ratio, int64_t head_dim);
@@ -61,7 +62,8 @@ class Compressor {
             std::vector<float>* entries) const;
 
  private:
-  Tensor wkv_, wgate_, ape_, norm_;
+  WeightMatrix wkv_, wgate_;
+  Tensor ape_, norm_;
   int ratio_;
   Rope rope_;
   float norm_eps_;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint_layout.h"
+#include "core/matmul.h"
 #include "core/engram_hash.h"
 #include "core/kernels.h"
 #include "core/status_macros.h"
@@ -222,14 +223,18 @@ absl::StatusOr<EngramLayer> EngramLayer::Load(WeightLoader& loader, const ModelC
     }
     return absl::OkStatus();
   };
-  ASSIGN_OR_RETURN(w.value_w, loader.Load(p + "value_proj.weight", {d, width}));
+  ASSIGN_OR_RETURN(w.value_w, loader.LoadMatrix(p + "value_proj.weight", d, width));
+  for (int64_t i = 0; i < n; ++i) {
+    ASSIGN_OR_RETURN(WeightMatrix key,
+                     loader.LoadMatrix(absl::StrCat(p, "key_projs.", i, ".weight"), d, width));
+    w.key_w.push_back(key);
+  }
   ASSIGN_OR_RETURN(w.value_b, loader.Load(p + "value_proj.bias", {d}));
   ASSIGN_OR_RETURN(Tensor conv_w,
                    loader.Load(p + "short_conv.conv.weight", {n * d, 1, e.kernel_size}));
   w.conv_w = conv_w.Reshape({n * d, e.kernel_size});
   for (auto [stem, leaf, shape, out] :
-       {std::tuple{"key_projs.", ".weight", Shape{d, width}, &w.key_w},
-        std::tuple{"key_projs.", ".bias", Shape{d}, &w.key_b},
+       {std::tuple{"key_projs.", ".bias", Shape{d}, &w.key_b},
         std::tuple{"norm1.", ".weight", Shape{d}, &w.norm1},
         std::tuple{"norm2.", ".weight", Shape{d}, &w.norm2},
         std::tuple{"short_conv.norms.", ".weight", Shape{d}, &w.conv_norm}}) {
@@ -245,13 +250,13 @@ void EngramLayer::Apply(const float* x, const float* e, int64_t T, std::vector<f
   const int64_t hist = static_cast<int64_t>(conv_history->size()) / channels;
   // v [T, d] and, per stream, the gate α [T, n].
   std::vector<float> v(T * d), key(T * d), xn(d), alpha(T * n);
-  Linear(e, T, width_, w_.value_w.data(), d, v.data());
+  MatMul(e, T, w_.value_w, v.data());
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t c = 0; c < d; ++c) v[t * d + c] += w_.value_b.data()[c];
   }
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t i = 0; i < n; ++i) {
-    Linear(e, T, width_, w_.key_w.data() + i * d * width_, d, key.data());
+    MatMul(e, T, w_.key_w[i], key.data());
     for (int64_t t = 0; t < T; ++t) {
       float* k = key.data() + t * d;
       for (int64_t c = 0; c < d; ++c) k[c] += w_.key_b.data()[i * d + c];
@@ -296,11 +301,13 @@ absl::StatusOr<std::unique_ptr<EngramModule>> EngramModule::Load(const ModelConf
                                                                  EngramRowSource* source) {
   ASSIGN_OR_RETURN(EngramHasher hasher, EngramHasher::Load(config, checkpoint));
   auto module = std::unique_ptr<EngramModule>(new EngramModule(std::move(hasher)));
-  WeightLoader loader(checkpoint);
+  WeightLoader loader(checkpoint, config.weight_block_size);
   for (int layer : config.engram.layer_ids) {
     ASSIGN_OR_RETURN(EngramLayer l, EngramLayer::Load(loader, config, layer));
     module->layers_.push_back(std::move(l));
   }
+  module->weight_bytes_ = loader.bytes();
+  module->mappings_ = loader.mappings();
   if (source == nullptr) {
     ASSIGN_OR_RETURN(module->local_, LocalEngramTables::Load(config, checkpoint));
     source = module->local_.get();

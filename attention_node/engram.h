@@ -29,6 +29,7 @@
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "core/weight_matrix.h"
 #include "core/weight_loader.h"
 
 namespace dsv4 {
@@ -89,12 +90,15 @@ class LocalEngramTables : public EngramRowSource {
   std::vector<const TensorView*> tables_;  // per Engram layer index, owned by the Checkpoint
 };
 
-// The fusion of one Engram layer (value, gates, short conv); weights in fp32.
+// The fusion of one Engram layer (value, gates, short conv); the projections as released
+// (views, kept alive by their loader's mappings), the small vectors in fp32.
 class EngramLayer {
  public:
   struct Weights {
-    Tensor value_w, value_b;  // [d, width], [d]
-    Tensor key_w, key_b;      // [n, d, width], [n, d]
+    WeightMatrix value_w;               // [d, width]
+    Tensor value_b;                     // [d]
+    std::vector<WeightMatrix> key_w;    // n × [d, width]
+    Tensor key_b;                       // [n, d]
     Tensor norm1, norm2;      // [n, d]: gate norms of the key and of the stream
     Tensor conv_norm;         // [n, d]
     Tensor conv_w;            // [n·d, kernel]
@@ -130,6 +134,8 @@ class EngramModule {
                                                             EngramRowSource* source = nullptr);
 
   const EngramHasher& hasher() const { return hasher_; }
+  // The fusion weights (tables excluded).
+  const WeightBytes& weight_bytes() const { return weight_bytes_; }
   bool is_engram_layer(int layer) const { return hasher_.index_of(layer) >= 0; }
 
   // One sequence of a step: its state and new tokens; rows [row_begin, row_begin + T) of
@@ -151,6 +157,8 @@ class EngramModule {
   EngramModule(EngramHasher hasher) : hasher_(std::move(hasher)) {}
   EngramHasher hasher_;
   std::vector<EngramLayer> layers_;  // per Engram layer index
+  WeightBytes weight_bytes_;
+  WeightMappings mappings_;  // keeps the views in layers_ valid
   std::unique_ptr<LocalEngramTables> local_;
   EngramRowSource* source_ = nullptr;
 };

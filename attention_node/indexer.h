@@ -29,13 +29,14 @@ namespace dsv4 {
 class Indexer {
  public:
   // wq_b [HI·DI, Q], weights_proj [HI, d].
-  Indexer(Tensor wq_b, Tensor weights_proj, Compressor compressor, int64_t topk, const Rope& rope);
+  Indexer(WeightMatrix wq_b, WeightMatrix weights_proj, Compressor compressor, int64_t topk,
+          const Rope& rope);
   // Loads "<prefix>.wq_b.weight", ".weights_proj.weight" and "<prefix>.compressor.*".
   static absl::StatusOr<Indexer> Load(WeightLoader& loader, const std::string& prefix,
                                       const ModelConfig& config, const Rope& rope);
 
   const Compressor& compressor() const { return compressor_; }
-  int heads() const { return static_cast<int>(weights_proj_.dim(0)); }
+  int heads() const { return static_cast<int>(weights_proj_.rows); }
   int64_t head_dim() const { return compressor_.head_dim(); }
   int64_t topk() const { return topk_; }
 
@@ -45,12 +46,14 @@ class Indexer {
                float* w) const;
 
   // The selected entries among keys [n, DI] (all n visible to the query), ascending.
+  // Each score is Σ_h w_h·ReLU(q_h·key) over h in order (Dot per pair): independent of
+  // the batch and the thread count.
   // `q` [HI, DI] and `w` [HI] are one row of Project's output.
   void Select(const float* q, const float* w, const float* keys, int64_t n,
               std::vector<int32_t>* selected, std::vector<float>* scratch) const;
 
  private:
-  Tensor wq_b_, weights_proj_;
+  WeightMatrix wq_b_, weights_proj_;
   Compressor compressor_;
   int64_t topk_;
   Rope rope_;

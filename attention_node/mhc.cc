@@ -5,7 +5,10 @@
 #include <utility>
 #include <vector>
 
+#include "core/check.h"
 #include "core/kernels.h"
+#include "core/matmul.h"
+#include "core/parallel.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -16,7 +19,9 @@ std::vector<float> Mixes(const Tensor& fn, const float* x, int64_t tokens, float
   const int64_t rows = fn.dim(0);
   const int64_t width = fn.dim(1);
   std::vector<float> mix(static_cast<size_t>(tokens * rows));
-  Linear(x, tokens, width, fn.data(), rows, mix.data());
+  const absl::StatusOr<WeightMatrix> w = WeightMatrix::F32(fn.data(), rows, width);
+  DSV4_CHECK(w.ok(), w.status().ToString());
+  MatMul(x, tokens, *w, mix.data());
   for (int64_t t = 0; t < tokens; ++t) {
     const float* xt = x + t * width;
     double sum = 0;
@@ -111,39 +116,43 @@ void HyperConnection::Pre(const float* x, int64_t tokens, float* y, float* post,
   const std::vector<float> mix = Mixes(fn_, x, tokens, norm_eps_);
   const float* base = base_.data();
   const float* scale = scale_.data();
-  std::vector<float> pre(n);
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* mt = mix.data() + t * m;
-    for (int i = 0; i < n; ++i) {
-      pre[i] = Sigmoid(mt[i] * scale[0] + base[i]) + hc_eps_;
-      post[t * n + i] = 2.0f * Sigmoid(mt[n + i] * scale[1] + base[n + i]);
+  ParallelFor(tokens, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> pre(n);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* mt = mix.data() + t * m;
+      for (int i = 0; i < n; ++i) {
+        pre[i] = Sigmoid(mt[i] * scale[0] + base[i]) + hc_eps_;
+        post[t * n + i] = 2.0f * Sigmoid(mt[n + i] * scale[1] + base[n + i]);
+      }
+      float* ct = comb + t * n * n;
+      for (int ab = 0; ab < n * n; ++ab) ct[ab] = mt[2 * n + ab] * scale[2] + base[2 * n + ab];
+      Sinkhorn(ct, n, iters_, hc_eps_);
+      WeightedStreamSum(x + t * n * d, pre.data(), n, d, y + t * d);
     }
-    float* ct = comb + t * n * n;
-    for (int ab = 0; ab < n * n; ++ab) ct[ab] = mt[2 * n + ab] * scale[2] + base[2 * n + ab];
-    Sinkhorn(ct, n, iters_, hc_eps_);
-    WeightedStreamSum(x + t * n * d, pre.data(), n, d, y + t * d);
-  }
+  });
 }
 
 void HyperConnection::Post(const float* f, const float* post, const float* comb, int64_t tokens,
                            int n, int64_t d, float* x) {
-  std::vector<float> old(static_cast<size_t>(n * d));
-  for (int64_t t = 0; t < tokens; ++t) {
-    float* xt = x + t * n * d;
-    std::copy(xt, xt + n * d, old.begin());
-    const float* ft = f + t * d;
-    const float* ct = comb + t * n * n;
-    for (int b = 0; b < n; ++b) {
-      float* dst = xt + b * d;
-      const float pb = post[t * n + b];
-      for (int64_t j = 0; j < d; ++j) dst[j] = pb * ft[j];
-      for (int a = 0; a < n; ++a) {
-        const float cab = ct[a * n + b];
-        const float* src = old.data() + a * d;
-        for (int64_t j = 0; j < d; ++j) dst[j] += cab * src[j];
+  ParallelFor(tokens, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> old(static_cast<size_t>(n * d));
+    for (int64_t t = begin; t < end; ++t) {
+      float* xt = x + t * n * d;
+      std::copy(xt, xt + n * d, old.begin());
+      const float* ft = f + t * d;
+      const float* ct = comb + t * n * n;
+      for (int b = 0; b < n; ++b) {
+        float* dst = xt + b * d;
+        const float pb = post[t * n + b];
+        for (int64_t j = 0; j < d; ++j) dst[j] = pb * ft[j];
+        for (int a = 0; a < n; ++a) {
+          const float cab = ct[a * n + b];
+          const float* src = old.data() + a * d;
+          for (int64_t j = 0; j < d; ++j) dst[j] += cab * src[j];
+        }
       }
     }
-  }
+  });
 }
 
 HcHead::HcHead(Tensor fn, Tensor base, Tensor scale, int n, float hc_eps, float norm_eps)

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
-#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 #include "core/weight_loader.h"
 
@@ -95,18 +95,16 @@ absl::StatusOr<Model::MtpBlock> Model::LoadMtp(WeightLoader& loader, const Model
   const int64_t d = config.hidden_size;
   ASSIGN_OR_RETURN(Block block,
                    LoadBlock(loader, prefix, config, config.num_hidden_layers + index));
+  ASSIGN_OR_RETURN(WeightMatrix e_proj, loader.LoadMatrix(prefix + ".e_proj.weight", d, d));
+  ASSIGN_OR_RETURN(WeightMatrix h_proj, loader.LoadMatrix(prefix + ".h_proj.weight", d, d));
   std::vector<Tensor> w;
-  for (auto [name, shape] : {std::pair<const char*, Shape>{"e_proj.weight", {d, d}},
-                             {"h_proj.weight", {d, d}},
-                             {"enorm.weight", {d}},
-                             {"hnorm.weight", {d}},
-                             {"norm.weight", {d}}}) {
-    ASSIGN_OR_RETURN(Tensor t, loader.Load(absl::StrCat(prefix, ".", name), shape));
+  for (const char* name : {"enorm.weight", "hnorm.weight", "norm.weight"}) {
+    ASSIGN_OR_RETURN(Tensor t, loader.Load(absl::StrCat(prefix, ".", name), {d}));
     w.push_back(std::move(t));
   }
   ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, prefix + ".hc_head", config));
-  return MtpBlock{std::move(block), std::move(w[0]), std::move(w[1]),   std::move(w[2]),
-                  std::move(w[3]),  std::move(w[4]), std::move(hc_head)};
+  return MtpBlock{std::move(block), e_proj,           h_proj, std::move(w[0]),
+                  std::move(w[1]),  std::move(w[2]), std::move(hc_head)};
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
@@ -119,34 +117,34 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
         absl::StrCat("max_seq_len ", options.max_seq_len,
                      " must be in [0, max_position_embeddings = ", limit, "]"));
   }
-  WeightLoader loader(checkpoint);
+  WeightLoader loader(checkpoint, config.weight_block_size);
   const int64_t v = config.vocab_size;
   const int64_t d = config.hidden_size;
   ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, "hc_head", config));
   std::unique_ptr<Model> model(new Model(config, std::move(hc_head)));
   model->max_seq_len_ = options.max_seq_len > 0 ? options.max_seq_len : limit;
-  for (auto [dst, name, shape] :
-       {std::tuple<Tensor*, const char*, Shape>{&model->embed_, "embed.weight", {v, d}},
-        {&model->head_, "head.weight", {v, d}},
-        {&model->norm_, "norm.weight", {d}}}) {
-    ASSIGN_OR_RETURN(*dst, loader.Load(name, shape));
-  }
+  ASSIGN_OR_RETURN(model->embed_, loader.LoadMatrix("embed.weight", v, d));
+  ASSIGN_OR_RETURN(model->head_, loader.LoadMatrix("head.weight", v, d));
+  ASSIGN_OR_RETURN(model->norm_, loader.Load("norm.weight", {d}));
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     ASSIGN_OR_RETURN(Block block, LoadBlock(loader, absl::StrCat("layers.", layer), config, layer));
     model->layers_.push_back(std::move(block));
   }
-  const int64_t main_bytes = loader.bytes();
+  const WeightBytes main_bytes = loader.bytes();
   if (options.load_mtp) {
     for (int i = 0; i < config.num_nextn_predict_layers; ++i) {
       ASSIGN_OR_RETURN(MtpBlock mtp, LoadMtp(loader, config, i));
       model->mtp_.push_back(std::move(mtp));
     }
   }
+  model->weight_bytes_ = loader.bytes();
+  model->mtp_weight_bytes_ = {loader.bytes().released - main_bytes.released,
+                              loader.bytes().resident - main_bytes.resident};
+  model->mappings_ = loader.mappings();
   if (config.engram.enabled()) {
     ASSIGN_OR_RETURN(model->engram_, EngramModule::Load(config, checkpoint, options.engram_rows));
+    model->weight_bytes_ += model->engram_->weight_bytes();
   }
-  model->weight_bytes_ = loader.bytes();
-  model->mtp_weight_bytes_ = loader.bytes() - main_bytes;
   return model;
 }
 
@@ -189,8 +187,9 @@ absl::StatusOr<Step> Model::BeginStep(absl::Span<const StepInput> inputs) const 
   const int64_t d = config_.hidden_size;
   step.x_ = Tensor({step.rows(), n, d});
   for (int64_t t = 0; t < step.rows(); ++t) {
-    const float* e = embed_.data() + step.tokens_[t] * d;
-    for (int i = 0; i < n; ++i) std::memcpy(step.x_.data() + (t * n + i) * d, e, d * sizeof(float));
+    float* x = step.x_.data() + t * n * d;
+    embed_.DecodeRow(step.tokens_[t], x);
+    for (int i = 1; i < n; ++i) std::memcpy(x + i * d, x, d * sizeof(float));
   }
   // Engram rows depend only on tokens: fetch them now, overlapping the layers before.
   if (engram_) step.engram_fetch_ = engram_->Begin(EngramSegments(step));
@@ -302,7 +301,7 @@ absl::StatusOr<Tensor> Model::Logits(const Step& step, LogitRows which) const {
   hc_head_.Apply(x.data(), count, y.data());
   RmsNorm(y.data(), norm_.data(), count, d, static_cast<float>(config_.rms_norm_eps), y.data());
   Tensor logits({count, v});
-  Linear(y.data(), count, d, head_.data(), v, logits.data());
+  MatMul(y.data(), count, head_, logits.data());
   return logits;
 }
 

@@ -42,6 +42,8 @@
 #include "core/safetensors.h"
 #include "core/swiglu_ffn.h"
 #include "core/tensor.h"
+#include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 #include "expert_node/expert_executor.h"
 
 namespace dsv4 {
@@ -116,8 +118,9 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   int64_t max_seq_len() const { return max_seq_len_; }
-  int64_t weight_bytes() const { return weight_bytes_; }          // all resident weights here
-  int64_t mtp_weight_bytes() const { return mtp_weight_bytes_; }  // of which MTP
+  // The weights held here (Engram fusion included, its tables not), released and resident.
+  const WeightBytes& weight_bytes() const { return weight_bytes_; }
+  const WeightBytes& mtp_weight_bytes() const { return mtp_weight_bytes_; }  // of which MTP
 
   SequenceState NewSequence() const { return SequenceState(config_); }
 
@@ -145,7 +148,7 @@ class Model {
   // Multi-token prediction block (spec §3.13), kept loaded but outside the forward.
   struct MtpBlock {
     Block block;
-    Tensor e_proj, h_proj;      // [d, d]
+    WeightMatrix e_proj, h_proj;  // [d, d]
     Tensor enorm, hnorm, norm;  // [d]
     HcHead hc_head;
   };
@@ -160,13 +163,15 @@ class Model {
 
   ModelConfig config_;
   int64_t max_seq_len_ = 0;
-  Tensor embed_, head_, norm_;  // [V, d], [V, d], [d]
+  WeightMatrix embed_, head_;  // [V, d]
+  Tensor norm_;                // [d]
   HcHead hc_head_;
   std::vector<Block> layers_;
   std::vector<MtpBlock> mtp_;
   std::unique_ptr<EngramModule> engram_;  // null without Engram layers
-  int64_t weight_bytes_ = 0;
-  int64_t mtp_weight_bytes_ = 0;
+  WeightBytes weight_bytes_;
+  WeightBytes mtp_weight_bytes_;
+  WeightMappings mappings_;  // keeps every WeightMatrix view above valid
 };
 
 }  // namespace dsv4

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -17,9 +18,9 @@ absl::StatusOr<ScoreFunc> ParseScoreFunc(const std::string& name) {
       absl::StrCat("scoring_func \"", name, "\" is not one of sqrtsoftplus, sigmoid, softmax"));
 }
 
-Router::Router(Tensor gate, Tensor bias, std::vector<int32_t> tid2eid, int k, ScoreFunc score,
+Router::Router(WeightMatrix gate, Tensor bias, std::vector<int32_t> tid2eid, int k, ScoreFunc score,
                float route_scale)
-    : gate_(std::move(gate)),
+    : gate_(gate),
       bias_(std::move(bias)),
       tid2eid_(std::move(tid2eid)),
       k_(k),
@@ -31,7 +32,8 @@ absl::StatusOr<Router> Router::Load(WeightLoader& loader, const std::string& pre
   ASSIGN_OR_RETURN(ScoreFunc score, ParseScoreFunc(config.scoring_func));
   const int64_t experts = config.n_routed_experts;
   const int k = config.num_experts_per_tok;
-  ASSIGN_OR_RETURN(Tensor gate, loader.Load(prefix + ".weight", {experts, config.hidden_size}));
+  ASSIGN_OR_RETURN(WeightMatrix gate,
+                   loader.LoadMatrix(prefix + ".weight", experts, config.hidden_size));
   Tensor bias;
   std::vector<int32_t> tid2eid;
   if (hash) {
@@ -47,9 +49,9 @@ absl::StatusOr<Router> Router::Load(WeightLoader& loader, const std::string& pre
 void Router::Route(const float* x, absl::Span<const int32_t> tokens, int32_t* expert_ids,
                    float* weights) const {
   const int64_t rows = static_cast<int64_t>(tokens.size());
-  const int64_t experts = gate_.dim(0);
+  const int64_t experts = gate_.rows;
   std::vector<float> scores(rows * experts);
-  Linear(x, rows, gate_.dim(1), gate_.data(), experts, scores.data());
+  MatMul(x, rows, gate_, scores.data());
   if (score_ == ScoreFunc::kSoftmax) SoftmaxRows(scores.data(), rows, experts);
   std::vector<float> biased(experts);
   for (int64_t t = 0; t < rows; ++t) {

@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "core/model_config.h"
 #include "core/tensor.h"
+#include "core/weight_matrix.h"
 #include "core/weight_loader.h"
 
 namespace dsv4 {
@@ -26,7 +27,7 @@ class Router {
  public:
   // gate [E, d]. Bias-routed: bias [E], tid2eid empty. Hash-routed: bias empty,
   // tid2eid [V·k] with entries in [0, E).
-  Router(Tensor gate, Tensor bias, std::vector<int32_t> tid2eid, int k, ScoreFunc score,
+  Router(WeightMatrix gate, Tensor bias, std::vector<int32_t> tid2eid, int k, ScoreFunc score,
          float route_scale);
   // Loads "<prefix>.weight" and ".bias" or ".tid2eid" (prefix "layers.3.ffn.gate");
   // `hash` selects hash routing.
@@ -41,7 +42,8 @@ class Router {
              float* weights) const;
 
  private:
-  Tensor gate_, bias_;
+  WeightMatrix gate_;
+  Tensor bias_;
   std::vector<int32_t> tid2eid_;
   int k_;
   ScoreFunc score_;

@@ -4,10 +4,16 @@
 //   o_h = Σ_j exp(z_j − μ) · k_j / (Σ_j exp(z_j − μ) + exp(sink_h − μ))
 // The sink adds to the denominator only.
 //
-// Queries are processed in blocks so the work runs as GEMMs over the whole block: the
-// block shares runs of candidate rows (window positions, compressed entries), of which
-// each query sees a contiguous sub-range, and each query may add private rows (the
-// entries its indexer selected).
+// A block of queries shares runs of candidate rows (window positions, compressed
+// entries), of which each query sees a contiguous sub-range, and each query may add
+// private rows (the entries its indexer selected).
+//
+// Order. Each (query, head) is computed on its own, over its candidates in the order
+// given (the shared runs in order, then its private rows): scores by core/vector_math.h's
+// Dot, then max, exponentials and their sum, then o = Σ_j p_j·k_j by MulAddTo, all in
+// candidate order. Callers list candidates in a canonical order (window positions
+// ascending, then compressed entries ascending), so the output depends only on what the
+// query sees, not on how the runs are split, the block size, or the thread count.
 #ifndef DSV4_ATTENTION_NODE_SINK_ATTENTION_H_
 #define DSV4_ATTENTION_NODE_SINK_ATTENTION_H_
 

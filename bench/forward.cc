@@ -186,22 +186,31 @@ int Main(int argc, char** argv) {
   const ModelConfig& c = *config;
   const Model& m = **model;
   const int64_t d = c.hidden_size;
-  const int64_t expert_bytes = 3 * c.moe_intermediate_size * d * 4;
+  // Bytes as released: what a native-precision engine reads.
+  const WeightBytes model_bytes = m.weight_bytes();
+  const WeightBytes expert_total = (*experts)->weight_bytes();
+  const int64_t expert_bytes =
+      expert_total.released / (int64_t{c.num_hidden_layers} * c.n_routed_experts);
   // Weights a decode step streams: everything on the attention side but the embedding
-  // table and hash tables (one row each per token), plus the routed experts it uses.
-  const int64_t dense_bytes = m.weight_bytes() - c.vocab_size * d * 4 -
-                              int64_t{c.num_hash_layers} * c.vocab_size * c.num_experts_per_tok * 4;
+  // table (BF16) and hash tables (I64), one row each per token, plus the routed experts it
+  // uses.
+  const int64_t dense_bytes = model_bytes.released - c.vocab_size * d * 2 -
+                              int64_t{c.num_hash_layers} * c.vocab_size * c.num_experts_per_tok * 8;
   CountingExecutor counting(**experts, expert_bytes);
   const double macs_per_token = MatmulMacsPerToken(c);
   result["model"] = {{"checkpoint", temp.empty() ? checkpoint_dir : "generated v4-mini, seed 1"},
-                     {"weights_bytes_fp32", m.weight_bytes() + (*experts)->weight_bytes()},
-                     {"attention_side_bytes", m.weight_bytes()},
-                     {"routed_expert_bytes", (*experts)->weight_bytes()},
+                     {"weights_released_bytes", model_bytes.released + expert_total.released},
+                     {"weights_resident_bytes", model_bytes.resident + expert_total.resident},
+                     {"attention_side_released_bytes", model_bytes.released},
+                     {"routed_expert_released_bytes", expert_total.released},
                      {"dense_bytes_read_per_decode_step", dense_bytes},
                      {"matmul_flops_per_token", 2 * macs_per_token}};
-  std::printf("v4-mini: %.2f GB fp32 weights (attention side %.2f GB, experts %.2f GB)\n\n",
-              (m.weight_bytes() + (*experts)->weight_bytes()) / 1e9, m.weight_bytes() / 1e9,
-              (*experts)->weight_bytes() / 1e9);
+  std::printf(
+      "v4-mini: %.3f GB weights as released, %.3f GB resident (attention side %.3f GB, "
+      "experts %.3f GB released)\n\n",
+      (model_bytes.released + expert_total.released) / 1e9,
+      (model_bytes.resident + expert_total.resident) / 1e9, model_bytes.released / 1e9,
+      expert_total.released / 1e9);
   std::printf("%5s %8s %12s %9s %8s | %11s %12s %9s %11s %8s\n", "batch", "prompt", "prefill t/s",
               "GFLOP/s", "of peak", "decode t/s", "roofline t/s", "of roof", "compute t/s",
               "experts");

@@ -22,6 +22,7 @@
 #include "core/kv_accounting.h"
 #include "core/model_config.h"
 #include "core/npy.h"
+#include "core/parallel.h"
 #include "core/safetensors.h"
 #include "core/sampling.h"
 #include "core/status_macros.h"
@@ -46,7 +47,7 @@ ABSL_FLAG(std::string, kv_report, "",
           "configs (paths or preset names, comma-separated) to report KV state for, from the "
           "config alone; works without --checkpoint");
 ABSL_FLAG(int64_t, kv_context, 1 << 20, "context length for --kv_report");
-ABSL_FLAG(int32_t, threads, 1, "OpenBLAS threads");
+ABSL_FLAG(int32_t, threads, 0, "kernel threads; 0 (default): every core this process may run on");
 ABSL_FLAG(std::vector<std::string>, engram_servers, {},
           "Engram memory nodes (host:port, comma-separated, in shard-plan order) to look table "
           "rows up on instead of reading them from the checkpoint");
@@ -117,7 +118,11 @@ absl::Status KvReportOnly() {
 }
 
 absl::Status Run() {
-  SetBlasThreads(absl::GetFlag(FLAGS_threads));
+  if (absl::GetFlag(FLAGS_threads) < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads must be ≥ 0, got ", absl::GetFlag(FLAGS_threads)));
+  }
+  if (absl::GetFlag(FLAGS_threads) > 0) SetThreads(absl::GetFlag(FLAGS_threads));
   const std::string dir = absl::GetFlag(FLAGS_checkpoint);
   if (dir.empty()) {
     if (!absl::GetFlag(FLAGS_kv_report).empty()) return KvReportOnly();
@@ -229,11 +234,17 @@ absl::Status Run() {
     std::cout << absl::StrFormat("decode: %d tokens in %.3f s (%.1f tokens/s)\n", decode_steps,
                                  decode_seconds, decode_steps / decode_seconds);
   }
-  const int64_t weights = m.weight_bytes() + experts->weight_bytes();
+  WeightBytes weights = m.weight_bytes();
+  weights += experts->weight_bytes();
+  const auto pair = [](const WeightBytes& w) {
+    return absl::StrFormat("%s (%s)", FormatBytes(w.resident), FormatBytes(w.released));
+  };
   std::cout << absl::StrFormat(
-      "memory: weights %s resident (fp32; attention side %s incl. MTP %s, routed experts %s)\n",
-      FormatBytes(weights), FormatBytes(m.weight_bytes()), FormatBytes(m.mtp_weight_bytes()),
-      FormatBytes(experts->weight_bytes()));
+      "memory: weights %s resident, %s as released (%.2fx); attention side %s incl. MTP %s, "
+      "routed experts %s\n",
+      FormatBytes(weights.resident), FormatBytes(weights.released),
+      static_cast<double>(weights.resident) / static_cast<double>(weights.released),
+      pair(m.weight_bytes()), pair(m.mtp_weight_bytes()), pair(experts->weight_bytes()));
   std::cout << absl::StrFormat("memory: KV state %s after %d tokens (fp32) = %s amortised\n",
                                FormatBytes(state.bytes()), state.position(),
                                PerToken(static_cast<double>(state.bytes()) / state.position()));

@@ -34,11 +34,13 @@ void PrintStatus(const v1::ClusterStatus& status) {
                                  e.restarts());
   }
   for (const v1::EngineStatus& e : status.engines()) {
-    std::cout << absl::StrFormat("\n%s ranks:\n  %-5s %-10s %-20s %s\n", e.id(), "RANK", "ROLE",
-                                 "POSITION", "RESIDENT");
+    std::cout << absl::StrFormat("\n%s ranks (weight bytes):\n  %-5s %-10s %-20s %-11s %s\n",
+                                 e.id(), "RANK", "ROLE", "POSITION", "RESIDENT", "RELEASED");
     for (const v1::RankStatus& r : e.ranks()) {
-      std::cout << absl::StrFormat("  %-5d %-10s %-20s %s\n", r.rank(), r.role(), r.position(),
-                                   FormatBytes(static_cast<double>(r.resident_bytes())));
+      std::cout << absl::StrFormat("  %-5d %-10s %-20s %-11s %s\n", r.rank(), r.role(),
+                                   r.position(),
+                                   FormatBytes(static_cast<double>(r.resident_bytes())),
+                                   FormatBytes(static_cast<double>(r.released_bytes())));
     }
   }
   if (!status.placement_summary().empty()) {

@@ -29,7 +29,9 @@ ABSL_FLAG(int64_t, decode_from, 0,
           "prefill this many prompt tokens, then decode the rest one at a time (0: prefill all)");
 ABSL_FLAG(std::string, stats_out, "",
           "write per-step measured and modelled times, resident bytes and overlap as JSON");
-ABSL_FLAG(int32_t, threads, 1, "OpenBLAS threads per rank");
+ABSL_FLAG(int32_t, threads, 0,
+          "kernel threads per rank; 0 (default): the cluster YAML's engine.threads_per_rank, "
+          "whose default 0 divides the cores among the ranks on each host");
 ABSL_FLAG(std::string, coordinator, "",
           "serving mode: the coordinator's address (host:port); the leader connects to it");
 ABSL_FLAG(std::string, engine_id, "engine-0",
@@ -53,7 +55,7 @@ absl::Status Run() {
   EngineOptions options;
   options.cluster = absl::GetFlag(FLAGS_cluster);
   options.checkpoint = absl::GetFlag(FLAGS_checkpoint);
-  options.blas_threads = absl::GetFlag(FLAGS_threads);
+  options.threads = absl::GetFlag(FLAGS_threads);
   options.fail_rank = absl::GetFlag(FLAGS_fail_rank);
   options.fail_at_step = absl::GetFlag(FLAGS_fail_at_step);
   std::vector<std::vector<int32_t>> prompts;

@@ -211,6 +211,7 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
                                                             : "unknown");
       rank->set_position(r.position());
       rank->set_resident_bytes(r.resident_bytes());
+      rank->set_released_bytes(r.released_bytes());
       rank->set_host(r.host());
       rank->set_pid(r.pid());
     }

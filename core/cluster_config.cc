@@ -172,7 +172,8 @@ RolesSpec ReadRoles(const YamlMap& root) {
 EngineSpec ReadEngine(const YamlMap& root) {
   const YamlMap engine =
       root.Map("engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens",
-                          "chunked_prefill_tokens", "micro_batches", "dispatch", "placement"});
+                          "chunked_prefill_tokens", "micro_batches", "dispatch", "placement",
+                          "threads_per_rank"});
   EngineSpec spec;
   const EngineSpec defaults;
   spec.max_seqs_per_rank =
@@ -183,6 +184,8 @@ EngineSpec ReadEngine(const YamlMap& root) {
   spec.chunked_prefill_tokens =
       engine.Int("chunked_prefill_tokens", NumberRule::kPositive, defaults.chunked_prefill_tokens);
   spec.micro_batches = engine.Int("micro_batches", NumberRule::kPositive, defaults.micro_batches);
+  spec.threads_per_rank =
+      engine.Int("threads_per_rank", NumberRule::kNonNegative, defaults.threads_per_rank);
   if (engine.reader().ok() && spec.kv_budget_tokens < spec.max_seq_len) {
     engine.Fail("kv_budget_tokens",
                 absl::StrCat("must hold at least one sequence of max_seq_len = ", spec.max_seq_len,

@@ -107,6 +107,9 @@ struct EngineSpec {
   DispatchMode dispatch = DispatchMode::kFlat;
   PlacementPolicy placement = PlacementPolicy::kHierarchical;
   int redundant_experts = 0;
+  // Threads of each engine rank's kernels; 0 = the cores the rank may run on (its affinity
+  // mask: mpirun's binding decides).
+  int threads_per_rank = 0;
 };
 
 struct EngramSpec {

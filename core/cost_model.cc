@@ -39,17 +39,17 @@ double SumMinFloorDiv(int64_t a, int64_t b, int64_t m, int64_t cap) {
 
 // Bytes of an [rows, cols] dense matrix in the checkpoint's dense format (FP8 with 128×128
 // E8M0 block scales, or BF16), and the format it is stored in.
-void AddDense(const ModelConfig& c, int64_t rows, int64_t cols, WeightBytes* w) {
+void AddDense(const ModelConfig& c, int64_t rows, int64_t cols, WeightBytesByFormat* w) {
   if (c.fp8_weights) {
     const int64_t b = c.weight_block_size;
-    w->bytes[static_cast<int>(WeightFormat::kFp8)] +=
+    w->bytes[static_cast<int>(StorageFormat::kFp8)] +=
         static_cast<double>(rows * cols + CeilDiv(rows, b) * CeilDiv(cols, b));
   } else {
-    w->bytes[static_cast<int>(WeightFormat::kBf16)] += kBf16Bytes * rows * cols;
+    w->bytes[static_cast<int>(StorageFormat::kBf16)] += kBf16Bytes * rows * cols;
   }
 }
 
-void AddBytes(WeightFormat format, double bytes, WeightBytes* w) {
+void AddBytes(StorageFormat format, double bytes, WeightBytesByFormat* w) {
   w->bytes[static_cast<int>(format)] += bytes;
 }
 
@@ -251,64 +251,64 @@ double EngramWidth(const ModelConfig& c) {
 }
 
 // Weights of a layer, split by component and by format.
-LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytes* by_format) {
+LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytesByFormat* by_format) {
   LayerWeightSplit s;
-  WeightBytes w;
+  WeightBytesByFormat w;
   const int64_t d = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank;
   auto take = [&](double* slot) {  // moves what was added since the last call into `slot`
     const double total = w.total();
     *slot += total;
     *by_format += w;
-    w = WeightBytes{};
+    w = WeightBytesByFormat{};
   };
   if (c.is_v4()) {
     const int64_t n = c.hc_mult, mix = c.mix_dim();
-    AddBytes(WeightFormat::kFp32, 2 * kF32Bytes * (mix * n * d + mix + 3), &w);
-    AddBytes(WeightFormat::kBf16, 2 * kBf16Bytes * d, &w);  // attn_norm, ffn_norm
+    AddBytes(StorageFormat::kFp32, 2 * kF32Bytes * (mix * n * d + mix + 3), &w);
+    AddBytes(StorageFormat::kBf16, 2 * kBf16Bytes * d, &w);  // attn_norm, ffn_norm
     take(&s.mhc);
     const int64_t D = c.head_dim, G = c.o_groups, R = c.o_lora_rank;
-    AddBytes(WeightFormat::kFp32, kF32Bytes * H, &w);  // attn_sink
+    AddBytes(StorageFormat::kFp32, kF32Bytes * H, &w);  // attn_sink
     AddDense(c, Q, d, &w);
     AddDense(c, H * D, Q, &w);
     AddDense(c, D, d, &w);
-    AddBytes(WeightFormat::kBf16, kBf16Bytes * (Q + D + G * R * (H * D / G)), &w);  // norms, wo_a
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * (Q + D + G * R * (H * D / G)), &w);  // norms, wo_a
     AddDense(c, d, G * R, &w);
     take(&s.attention);
     const int m = c.ratio(layer);
     auto compressor = [&](int64_t dim) {
       const int64_t width = (m == 4 ? 2 : 1) * dim;
-      AddBytes(WeightFormat::kFp32, kF32Bytes * m * width, &w);  // ape
-      AddBytes(WeightFormat::kBf16, kBf16Bytes * (2 * width * d + dim), &w);
+      AddBytes(StorageFormat::kFp32, kF32Bytes * m * width, &w);  // ape
+      AddBytes(StorageFormat::kBf16, kBf16Bytes * (2 * width * d + dim), &w);
     };
     if (m > 0) compressor(D);
     take(&s.compressor);
     if (m == 4) {
       const int64_t HI = c.index_n_heads, DI = c.index_head_dim;
       AddDense(c, HI * DI, Q, &w);
-      AddBytes(WeightFormat::kBf16, kBf16Bytes * HI * d, &w);
+      AddBytes(StorageFormat::kBf16, kBf16Bytes * HI * d, &w);
       compressor(DI);
     }
     take(&s.indexer);
   } else {
     const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, v = c.v_head_dim;
     const int64_t kvr = c.kv_lora_rank;
-    AddBytes(WeightFormat::kBf16, 2 * kBf16Bytes * d, &w);  // the two layer norms
+    AddBytes(StorageFormat::kBf16, 2 * kBf16Bytes * d, &w);  // the two layer norms
     take(&s.mhc);
     AddDense(c, Q, d, &w);
     AddDense(c, H * (nope + rope), Q, &w);
     AddDense(c, kvr + rope, d, &w);
     AddDense(c, H * (nope + v), kvr, &w);
     AddDense(c, d, H * v, &w);
-    AddBytes(WeightFormat::kBf16, kBf16Bytes * (Q + kvr), &w);  // q_a and kv_a norms
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * (Q + kvr), &w);  // q_a and kv_a norms
     take(&s.attention);
   }
   if (IsMoeLayer(c, layer)) {
     const int64_t E = c.n_routed_experts, F = c.moe_intermediate_size;
-    AddBytes(WeightFormat::kBf16, kBf16Bytes * E * d, &w);  // gate
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * E * d, &w);  // gate
     if (c.is_hash_layer(layer)) {
-      AddBytes(WeightFormat::kInt, 8.0 * c.vocab_size * c.num_experts_per_tok, &w);  // tid2eid
+      AddBytes(StorageFormat::kInt, 8.0 * c.vocab_size * c.num_experts_per_tok, &w);  // tid2eid
     } else {
-      AddBytes(WeightFormat::kFp32, kF32Bytes * E, &w);  // bias
+      AddBytes(StorageFormat::kFp32, kF32Bytes * E, &w);  // bias
     }
     take(&s.router);
     for (int i = 0; i < c.n_shared_experts; ++i) {
@@ -326,7 +326,7 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytes*
   if (IsEngramLayer(c, layer)) {
     const double width = EngramWidth(c), n = c.hc_mult;
     // Value and per-stream key projections with biases; per-stream norms and the conv.
-    AddBytes(WeightFormat::kBf16,
+    AddBytes(StorageFormat::kBf16,
              kBf16Bytes * ((1 + n) * (width * d + d) + 3 * n * d + n * d * c.engram.kernel_size),
              &w);
     take(&s.engram);
@@ -335,8 +335,8 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytes*
     AddDense(c, d, d, &w);  // e_proj
     AddDense(c, d, d, &w);  // h_proj
     const int64_t n = c.hc_mult;
-    AddBytes(WeightFormat::kBf16, 3 * kBf16Bytes * d, &w);  // enorm, hnorm, norm
-    AddBytes(WeightFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
+    AddBytes(StorageFormat::kBf16, 3 * kBf16Bytes * d, &w);  // enorm, hnorm, norm
+    AddBytes(StorageFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
     take(&s.head);
   }
   return s;
@@ -404,17 +404,17 @@ std::string_view BottleneckName(Bottleneck b) {
   return "?";
 }
 
-std::string_view WeightFormatName(WeightFormat format) {
+std::string_view StorageFormatName(StorageFormat format) {
   switch (format) {
-    case WeightFormat::kFp32:
+    case StorageFormat::kFp32:
       return "fp32";
-    case WeightFormat::kBf16:
+    case StorageFormat::kBf16:
       return "bf16";
-    case WeightFormat::kFp8:
+    case StorageFormat::kFp8:
       return "fp8";
-    case WeightFormat::kFp4:
+    case StorageFormat::kFp4:
       return "fp4";
-    case WeightFormat::kInt:
+    case StorageFormat::kInt:
       return "int";
   }
   return "?";
@@ -488,18 +488,18 @@ StepCost& StepCost::operator*=(double factor) {
   return *this;
 }
 
-double WeightBytes::total() const {
+double WeightBytesByFormat::total() const {
   double sum = 0;
   for (double b : bytes) sum += b;
   return sum;
 }
 
-WeightBytes& WeightBytes::operator+=(const WeightBytes& other) {
-  for (int i = 0; i < kNumWeightFormats; ++i) bytes[i] += other.bytes[i];
+WeightBytesByFormat& WeightBytesByFormat::operator+=(const WeightBytesByFormat& other) {
+  for (int i = 0; i < kNumStorageFormats; ++i) bytes[i] += other.bytes[i];
   return *this;
 }
 
-WeightBytes& WeightBytes::operator*=(double factor) {
+WeightBytesByFormat& WeightBytesByFormat::operator*=(double factor) {
   for (double& b : bytes) b *= factor;
   return *this;
 }
@@ -508,38 +508,38 @@ bool IsMoeLayer(const ModelConfig& config, int layer) {
   return config.is_v4() || config.is_mtp(layer) || layer >= config.first_k_dense_replace;
 }
 
-WeightBytes AttentionLayerWeights(const ModelConfig& config, int layer) {
-  WeightBytes w;
+WeightBytesByFormat AttentionLayerWeights(const ModelConfig& config, int layer) {
+  WeightBytesByFormat w;
   SplitLayerWeights(config, layer, &w);
   return w;
 }
 
-WeightBytes RoutedExpertWeights(const ModelConfig& config) {
+WeightBytesByFormat RoutedExpertWeights(const ModelConfig& config) {
   const int64_t d = config.hidden_size, F = config.moe_intermediate_size;
-  WeightBytes w;
+  WeightBytesByFormat w;
   if (config.expert_dtype == "fp4") {
     // Two FP4 codes per byte plus one E8M0 scale per 32 inputs, for w1, w3 ([F, d]) and w2.
-    AddBytes(WeightFormat::kFp4,
+    AddBytes(StorageFormat::kFp4,
              static_cast<double>(2 * (F * d / 2 + F * d / 32) + (d * F / 2 + d * F / 32)), &w);
   } else if (config.expert_dtype == "fp8") {
     const int64_t b = config.weight_block_size;
-    AddBytes(WeightFormat::kFp8,
+    AddBytes(StorageFormat::kFp8,
              static_cast<double>(3 * F * d + 2 * CeilDiv(F, b) * CeilDiv(d, b) +
                                  CeilDiv(d, b) * CeilDiv(F, b)),
              &w);
   } else {
-    AddBytes(WeightFormat::kBf16, kBf16Bytes * 3 * F * d, &w);
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * 3 * F * d, &w);
   }
   return w;
 }
 
-WeightBytes EdgeWeights(const ModelConfig& config) {
+WeightBytesByFormat EdgeWeights(const ModelConfig& config) {
   const double d = config.hidden_size, V = config.vocab_size;
-  WeightBytes w;
-  AddBytes(WeightFormat::kBf16, kBf16Bytes * (2 * V * d + d), &w);  // embed, head, norm
+  WeightBytesByFormat w;
+  AddBytes(StorageFormat::kBf16, kBf16Bytes * (2 * V * d + d), &w);  // embed, head, norm
   if (config.is_v4()) {
     const double n = config.hc_mult;
-    AddBytes(WeightFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
+    AddBytes(StorageFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
   }
   return w;
 }
@@ -549,7 +549,7 @@ StepCost AttentionLayerCost(const ModelConfig& config, int layer,
   StepCost cost;
   const ChunkTotals t = Totals(chunks);
   if (t.tokens <= 0) return cost;
-  WeightBytes unused;
+  WeightBytesByFormat unused;
   const LayerWeightSplit weights = SplitLayerWeights(config, layer, &unused);
   AddMhc(config, t.tokens, &cost);
   if (config.is_v4()) {

@@ -204,25 +204,25 @@ struct CostOptions {
 };
 
 // Storage of the weights in memory, by format (block scales counted with their weights).
-enum class WeightFormat { kFp32, kBf16, kFp8, kFp4, kInt };
-inline constexpr int kNumWeightFormats = 5;
-std::string_view WeightFormatName(WeightFormat format);  // "fp8"
+enum class StorageFormat { kFp32, kBf16, kFp8, kFp4, kInt };
+inline constexpr int kNumStorageFormats = 5;
+std::string_view StorageFormatName(StorageFormat format);  // "fp8"
 
-struct WeightBytes {
-  std::array<double, kNumWeightFormats> bytes{};
+struct WeightBytesByFormat {
+  std::array<double, kNumStorageFormats> bytes{};
   double total() const;
-  WeightBytes& operator+=(const WeightBytes& other);
-  WeightBytes& operator*=(double factor);
+  WeightBytesByFormat& operator+=(const WeightBytesByFormat& other);
+  WeightBytesByFormat& operator*=(double factor);
 };
 
 // Weights of main layer `layer` (0 ≤ layer < L) or MTP block L + i held by an attention
 // rank: everything but the routed experts (mHC, attention, compressor, indexer, router,
 // shared expert or dense FFN, Engram projections; MTP's e_proj/h_proj/norms/hc_head).
-WeightBytes AttentionLayerWeights(const ModelConfig& config, int layer);
+WeightBytesByFormat AttentionLayerWeights(const ModelConfig& config, int layer);
 // One routed expert of an MoE layer (all MoE layers have the same experts).
-WeightBytes RoutedExpertWeights(const ModelConfig& config);
+WeightBytesByFormat RoutedExpertWeights(const ModelConfig& config);
 // Embedding, final norm, hc_head and head.
-WeightBytes EdgeWeights(const ModelConfig& config);
+WeightBytesByFormat EdgeWeights(const ModelConfig& config);
 // Whether `layer` has routed experts (V3's first layers are dense).
 bool IsMoeLayer(const ModelConfig& config, int layer);
 

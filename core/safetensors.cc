@@ -408,6 +408,13 @@ absl::StatusOr<const TensorView*> Checkpoint::Get(const std::string& name) {
   return view;
 }
 
+std::shared_ptr<const SafetensorsFile> Checkpoint::FileHolding(const std::string& name) const {
+  const auto it = tensor_file_.find(name);
+  if (it == tensor_file_.end()) return nullptr;
+  const auto file = open_files_.find(it->second);
+  return file == open_files_.end() ? nullptr : file->second;
+}
+
 absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name) {
   ASSIGN_OR_RETURN(const TensorView* weight, Get(name));
   const DType dtype = weight->dtype;

@@ -81,6 +81,9 @@ class Checkpoint {
   bool Has(const std::string& name) const;
   // NotFound naming the tensor when it is absent; the view lives as long as the Checkpoint.
   absl::StatusOr<const TensorView*> Get(const std::string& name);
+  // The mapped file holding `name` (after a successful Get): views into it stay valid while
+  // a caller holds it, even after the Checkpoint is gone.
+  std::shared_ptr<const SafetensorsFile> FileHolding(const std::string& name) const;
 
   // Dequantised fp32 weight of a parameter by its full tensor name. For "X.weight":
   // F8_E4M3 uses "X.scale" (128×128 E8M0 blocks), I8 is packed FP4 with "X.scale"
@@ -92,7 +95,7 @@ class Checkpoint {
  private:
   std::string dir_;
   std::map<std::string, std::string> tensor_file_;  // tensor name → file name
-  std::map<std::string, std::unique_ptr<SafetensorsFile>> open_files_;
+  std::map<std::string, std::shared_ptr<SafetensorsFile>> open_files_;
 };
 
 // Exact dequantisation of stored views. Each checks dtypes, byte counts and scale shapes

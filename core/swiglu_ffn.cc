@@ -1,26 +1,20 @@
 #include "core/swiglu_ffn.h"
 
 #include <algorithm>
-#include <cstring>
 #include <utility>
 
 #include "core/kernels.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
 
 absl::StatusOr<SwigluWeights> LoadSwiglu(WeightLoader& loader, const std::string& prefix,
                                          int64_t dim, int64_t inter_dim) {
-  ASSIGN_OR_RETURN(Tensor w1, loader.Load(prefix + ".w1.weight", {inter_dim, dim}));
-  ASSIGN_OR_RETURN(Tensor w3, loader.Load(prefix + ".w3.weight", {inter_dim, dim}));
-  ASSIGN_OR_RETURN(Tensor w2, loader.Load(prefix + ".w2.weight", {dim, inter_dim}));
-  // w1 and w3 are stacked so that one GEMM computes both.
   SwigluWeights w;
-  w.w13 = Tensor({2 * inter_dim, dim});
-  const size_t half = static_cast<size_t>(inter_dim * dim);
-  std::memcpy(w.w13.data(), w1.data(), half * sizeof(float));
-  std::memcpy(w.w13.data() + half, w3.data(), half * sizeof(float));
-  w.w2 = std::move(w2);
+  ASSIGN_OR_RETURN(w.w1, loader.LoadMatrix(prefix + ".w1.weight", inter_dim, dim));
+  ASSIGN_OR_RETURN(w.w3, loader.LoadMatrix(prefix + ".w3.weight", inter_dim, dim));
+  ASSIGN_OR_RETURN(w.w2, loader.LoadMatrix(prefix + ".w2.weight", dim, inter_dim));
   return w;
 }
 
@@ -29,8 +23,9 @@ void SwigluForward(const SwigluWeights& w, const float* x, int64_t rows, const f
   const int64_t d = w.dim();
   const int64_t f = w.inter_dim();
   std::vector<float>& h = *scratch;
-  h.resize(static_cast<size_t>(rows * 2 * f));
-  Linear(x, rows, d, w.w13.data(), 2 * f, h.data());
+  h.resize(static_cast<size_t>(rows * (2 * f + (accumulate ? d : 0))));
+  MatMul(x, d, rows, w.w1, h.data(), 2 * f);
+  MatMul(x, d, rows, w.w3, h.data() + f, 2 * f);
   for (int64_t r = 0; r < rows; ++r) {
     float* gate = h.data() + r * 2 * f;  // overwritten in place by the activation
     const float* up = gate + f;
@@ -45,8 +40,13 @@ void SwigluForward(const SwigluWeights& w, const float* x, int64_t rows, const f
       gate[j] = Silu(g) * u * scale;
     }
   }
-  Gemm(false, true, rows, d, f, 1.0f, h.data(), 2 * f, w.w2.data(), f, accumulate ? 1.0f : 0.0f, y,
-       d);
+  if (!accumulate) {
+    MatMul(h.data(), 2 * f, rows, w.w2, y, d);
+    return;
+  }
+  float* down = h.data() + rows * 2 * f;
+  MatMul(h.data(), 2 * f, rows, w.w2, down, d);
+  for (int64_t i = 0; i < rows * d; ++i) y[i] += down[i];
 }
 
 }  // namespace dsv4

@@ -17,15 +17,17 @@
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 
 namespace dsv4 {
 
+// Views of the released matrices (the loader's mappings keep them alive).
 struct SwigluWeights {
-  Tensor w13;  // [2F, d]: rows [0, F) are w1 (gate), rows [F, 2F) are w3 (up)
-  Tensor w2;   // [d, F]
+  WeightMatrix w1, w3;  // [F, d]: gate and up
+  WeightMatrix w2;      // [d, F]
 
-  int64_t dim() const { return w2.dim(0); }
-  int64_t inter_dim() const { return w2.dim(1); }
+  int64_t dim() const { return w2.rows; }
+  int64_t inter_dim() const { return w2.cols; }
 };
 
 // Loads "<prefix>.w1.weight", ".w3.weight" ([F, d]) and ".w2.weight" ([d, F]).
@@ -34,7 +36,8 @@ absl::StatusOr<SwigluWeights> LoadSwiglu(WeightLoader& loader, const std::string
 
 // y[rows, d] (= or +=, per `accumulate`) SwiGLU(x[rows, d]). `row_weight` (may be null)
 // holds one routing weight per row; `limit` ≤ 0 disables the clamp. `scratch` holds the
-// [rows, 2F] intermediate; callers keep it to reuse its allocation.
+// [rows, 2F] intermediate (and y's [rows, d] when accumulating); callers keep it to reuse
+// its allocation. Each output row depends only on its input row (core/matmul.h).
 void SwigluForward(const SwigluWeights& w, const float* x, int64_t rows, const float* row_weight,
                    float limit, bool accumulate, float* y, std::vector<float>* scratch);
 

@@ -1,7 +1,10 @@
 #include "core/weight_matrix.h"
 
 #include "absl/strings/str_format.h"
+#include <cstring>
+
 #include "core/check.h"
+#include "core/dtype.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -124,6 +127,30 @@ WeightMatrix WeightMatrix::Rows(int64_t begin, int64_t count) const {
     slice.row_phase = first % block_rows;
   }
   return slice;
+}
+
+void WeightMatrix::DecodeRow(int64_t n, float* out) const {
+  DSV4_CHECK(n >= 0 && n < rows, "row ", n, " of a matrix with ", rows);
+  const uint8_t* row = data + n * row_bytes();
+  for (int64_t k = 0; k < cols; ++k) {
+    switch (format) {
+      case WeightFormat::kF32:
+        std::memcpy(out + k, row + 4 * k, 4);
+        break;
+      case WeightFormat::kBF16: {
+        uint16_t bits;
+        std::memcpy(&bits, row + 2 * k, 2);
+        out[k] = Bf16ToFloat(bits);
+        break;
+      }
+      case WeightFormat::kFp8:
+        out[k] = E4M3ToFloat(row[k]) * E8M0ToFloat(scales[scale_index(n, k)]);
+        break;
+      case WeightFormat::kFp4:
+        out[k] = Fp4PackedElement(row, k) * E8M0ToFloat(scales[scale_index(n, k)]);
+        break;
+    }
+  }
 }
 
 int64_t WeightMatrix::scale_rows() const {

@@ -54,6 +54,9 @@ struct WeightMatrix {
     return (row_phase + n) / block_rows * scale_cols() + k / block_cols;
   }
 
+  // Row n dequantised exactly into out[0, cols) (e.g. an embedding lookup).
+  void DecodeRow(int64_t n, float* out) const;
+
   // OK when the fields describe a matrix the kernels accept (as the factories build).
   absl::Status Validate() const;
 

@@ -14,6 +14,7 @@
 #include "core/check.h"
 #include "core/kernels.h"
 #include "core/npy.h"
+#include "core/parallel.h"
 #include "core/safetensors.h"
 #include "core/status_macros.h"
 #include "core/topology.h"
@@ -49,8 +50,20 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   options_ = options;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
-  SetBlasThreads(options.blas_threads);
+  // Kernels run on our own threads; OpenBLAS (left for a few non-weight products) stays at
+  // one so the two never oversubscribe the cores.
+  SetBlasThreads(1);
   ASSIGN_OR_RETURN(cluster_, LoadClusterConfig(options.cluster));
+  int threads = options.threads > 0 ? options.threads : cluster_.engine.threads_per_rank;
+  if (threads == 0) {  // the rank's cores, shared with the other ranks on this host
+    MPI_Comm local;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
+    int local_ranks = 1;
+    MPI_Comm_size(local, &local_ranks);
+    MPI_Comm_free(&local);
+    threads = std::max(1, AvailableCores() / local_ranks);
+  }
+  SetThreads(threads);
   if (cluster_.roles.num_ranks() != size_) {
     return absl::InvalidArgumentError(absl::StrCat(
         cluster_.path, ": roles give ", cluster_.roles.attention_ranks, " attention + ",
@@ -89,20 +102,20 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   ASSIGN_OR_RETURN(dispatcher_, Dispatcher::Create(MPI_COMM_WORLD, *topology_,
                                                    std::move(rank_of_slot), dispatch_options));
 
-  int64_t resident = 0;
+  WeightBytes weights;
   if (attention_) {
     ASSIGN_OR_RETURN(engram_, engram::ConnectEngram(config_, cluster_.engram));
     ModelOptions model_options;
     model_options.max_seq_len = cluster_.engine.max_seq_len;
     model_options.engram_rows = engram_.get();
     ASSIGN_OR_RETURN(model_, Model::Load(config_, checkpoint_.get(), model_options));
-    resident = model_->weight_bytes();
+    weights = model_->weight_bytes();
     executor_ = std::make_unique<MpiExpertExecutor>(dispatcher_.get(), placement_.get(), rank_);
   } else {
     RETURN_IF_ERROR(LoadExperts());
-    resident = experts_->weight_bytes();
+    weights = experts_->weight_bytes();
   }
-  resident_ = GatherToRoot(resident, 0, MPI_COMM_WORLD);
+  weights_ = GatherToRoot(weights, 0, MPI_COMM_WORLD);
   if (rank_ != 0) return absl::OkStatus();
   EngineLog()->info(
       "{} attention + {} expert ranks, {} dispatch, {} slots ({} redundant), {} micro-batches",
@@ -110,10 +123,13 @@ absl::Status Engine::Setup(const EngineOptions& options) {
       dispatcher_->two_stage() ? "hierarchical" : "flat", placement_->num_slots(),
       cluster_.engine.redundant_experts, cluster_.engine.micro_batches);
   for (int r = 0; r < size_; ++r) {
-    EngineLog()->info("resident: rank {} ({}, {}) {} weights (fp32)", r,
+    EngineLog()->info("weights: rank {} ({}, {}) {} resident, {} as released ({:.2f}x)", r,
                       topology_->role(r) == RankRole::kAttention ? "attention" : "expert",
                       topology_->rank_position(r).ToString(),
-                      FormatBytes(static_cast<double>(resident_[r])));
+                      FormatBytes(static_cast<double>(weights_[r].resident)),
+                      FormatBytes(static_cast<double>(weights_[r].released)),
+                      static_cast<double>(weights_[r].resident) /
+                          static_cast<double>(std::max<int64_t>(weights_[r].released, 1)));
   }
   return absl::OkStatus();
 }
@@ -193,7 +209,12 @@ absl::StatusOr<OneShotResult> Engine::RunOneShot(const std::vector<std::vector<i
   OneShotPlanner planner(prompts, decode_from, cluster_.engine.chunked_prefill_tokens,
                          attention_ranks, cluster_.engine.micro_batches);
   OneShotResult result;
-  if (rank_ == 0) result.stats["resident_bytes"] = resident_;
+  if (rank_ == 0) {
+    for (const WeightBytes& w : weights_) {
+      result.stats["resident_bytes"].push_back(w.resident);
+      result.stats["released_bytes"].push_back(w.released);
+    }
+  }
   for (;;) {
     StepPlan plan;
     if (rank_ == 0) plan = planner.Next();
@@ -252,7 +273,8 @@ engine::v1::Hello Engine::MakeHello(const std::string& engine_id) {
     info->set_role(topology_->role(r) == RankRole::kAttention ? engine::v1::ROLE_ATTENTION
                                                               : engine::v1::ROLE_EXPERT);
     info->set_position(topology_->rank_position(r).ToString());
-    info->set_resident_bytes(resident_[r]);
+    info->set_resident_bytes(weights_[r].resident);
+    info->set_released_bytes(weights_[r].released);
     info->set_host(identities[r].host);
     info->set_pid(identities[r].pid);
   }

@@ -24,6 +24,7 @@
 #include "core/cluster_config.h"
 #include "core/cost_model.h"
 #include "core/model_config.h"
+#include "core/weight_loader.h"
 #include "engine/placement.h"
 #include "engine/step_plan.h"
 #include "nlohmann/json.hpp"
@@ -48,7 +49,9 @@ class EngramClient;
 struct EngineOptions {
   std::string cluster;     // cluster YAML: roles, topology, engine and Engram settings
   std::string checkpoint;  // checkpoint directory (config.json and safetensors)
-  int blas_threads = 1;    // OpenBLAS threads per rank
+  // Kernel threads per rank; 0: the YAML's engine.threads_per_rank, and if that is 0 too,
+  // the cores the rank may run on divided among the ranks on its host.
+  int threads = 0;
   // Test only: world rank `fail_rank` exits abnormally (_exit(3)) at the start of step
   // `fail_at_step`, as a crashed rank would.
   int fail_rank = -1;
@@ -143,7 +146,7 @@ class Engine {
   std::unique_ptr<AttentionRank> attention_rank_;  // attention ranks
   std::unique_ptr<RoutedExperts> experts_;         // expert ranks
   std::unique_ptr<ExpertRank> expert_rank_;        // expert ranks
-  std::vector<int64_t> resident_;                  // rank 0: per rank
+  std::vector<WeightBytes> weights_;               // rank 0: per rank
   double step_seconds_ = 0;                        // this rank's time in steps
 };
 

@@ -23,7 +23,7 @@ class InProcessExecutor : public ExpertExecutor {
   absl::Status Run(int layer, const Tensor& x, absl::Span<const int32_t> expert_ids,
                    absl::Span<const float> weights, int k, Tensor* out) override;
 
-  int64_t weight_bytes() const { return experts_->weight_bytes(); }
+  const WeightBytes& weight_bytes() const { return experts_->weight_bytes(); }
 
  private:
   explicit InProcessExecutor(std::unique_ptr<RoutedExperts> experts)

@@ -15,7 +15,7 @@ absl::StatusOr<std::unique_ptr<RoutedExperts>> RoutedExperts::Load(const ModelCo
                                                                    const Selector& select,
                                                                    bool include_mtp) {
   std::unique_ptr<RoutedExperts> experts(new RoutedExperts(config));
-  WeightLoader loader(checkpoint);
+  WeightLoader loader(checkpoint, config.weight_block_size);
   const int main_layers = config.num_hidden_layers;
   const int layers = main_layers + (include_mtp ? config.num_nextn_predict_layers : 0);
   for (int layer = 0; layer < layers; ++layer) {
@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<RoutedExperts>> RoutedExperts::Load(const ModelCo
     }
   }
   experts->weight_bytes_ = loader.bytes();
+  experts->mappings_ = loader.mappings();
   return experts;
 }
 

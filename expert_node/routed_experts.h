@@ -1,6 +1,7 @@
 // The routed experts a process holds (all of them in-process; a placement's share on an
-// expert rank), dequantised to fp32, and their grouped forward: tokens are grouped by
-// expert and each expert runs as two GEMMs over its group.
+// expert rank), in their released formats (views of the mapped checkpoint), and their
+// grouped forward: tokens are grouped by expert and each expert runs as MatMuls over its
+// group.
 #ifndef DSV4_EXPERT_NODE_ROUTED_EXPERTS_H_
 #define DSV4_EXPERT_NODE_ROUTED_EXPERTS_H_
 
@@ -17,6 +18,7 @@
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "core/swiglu_ffn.h"
+#include "core/weight_loader.h"
 
 namespace dsv4 {
 
@@ -33,7 +35,7 @@ class RoutedExperts {
                                                              const Selector& select,
                                                              bool include_mtp);
 
-  int64_t weight_bytes() const { return weight_bytes_; }
+  const WeightBytes& weight_bytes() const { return weight_bytes_; }
   int64_t dim() const { return config_.hidden_size; }
 
   // Buffers of Accumulate, kept by the caller to reuse their allocations.
@@ -54,7 +56,8 @@ class RoutedExperts {
 
   ModelConfig config_;
   std::map<std::pair<int, int>, SwigluWeights> experts_;  // (layer, expert) → weights
-  int64_t weight_bytes_ = 0;
+  WeightBytes weight_bytes_;
+  WeightMappings mappings_;  // keeps the views in experts_ valid
 };
 
 }  // namespace dsv4

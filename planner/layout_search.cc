@@ -223,9 +223,9 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
 // Memory.
 
 struct WeightFacts {
-  WeightBytes attention;  // every main layer's attention-side weights and the edges
-  WeightBytes mtp;        // the MTP block's
-  WeightBytes expert;     // one routed expert
+  WeightBytesByFormat attention;  // every main layer's attention-side weights and the edges
+  WeightBytesByFormat mtp;        // the MTP block's
+  WeightBytesByFormat expert;     // one routed expert
   int moe_layers = 0;
 };
 
@@ -281,7 +281,7 @@ void FillMemory(const PhaseContext& ctx, const UnitLayout& layout, const Attenti
   const double m = layout.micro_batches;
   const int drafts = DraftTokens(ctx.config, ctx.workload);
   const double moe_layers = ctx.weights.moe_layers + (drafts > 0 ? 1 : 0);
-  WeightBytes expert_weights = ctx.weights.expert;
+  WeightBytesByFormat expert_weights = ctx.weights.expert;
   expert_weights *= layout.slots_per_expert_rank(ctx.config) * moe_layers;
   const double pairs = side.tokens * m * ctx.config.num_experts_per_tok * layout.attention_ranks /
                        layout.expert_ranks;

@@ -83,7 +83,7 @@ struct UnitLayout {
 };
 
 struct MemoryUse {
-  WeightBytes weights;
+  WeightBytesByFormat weights;
   double kv = 0;
   double activations = 0;
   double capacity = 0;  // HBM

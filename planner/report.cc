@@ -41,9 +41,9 @@ std::string BusyLine(const StepTime& step) {
 
 std::string MemoryLine(const char* who, const MemoryUse& m) {
   std::vector<std::string> formats;
-  for (int f = 0; f < kNumWeightFormats; ++f) {
+  for (int f = 0; f < kNumStorageFormats; ++f) {
     if (m.weights.bytes[f] <= 0) continue;
-    formats.push_back(absl::StrFormat("%s %.1f", WeightFormatName(static_cast<WeightFormat>(f)),
+    formats.push_back(absl::StrFormat("%s %.1f", StorageFormatName(static_cast<StorageFormat>(f)),
                                       Gb(m.weights.bytes[f])));
   }
   return absl::StrFormat(
@@ -106,8 +106,8 @@ std::string TableRows(const std::vector<Plan>& plans) {
 
 nlohmann::json MemoryJson(const MemoryUse& m) {
   nlohmann::json weights = nlohmann::json::object();
-  for (int f = 0; f < kNumWeightFormats; ++f) {
-    weights[std::string(WeightFormatName(static_cast<WeightFormat>(f)))] = Gb(m.weights.bytes[f]);
+  for (int f = 0; f < kNumStorageFormats; ++f) {
+    weights[std::string(StorageFormatName(static_cast<StorageFormat>(f)))] = Gb(m.weights.bytes[f]);
   }
   return {{"weights_GB", weights},
           {"weights_total_GB", Gb(m.weights.total())},

@@ -109,9 +109,9 @@ TEST(CompressorTest, MatchesBlockPoolingForOverlappingAndPlainRatios) {
                              ape = testing::RandomNormal(m * w, 0.3f, rng),
                              norm = testing::RandomNormal(dc, 0.1f, rng),
                              x = testing::RandomNormal(tokens * d, 1.0f, rng);
-    Compressor compressor(Tensor::FromVector({w, d}, wkv), Tensor::FromVector({w, d}, wgate),
-                          Tensor::FromVector({m, w}, ape), Tensor::FromVector({dc}, norm), m,
-                          Rope(rope), 1e-6f);
+    Compressor compressor(*WeightMatrix::F32(wkv.data(), w, d),
+                          *WeightMatrix::F32(wgate.data(), w, d), Tensor::FromVector({m, w}, ape),
+                          Tensor::FromVector({dc}, norm), m, Rope(rope), 1e-6f);
     std::vector<float> kv(tokens * w), score(tokens * w);
     compressor.Project(x.data(), tokens, kv.data(), score.data());
     CompressorState state = Compressor::FreshState(m, dc);
@@ -135,9 +135,12 @@ TEST(IndexerTest, SelectsTheTopScoringEntriesInAscendingOrder) {
   std::mt19937 rng(7);
   RopeParams rope;
   rope.dim = 4;
-  Compressor compressor(Tensor({2 * di, d}), Tensor({2 * di, d}), Tensor({4, 2 * di}),
+  const std::vector<float> zeros(2 * di * std::max(d, q_rank) * heads, 0.0f);
+  Compressor compressor(*WeightMatrix::F32(zeros.data(), 2 * di, d),
+                        *WeightMatrix::F32(zeros.data(), 2 * di, d), Tensor({4, 2 * di}),
                         Tensor({di}, 1.0f), 4, Rope(rope), 1e-6f);
-  Indexer indexer(Tensor({heads * di, q_rank}), Tensor({heads, d}), compressor, topk, Rope(rope));
+  Indexer indexer(*WeightMatrix::F32(zeros.data(), heads * di, q_rank),
+                  *WeightMatrix::F32(zeros.data(), heads, d), compressor, topk, Rope(rope));
   const std::vector<float> q = testing::RandomNormal(heads * di, 1.0f, rng),
                            keys = testing::RandomNormal(n * di, 1.0f, rng);
   const std::vector<float> w = {0.7f, -0.2f, 1.1f};

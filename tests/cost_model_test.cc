@@ -44,10 +44,10 @@ TEST(CostModelTest, WeightInventoryMatchesTheCheckpointLayout) {
     SCOPED_TRACE(name);
     const ModelConfig config = PresetModelConfig(name);
     const int layers = config.num_hidden_layers + config.num_nextn_predict_layers;
-    WeightBytes total = EdgeWeights(config);
+    WeightBytesByFormat total = EdgeWeights(config);
     for (int layer = 0; layer < layers; ++layer) {
       total += AttentionLayerWeights(config, layer);
-      WeightBytes experts = RoutedExpertWeights(config);
+      WeightBytesByFormat experts = RoutedExpertWeights(config);
       experts *= config.n_routed_experts;
       total += experts;
     }
@@ -58,7 +58,7 @@ TEST(CostModelTest, WeightInventoryMatchesTheCheckpointLayout) {
 TEST(CostModelTest, V4ProWeightsByFormat) {
   const ModelConfig config = PresetModelConfig("deepseek-v4-pro");
   // One routed expert: 3 · 3072 · 7168 FP4 parameters at half a byte plus a scale per 32.
-  EXPECT_DOUBLE_EQ(RoutedExpertWeights(config).bytes[static_cast<int>(WeightFormat::kFp4)],
+  EXPECT_DOUBLE_EQ(RoutedExpertWeights(config).bytes[static_cast<int>(StorageFormat::kFp4)],
                    3.0 * 3072 * 7168 * (0.5 + 1.0 / 32));
 }
 

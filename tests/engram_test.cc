@@ -119,6 +119,7 @@ TEST(EngramHashTest, CreateRejectsBadConstants) {
 // A small Engram layer with random weights (d = 8, n = 2, N = 3, K = 2, d_e = 4).
 struct SmallLayer {
   ModelConfig config;
+  Tensor value_w, key_w;  // [d, W], [n, d, W]: what w's projections view
   EngramLayer::Weights w;
   SmallLayer() {
     config.hidden_size = 8;
@@ -134,9 +135,11 @@ struct SmallLayer {
       for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = mean + g(rng);
       return t;
     };
-    w.value_w = random({8, 16});
+    value_w = random({8, 16});
+    w.value_w = *WeightMatrix::F32(value_w.data(), 8, 16);
     w.value_b = random({8});
-    w.key_w = random({2, 8, 16});
+    key_w = random({2, 8, 16});
+    for (int i = 0; i < 2; ++i) w.key_w.push_back(*WeightMatrix::F32(key_w.data() + i * 8 * 16, 8, 16));
     w.key_b = random({2, 8});
     w.norm1 = random({2, 8}, 1.0f);
     w.norm2 = random({2, 8}, 1.0f);
@@ -161,13 +164,13 @@ std::vector<double> PlainEngram(const SmallLayer& s, const std::vector<float>& x
     std::vector<double> v(d);
     for (int c = 0; c < d; ++c) {
       v[c] = w.value_b.data()[c];
-      for (int k = 0; k < W; ++k) v[c] += w.value_w.data()[c * W + k] * e[t * W + k];
+      for (int k = 0; k < W; ++k) v[c] += s.value_w.data()[c * W + k] * e[t * W + k];
     }
     for (int i = 0; i < n; ++i) {
       std::vector<double> key(d), q(d);
       for (int c = 0; c < d; ++c) {
         key[c] = w.key_b.data()[i * d + c];
-        for (int k = 0; k < W; ++k) key[c] += w.key_w.data()[(i * d + c) * W + k] * e[t * W + k];
+        for (int k = 0; k < W; ++k) key[c] += s.key_w.data()[(i * d + c) * W + k] * e[t * W + k];
         q[c] = x[(t * n + i) * d + c];
       }
       const double rk = RmsScale(key, FLT_EPSILON), rq = RmsScale(q, FLT_EPSILON);

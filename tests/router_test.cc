@@ -13,7 +13,8 @@ namespace {
 double SqrtSoftplus(double z) { return std::sqrt(z > 20 ? z : std::log1p(std::exp(z))); }
 
 // Four experts over d = 2: logits for x = (2, 1) are (2, 1, −2, 1.5).
-Tensor Gate() { return Tensor::FromVector({4, 2}, {1, 0, 0, 1, -1, 0, 0.5f, 0.5f}); }
+const float kGate[8] = {1, 0, 0, 1, -1, 0, 0.5f, 0.5f};
+WeightMatrix Gate() { return *WeightMatrix::F32(kGate, 4, 2); }
 const std::vector<float> kX = {2, 1};
 const double kScores[4] = {SqrtSoftplus(2), SqrtSoftplus(1), SqrtSoftplus(-2), SqrtSoftplus(1.5)};
 
@@ -67,7 +68,8 @@ TEST(RouterTest, HashLayersRouteByTokenId) {
 }
 
 TEST(RouterTest, SoftplusIsLinearAboveTwenty) {
-  Router router(Tensor::FromVector({2, 1}, {30, 1}), Tensor::FromVector({2}, {0, 0}), {}, 2,
+  const float gate[2] = {30, 1};
+  Router router(*WeightMatrix::F32(gate, 2, 1), Tensor::FromVector({2}, {0, 0}), {}, 2,
                 ScoreFunc::kSqrtSoftplus, 1.0f);
   const float x = 1;
   const int32_t token = 0;
