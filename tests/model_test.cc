@@ -1,5 +1,5 @@
 // The V4 forward pass against a plain stateless reference (naive_v4.h), and its
-// state-handling invariants: decode = prefill, chunked = one-shot, batched = alone.
+// state-handling invariants, bitwise: decode = prefill, chunked = one-shot, batched = alone.
 #include "attention_node/model.h"
 
 #include <memory>
@@ -99,7 +99,7 @@ TEST_F(TinyModelTest, DecodeMatchesPrefillAtEveryPosition) {
     for (size_t t = prefix; t < tokens.size(); ++t) {
       worst = std::max(worst, RelativeError(stepped.data() + t * v, full.data() + t * v, v));
     }
-    EXPECT_LT(worst, 1e-4) << "decode after a prefix of " << prefix;
+    EXPECT_EQ(worst, 0.0) << "decode after a prefix of " << prefix;
   }
 }
 
@@ -110,7 +110,7 @@ TEST_F(TinyModelTest, ChunkedPrefillMatchesOneShot) {
   SequenceState state = m.model->NewSequence();
   const std::vector<float> chunked = RunChunks(m, &state, tokens, {1, 6, 9, 40, 3, 90, 101});
   ASSERT_EQ(static_cast<int64_t>(chunked.size()), full.numel());
-  EXPECT_LT(RelativeError(chunked.data(), full.data(), full.numel()), 1e-4);
+  EXPECT_EQ(RelativeError(chunked.data(), full.data(), full.numel()), 0.0);
   EXPECT_EQ(state.position(), 250);
   EXPECT_EQ(state.bytes(), SequenceKvBytes(m.config, {}, 250));
 }
@@ -139,9 +139,9 @@ TEST_F(TinyModelTest, BatchOfSequencesMatchesEachAlone) {
     std::vector<int32_t> all = seqs[i];
     all.insert(all.end(), more[i].begin(), more[i].end());
     const Tensor alone = Prefill(m, all);
-    EXPECT_LT(RelativeError(batched->data() + row * v, alone.data(), seqs[i].size() * v), 1e-4)
+    EXPECT_EQ(RelativeError(batched->data() + row * v, alone.data(), seqs[i].size() * v), 0.0)
         << "sequence " << i;
-    EXPECT_LT(RelativeError(mixed->data() + i * v, alone.data() + (all.size() - 1) * v, v), 1e-4)
+    EXPECT_EQ(RelativeError(mixed->data() + i * v, alone.data() + (all.size() - 1) * v, v), 0.0)
         << "sequence " << i;
     row += seqs[i].size();
   }
@@ -159,7 +159,7 @@ TEST_F(TinyModelTest, IndexerSelectionIsLive) {
   const Tensor a = Prefill(*tiny_, tokens);
   const Tensor b = Prefill(*all, tokens);
   const int64_t v = tiny_->config.vocab_size;
-  EXPECT_LT(RelativeError(a.data(), b.data(), 19 * v), 1e-5);  // positions 0..18
+  EXPECT_EQ(RelativeError(a.data(), b.data(), 19 * v), 0.0);  // positions 0..18
   EXPECT_GT(RelativeError(a.data() + 199 * v, b.data() + 199 * v, v), 1e-3);
 }
 
@@ -294,9 +294,9 @@ TEST(MiniModelTest, ChunkedPrefillAndDecodeMatchOneShotPrefill) {
   ASSERT_EQ(static_cast<int64_t>(stepped.size()), full.numel());
   const int64_t v = m->config.vocab_size;
   for (int64_t t : {0, 1, 120, 239, 240, 258, 259, 299}) {
-    EXPECT_LT(RelativeError(stepped.data() + t * v, full.data() + t * v, v), 1e-4) << t;
+    EXPECT_EQ(RelativeError(stepped.data() + t * v, full.data() + t * v, v), 0.0) << t;
   }
-  EXPECT_LT(RelativeError(stepped.data(), full.data(), full.numel()), 1e-4);
+  EXPECT_EQ(RelativeError(stepped.data(), full.data(), full.numel()), 0.0);
 }
 
 // Official-layout configs beyond the presets: dims that are not multiples of 128 (partial
@@ -349,7 +349,7 @@ TEST(ModelVariantsTest, MatchNaiveReference) {
     std::vector<int> chunks = {70};
     chunks.resize(31, 1);
     const std::vector<float> stepped = RunChunks(*m, &state, tokens, chunks);
-    EXPECT_LT(RelativeError(stepped.data(), logits.data(), logits.numel()), 1e-4);
+    EXPECT_EQ(RelativeError(stepped.data(), logits.data(), logits.numel()), 0.0);
   }
 }
 
