@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "core/weight_matrix.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -341,11 +342,11 @@ HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t ldx, int64
 
 // Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
 template <WeightFormat kFormat, bool kVectorScales>
-void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
-               int64_t ldy) {
-  const int64_t n_total = w.rows, k = w.cols;
-  for (int64_t n0 = 0; n0 < n_total; n0 += kTileCols) {
-    const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_total - n0));
+void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+               int64_t n_begin, int64_t n_end) {
+  const int64_t k = w.cols;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileCols) {
+    const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_end - n0));
     const DirectSource<kFormat, kVectorScales> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
@@ -355,22 +356,34 @@ void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, fl
 }
 
 // Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
+// This thread's panel scratch, at least `floats` long: kept between calls (one per thread
+// and target), so the panel regime allocates only when a call needs a larger panel.
+inline float* PanelScratch(size_t floats) {
+  thread_local hwy::AlignedFreeUniquePtr<float[]> scratch;
+  thread_local size_t capacity = 0;
+  if (capacity < floats) {
+    scratch = hwy::AllocateAligned<float>(floats);
+    capacity = floats;
+  }
+  return scratch.get();
+}
+
 template <WeightFormat kFormat, bool kVectorScales>
-void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
-              int64_t ldy) {
+void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+              int64_t n_begin, int64_t n_end) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t n_total = w.rows, k = w.cols;
+  const int64_t n_total = n_end - n_begin, k = w.cols;
   const int64_t stride = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
   int64_t panel_rows = matmul_internal::kPanelFloats / stride / kTileCols * kTileCols;
   panel_rows = std::clamp<int64_t>(panel_rows, kTileCols, 256);
   panel_rows = std::min<int64_t>(panel_rows, (n_total + kTileCols - 1) / kTileCols * kTileCols);
-  auto panel = hwy::AllocateAligned<float>(static_cast<size_t>(panel_rows * stride));
-  for (int64_t n0 = 0; n0 < n_total; n0 += panel_rows) {
-    const int64_t rows_here = std::min(panel_rows, n_total - n0);
+  float* panel = PanelScratch(static_cast<size_t>(panel_rows * stride));
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += panel_rows) {
+    const int64_t rows_here = std::min(panel_rows, n_end - n0);
     for (int64_t j = 0; j < rows_here; ++j) {
       const DirectSource<kFormat, kVectorScales> source(w, n0 + j, 1);
-      float* dst = panel.get() + j * stride;
+      float* dst = panel + j * stride;
       int64_t k0 = 0;
       for (; k0 + lanes <= k; k0 += lanes) hn::Store(source.Load(0, k0), df, dst + k0);
       if (k0 < k) hn::Store(source.Tail(0, k0), df, dst + k0);
@@ -379,7 +392,7 @@ void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, flo
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
       for (int64_t j0 = 0; j0 < rows_here; j0 += kTileCols) {
         const int cols = static_cast<int>(std::min<int64_t>(kTileCols, rows_here - j0));
-        const PanelSource source(panel.get() + j0 * stride, stride);
+        const PanelSource source(panel + j0 * stride, stride);
         AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0 + j0, ldy);
       }
     }
@@ -390,11 +403,20 @@ template <WeightFormat kFormat, bool kVectorScales>
 void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
          MatMulPath path) {
   const bool direct = path == MatMulPath::kDirect || (path == MatMulPath::kAuto && m <= kTileRows);
-  if (direct) {
-    RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
-  } else {
-    RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
-  }
+  // Threads split the outputs into contiguous ranges of whole column tiles, each worth at
+  // least ~2^18 multiply-adds (so a chunk amortises the fork/join); every output is still
+  // computed by one thread in the canonical order, so y does not depend on the split.
+  const int64_t tiles = (w.rows + kTileCols - 1) / kTileCols;
+  const int64_t macs_per_tile = std::max<int64_t>(1, kTileCols * m * w.cols);
+  const int64_t grain = std::max<int64_t>(4, (int64_t{1} << 18) / macs_per_tile);
+  ParallelFor(tiles, grain, [&](int64_t t0, int64_t t1) HWY_ATTR {
+    const int64_t n_begin = t0 * kTileCols, n_end = std::min(w.rows, t1 * kTileCols);
+    if (direct) {
+      RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+    } else {
+      RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+    }
+  });
 }
 
 template <WeightFormat kFormat>
@@ -437,8 +459,8 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float
             MatMulPath path) {
   const absl::Status status = w.Validate();
   DSV4_CHECK(status.ok(), status.ToString());
-  DSV4_CHECK(ldx >= w.cols && ldy >= w.rows, "ldx ", ldx, " < K ", w.cols, " or ldy ", ldy,
-             " < N ", w.rows);
+  DSV4_CHECK(ldx >= w.cols && ldy >= w.rows, "ldx ", ldx, " < K ", w.cols, " or ldy ", ldy, " < N ",
+             w.rows);
   if (m <= 0 || w.rows <= 0) return;
   HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, ldx, m, w, y, ldy, path);
 }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "core/weight_matrix.h"
 
 namespace dsv4 {
@@ -254,6 +255,111 @@ TEST(MatMulTest, RowsAreBatchInvariant) {
                   0)
                   << f.name << " k=" << k << " m=" << m << " row " << i << " (pool row "
                   << source[i] << ") path " << static_cast<int>(path);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// W decoded to doubles, row-major [n][k].
+std::vector<double> Decoded(const TestWeights& w) {
+  std::vector<double> out(w.n * w.k);
+  for (int64_t r = 0; r < w.n; ++r) {
+    for (int64_t c = 0; c < w.k; ++c) out[r * w.k + c] = w.At(r, c);
+  }
+  return out;
+}
+
+// |y - ref| within the accumulation bound of MatchesDoubleReference, against the double
+// loop over the decoded weights (Decoded(w)); x[i] at x + i·ldx, y[i] at y + i·ldy, W rows
+// from row0 on.
+void ExpectNearReference(const std::string& what, const std::vector<double>& decoded, int64_t k,
+                         int64_t row0, int64_t n, const float* x, int64_t ldx, int64_t m,
+                         const float* y, int64_t ldy) {
+  int bad = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = 0.0, abs_sum = 0.0;
+      const double* row = &decoded[(row0 + j) * k];
+      for (int64_t c = 0; c < k; ++c) {
+        const double p = static_cast<double>(x[i * ldx + c]) * row[c];
+        ref += p;
+        abs_sum += std::fabs(p);
+      }
+      const double tol = (k + 5) * 0x1p-24 * abs_sum;
+      const double err = std::fabs(y[i * ldy + j] - ref);
+      if (!(err <= tol) && bad++ < 5) {
+        ADD_FAILURE() << what << " y[" << i << "][" << j << "]=" << y[i * ldy + j] << " ref=" << ref
+                      << " tol=" << tol;
+      }
+    }
+  }
+}
+
+// Restores the process's thread count when a test ends.
+class ThreadsGuard {
+ public:
+  ThreadsGuard() : saved_(Threads()) {}
+  ~ThreadsGuard() { SetThreads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// Threads split the outputs over N; y is bitwise the same for 1, 2 and 3 threads, with and
+// without row strides and for FP8 row slices that start inside a scale block, for odd N and
+// K; and it matches the double reference.
+TEST(MatMulTest, ThreadCountInvariant) {
+  const ThreadsGuard guard;
+  const int64_t n = 1001, k = 1031, ldx = k + 5, ldy = n + 3;
+  for (const FormatCase& f : Formats()) {
+    const TestWeights w = RandomWeights(f.format, n, k, f.block, 4242 + f.block);
+    const WeightMatrix view = w.view();
+    const std::vector<double> decoded = Decoded(w);
+    for (int64_t m : {1, 3, 17, 64}) {
+      const std::vector<float> x = RandomRows(m, k, static_cast<uint32_t>(31 * m + f.block));
+      std::vector<float> xs(m * ldx, 1e30f);  // strided copy; the gaps must not be read
+      for (int64_t i = 0; i < m; ++i) std::memcpy(&xs[i * ldx], &x[i * k], k * sizeof(float));
+      for (MatMulPath path : kPaths) {
+        const std::string what =
+            absl::StrFormat("%s m=%d path %d", f.name, m, static_cast<int>(path));
+        SetThreads(1);
+        std::vector<float> base(m * n);
+        MatMul(x.data(), m, view, base.data(), path);
+        if (path == MatMulPath::kAuto) {
+          ExpectNearReference(what, decoded, k, 0, n, x.data(), k, m, base.data(), n);
+        }
+        for (int threads : {1, 2, 3}) {
+          SetThreads(threads);
+          std::vector<float> y(m * n, -7.0f);
+          MatMul(x.data(), m, view, y.data(), path);
+          EXPECT_EQ(std::memcmp(y.data(), base.data(), y.size() * sizeof(float)), 0)
+              << what << " threads " << threads;
+          std::vector<float> ys(m * ldy, -7.0f);
+          MatMul(xs.data(), ldx, m, view, ys.data(), ldy, path);
+          for (int64_t i = 0; i < m; ++i) {
+            EXPECT_EQ(std::memcmp(&ys[i * ldy], &base[i * n], n * sizeof(float)), 0)
+                << what << " strided, threads " << threads << " row " << i;
+            for (int64_t j = n; j < ldy; ++j) EXPECT_EQ(ys[i * ldy + j], -7.0f) << what;
+          }
+          // Row slices: for FP8 blocks the first starts inside a scale block (row_phase ≠ 0).
+          for (const auto& [begin, count] : {std::pair<int64_t, int64_t>{37, 501}, {130, 871}}) {
+            const WeightMatrix slice = view.Rows(begin, count);
+            if (f.format == WeightFormat::kFp8 && begin % f.block != 0) {
+              EXPECT_NE(slice.row_phase, 0) << what;
+            }
+            std::vector<float> yr(m * ldy, -7.0f);
+            MatMul(xs.data(), ldx, m, slice, yr.data(), ldy, path);
+            for (int64_t i = 0; i < m; ++i) {
+              EXPECT_EQ(std::memcmp(&yr[i * ldy], &base[i * n + begin], count * sizeof(float)), 0)
+                  << what << " rows [" << begin << ", +" << count << "), threads " << threads
+                  << " row " << i;
+            }
+            if (threads == 2 && path == MatMulPath::kAuto && m <= 3) {
+              ExpectNearReference(what + " slice", decoded, k, begin, count, xs.data(), ldx, m,
+                                  yr.data(), ldy);
             }
           }
         }
