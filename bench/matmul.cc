@@ -7,7 +7,7 @@
 //   peak of the dispatched Highway target on as many threads.
 // Prints a table and writes JSON (naming the commit measured).
 //
-//   bench_matmul [--threads T] [--out bench/results/matmul.json]
+//   bench_matmul [--threads T] [--out bench/results/matmul.json] [--only FORMAT] [--m M]
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -99,14 +99,24 @@ double BestOf(const std::function<void()>& fn, int reps) {
 int Main(int argc, char** argv) {
   std::string out = (bench::SourceRoot() / "bench/results/matmul.json").string();
   int threads = AvailableCores();
+  // --only FORMAT and --m M run one format (e.g. "FP4 1x32") and one decode m, without
+  // writing JSON.
+  std::string only;
+  int64_t only_m = 0;
+  std::vector<int64_t> decode_ms = {1, 8, 64};
   for (int i = 1; i + 1 < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--out") {
       out = argv[++i];
+    } else if (arg == "--only") {
+      only = argv[++i];
+    } else if (arg == "--m") {
+      only_m = std::atoll(argv[++i]);
     } else if (arg == "--threads") {
       threads = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: bench_matmul [--threads T] [--out path.json]\n");
+      std::fprintf(stderr,
+                   "usage: bench_matmul [--threads T] [--out path.json] [--only FORMAT] [--m M]\n");
       return 2;
     }
   }
@@ -138,13 +148,14 @@ int Main(int argc, char** argv) {
   // Decode: N = K = 4096 matrices, as many as make ≥ 1 GiB of released bytes (twice the
   // 512 MiB LLC this VM reports), swept once per timed call.
   constexpr int64_t kDecodeN = 4096, kDecodeK = 4096, kSweepBytes = int64_t{1} << 30;
-  const std::vector<int64_t> decode_ms = {1, 8, 64};
+  if (only_m > 0) decode_ms = {only_m};
   // Prefill: one N = 1024, K = 4096 matrix (cache-resident), 64 rows.
   constexpr int64_t kPrefillM = 64, kPrefillN = 1024, kPrefillK = 4096;
   json rows = json::array();
   std::printf("%-12s %3s %4s %9s %8s %9s   %-8s %9s %8s\n", "format", "thr", "m", "GB/s", "of read",
               "GFLOP/s", "", "GFLOP/s", "of peak");
   for (const FormatCase& f : formats) {
+    if (!only.empty() && f.name != only) continue;
     std::vector<Storage> mats;
     int64_t bytes = 0;
     while (bytes < kSweepBytes) {
@@ -199,6 +210,7 @@ int Main(int argc, char** argv) {
                     {"runs", runs}});
   }
   SetThreads(threads);
+  if (!only.empty() || only_m > 0) return 0;
   json machine = bench::MachineJson();
   machine["highway_target"] = MatMulTargetName();
   const json result = {

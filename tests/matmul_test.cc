@@ -368,6 +368,64 @@ TEST(MatMulTest, ThreadCountInvariant) {
   }
 }
 
+// E4M3 NaN codes (0x7F, 0xFF) make their outputs NaN and leave every other output bitwise
+// as without them (the fast decoder's tiles that hold one are recomputed exactly).
+TEST(MatMulTest, Fp8NanCodes) {
+  const int64_t n = 67, k = 1000 + 3;
+  for (int64_t block : {128, 32}) {
+    const TestWeights clean = RandomWeights(WeightFormat::kFp8, n, k, block, 555);
+    TestWeights with_nan = clean;
+    const std::vector<std::pair<int64_t, int64_t>> nans = {{5, 700}, {6, 3}, {40, 1001}};
+    for (const auto& [r, c] : nans) with_nan.bytes[r * k + c] = (r % 2) ? 0xFF : 0x7F;
+    for (int64_t m : {1, 9}) {
+      const std::vector<float> x = RandomRows(m, k, 77);
+      for (MatMulPath path : kPaths) {
+        std::vector<float> y0(m * n), y1(m * n);
+        MatMul(x.data(), m, clean.view(), y0.data(), path);
+        MatMul(x.data(), m, with_nan.view(), y1.data(), path);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            const bool nan_row = j == 5 || j == 6 || j == 40;
+            if (nan_row) {
+              EXPECT_TRUE(std::isnan(y1[i * n + j]))
+                  << "block " << block << " y[" << i << "][" << j << "]";
+            } else {
+              EXPECT_EQ(std::memcmp(&y1[i * n + j], &y0[i * n + j], sizeof(float)), 0)
+                  << "block " << block << " y[" << i << "][" << j << "]";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Scales of 2^8 and more take the exact decoder, smaller ones the fast one: with every
+// scale code raised by 10 and x divided by 2^10 the products, sums and so y are the same
+// exactly, whichever decoder ran (codes 120..140 straddle the switch at 134/135).
+TEST(MatMulTest, Fp8LargeScalesAgreeWithFastPath) {
+  const int64_t n = 45, k = 777;
+  for (int64_t block : {128, 32}) {
+    TestWeights low = RandomWeights(WeightFormat::kFp8, n, k, block, 9);
+    std::mt19937 rng(3);
+    for (uint8_t& c : low.scales) c = static_cast<uint8_t>(120 + rng() % 11);
+    TestWeights high = low;
+    for (uint8_t& c : high.scales) c = static_cast<uint8_t>(c + 10);
+    for (int64_t m : {1, 4, 11}) {
+      const std::vector<float> x = RandomRows(m, k, 8);
+      std::vector<float> x_low(x.size());
+      for (size_t i = 0; i < x.size(); ++i) x_low[i] = x[i] * 0x1p10f;
+      for (MatMulPath path : kPaths) {
+        std::vector<float> y_low(m * n), y_high(m * n);
+        MatMul(x_low.data(), m, low.view(), y_low.data(), path);
+        MatMul(x.data(), m, high.view(), y_high.data(), path);
+        EXPECT_EQ(std::memcmp(y_low.data(), y_high.data(), y_low.size() * sizeof(float)), 0)
+            << "block " << block << " m=" << m << " path " << static_cast<int>(path);
+      }
+    }
+  }
+}
+
 TEST(MatMulTest, EmptyShapes) {
   const TestWeights w = RandomWeights(WeightFormat::kFp8, 3, 0, 128, 1);
   std::vector<float> y(2 * 3, -1.0f);
