@@ -1,5 +1,6 @@
 // Helpers shared by the benchmark harnesses: the machine description, this machine's
-// SGEMM peak and streaming-read bandwidth measured in the same run, and best-of timing.
+// SGEMM peak and streaming-read bandwidth measured in the same run (the Highway probes of
+// bench/limits.h), and best-of timing.
 #ifndef DSV4_BENCH_BENCH_UTIL_H_
 #define DSV4_BENCH_BENCH_UTIL_H_
 
@@ -20,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/limits.h"
 #include "core/kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -27,9 +29,30 @@ namespace dsv4::bench {
 
 using Clock = std::chrono::steady_clock;
 
-// The repository root, from this header's path (bench/bench_util.h).
+// The repository root. Harnesses are built as <root>/<build dir>/bin/bench_X, so the root
+// is normally three levels above /proc/self/exe; accepted when it holds cluster-configs/
+// and bench/. Otherwise (a binary copied elsewhere) from this header's path, which is
+// relative to the build's working directory under ccache's base_dir, so made absolute
+// from the current directory as a last resort.
 inline std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
+  namespace fs = std::filesystem;
+  const auto is_root = [](const fs::path& p) {
+    std::error_code ec;
+    return fs::is_directory(p / "cluster-configs", ec) && fs::is_directory(p / "bench", ec);
+  };
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    // bin/ → build dir → root; also try one level further up for nested build dirs.
+    fs::path dir = exe.parent_path();
+    for (int up = 0; up < 4 && dir.has_parent_path() && dir != dir.root_path(); ++up) {
+      dir = dir.parent_path();
+      if (is_root(dir)) return dir;
+    }
+  }
+  const fs::path from_file = fs::path(__FILE__).parent_path().parent_path();
+  if (from_file.is_absolute() || is_root(from_file)) return from_file;
+  return fs::absolute(from_file, ec);
 }
 
 // Writes a benchmark's result JSON (creating bench/results/ if needed) and says where.
@@ -143,30 +166,10 @@ inline double SgemmPeakGflops(int n = 1024) {
 }
 
 // Streaming-read bandwidth (GB/s, 10^9 B/s) of one thread summing a buffer well above the
-// last-level cache: the best and the median of `passes`.
-struct Bandwidth {
-  double best_gbs = 0.0;
-  double median_gbs = 0.0;
-};
-
-inline Bandwidth ReadBandwidth(size_t bytes = size_t{512} << 20, int passes = 7) {
-  const size_t n = bytes / sizeof(float);
-  std::vector<float> buf(n, 1.0f);  // filled, so every page is mapped
-  constexpr int kLanes = 16;
-  std::vector<double> gbs;
-  volatile float sink = 0.0f;
-  for (int p = 0; p < passes; ++p) {
-    const auto t0 = Clock::now();
-    float acc[kLanes] = {};
-    for (size_t i = 0; i + kLanes <= n; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) acc[j] += buf[i + j];
-    }
-    const double s = SecondsSince(t0);
-    for (float a : acc) sink = sink + a;
-    gbs.push_back(static_cast<double>(n * sizeof(float)) / s / 1e9);
-  }
-  std::sort(gbs.begin(), gbs.end());
-  return {gbs.back(), gbs[gbs.size() / 2]};
+// last-level cache with Highway vector loads (bench/limits.h): the best and the median of
+// `passes`.
+inline Bandwidth ReadBandwidth(size_t bytes = kProbeBytes, int passes = 5) {
+  return StreamReadBandwidth(1, bytes, passes);
 }
 
 }  // namespace dsv4::bench

@@ -1,56 +1,34 @@
-// MatMul benchmark (core/matmul.h), single-threaded, one row per format:
-// - decode (m = 1): GB/s of weight bytes in their released format (data + scales), over
-//   a rotating set of matrices larger than the last-level cache, against the
-//   streaming-read bandwidth measured in the same run (bench::ReadBandwidth);
-// - prefill (m = 64): GFLOP/s on one cache-resident matrix, against the peak of a
-//   register-blocked Highway FMA loop measured in the same run.
-// Prints a table and writes JSON.
+// MatMul benchmark (core/matmul.h) on 1 thread and on --threads threads (default: every
+// core of the process), per format:
+// - decode (m = 1, 8, 64): GB/s of weight bytes in their released format (data + scales)
+//   over a rotating set of matrices larger than the last-level cache, as a fraction of the
+//   streaming-read bandwidth measured in the same run on as many threads (bench/limits.h);
+// - prefill (m = 64): GFLOP/s on one cache-resident matrix, as a fraction of the fp32 FMA
+//   peak of the dispatched Highway target on as many threads.
+// Prints a table and writes JSON (naming the commit measured).
 //
-//   bench_matmul [--out bench/results/matmul.json]
+//   bench_matmul [--threads T] [--out bench/results/matmul.json] [--only FORMAT] [--m M]
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/limits.h"
 #include "core/matmul.h"
+#include "core/parallel.h"
 #include "core/weight_matrix.h"
-#include "hwy/highway.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4 {
 namespace {
 
-namespace hn = hwy::HWY_NAMESPACE;
 using json = nlohmann::ordered_json;
 using bench::TimePerCall;
-
-// GFLOP/s of kChains independent FMA chains per lane (enough to hide FMA latency on
-// current x86 and Arm cores), statically compiled for the baseline target.
-HWY_NOINLINE double FmaPeakGflops() {
-  const hn::ScalableTag<float> df;
-  constexpr int kChains = 12;
-  constexpr int64_t kIters = int64_t{1} << 22;
-  double best = 0.0;
-  for (int rep = 0; rep < 5; ++rep) {
-    hn::Vec<decltype(df)> acc[kChains];
-    for (int j = 0; j < kChains; ++j) acc[j] = hn::Set(df, static_cast<float>(j));
-    const auto mul = hn::Set(df, 0.999999f), add = hn::Set(df, 1e-6f);
-    const bench::Stopwatch watch;
-    for (int64_t it = 0; it < kIters; ++it) {
-      for (int j = 0; j < kChains; ++j) acc[j] = hn::MulAdd(acc[j], mul, add);
-    }
-    const double s = watch.wall();
-    auto sum = acc[0];
-    for (int j = 1; j < kChains; ++j) sum = hn::Add(sum, acc[j]);
-    volatile float sink = hn::GetLane(sum);
-    (void)sink;
-    best = std::max(best, 2.0 * kChains * hn::Lanes(df) * kIters / s / 1e9);
-  }
-  return best;
-}
 
 // Storage for one matrix in a format, filled with finite, normal values.
 struct Storage {
@@ -105,31 +83,79 @@ struct FormatCase {
   std::string name;
 };
 
+// Seconds of the fastest of `reps` calls after one warm-up call (for calls of a second or
+// more, where TimePerCall's batches would take too long).
+double BestOf(const std::function<void()>& fn, int reps) {
+  fn();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const bench::Stopwatch watch;
+    fn();
+    best = std::min(best, watch.wall());
+  }
+  return best;
+}
+
 int Main(int argc, char** argv) {
   std::string out = (bench::SourceRoot() / "bench/results/matmul.json").string();
+  int threads = AvailableCores();
+  // --only FORMAT and --m M run one format (e.g. "FP4 1x32") and one decode m, without
+  // writing JSON.
+  std::string only;
+  int64_t only_m = 0;
+  std::vector<int64_t> decode_ms = {1, 8, 64};
   for (int i = 1; i + 1 < argc; ++i) {
-    if (std::string(argv[i]) == "--out") out = argv[++i];
+    const std::string arg = argv[i];
+    if (arg == "--out") {
+      out = argv[++i];
+    } else if (arg == "--only") {
+      only = argv[++i];
+    } else if (arg == "--m") {
+      only_m = std::atoll(argv[++i]);
+    } else if (arg == "--threads") {
+      threads = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr,
+                   "usage: bench_matmul [--threads T] [--out path.json] [--only FORMAT] [--m M]\n");
+      return 2;
+    }
   }
+  std::vector<int> thread_counts = {1};
+  if (threads > 1) thread_counts.push_back(threads);
   const std::vector<FormatCase> formats = {{WeightFormat::kF32, 0, "F32"},
                                            {WeightFormat::kBF16, 0, "BF16"},
                                            {WeightFormat::kFp8, 128, "FP8 128x128"},
                                            {WeightFormat::kFp8, 32, "FP8 32x32"},
                                            {WeightFormat::kFp4, 32, "FP4 1x32"}};
-  std::printf("MatMul target %s\n", MatMulTargetName());
-  const bench::Bandwidth bw = bench::ReadBandwidth();
-  const double fma_peak = FmaPeakGflops();
-  std::printf("streaming read %.1f GB/s (best), Highway FMA peak %.1f GFLOP/s\n", bw.best_gbs,
-              fma_peak);
+  std::printf("MatMul target %s, probes target %s\n", MatMulTargetName(),
+              bench::LimitsTargetName());
+  json limits = json::array();
+  std::vector<bench::Bandwidth> read(thread_counts.size());
+  std::vector<double> peak(thread_counts.size());
+  for (size_t t = 0; t < thread_counts.size(); ++t) {
+    read[t] = bench::StreamReadBandwidth(thread_counts[t]);
+    peak[t] = bench::FmaPeakGflops(thread_counts[t]);
+    std::printf(
+        "%d thread(s): streaming read %.1f GB/s (best; median %.1f), FMA peak %.1f GFLOP/s\n",
+        thread_counts[t], read[t].best_gbs, read[t].median_gbs, peak[t]);
+    limits.push_back({{"threads", thread_counts[t]},
+                      {"read_bytes", bench::kProbeBytes},
+                      {"read_best_gb_per_s", read[t].best_gbs},
+                      {"read_median_gb_per_s", read[t].median_gbs},
+                      {"fma_peak_gflops", peak[t]}});
+  }
 
-  // Decode: N = K = 4096 matrices, as many as make ≥ 1 GiB of released bytes (the LLC this
-  // VM reports is 512 MiB), swept once per timed call.
+  // Decode: N = K = 4096 matrices, as many as make ≥ 1 GiB of released bytes (twice the
+  // 512 MiB LLC this VM reports), swept once per timed call.
   constexpr int64_t kDecodeN = 4096, kDecodeK = 4096, kSweepBytes = int64_t{1} << 30;
-  // Prefill: one N = 1024, K = 4096 matrix, 64 rows.
+  if (only_m > 0) decode_ms = {only_m};
+  // Prefill: one N = 1024, K = 4096 matrix (cache-resident), 64 rows.
   constexpr int64_t kPrefillM = 64, kPrefillN = 1024, kPrefillK = 4096;
   json rows = json::array();
-  std::printf("%-12s %14s %10s %16s %10s\n", "format", "m=1 GB/s", "of read", "m=64 GFLOP/s",
-              "of FMA");
+  std::printf("%-12s %3s %4s %9s %8s %9s   %-8s %9s %8s\n", "format", "thr", "m", "GB/s", "of read",
+              "GFLOP/s", "", "GFLOP/s", "of peak");
   for (const FormatCase& f : formats) {
+    if (!only.empty() && f.name != only) continue;
     std::vector<Storage> mats;
     int64_t bytes = 0;
     while (bytes < kSweepBytes) {
@@ -137,46 +163,63 @@ int Main(int argc, char** argv) {
                                  static_cast<uint32_t>(mats.size() + 1)));
       bytes += mats.back().view.released_bytes();
     }
-    std::vector<float> x(kDecodeK, 0.5f), y(kDecodeN);
-    const double sweep_s = TimePerCall(
-        [&] {
-          for (const Storage& s : mats) MatMul(x.data(), 1, s.view, y.data());
-        },
-        1.5);
-    const double decode_gbs = static_cast<double>(bytes) / sweep_s / 1e9;
     const int64_t matrices = static_cast<int64_t>(mats.size());
-    mats.clear();
-
     const Storage w = MakeStorage(f.format, kPrefillN, kPrefillK, f.block, 7);
     std::vector<float> xp(kPrefillM * kPrefillK, 0.25f), yp(kPrefillM * kPrefillN);
-    const double prefill_s =
-        TimePerCall([&] { MatMul(xp.data(), kPrefillM, w.view, yp.data()); }, 1.0);
-    const double gflops = 2.0 * kPrefillM * kPrefillN * kPrefillK / prefill_s / 1e9;
-    std::printf("%-12s %14.2f %9.0f%% %16.2f %9.0f%%\n", f.name.c_str(), decode_gbs,
-                100.0 * decode_gbs / bw.best_gbs, gflops, 100.0 * gflops / fma_peak);
+    json runs = json::array();
+    for (size_t t = 0; t < thread_counts.size(); ++t) {
+      SetThreads(thread_counts[t]);
+      json decode = json::array();
+      for (int64_t m : decode_ms) {
+        std::vector<float> x(m * kDecodeK, 0.5f), y(m * kDecodeN);
+        const auto sweep = [&] {
+          for (const Storage& s : mats) MatMul(x.data(), m, s.view, y.data());
+        };
+        const double sweep_s = m == 1 ? TimePerCall(sweep, 1.5) : BestOf(sweep, 3);
+        const double gbs = static_cast<double>(bytes) / sweep_s / 1e9;
+        const double gflops = 2.0 * m * kDecodeN * kDecodeK * matrices / sweep_s / 1e9;
+        std::printf("%-12s %3d %4lld %9.2f %7.0f%% %9.1f\n", f.name.c_str(), thread_counts[t],
+                    static_cast<long long>(m), gbs, 100.0 * gbs / read[t].best_gbs, gflops);
+        decode.push_back({{"m", m},
+                          {"gb_per_s", gbs},
+                          {"fraction_of_read_bandwidth", gbs / read[t].best_gbs},
+                          {"gflops", gflops},
+                          {"fraction_of_fma_peak", gflops / peak[t]}});
+      }
+      const double prefill_s =
+          TimePerCall([&] { MatMul(xp.data(), kPrefillM, w.view, yp.data()); }, 1.0);
+      const double gflops = 2.0 * kPrefillM * kPrefillN * kPrefillK / prefill_s / 1e9;
+      std::printf("%-12s %3d %4lld %9s %8s %9s   %-8s %9.1f %7.0f%%\n", f.name.c_str(),
+                  thread_counts[t], static_cast<long long>(kPrefillM), "", "", "", "prefill",
+                  gflops, 100.0 * gflops / peak[t]);
+      runs.push_back({{"threads", thread_counts[t]},
+                      {"decode", decode},
+                      {"prefill",
+                       {{"m", kPrefillM},
+                        {"n", kPrefillN},
+                        {"k", kPrefillK},
+                        {"gflops", gflops},
+                        {"fraction_of_fma_peak", gflops / peak[t]}}}});
+    }
     rows.push_back({{"format", f.name},
-                    {"decode",
-                     {{"m", 1},
-                      {"n", kDecodeN},
+                    {"decode_shape",
+                     {{"n", kDecodeN},
                       {"k", kDecodeK},
                       {"matrices", matrices},
-                      {"released_bytes_per_sweep", bytes},
-                      {"gb_per_s", decode_gbs},
-                      {"fraction_of_read_bandwidth", decode_gbs / bw.best_gbs}}},
-                    {"prefill",
-                     {{"m", kPrefillM},
-                      {"n", kPrefillN},
-                      {"k", kPrefillK},
-                      {"gflops", gflops},
-                      {"fraction_of_fma_peak", gflops / fma_peak}}}});
+                      {"released_bytes_per_sweep", bytes}}},
+                    {"runs", runs}});
   }
+  SetThreads(threads);
+  if (!only.empty() || only_m > 0) return 0;
   json machine = bench::MachineJson();
   machine["highway_target"] = MatMulTargetName();
   const json result = {
       {"machine", machine},
-      {"threads", 1},
-      {"read_bandwidth", {{"best_gb_per_s", bw.best_gbs}, {"median_gb_per_s", bw.median_gbs}}},
-      {"fma_peak", {{"name", "Highway MulAdd, 12 chains, static target"}, {"gflops", fma_peak}}},
+      {"threads", thread_counts},
+      {"limits",
+       {{"read", "Highway loads into 8 accumulators over 1 GiB, each thread a contiguous share"},
+        {"fma", "Highway MulAdd, 16 chains, dispatched target"},
+        {"by_threads", limits}}},
       {"formats", rows}};
   bench::WriteJson(out, result);
   return 0;

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "core/weight_matrix.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -30,12 +32,28 @@ constexpr int kTileRows = 4;
 constexpr int kTileCols = 4;
 // fp32 scratch for one dequantised panel of W: 256 KiB, well inside L2.
 constexpr int64_t kPanelFloats = 64 * 1024;
+// The k loop runs in chunks of this many elements (a multiple of every vector width and a
+// power of two): weight sources prefetch and scan for E4M3 NaN codes once per chunk.
+constexpr int64_t kChunk = 256;
 
 // E8M0 code → fp32 (2^(code-127), 255 NaN), decoded once.
 inline const std::array<float, 256>& E8M0Table() {
   static const std::array<float, 256> table = [] {
     std::array<float, 256> t{};
     for (int c = 0; c < 256; ++c) t[c] = E8M0ToFloat(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+
+// The fast FP8 decoder makes E4M3 × 2^-120 and multiplies by 2^120 × scale in one step:
+// this table holds 2^120 × E8M0(code) = 2^(code - 7) for codes ≤ kMaxFastE8M0; larger
+// codes (scales ≥ 2^8, which would overflow) take the two-step exact path.
+constexpr int kMaxFastE8M0 = 134;
+inline const std::array<float, 256>& E8M0Times2p120Table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c <= kMaxFastE8M0; ++c) t[c] = E8M0ToFloat(static_cast<uint8_t>(c + 120));
     return t;
   }();
   return table;
@@ -78,6 +96,7 @@ using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 using matmul_internal::DecodeElement;
 using matmul_internal::E8M0Table;
+using matmul_internal::kChunk;
 using matmul_internal::kTileCols;
 using matmul_internal::kTileRows;
 
@@ -135,9 +154,30 @@ HWY_INLINE VF DecodeFp4(DF df, const uint8_t* p) {
 }
 #endif
 
+// E4M3 without NaN codes, as fp32 bits s 0000 eeee mmm 0…: the value × 2^-120 (exact,
+// subnormal for e = 0). Sign-extending the byte puts copies of s in bits 27..31 after the
+// shift; the mask keeps bit 31.
+HWY_INLINE VF E4M3Times2pm120(DF df, const uint8_t* p) {
+  const hn::Rebind<int8_t, DF> d8;
+  const hn::RebindToSigned<DF> di;
+  const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(p)));
+  return hn::BitCast(df,
+                     hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(0x87FFFFFFu))));
+}
+
 // ---- Weight sources for the micro-kernel. ----
-// Load(j, k0): W[row j of the tile][k0 .. k0+L), k0 + L ≤ K.
-// Tail(j, k0): W[row j][k0 .. K) padded with +0 to L lanes, K - k0 < L.
+// A source serves the tile's rows j < COLS of W:
+//   group(): elements per scale group (a power of two, multiple of L, dividing kChunk);
+//   Chunk(j, k0, nan): at each chunk [k0, k0 + kChunk) ≤ K: prefetch, NaN scan;
+//   Group(j, k0, bad) → g: at each group start; Load(j, k0, g): W[j][k0 .. k0+L);
+//   Rest(j, k0, bad): W[j][k0 .. k0+L) outside whole chunks (k0 + L ≤ K);
+//   Tail(j, k0): W[j][k0 .. K) padded with +0 to L lanes, K - k0 < L;
+//   Flagged(nan, bad): the fast decoders could not be exact for this tile (an E4M3 NaN code
+//   or a scale ≥ 2^8): the caller recomputes it with ExactSource, which gives the same bits
+//   whenever neither happens.
+
+using D8 = hn::ScalableTag<uint8_t>;
+using V8 = hn::Vec<D8>;
 
 // Whether one scale covers each whole vector step and its index is a shift of k: the scale
 // block width is a power of two and a multiple of L (32 and 128 are, up to 512-bit
@@ -147,12 +187,10 @@ inline bool VectorScales(const WeightMatrix& w) {
   return w.block_cols > 0 && (w.block_cols & (w.block_cols - 1)) == 0 && w.block_cols % lanes == 0;
 }
 
-// Dequantises straight from the released bytes (kVectorScales as VectorScales(w)). Nothing
-// in Load calls out of line: a call in the k loop would spill the accumulators.
-template <WeightFormat kFormat, bool kVectorScales>
-class DirectSource {
+// Row pointers of a tile and the prefetch of the next tile's rows.
+class RowSet {
  public:
-  DirectSource(const WeightMatrix& w, int64_t n0, int rows) : w_(w), n0_(n0) {
+  RowSet(const WeightMatrix& w, int64_t n0, int rows) {
     const int64_t row_bytes = w.row_bytes();
     for (int j = 0; j < rows; ++j) {
       row_[j] = w.data + (n0 + j) * row_bytes;
@@ -160,49 +198,75 @@ class DirectSource {
       // each start a new page that the hardware prefetcher would ramp up on again.
       next_row_[j] = n0 + rows + j < w.rows ? row_[j] + rows * row_bytes : row_[j];
     }
+  }
+  // Prefetches bytes [begin, end) of row j of the next group, one 64-byte line at a time.
+  HWY_INLINE void PrefetchNext(int j, int64_t begin, int64_t end) const {
+    for (int64_t b = begin; b < end; b += 64) hwy::Prefetch(next_row_[j] + b);
+  }
+  const uint8_t* row(int j) const { return row_[j]; }
+
+ private:
+  const uint8_t* row_[kTileCols] = {};
+  const uint8_t* next_row_[kTileCols] = {};
+};
+
+// Bytes of W data per element, ×2 (FP4 packs two elements per byte).
+constexpr int64_t TwiceBytesPerElement(WeightFormat f) {
+  return f == WeightFormat::kF32    ? 8
+         : f == WeightFormat::kBF16 ? 4
+         : f == WeightFormat::kFp8  ? 2
+                                    : 1;
+}
+
+// Element-at-a-time exact decoding of the released bytes: the reference every faster path
+// matches bitwise (kVectorScales as VectorScales(w)). Nothing in Load calls out of line: a
+// call in the k loop would spill the accumulators.
+template <WeightFormat kFormat, bool kVectorScales>
+class ExactSource {
+ public:
+  ExactSource(const WeightMatrix& w, int64_t n0, int rows) : w_(w), n0_(n0), rows_(w, n0, rows) {
     if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
-      for (int j = 0; j < rows; ++j) {
-        scale_row_[j] = w.scales + w.scale_index(n0 + j, 0);
-      }
+      for (int j = 0; j < rows; ++j) scale_row_[j] = w.scales + w.scale_index(n0 + j, 0);
       DSV4_CHECK(kVectorScales == VectorScales(w));
       while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
       scale_table_ = E8M0Table().data();
     }
   }
 
-  HWY_INLINE VF Load(int j, int64_t k0) const {
+  int64_t group() const { return kChunk; }
+  HWY_INLINE void Chunk(int j, int64_t k0, V8& /*nan*/) const {
+    constexpr int64_t kTwice = TwiceBytesPerElement(kFormat);
+    rows_.PrefetchNext(j, k0 * kTwice / 2, (k0 + kChunk) * kTwice / 2);
+  }
+  HWY_INLINE VF Group(int /*j*/, int64_t /*k0*/, int& /*bad*/) const { return hn::Zero(DF()); }
+  HWY_INLINE VF Load(int j, int64_t k0, VF /*g*/) const { return Exact(j, k0); }
+  HWY_INLINE VF Rest(int j, int64_t k0, int& /*bad*/) const { return Exact(j, k0); }
+  HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
+  static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
+
+ private:
+  HWY_INLINE VF Exact(int j, int64_t k0) const {
     const DF df;
+    const uint8_t* row = rows_.row(j);
     if constexpr (kFormat == WeightFormat::kF32) {
-      PrefetchNext(j, 4 * k0);
-      return hn::LoadU(df, reinterpret_cast<const float*>(row_[j]) + k0);
+      return hn::LoadU(df, reinterpret_cast<const float*>(row) + k0);
     } else if constexpr (kFormat == WeightFormat::kBF16) {
-      PrefetchNext(j, 2 * k0);
-      return DecodeBf16(df, row_[j] + 2 * k0);
+      return DecodeBf16(df, row + 2 * k0);
     } else {
-      PrefetchNext(j, kFormat == WeightFormat::kFp8 ? k0 : k0 / 2);
       if constexpr (!kVectorScales) {
         return Scalar(j, k0, k0 + static_cast<int64_t>(hn::Lanes(df)));
       }
       const VF scale = hn::Set(df, scale_table_[scale_row_[j][k0 >> block_shift_]]);
       if constexpr (kFormat == WeightFormat::kFp8) {
-        return hn::Mul(DecodeE4M3(df, row_[j] + k0), scale);
+        return hn::Mul(DecodeE4M3(df, row + k0), scale);
       } else {
 #if HWY_TARGET == HWY_SCALAR
         return Scalar(j, k0, k0 + 1);
 #else
-        return hn::Mul(DecodeFp4(df, row_[j] + k0 / 2), scale);
+        return hn::Mul(DecodeFp4(df, row + k0 / 2), scale);
 #endif
       }
     }
-  }
-
-  HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
-
- private:
-  // Once per 64-byte line of the row (a predictable branch is cheaper than a prefetch per
-  // vector).
-  HWY_INLINE void PrefetchNext(int j, int64_t byte_offset) const {
-    if ((byte_offset & 63) == 0) hwy::Prefetch(next_row_[j] + byte_offset);
   }
 
   // Elements k0 .. k1 (k1 - k0 ≤ L) decoded one by one, padded with +0.
@@ -215,19 +279,151 @@ class DirectSource {
 
   const WeightMatrix& w_;
   const int64_t n0_;
-  const uint8_t* row_[kTileCols] = {};
-  const uint8_t* next_row_[kTileCols] = {};
+  const RowSet rows_;
   const uint8_t* scale_row_[kTileCols] = {};
   const float* scale_table_ = nullptr;
   int block_shift_ = 0;
+};
+
+// The fast decoders (requires VectorScales(w) for FP8 and FP4), bitwise equal to
+// ExactSource unless Flagged:
+// - FP8: E4M3 × 2^-120 (three integer ops) times 2^120 × scale (one multiply per vector).
+//   Both round the same real product e4m3 × scale once, so the bits agree whenever
+//   2^120 × scale is finite (scale code ≤ kMaxFastE8M0, else `bad`). NaN codes 0x7F/0xFF
+//   are not decoded: each chunk's bytes are scanned (max of byte | 0x80 is 0xFF iff some
+//   byte is a NaN code) and a flagged tile is recomputed exactly.
+// - FP4 at 16 lanes: the scale multiplies the 16-entry value table once per 32-element
+//   block (the same products as scaling each decoded value) and the permutation picks from
+//   it, with nibble indices spread from one 16-byte load.
+// - F32, BF16: as ExactSource.
+template <WeightFormat kFormat>
+class FastSource {
+ public:
+  FastSource(const WeightMatrix& w, int64_t n0, int rows)
+      : exact_(w, n0, rows), rows_(w, n0, rows) {
+    if constexpr (kFormat == WeightFormat::kFp8 || kFormat == WeightFormat::kFp4) {
+      for (int j = 0; j < rows; ++j) scale_row_[j] = w.scales + w.scale_index(n0 + j, 0);
+      while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
+      group_ = std::min<int64_t>(w.block_cols, kChunk);
+      scale_table_ = kFormat == WeightFormat::kFp8 ? matmul_internal::E8M0Times2p120Table().data()
+                                                   : E8M0Table().data();
+    }
+  }
+
+  int64_t group() const { return group_; }
+
+  HWY_INLINE void Chunk(int j, int64_t k0, V8& nan) const {
+    exact_.Chunk(j, k0, nan);
+    if constexpr (kFormat == WeightFormat::kFp8) {
+      const D8 d8;
+      const V8 high = hn::Set(d8, uint8_t{0x80});
+      const uint8_t* p = rows_.row(j) + k0;
+      for (int64_t b = 0; b < kChunk; b += static_cast<int64_t>(hn::Lanes(d8))) {
+        nan = hn::Max(nan, hn::Or(hn::LoadU(d8, p + b), high));
+      }
+    }
+  }
+
+  HWY_INLINE VF Group(int j, int64_t k0, int& bad) const {
+    const DF df;
+    if constexpr (kFormat == WeightFormat::kFp8) {
+      const uint8_t code = scale_row_[j][k0 >> block_shift_];
+      bad |= code > matmul_internal::kMaxFastE8M0;
+      return hn::Set(df, scale_table_[code]);
+    } else if constexpr (kFormat == WeightFormat::kFp4) {
+      const VF scale = hn::Set(df, scale_table_[scale_row_[j][k0 >> block_shift_]]);
+      if constexpr (kFp4Table) return hn::Mul(hn::Load(df, kFp4Values), scale);
+      return scale;
+    } else {
+      return hn::Zero(df);
+    }
+  }
+
+  HWY_INLINE VF Load(int j, int64_t k0, VF g) const {
+    const DF df;
+    if constexpr (kFormat == WeightFormat::kFp8) {
+      return hn::Mul(E4M3Times2pm120(df, rows_.row(j) + k0), g);
+    } else if constexpr (kFormat == WeightFormat::kFp4) {
+#if HWY_TARGET == HWY_SCALAR
+      return exact_.Rest(j, k0, dummy_bad_);
+#else
+      if constexpr (kFp4Table) {
+        const hn::RebindToUnsigned<DF> du;
+        const hn::Repartition<uint8_t, DF> d8;
+        // The 16 bytes of this 32-element block in every 128-bit block; each u32 lane takes
+        // its byte, then odd lanes its high nibble.
+        const auto bytes = hn::LoadDup128(d8, rows_.row(j) + (k0 & ~int64_t{31}) / 2);
+        const auto spread = hn::Load(d8, kFp4Spread + ((k0 & 16) ? 64 : 0));
+        const auto idx = hn::And(
+            hn::BitCast(du, hn::TableLookupBytesOr0(bytes, spread)) >> hn::Load(du, kFp4Shift),
+            hn::Set(du, 0xFu));
+        return hn::TableLookupLanes(g, hn::IndicesFromVec(df, idx));
+      }
+      return hn::Mul(DecodeFp4(df, rows_.row(j) + k0 / 2), g);
+#endif
+    } else {
+      return exact_.Rest(j, k0, dummy_bad_);
+    }
+  }
+
+  HWY_INLINE VF Rest(int j, int64_t k0, int& bad) const {
+    if constexpr (kFormat == WeightFormat::kFp4) return Load(j, k0, Group(j, k0, bad));
+    return exact_.Rest(j, k0, bad);
+  }
+  HWY_INLINE VF Tail(int j, int64_t k0) const { return exact_.Tail(j, k0); }
+
+  static bool Flagged(V8 nan, int bad) {
+    if constexpr (kFormat == WeightFormat::kFp8) {
+      const D8 d8;
+      return bad != 0 || !hn::AllFalse(d8, hn::Eq(nan, hn::Set(d8, uint8_t{0xFF})));
+    }
+    (void)nan;
+    return bad != 0;
+  }
+
+ private:
+  static constexpr bool kFp4Table = hn::MaxLanes(DF()) == 16 && HWY_TARGET != HWY_SCALAR;
+  HWY_ALIGN static constexpr float kFp4Values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
+                                                     4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
+                                                     -2.0f, -3.0f, -4.0f, -6.0f};
+  // For the first (then second) 16 elements of a block: u32 lane L takes byte L/2 (+ 8) of
+  // the 128-bit block; 0x80 zeroes the other bytes.
+  HWY_ALIGN static constexpr uint8_t kFp4Spread[128] = {
+#define DSV4_SPREAD(h, l) static_cast<uint8_t>(8 * (h) + (l) / 2), 0x80, 0x80, 0x80
+#define DSV4_SPREAD4(h, l) \
+  DSV4_SPREAD(h, l), DSV4_SPREAD(h, l + 1), DSV4_SPREAD(h, l + 2), DSV4_SPREAD(h, l + 3)
+      DSV4_SPREAD4(0, 0), DSV4_SPREAD4(0, 4), DSV4_SPREAD4(0, 8), DSV4_SPREAD4(0, 12),
+      DSV4_SPREAD4(1, 0), DSV4_SPREAD4(1, 4), DSV4_SPREAD4(1, 8), DSV4_SPREAD4(1, 12),
+#undef DSV4_SPREAD4
+#undef DSV4_SPREAD
+  };
+  HWY_ALIGN static constexpr uint32_t kFp4Shift[16] = {0, 4, 0, 4, 0, 4, 0, 4,
+                                                       0, 4, 0, 4, 0, 4, 0, 4};
+
+  const ExactSource<kFormat, true> exact_;
+  const RowSet rows_;
+  const uint8_t* scale_row_[kTileCols] = {};
+  const float* scale_table_ = nullptr;
+  int block_shift_ = 0;
+  int64_t group_ = kChunk;
+  mutable int dummy_bad_ = 0;
 };
 
 // Reads a dequantised fp32 panel: row j at panel + j * stride, padded with +0 to stride.
 class PanelSource {
  public:
   PanelSource(const float* panel, int64_t stride) : panel_(panel), stride_(stride) {}
-  HWY_INLINE VF Load(int j, int64_t k0) const { return hn::Load(DF(), panel_ + j * stride_ + k0); }
-  HWY_INLINE VF Tail(int j, int64_t k0) const { return Load(j, k0); }
+  int64_t group() const { return kChunk; }
+  HWY_INLINE void Chunk(int /*j*/, int64_t /*k0*/, V8& /*nan*/) const {}
+  HWY_INLINE VF Group(int /*j*/, int64_t /*k0*/, int& /*bad*/) const { return hn::Zero(DF()); }
+  HWY_INLINE VF Load(int j, int64_t k0, VF /*g*/) const {
+    return hn::Load(DF(), panel_ + j * stride_ + k0);
+  }
+  HWY_INLINE VF Rest(int j, int64_t k0, int& /*bad*/) const {
+    return hn::Load(DF(), panel_ + j * stride_ + k0);
+  }
+  HWY_INLINE VF Tail(int j, int64_t k0) const { return hn::Load(DF(), panel_ + j * stride_ + k0); }
+  static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
 
  private:
   const float* panel_;
@@ -256,14 +452,18 @@ HWY_INLINE void StoreRow(float* y, VF c0, VF c1, VF c2, VF c3) {
 
 // The accumulators are named variables (not arrays) and nothing is called while they are
 // live, so they stay in registers: the partial last step's operands are staged before the
-// loop.
+// loop. The k loop is split into chunks and scale groups (only where sources refresh their
+// state); each accumulator still takes the steps k0 = 0, L, 2L, … in order. Returns
+// Source::Flagged (y is then to be recomputed with an exact source).
 template <int ROWS, int COLS, class Source>
-HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const Source& w,
+HWY_INLINE bool Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const Source& w,
                      float* HWY_RESTRICT y, int64_t ldy) {
   static_assert(ROWS >= 1 && ROWS <= 4 && COLS >= 1 && COLS <= 4);
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t k_full = k / lanes * lanes;
+  const int64_t k_chunks = k_full / kChunk * kChunk;
+  const int64_t group = w.group();
   HWY_ALIGN float x_tail[ROWS][kMaxLanes];
   HWY_ALIGN float w_tail[COLS][kMaxLanes];
   if (k_full < k) {
@@ -277,6 +477,8 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const 
   VF c10 = c00, c11 = c00, c12 = c00, c13 = c00;
   VF c20 = c00, c21 = c00, c22 = c00, c23 = c00;
   VF c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+  V8 nan = hn::Zero(D8());
+  int bad = 0;
   const auto step = [&](VF w0, VF w1, VF w2, VF w3, const float* x0, const float* x1,
                         const float* x2, const float* x3) HWY_ATTR {
     RowStep<COLS>(hn::LoadU(df, x0), w0, w1, w2, w3, c00, c01, c02, c03);
@@ -285,11 +487,30 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const 
     if constexpr (ROWS > 3) RowStep<COLS>(hn::LoadU(df, x3), w0, w1, w2, w3, c30, c31, c32, c33);
   };
   const int64_t r1 = ROWS > 1 ? ldx : 0, r2 = ROWS > 2 ? 2 * ldx : 0, r3 = ROWS > 3 ? 3 * ldx : 0;
-  for (int64_t k0 = 0; k0 < k_full; k0 += lanes) {
-    const VF w0 = w.Load(0, k0);
-    const VF w1 = COLS > 1 ? w.Load(1, k0) : w0;
-    const VF w2 = COLS > 2 ? w.Load(2, k0) : w0;
-    const VF w3 = COLS > 3 ? w.Load(3, k0) : w0;
+  int64_t k0 = 0;
+  while (k0 < k_chunks) {
+    for (int j = 0; j < COLS; ++j) w.Chunk(j, k0, nan);
+    const int64_t chunk_end = k0 + kChunk;
+    while (k0 < chunk_end) {
+      const VF g0 = w.Group(0, k0, bad);
+      const VF g1 = COLS > 1 ? w.Group(1, k0, bad) : g0;
+      const VF g2 = COLS > 2 ? w.Group(2, k0, bad) : g0;
+      const VF g3 = COLS > 3 ? w.Group(3, k0, bad) : g0;
+      const int64_t group_end = k0 + group;
+      for (; k0 < group_end; k0 += lanes) {
+        const VF w0 = w.Load(0, k0, g0);
+        const VF w1 = COLS > 1 ? w.Load(1, k0, g1) : w0;
+        const VF w2 = COLS > 2 ? w.Load(2, k0, g2) : w0;
+        const VF w3 = COLS > 3 ? w.Load(3, k0, g3) : w0;
+        step(w0, w1, w2, w3, x + k0, x + r1 + k0, x + r2 + k0, x + r3 + k0);
+      }
+    }
+  }
+  for (; k0 < k_full; k0 += lanes) {
+    const VF w0 = w.Rest(0, k0, bad);
+    const VF w1 = COLS > 1 ? w.Rest(1, k0, bad) : w0;
+    const VF w2 = COLS > 2 ? w.Rest(2, k0, bad) : w0;
+    const VF w3 = COLS > 3 ? w.Rest(3, k0, bad) : w0;
     step(w0, w1, w2, w3, x + k0, x + r1 + k0, x + r2 + k0, x + r3 + k0);
   }
   if (k_full < k) {
@@ -304,11 +525,12 @@ HWY_INLINE void Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const 
   if constexpr (ROWS > 1) StoreRow<COLS>(y + ldy, c10, c11, c12, c13);
   if constexpr (ROWS > 2) StoreRow<COLS>(y + 2 * ldy, c20, c21, c22, c23);
   if constexpr (ROWS > 3) StoreRow<COLS>(y + 3 * ldy, c30, c31, c32, c33);
+  return Source::Flagged(nan, bad);
 }
 
 // Runs Tile with run-time tile sizes (1..kTileRows × 1..kTileCols).
 template <int ROWS, class Source>
-HWY_INLINE void TileCols(int cols, const float* x, int64_t ldx, int64_t k, const Source& w,
+HWY_INLINE bool TileCols(int cols, const float* x, int64_t ldx, int64_t k, const Source& w,
                          float* y, int64_t ldy) {
   static_assert(kTileCols == 4);
   switch (cols) {
@@ -324,7 +546,7 @@ HWY_INLINE void TileCols(int cols, const float* x, int64_t ldx, int64_t k, const
 }
 
 template <class Source>
-HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t ldx, int64_t k,
+HWY_NOINLINE bool AnyTile(int rows, int cols, const float* x, int64_t ldx, int64_t k,
                           const Source& w, float* y, int64_t ldy) {
   static_assert(kTileRows == 4);
   switch (rows) {
@@ -339,47 +561,93 @@ HWY_NOINLINE void AnyTile(int rows, int cols, const float* x, int64_t ldx, int64
   }
 }
 
+// The source of the direct regime and the panels: the fast decoders where the scale blocks
+// allow them.
+template <WeightFormat kFormat, bool kVectorScales>
+using DirectSourceT =
+    std::conditional_t<kVectorScales, FastSource<kFormat>, ExactSource<kFormat, false>>;
+
 // Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
 template <WeightFormat kFormat, bool kVectorScales>
-void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
-               int64_t ldy) {
-  const int64_t n_total = w.rows, k = w.cols;
-  for (int64_t n0 = 0; n0 < n_total; n0 += kTileCols) {
-    const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_total - n0));
-    const DirectSource<kFormat, kVectorScales> source(w, n0, cols);
+void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+               int64_t n_begin, int64_t n_end) {
+  const int64_t k = w.cols;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileCols) {
+    const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_end - n0));
+    const DirectSourceT<kFormat, kVectorScales> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
-      AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0, ldy);
+      if (AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0, ldy)) {
+        const ExactSource<kFormat, kVectorScales> exact(w, n0, cols);
+        AnyTile(rows, cols, x + i0 * ldx, ldx, k, exact, y + i0 * ldy + n0, ldy);
+      }
     }
   }
 }
 
-// Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
-template <WeightFormat kFormat, bool kVectorScales>
-void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y,
-              int64_t ldy) {
+// One row of W dequantised into dst[0, ⌈K/L⌉·L) (padded with +0) by the same loop as
+// Tile's; returns Source::Flagged.
+template <class Source>
+HWY_INLINE bool DequantRow(const Source& source, int64_t k, float* HWY_RESTRICT dst) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t n_total = w.rows, k = w.cols;
+  const int64_t k_full = k / lanes * lanes;
+  const int64_t k_chunks = k_full / kChunk * kChunk;
+  const int64_t group = source.group();
+  V8 nan = hn::Zero(D8());
+  int bad = 0;
+  int64_t k0 = 0;
+  while (k0 < k_chunks) {
+    source.Chunk(0, k0, nan);
+    const int64_t chunk_end = k0 + kChunk;
+    while (k0 < chunk_end) {
+      const VF g = source.Group(0, k0, bad);
+      const int64_t group_end = k0 + group;
+      for (; k0 < group_end; k0 += lanes) hn::Store(source.Load(0, k0, g), df, dst + k0);
+    }
+  }
+  for (; k0 < k_full; k0 += lanes) hn::Store(source.Rest(0, k0, bad), df, dst + k0);
+  if (k0 < k) hn::Store(source.Tail(0, k0), df, dst + k0);
+  return Source::Flagged(nan, bad);
+}
+
+// Panel regime: dequantise up to `panel_rows` rows of W into fp32 scratch, then tile.
+// This thread's panel scratch, at least `floats` long: kept between calls (one per thread
+// and target), so the panel regime allocates only when a call needs a larger panel.
+inline float* PanelScratch(size_t floats) {
+  thread_local hwy::AlignedFreeUniquePtr<float[]> scratch;
+  thread_local size_t capacity = 0;
+  if (capacity < floats) {
+    scratch = hwy::AllocateAligned<float>(floats);
+    capacity = floats;
+  }
+  return scratch.get();
+}
+
+template <WeightFormat kFormat, bool kVectorScales>
+void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
+              int64_t n_begin, int64_t n_end) {
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t n_total = n_end - n_begin, k = w.cols;
   const int64_t stride = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
   int64_t panel_rows = matmul_internal::kPanelFloats / stride / kTileCols * kTileCols;
   panel_rows = std::clamp<int64_t>(panel_rows, kTileCols, 256);
   panel_rows = std::min<int64_t>(panel_rows, (n_total + kTileCols - 1) / kTileCols * kTileCols);
-  auto panel = hwy::AllocateAligned<float>(static_cast<size_t>(panel_rows * stride));
-  for (int64_t n0 = 0; n0 < n_total; n0 += panel_rows) {
-    const int64_t rows_here = std::min(panel_rows, n_total - n0);
+  float* panel = PanelScratch(static_cast<size_t>(panel_rows * stride));
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += panel_rows) {
+    const int64_t rows_here = std::min(panel_rows, n_end - n0);
     for (int64_t j = 0; j < rows_here; ++j) {
-      const DirectSource<kFormat, kVectorScales> source(w, n0 + j, 1);
-      float* dst = panel.get() + j * stride;
-      int64_t k0 = 0;
-      for (; k0 + lanes <= k; k0 += lanes) hn::Store(source.Load(0, k0), df, dst + k0);
-      if (k0 < k) hn::Store(source.Tail(0, k0), df, dst + k0);
+      float* dst = panel + j * stride;
+      if (DequantRow(DirectSourceT<kFormat, kVectorScales>(w, n0 + j, 1), k, dst)) {
+        DequantRow(ExactSource<kFormat, kVectorScales>(w, n0 + j, 1), k, dst);
+      }
     }
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
       for (int64_t j0 = 0; j0 < rows_here; j0 += kTileCols) {
         const int cols = static_cast<int>(std::min<int64_t>(kTileCols, rows_here - j0));
-        const PanelSource source(panel.get() + j0 * stride, stride);
+        const PanelSource source(panel + j0 * stride, stride);
         AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0 + j0, ldy);
       }
     }
@@ -390,11 +658,20 @@ template <WeightFormat kFormat, bool kVectorScales>
 void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
          MatMulPath path) {
   const bool direct = path == MatMulPath::kDirect || (path == MatMulPath::kAuto && m <= kTileRows);
-  if (direct) {
-    RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
-  } else {
-    RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy);
-  }
+  // Threads split the outputs into contiguous ranges of whole column tiles, each worth at
+  // least ~2^18 multiply-adds (so a chunk amortises the fork/join); every output is still
+  // computed by one thread in the canonical order, so y does not depend on the split.
+  const int64_t tiles = (w.rows + kTileCols - 1) / kTileCols;
+  const int64_t macs_per_tile = std::max<int64_t>(1, kTileCols * m * w.cols);
+  const int64_t grain = std::max<int64_t>(4, (int64_t{1} << 18) / macs_per_tile);
+  ParallelFor(tiles, grain, [&](int64_t t0, int64_t t1) HWY_ATTR {
+    const int64_t n_begin = t0 * kTileCols, n_end = std::min(w.rows, t1 * kTileCols);
+    if (direct) {
+      RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+    } else {
+      RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+    }
+  });
 }
 
 template <WeightFormat kFormat>
@@ -437,8 +714,8 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float
             MatMulPath path) {
   const absl::Status status = w.Validate();
   DSV4_CHECK(status.ok(), status.ToString());
-  DSV4_CHECK(ldx >= w.cols && ldy >= w.rows, "ldx ", ldx, " < K ", w.cols, " or ldy ", ldy,
-             " < N ", w.rows);
+  DSV4_CHECK(ldx >= w.cols && ldy >= w.rows, "ldx ", ldx, " < K ", w.cols, " or ldy ", ldy, " < N ",
+             w.rows);
   if (m <= 0 || w.rows <= 0) return;
   HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, ldx, m, w, y, ldy, path);
 }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/dtype.h"
+#include "core/parallel.h"
 #include "core/weight_matrix.h"
 
 namespace dsv4 {
@@ -257,6 +258,169 @@ TEST(MatMulTest, RowsAreBatchInvariant) {
             }
           }
         }
+      }
+    }
+  }
+}
+
+// W decoded to doubles, row-major [n][k].
+std::vector<double> Decoded(const TestWeights& w) {
+  std::vector<double> out(w.n * w.k);
+  for (int64_t r = 0; r < w.n; ++r) {
+    for (int64_t c = 0; c < w.k; ++c) out[r * w.k + c] = w.At(r, c);
+  }
+  return out;
+}
+
+// |y - ref| within the accumulation bound of MatchesDoubleReference, against the double
+// loop over the decoded weights (Decoded(w)); x[i] at x + i·ldx, y[i] at y + i·ldy, W rows
+// from row0 on.
+void ExpectNearReference(const std::string& what, const std::vector<double>& decoded, int64_t k,
+                         int64_t row0, int64_t n, const float* x, int64_t ldx, int64_t m,
+                         const float* y, int64_t ldy) {
+  int bad = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = 0.0, abs_sum = 0.0;
+      const double* row = &decoded[(row0 + j) * k];
+      for (int64_t c = 0; c < k; ++c) {
+        const double p = static_cast<double>(x[i * ldx + c]) * row[c];
+        ref += p;
+        abs_sum += std::fabs(p);
+      }
+      const double tol = (k + 5) * 0x1p-24 * abs_sum;
+      const double err = std::fabs(y[i * ldy + j] - ref);
+      if (!(err <= tol) && bad++ < 5) {
+        ADD_FAILURE() << what << " y[" << i << "][" << j << "]=" << y[i * ldy + j] << " ref=" << ref
+                      << " tol=" << tol;
+      }
+    }
+  }
+}
+
+// Restores the process's thread count when a test ends.
+class ThreadsGuard {
+ public:
+  ThreadsGuard() : saved_(Threads()) {}
+  ~ThreadsGuard() { SetThreads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// Threads split the outputs over N; y is bitwise the same for 1, 2 and 3 threads, with and
+// without row strides and for FP8 row slices that start inside a scale block, for odd N and
+// K; and it matches the double reference.
+TEST(MatMulTest, ThreadCountInvariant) {
+  const ThreadsGuard guard;
+  const int64_t n = 1001, k = 1031, ldx = k + 5, ldy = n + 3;
+  for (const FormatCase& f : Formats()) {
+    const TestWeights w = RandomWeights(f.format, n, k, f.block, 4242 + f.block);
+    const WeightMatrix view = w.view();
+    const std::vector<double> decoded = Decoded(w);
+    for (int64_t m : {1, 3, 17, 64}) {
+      const std::vector<float> x = RandomRows(m, k, static_cast<uint32_t>(31 * m + f.block));
+      std::vector<float> xs(m * ldx, 1e30f);  // strided copy; the gaps must not be read
+      for (int64_t i = 0; i < m; ++i) std::memcpy(&xs[i * ldx], &x[i * k], k * sizeof(float));
+      for (MatMulPath path : kPaths) {
+        const std::string what =
+            absl::StrFormat("%s m=%d path %d", f.name, m, static_cast<int>(path));
+        SetThreads(1);
+        std::vector<float> base(m * n);
+        MatMul(x.data(), m, view, base.data(), path);
+        if (path == MatMulPath::kAuto) {
+          ExpectNearReference(what, decoded, k, 0, n, x.data(), k, m, base.data(), n);
+        }
+        for (int threads : {1, 2, 3}) {
+          SetThreads(threads);
+          std::vector<float> y(m * n, -7.0f);
+          MatMul(x.data(), m, view, y.data(), path);
+          EXPECT_EQ(std::memcmp(y.data(), base.data(), y.size() * sizeof(float)), 0)
+              << what << " threads " << threads;
+          std::vector<float> ys(m * ldy, -7.0f);
+          MatMul(xs.data(), ldx, m, view, ys.data(), ldy, path);
+          for (int64_t i = 0; i < m; ++i) {
+            EXPECT_EQ(std::memcmp(&ys[i * ldy], &base[i * n], n * sizeof(float)), 0)
+                << what << " strided, threads " << threads << " row " << i;
+            for (int64_t j = n; j < ldy; ++j) EXPECT_EQ(ys[i * ldy + j], -7.0f) << what;
+          }
+          // Row slices: for FP8 blocks the first starts inside a scale block (row_phase ≠ 0).
+          for (const auto& [begin, count] : {std::pair<int64_t, int64_t>{37, 501}, {130, 871}}) {
+            const WeightMatrix slice = view.Rows(begin, count);
+            if (f.format == WeightFormat::kFp8 && begin % f.block != 0) {
+              EXPECT_NE(slice.row_phase, 0) << what;
+            }
+            std::vector<float> yr(m * ldy, -7.0f);
+            MatMul(xs.data(), ldx, m, slice, yr.data(), ldy, path);
+            for (int64_t i = 0; i < m; ++i) {
+              EXPECT_EQ(std::memcmp(&yr[i * ldy], &base[i * n + begin], count * sizeof(float)), 0)
+                  << what << " rows [" << begin << ", +" << count << "), threads " << threads
+                  << " row " << i;
+            }
+            if (threads == 2 && path == MatMulPath::kAuto && m <= 3) {
+              ExpectNearReference(what + " slice", decoded, k, begin, count, xs.data(), ldx, m,
+                                  yr.data(), ldy);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// E4M3 NaN codes (0x7F, 0xFF) make their outputs NaN and leave every other output bitwise
+// as without them (the fast decoder's tiles that hold one are recomputed exactly).
+TEST(MatMulTest, Fp8NanCodes) {
+  const int64_t n = 67, k = 1000 + 3;
+  for (int64_t block : {128, 32}) {
+    const TestWeights clean = RandomWeights(WeightFormat::kFp8, n, k, block, 555);
+    TestWeights with_nan = clean;
+    const std::vector<std::pair<int64_t, int64_t>> nans = {{5, 700}, {6, 3}, {40, 1001}};
+    for (const auto& [r, c] : nans) with_nan.bytes[r * k + c] = (r % 2) ? 0xFF : 0x7F;
+    for (int64_t m : {1, 9}) {
+      const std::vector<float> x = RandomRows(m, k, 77);
+      for (MatMulPath path : kPaths) {
+        std::vector<float> y0(m * n), y1(m * n);
+        MatMul(x.data(), m, clean.view(), y0.data(), path);
+        MatMul(x.data(), m, with_nan.view(), y1.data(), path);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            const bool nan_row = j == 5 || j == 6 || j == 40;
+            if (nan_row) {
+              EXPECT_TRUE(std::isnan(y1[i * n + j]))
+                  << "block " << block << " y[" << i << "][" << j << "]";
+            } else {
+              EXPECT_EQ(std::memcmp(&y1[i * n + j], &y0[i * n + j], sizeof(float)), 0)
+                  << "block " << block << " y[" << i << "][" << j << "]";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Scales of 2^8 and more take the exact decoder, smaller ones the fast one: with every
+// scale code raised by 10 and x divided by 2^10 the products, sums and so y are the same
+// exactly, whichever decoder ran (codes 120..140 straddle the switch at 134/135).
+TEST(MatMulTest, Fp8LargeScalesAgreeWithFastPath) {
+  const int64_t n = 45, k = 777;
+  for (int64_t block : {128, 32}) {
+    TestWeights low = RandomWeights(WeightFormat::kFp8, n, k, block, 9);
+    std::mt19937 rng(3);
+    for (uint8_t& c : low.scales) c = static_cast<uint8_t>(120 + rng() % 11);
+    TestWeights high = low;
+    for (uint8_t& c : high.scales) c = static_cast<uint8_t>(c + 10);
+    for (int64_t m : {1, 4, 11}) {
+      const std::vector<float> x = RandomRows(m, k, 8);
+      std::vector<float> x_low(x.size());
+      for (size_t i = 0; i < x.size(); ++i) x_low[i] = x[i] * 0x1p10f;
+      for (MatMulPath path : kPaths) {
+        std::vector<float> y_low(m * n), y_high(m * n);
+        MatMul(x_low.data(), m, low.view(), y_low.data(), path);
+        MatMul(x.data(), m, high.view(), y_high.data(), path);
+        EXPECT_EQ(std::memcmp(y_low.data(), y_high.data(), y_low.size() * sizeof(float)), 0)
+            << "block " << block << " m=" << m << " path " << static_cast<int>(path);
       }
     }
   }
