@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint_layout.h"
-#include "core/matmul.h"
 #include "core/engram_hash.h"
 #include "core/kernels.h"
+#include "core/matmul.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {

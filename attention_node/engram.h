@@ -29,8 +29,8 @@
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
-#include "core/weight_matrix.h"
 #include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 
 namespace dsv4 {
 
@@ -95,13 +95,13 @@ class LocalEngramTables : public EngramRowSource {
 class EngramLayer {
  public:
   struct Weights {
-    WeightMatrix value_w;               // [d, width]
-    Tensor value_b;                     // [d]
-    std::vector<WeightMatrix> key_w;    // n × [d, width]
-    Tensor key_b;                       // [n, d]
-    Tensor norm1, norm2;      // [n, d]: gate norms of the key and of the stream
-    Tensor conv_norm;         // [n, d]
-    Tensor conv_w;            // [n·d, kernel]
+    WeightMatrix value_w;             // [d, width]
+    Tensor value_b;                   // [d]
+    std::vector<WeightMatrix> key_w;  // n × [d, width]
+    Tensor key_b;                     // [n, d]
+    Tensor norm1, norm2;              // [n, d]: gate norms of the key and of the stream
+    Tensor conv_norm;                 // [n, d]
+    Tensor conv_w;                    // [n·d, kernel]
   };
   EngramLayer(const ModelConfig& config, Weights weights);
   static absl::StatusOr<EngramLayer> Load(WeightLoader& loader, const ModelConfig& config,

@@ -12,8 +12,8 @@
 
 namespace dsv4 {
 
-Indexer::Indexer(WeightMatrix wq_b, WeightMatrix weights_proj, Compressor compressor,
-                 int64_t topk, const Rope& rope)
+Indexer::Indexer(WeightMatrix wq_b, WeightMatrix weights_proj, Compressor compressor, int64_t topk,
+                 const Rope& rope)
     : wq_b_(wq_b),
       weights_proj_(weights_proj),
       compressor_(std::move(compressor)),

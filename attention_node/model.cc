@@ -103,8 +103,9 @@ absl::StatusOr<Model::MtpBlock> Model::LoadMtp(WeightLoader& loader, const Model
     w.push_back(std::move(t));
   }
   ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, prefix + ".hc_head", config));
-  return MtpBlock{std::move(block), e_proj,           h_proj, std::move(w[0]),
-                  std::move(w[1]),  std::move(w[2]), std::move(hc_head)};
+  return MtpBlock{std::move(block),  e_proj,          h_proj,
+                  std::move(w[0]),   std::move(w[1]), std::move(w[2]),
+                  std::move(hc_head)};
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,

@@ -149,7 +149,7 @@ class Model {
   struct MtpBlock {
     Block block;
     WeightMatrix e_proj, h_proj;  // [d, d]
-    Tensor enorm, hnorm, norm;  // [d]
+    Tensor enorm, hnorm, norm;    // [d]
     HcHead hc_head;
   };
   static absl::StatusOr<Block> LoadBlock(WeightLoader& loader, const std::string& prefix,

@@ -15,8 +15,8 @@
 #include "absl/types/span.h"
 #include "core/model_config.h"
 #include "core/tensor.h"
-#include "core/weight_matrix.h"
 #include "core/weight_loader.h"
+#include "core/weight_matrix.h"
 
 namespace dsv4 {
 

@@ -170,10 +170,9 @@ RolesSpec ReadRoles(const YamlMap& root) {
 }
 
 EngineSpec ReadEngine(const YamlMap& root) {
-  const YamlMap engine =
-      root.Map("engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens",
-                          "chunked_prefill_tokens", "micro_batches", "dispatch", "placement",
-                          "threads_per_rank"});
+  const YamlMap engine = root.Map(
+      "engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens", "chunked_prefill_tokens",
+                 "micro_batches", "dispatch", "placement", "threads_per_rank"});
   EngineSpec spec;
   const EngineSpec defaults;
   spec.max_seqs_per_rank =

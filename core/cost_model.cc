@@ -251,7 +251,8 @@ double EngramWidth(const ModelConfig& c) {
 }
 
 // Weights of a layer, split by component and by format.
-LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytesByFormat* by_format) {
+LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
+                                   WeightBytesByFormat* by_format) {
   LayerWeightSplit s;
   WeightBytesByFormat w;
   const int64_t d = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank;
@@ -271,7 +272,10 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer, WeightBytesB
     AddDense(c, Q, d, &w);
     AddDense(c, H * D, Q, &w);
     AddDense(c, D, d, &w);
-    AddBytes(StorageFormat::kBf16, kBf16Bytes * (Q + D + G * R * (H * D / G)), &w);  // norms, wo_a
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * (Q + D), &w);  // q_norm, kv_norm
+    // wo_a is released in the dense format (the official converter widens it to BF16; the
+    // runtime keeps it as released and computes on the same exact values).
+    AddDense(c, G * R, H * D / G, &w);
     AddDense(c, d, G * R, &w);
     take(&s.attention);
     const int m = c.ratio(layer);

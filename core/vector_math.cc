@@ -19,7 +19,8 @@ float DotImpl(const float* a, const float* b, int64_t n) {
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   auto acc = hn::Zero(df);
   int64_t k = 0;
-  for (; k + lanes <= n; k += lanes) acc = hn::MulAdd(hn::LoadU(df, a + k), hn::LoadU(df, b + k), acc);
+  for (; k + lanes <= n; k += lanes)
+    acc = hn::MulAdd(hn::LoadU(df, a + k), hn::LoadU(df, b + k), acc);
   if (k < n) {
     HWY_ALIGN float ta[HWY_MAX_BYTES / sizeof(float)] = {};
     HWY_ALIGN float tb[HWY_MAX_BYTES / sizeof(float)] = {};

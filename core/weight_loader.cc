@@ -67,7 +67,8 @@ absl::StatusOr<WeightMatrix> WeightLoader::LoadMatrix(const std::string& name, i
                       ? Shape{rows, CeilDiv(cols, 32)}
                       : Shape{CeilDiv(rows, fp8_block_), CeilDiv(cols, fp8_block_)};
     if (scale->dtype != DType::kF8E8M0 || scale->shape != scale_shape) {
-      return Error(scale_name, absl::StrCat("(the scale of ", name, ") is ", std::string(DTypeName(scale->dtype)), " ",
+      return Error(scale_name, absl::StrCat("(the scale of ", name, ") is ",
+                                            std::string(DTypeName(scale->dtype)), " ",
                                             ShapeToString(scale->shape), ", expected F8_E8M0 ",
                                             ShapeToString(scale_shape)));
     }
@@ -131,8 +132,8 @@ absl::StatusOr<std::vector<int32_t>> WeightLoader::LoadIndexTable(const std::str
   for (size_t i = 0; i < values.size(); ++i) {
     const int64_t v = values[i];
     if (v < 0 || v >= limit) {
-      return Error(name, absl::StrCat("holds ", v, " at row ", i / cols, ", outside [0, ", limit,
-                                      ")"));
+      return Error(name,
+                   absl::StrCat("holds ", v, " at row ", i / cols, ", outside [0, ", limit, ")"));
     }
     table[i] = static_cast<int32_t>(v);
   }

@@ -1,7 +1,7 @@
 #include "core/weight_matrix.h"
 
-#include "absl/strings/str_format.h"
 #include <cstring>
+#include "absl/strings/str_format.h"
 
 #include "core/check.h"
 #include "core/dtype.h"

@@ -49,8 +49,8 @@ class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
   static void SetUpTestSuite() {
     for (const std::string& name : {std::string("v4-tiny"), std::string("odd-dims")}) {
       nlohmann::json j = nlohmann::json::parse(PresetJson("v4-tiny"));
-      if (name == "odd-dims") {  // widths ≢ 0 mod 16 (index_head_dim stays a power of two for its Hadamard
-                                 // transform), partial FP8 blocks
+      if (name == "odd-dims") {  // widths ≢ 0 mod 16 (index_head_dim stays a power of two for its
+                                 // Hadamard transform), partial FP8 blocks
         j.update({{"vocab_size", 1000},
                   {"hidden_size", 100},
                   {"num_hidden_layers", 3},
@@ -78,8 +78,8 @@ class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
 
   // Runs each step (one token list per sequence, empty = not in this step) and returns
   // every logits row of sequence `watch`, in order.
-  std::vector<float> Run(const std::vector<std::vector<std::vector<int32_t>>>& steps,
-                         int sequences, int watch) const {
+  std::vector<float> Run(const std::vector<std::vector<std::vector<int32_t>>>& steps, int sequences,
+                         int watch) const {
     const LoadedModel& m = model();
     const int64_t v = m.config.vocab_size;
     std::vector<SequenceState> states(sequences, m.model->NewSequence());

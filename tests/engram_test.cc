@@ -139,7 +139,8 @@ struct SmallLayer {
     w.value_w = *WeightMatrix::F32(value_w.data(), 8, 16);
     w.value_b = random({8});
     key_w = random({2, 8, 16});
-    for (int i = 0; i < 2; ++i) w.key_w.push_back(*WeightMatrix::F32(key_w.data() + i * 8 * 16, 8, 16));
+    for (int i = 0; i < 2; ++i)
+      w.key_w.push_back(*WeightMatrix::F32(key_w.data() + i * 8 * 16, 8, 16));
     w.key_b = random({2, 8});
     w.norm1 = random({2, 8}, 1.0f);
     w.norm2 = random({2, 8}, 1.0f);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cost_model.h"
 #include "core/kv_accounting.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -194,6 +195,21 @@ TEST_F(TinyModelTest, MtpIsLoadedButNotRun) {
   EXPECT_EQ((*no_mtp)->mtp_weight_bytes().released, 0);
   EXPECT_EQ((*no_mtp)->weight_bytes().released, all.released - mtp.released);
   EXPECT_EQ((*no_mtp)->weight_bytes().resident, all.resident - mtp.resident);
+}
+
+// The cost model and planner price weights as released; the runtime holds exactly those
+// bytes (tensor by tensor: a mismatch would show as a difference here).
+TEST_F(TinyModelTest, ReleasedBytesAreWhatTheCostModelCounts) {
+  const ModelConfig& c = tiny_->config;
+  WeightBytesByFormat attention_side = EdgeWeights(c);
+  const int blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
+  for (int layer = 0; layer < blocks; ++layer) attention_side += AttentionLayerWeights(c, layer);
+  EXPECT_EQ(tiny_->model->weight_bytes().released, static_cast<int64_t>(attention_side.total()));
+  EXPECT_EQ(tiny_->experts->weight_bytes().released,
+            static_cast<int64_t>(RoutedExpertWeights(c).total()) * c.n_routed_experts * blocks);
+  // Resident: the mapped matrices as released, small vectors as fp32 copies.
+  EXPECT_LE(tiny_->model->weight_bytes().resident, tiny_->model->weight_bytes().released * 11 / 10);
+  EXPECT_EQ(tiny_->experts->weight_bytes().resident, tiny_->experts->weight_bytes().released);
 }
 
 TEST_F(TinyModelTest, RejectsBadInput) {
