@@ -183,6 +183,7 @@ TEST(ClusterConfig, LocalDefault) {
   EXPECT_EQ(config->engine.kv_budget_tokens, 65536);
   EXPECT_EQ(config->engine.chunked_prefill_tokens, 512);
   EXPECT_EQ(config->engine.micro_batches, 2);
+  EXPECT_EQ(config->engine.threads_per_rank, 0);  // the rank's share of its host's cores
   EXPECT_EQ(config->engine.dispatch, DispatchMode::kFlat);
   EXPECT_EQ(config->engine.placement, PlacementPolicy::kHierarchical);
   EXPECT_FALSE(config->engram.remote());
@@ -249,6 +250,15 @@ TEST(ClusterConfigErrors, UnknownKey) {
               StartsWith(kInline + ":10: topology.links.inter_supernode.latncy: unknown key"));
   EXPECT_THAT(ErrorOf(std::string(kValid) + "engin:\n  micro_batches: 2\n"),
               StartsWith(kInline + ":14: engin: unknown key"));
+}
+
+TEST(ClusterConfig, ThreadsPerRank) {
+  absl::StatusOr<ClusterConfig> config =
+      ParseClusterConfig(std::string(kValid) + "engine:\n  threads_per_rank: 3\n", kInline);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->engine.threads_per_rank, 3);
+  EXPECT_EQ(ErrorOf(std::string(kValid) + "engine:\n  threads_per_rank: -1\n"),
+            kInline + ":15: engine.threads_per_rank: expected a non-negative integer, got \"-1\"");
 }
 
 TEST(ClusterConfigErrors, DuplicateKey) {
