@@ -45,6 +45,7 @@ class FakeEngine {
       rank->set_role(r == 0 ? engine::v1::ROLE_ATTENTION : engine::v1::ROLE_EXPERT);
       rank->set_position("sn0/node0/chip" + std::to_string(r));
       rank->set_resident_bytes(1000 * (r + 1));
+      rank->set_released_bytes(950 * (r + 1));
     }
     stream_->Write(hello);
   }
