@@ -3,13 +3,14 @@
 // over sequences), prefill and decode; a failing rank; modelled time against the cost model;
 // Engram tables on real dsv4-engram-store processes, one of them killed mid-run.
 //
-// Tolerance: the engine sums a token's k expert outputs in a different order than the
-// in-process executor (per expert rank, then over ranks; replicas change which rank holds
-// a slot) and runs each expert's GEMM over a different set of rows, so results differ by
-// float rounding. Each layer adds a few ulps that the following layers carry on, so logits
-// must agree to |a − b| ≤ 2e-5 · (1 + max |ref|): about 25× the largest difference seen
-// (≤ 5e-6 at max |ref| ≈ 4.5, i.e. ~1e-6 relative; 1 + 1 ranks are bit-identical), far
-// below any real error (a wrong expert, weight or token moves logits by 1e-2 and more).
+// Tolerance: with several expert ranks the engine sums a token's k expert outputs per
+// expert rank, then over ranks (replicas change which rank holds a slot), not in the
+// in-process order (ascending expert), so results differ by float rounding; every row is
+// otherwise batch-invariant, and with one expert rank the engine is bit-identical to
+// `dsv4 run` (engine_mpi_test asserts it). Each layer adds a few ulps that the following
+// layers carry on, so logits must agree to |a − b| ≤ 2e-5 · (1 + max |ref|): about 25× the
+// largest difference seen (≤ 5e-6 at max |ref| ≈ 4.5, i.e. ~1e-6 relative), far below any
+// real error (a wrong expert, weight or token moves logits by 1e-2 and more).
 // Engram rows looked up on memory nodes are the checkpoint's bytes, so remote tables add
 // no difference of their own: `dsv4 run` with remote tables equals it with local ones exactly.
 #include <signal.h>
