@@ -1,10 +1,8 @@
 // Helpers shared by the benchmark harnesses: the machine description, this machine's
-// SGEMM peak and streaming-read bandwidth measured in the same run (the Highway probes of
-// bench/limits.h), and best-of timing.
+// streaming-read bandwidth measured in the same run (the Highway probes of bench/limits.h),
+// and best-of timing.
 #ifndef DSV4_BENCH_BENCH_UTIL_H_
 #define DSV4_BENCH_BENCH_UTIL_H_
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,13 +14,11 @@
 #include <functional>
 #include <limits>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "bench/limits.h"
-#include "core/kernels.h"
+#include "core/parallel.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4::bench {
@@ -119,14 +115,13 @@ inline std::string GitCommit() {
   return out.empty() ? "unknown" : out;
 }
 
-// The machine a result was measured on, and the commit it measured.
+// The machine a result was measured on, and the commit it measured. kernel_threads is
+// core/parallel.h's Threads() when this is called.
 inline nlohmann::json MachineJson() {
   return {{"cpu_model", CpuModel()},
           {"commit", GitCommit()},
           {"logical_cores", std::thread::hardware_concurrency()},
-          {"openblas_threads", BlasThreads()},
-          {"openblas_config", openblas_get_config()},
-          {"openblas_core", openblas_get_corename()},
+          {"kernel_threads", Threads()},
           {"date", UtcNow()}};
 }
 
@@ -147,22 +142,6 @@ inline double TimePerCall(const std::function<void()>& fn, double budget_s = 0.2
     best = std::min(best, SecondsSince(b0) / per_batch);
   }
   return best;
-}
-
-// OpenBLAS SGEMM GFLOP/s at n×n×n (the compute peak this machine reaches in practice).
-inline double SgemmPeakGflops(int n = 1024) {
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
-  for (float& x : a) x = dist(rng);
-  for (float& x : b) x = dist(rng);
-  const double s = TimePerCall(
-      [&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
-                    n, 0.0f, c.data(), n);
-      },
-      1.0);
-  return 2.0 * n * n * n / s / 1e9;
 }
 
 // Streaming-read bandwidth (GB/s, 10^9 B/s) of one thread summing a buffer well above the

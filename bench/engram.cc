@@ -520,10 +520,7 @@ int Main(int argc, char** argv) {
     for (const json& row : RunWidth(d_e, store_binary)) widths.push_back(row);
   }
   result["lookups"] = widths;
-  if (end_to_end) {
-    SetBlasThreads(1);
-    result["end_to_end"] = EndToEnd(store_binary);
-  }
+  if (end_to_end) result["end_to_end"] = EndToEnd(store_binary);
   result["machine"]["load_average_1m_at_end"] = LoadAverage();
   std::filesystem::create_directories(out.parent_path());
   std::ofstream(out) << result.dump(2) << "\n";

@@ -144,7 +144,6 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-  SetBlasThreads(1);
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
   json result;

@@ -404,9 +404,6 @@ int Main(int argc, char** argv) {
   }
   if (levels.empty()) Die("--levels is empty");
 
-  // Ranks compute single-threaded, as in the other benchmarks (mpirun passes the
-  // environment on to local ranks).
-  setenv("OPENBLAS_NUM_THREADS", "1", 0);
   spdlog::set_level(spdlog::level::warn);
 
   const fs::path bin = fs::read_symlink("/proc/self/exe").parent_path();

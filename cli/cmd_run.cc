@@ -18,7 +18,6 @@
 #include "cli/commands.h"
 #include "cli/common_flags.h"
 #include "core/cluster_config.h"
-#include "core/kernels.h"
 #include "core/kv_accounting.h"
 #include "core/model_config.h"
 #include "core/npy.h"

@@ -1,16 +1,12 @@
 #include "core/kernels.h"
 
-#include <cblas.h>
-
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <mutex>
 #include <numbers>
 #include <numeric>
 
@@ -19,20 +15,6 @@
 
 namespace dsv4 {
 namespace {
-
-// OpenBLAS starts with one thread per core; the runtime wants one per MPI rank unless told
-// otherwise, so the first GEMM applies 1 unless SetBlasThreads ran before.
-std::once_flag g_blas_threads_once;
-std::atomic<int> g_blas_threads{1};
-
-void EnsureBlasThreads() {
-  std::call_once(g_blas_threads_once, [] { openblas_set_num_threads(1); });
-}
-
-// Below this many rows of C, Gemm runs one sgemv per row (see Gemm).
-constexpr int64_t kGemvMaxRows = 8;
-
-bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<blasint>::max(); }
 
 // Several independent partial sums: lets the compiler vectorise the reduction without
 // -ffast-math, and is more accurate than one running sum.
@@ -98,86 +80,6 @@ inline float ExpFast(float x) {
 }
 
 }  // namespace
-
-void SetBlasThreads(int threads) {
-  DSV4_CHECK(threads >= 1, "threads = ", threads);
-  std::call_once(g_blas_threads_once, [] {});  // an explicit setting replaces the default
-  openblas_set_num_threads(threads);
-  g_blas_threads.store(threads);
-}
-
-int BlasThreads() { return g_blas_threads.load(); }
-
-void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  DSV4_CHECK(FitsBlasInt(m) && FitsBlasInt(n) && FitsBlasInt(k), "m=", m, " n=", n, " k=", k);
-  // Row strides are of the matrices as stored: A is m×k, or k×m when transposed.
-  const int64_t a_cols = trans_a ? m : k;
-  const int64_t b_cols = trans_b ? k : n;
-  DSV4_CHECK(lda >= std::max<int64_t>(1, a_cols) && FitsBlasInt(lda), "lda=", lda,
-             " for a stored A with ", a_cols, " columns");
-  DSV4_CHECK(ldb >= std::max<int64_t>(1, b_cols) && FitsBlasInt(ldb), "ldb=", ldb,
-             " for a stored B with ", b_cols, " columns");
-  DSV4_CHECK(ldc >= std::max<int64_t>(1, n) && FitsBlasInt(ldc), "ldc=", ldc, " for n=", n);
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // BLAS would leave C untouched or scaled; spell out C = beta·C
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    }
-    return;
-  }
-  EnsureBlasThreads();
-  const auto op = [](bool t) { return t ? CblasTrans : CblasNoTrans; };
-  // Few rows: one sgemv per row. OpenBLAS 0.3.21's sgemm packs op(B) on every call and
-  // reaches only 15-35 GFLOP/s below 8 rows on this machine, where sgemv streams it at ~50
-  // (bench/kernels.cc).
-  if (m < kGemvMaxRows) {
-    for (int64_t i = 0; i < m; ++i) {
-      // c[i, :] = op(B)ᵀ · op(A)[i, :]
-      const float* a_row = trans_a ? a + i : a + i * lda;
-      const int64_t inc_a = trans_a ? lda : 1;
-      if (trans_b) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, alpha, b, ldb, a_row, inc_a, beta,
-                    c + i * ldc, 1);
-      } else {
-        cblas_sgemv(CblasRowMajor, CblasTrans, k, n, alpha, b, ldb, a_row, inc_a, beta, c + i * ldc,
-                    1);
-      }
-    }
-    return;
-  }
-  if (n == 1) {  // one column of C: a single sgemv
-    // c[:, 0] = op(A) · op(B)[:, 0]
-    const int64_t inc_b = trans_b ? 1 : ldb;
-    if (trans_a) {
-      cblas_sgemv(CblasRowMajor, CblasTrans, k, m, alpha, a, lda, b, inc_b, beta, c, ldc);
-    } else {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, alpha, a, lda, b, inc_b, beta, c, ldc);
-    }
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c,
-              ldc);
-}
-
-void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y) {
-  Gemm(false, true, rows, out, in, 1.0f, x, std::max<int64_t>(in, 1), w, std::max<int64_t>(in, 1),
-       0.0f, y, std::max<int64_t>(out, 1));
-}
-
-Tensor Linear(const Tensor& x, const Tensor& w) {
-  DSV4_CHECK(w.rank() == 2, "weight shape ", ShapeToString(w.shape()));
-  DSV4_CHECK(x.rank() >= 1 && x.dim(-1) == w.dim(1), "x ", ShapeToString(x.shape()),
-             " does not match weight ", ShapeToString(w.shape()));
-  const Tensor xc = x.Contiguous();
-  const Tensor wc = w.Contiguous();
-  Shape out_shape = x.shape();
-  out_shape.back() = w.dim(0);
-  Tensor y(out_shape);
-  Linear(xc.data(), x.numel() / std::max<int64_t>(x.dim(-1), 1), w.dim(1), wc.data(), w.dim(0),
-         y.data());
-  return y;
-}
 
 void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y) {
   DSV4_CHECK(dim > 0 && rows >= 0, "rows=", rows, " dim=", dim);

@@ -1,30 +1,13 @@
 // CPU kernels used by the model. All fp32, row-major, raw pointers with explicit sizes so
-// callers can run them on views of larger buffers. GEMMs go through OpenBLAS.
+// callers can run them on views of larger buffers. Projections are not here: they run as
+// core/matmul.h's MatMul on weights in their released formats.
 #ifndef DSV4_CORE_KERNELS_H_
 #define DSV4_CORE_KERNELS_H_
 
 #include <cstdint>
 #include <vector>
 
-#include "core/tensor.h"
-
 namespace dsv4 {
-
-// Sets the number of OpenBLAS threads. The default is 1 (one thread per MPI rank): the
-// first Gemm applies it unless SetBlasThreads was called before, overriding OpenBLAS's own
-// default of one thread per core. Call it before running kernels from several threads.
-void SetBlasThreads(int threads);
-int BlasThreads();
-
-// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major; op transposes when
-// the flag is set. lda/ldb/ldc are row strides of A, B, C as stored (A is k×m when
-// transposed). With beta == 0, C is not read. Fewer than 8 rows, or n == 1, run as sgemv.
-void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
-
-// y[rows, out] = x[rows, in] · w[out, in]ᵀ: the "linear" of every projection.
-void Linear(const float* x, int64_t rows, int64_t in, const float* w, int64_t out, float* y);
-Tensor Linear(const Tensor& x, const Tensor& w);  // x [.., in], w [out, in] → [.., out]
 
 // y = x * rsqrt(mean(x²) + eps) * w per row of length dim; w may be null (weightless).
 // In-place when y == x.

@@ -12,7 +12,6 @@
 #include "absl/strings/strip.h"
 #include "attention_node/model.h"
 #include "core/check.h"
-#include "core/kernels.h"
 #include "core/npy.h"
 #include "core/parallel.h"
 #include "core/safetensors.h"
@@ -50,9 +49,6 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   options_ = options;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
-  // Kernels run on our own threads; OpenBLAS (left for a few non-weight products) stays at
-  // one so the two never oversubscribe the cores.
-  SetBlasThreads(1);
   ASSIGN_OR_RETURN(cluster_, LoadClusterConfig(options.cluster));
   int threads = options.threads > 0 ? options.threads : cluster_.engine.threads_per_rank;
   if (threads == 0) {  // the rank's cores, shared with the other ranks on this host

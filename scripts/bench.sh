@@ -3,7 +3,6 @@
 # bench/results/. BENCH=name runs just bench_name.
 set -euo pipefail
 BUILD_DIR=${1:-build}
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 mkdir -p bench/results
 for b in "$BUILD_DIR"/bin/bench_*; do
   name=$(basename "$b")

@@ -14,7 +14,6 @@ BIN="$BUILD_DIR/bin"
 CKPT=checkpoints/v4-mini-engram
 CLUSTER=cluster-configs/local-engram.yaml
 SERVER=127.0.0.1:50051
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 LOGS=$(mktemp -d)
 PIDS=()
 

@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libopenmpi-dev openmpi-bin
-  libspdlog-dev libfmt-dev libyaml-cpp-dev libopenblas-dev nlohmann-json3-dev
+  libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libpcre2-dev libhwy-dev
   python3 python3-grpcio python3-protobuf python3-numpy redis-server
 )

@@ -83,10 +83,9 @@ class EngineTest : public ::testing::Test {
   }
 
   static std::string EngineCommand(const std::string& yaml, int np, const std::string& args) {
-    return absl::StrCat(
-        "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 ",
-        "mpirun --oversubscribe -np ", np, " ", DSV4_BIN_DIR, "/dsv4-engine", " --cluster ", yaml,
-        " --checkpoint ", Checkpoint(), " ", args);
+    return absl::StrCat("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ",
+                        "mpirun --oversubscribe -np ", np, " ", DSV4_BIN_DIR, "/dsv4-engine",
+                        " --cluster ", yaml, " --checkpoint ", Checkpoint(), " ", args);
   }
   static testing::CommandResult Engine(const std::string& yaml, int np, const std::string& args) {
     return testing::RunCommand("timeout 120 " + EngineCommand(yaml, np, args));

@@ -11,7 +11,6 @@
 #include <numbers>
 #include <numeric>
 #include <random>
-#include <tuple>
 #include <vector>
 
 namespace dsv4 {
@@ -26,143 +25,6 @@ std::vector<float> RandomVector(int64_t n, uint32_t seed, float scale = 1.0f) {
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
   return v;
-}
-
-// ---------------------------------------------------------------------------------------
-// GEMM
-
-struct GemmCase {
-  int64_t m, n, k;
-  bool trans_a, trans_b;
-  int64_t pad;  // extra columns in every leading dimension
-};
-
-class GemmTest : public ::testing::TestWithParam<GemmCase> {};
-
-TEST_P(GemmTest, MatchesNaiveLoops) {
-  const GemmCase& p = GetParam();
-  // A is stored m×k (k×m when transposed), B k×n (n×k when transposed).
-  const int64_t a_rows = p.trans_a ? p.k : p.m;
-  const int64_t a_cols = p.trans_a ? p.m : p.k;
-  const int64_t b_rows = p.trans_b ? p.n : p.k;
-  const int64_t b_cols = p.trans_b ? p.k : p.n;
-  const int64_t lda = a_cols + p.pad;
-  const int64_t ldb = b_cols + p.pad;
-  const int64_t ldc = p.n + p.pad;
-  const std::vector<float> a = RandomVector(a_rows * lda, 1);
-  const std::vector<float> b = RandomVector(b_rows * ldb, 2);
-  const std::vector<float> c0 = RandomVector(p.m * ldc, 3);
-  const float alpha = 0.75f;
-  const float beta = -0.5f;
-
-  std::vector<float> c = c0;
-  Gemm(p.trans_a, p.trans_b, p.m, p.n, p.k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(),
-       ldc);
-
-  for (int64_t i = 0; i < p.m; ++i) {
-    for (int64_t j = 0; j < p.n; ++j) {
-      double sum = 0.0;
-      double abs_sum = 0.0;
-      for (int64_t l = 0; l < p.k; ++l) {
-        const double av = p.trans_a ? a[l * lda + i] : a[i * lda + l];
-        const double bv = p.trans_b ? b[j * ldb + l] : b[l * ldb + j];
-        sum += av * bv;
-        abs_sum += std::abs(av * bv);
-      }
-      const double expected = alpha * sum + beta * c0[i * ldc + j];
-      EXPECT_NEAR(c[i * ldc + j], expected, 1e-6 * (abs_sum + 1.0)) << "at " << i << "," << j;
-    }
-    // Padding columns of C are untouched.
-    for (int64_t j = p.n; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], c0[i * ldc + j]);
-  }
-}
-
-std::vector<GemmCase> GemmCases() {
-  std::vector<GemmCase> cases;
-  const std::vector<std::tuple<int64_t, int64_t, int64_t>> sizes = {
-      {1, 1, 1},  {7, 13, 5}, {33, 65, 129}, {1, 17, 9},
-      {9, 1, 17}, {3, 1, 4},  {8, 5, 3},     {1, 1, 64}};
-  for (const auto& [m, n, k] : sizes) {
-    for (int t = 0; t < 4; ++t) {
-      for (int64_t pad : {0, 3}) cases.push_back({m, n, k, (t & 1) != 0, (t & 2) != 0, pad});
-    }
-  }
-  return cases;
-}
-
-INSTANTIATE_TEST_SUITE_P(Shapes, GemmTest, ::testing::ValuesIn(GemmCases()),
-                         [](const ::testing::TestParamInfo<GemmCase>& info) {
-                           const GemmCase& p = info.param;
-                           return std::to_string(p.m) + "x" + std::to_string(p.n) + "x" +
-                                  std::to_string(p.k) + (p.trans_a ? "_Ta" : "_Na") +
-                                  (p.trans_b ? "_Tb" : "_Nb") + "_pad" + std::to_string(p.pad);
-                         });
-
-TEST(GemmEdgeTest, BetaZeroIgnoresGarbageInC) {
-  // BLAS semantics: with beta = 0, C is overwritten even if it holds NaN. Covers the sgemm
-  // and the sgemv paths.
-  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{9, 3}, {4, 3}, {1, 5}, {9, 1}}) {
-    const int64_t k = 6;
-    const std::vector<float> a = RandomVector(m * k, 4);
-    const std::vector<float> b = RandomVector(k * n, 5);
-    std::vector<float> c(m * n, kNaN);
-    Gemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
-    for (float v : c) EXPECT_FALSE(std::isnan(v)) << m << "x" << n;
-  }
-}
-
-TEST(GemmEdgeTest, ZeroInnerDimensionScalesC) {
-  std::vector<float> c = {1.0f, 2.0f, 3.0f, 4.0f};
-  const float dummy = 0.0f;
-  Gemm(false, false, 2, 2, 0, 1.0f, &dummy, 1, &dummy, 2, 2.0f, c.data(), 2);
-  EXPECT_THAT(c, ::testing::ElementsAre(2.0f, 4.0f, 6.0f, 8.0f));
-  Gemm(false, false, 2, 2, 0, 1.0f, &dummy, 1, &dummy, 2, 0.0f, c.data(), 2);
-  EXPECT_THAT(c, ::testing::ElementsAre(0.0f, 0.0f, 0.0f, 0.0f));
-}
-
-TEST(BlasThreadsTest, SetAndGet) {
-  SetBlasThreads(2);
-  EXPECT_EQ(BlasThreads(), 2);
-  SetBlasThreads(1);
-  EXPECT_EQ(BlasThreads(), 1);
-}
-
-// ---------------------------------------------------------------------------------------
-// Linear
-
-TEST(LinearTest, RawPointersMatchNaive) {
-  for (int64_t rows : {1, 3, 8, 17}) {
-    const int64_t in = 37;
-    const int64_t out = 11;
-    const std::vector<float> x = RandomVector(rows * in, 6);
-    const std::vector<float> w = RandomVector(out * in, 7);
-    std::vector<float> y(rows * out, kNaN);
-    Linear(x.data(), rows, in, w.data(), out, y.data());
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t o = 0; o < out; ++o) {
-        double sum = 0.0;
-        for (int64_t i = 0; i < in; ++i) sum += double{x[r * in + i]} * w[o * in + i];
-        EXPECT_NEAR(y[r * out + o], sum, 1e-5) << rows;
-      }
-    }
-  }
-}
-
-TEST(LinearTest, TensorKeepsLeadingDimsAndAcceptsViews) {
-  const Tensor x = Tensor::FromVector({2, 3, 5}, RandomVector(30, 8));
-  const Tensor w = Tensor::FromVector({4, 5}, RandomVector(20, 9));
-  const Tensor y = Linear(x, w);
-  ASSERT_THAT(y.shape(), ::testing::ElementsAre(2, 3, 4));
-  for (int64_t a = 0; a < 2; ++a)
-    for (int64_t b = 0; b < 3; ++b)
-      for (int64_t o = 0; o < 4; ++o) {
-        double sum = 0.0;
-        for (int64_t i = 0; i < 5; ++i) sum += double{x.at({a, b, i})} * w.at({o, i});
-        EXPECT_NEAR(y.at({a, b, o}), sum, 1e-5);
-      }
-  // A transposed (non-contiguous) weight view gives the same answer as its packed copy.
-  const Tensor wt = Tensor::FromVector({5, 4}, w.Transpose(0, 1).ToVector()).Transpose(0, 1);
-  EXPECT_EQ(Linear(x, wt).ToVector(), y.ToVector());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,22 +435,17 @@ TEST(HadamardTest, IsAnOrthonormalInvolution) {
 
 class KernelsDeathTest : public ::testing::Test {
  protected:
-  // OpenBLAS may have started threads; fork-and-exec is the safe death-test style then.
+  // Fork-and-exec: safe whatever threads earlier tests left running.
   KernelsDeathTest() { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
 };
 
 TEST_F(KernelsDeathTest, BadArgumentsAbort) {
   std::vector<float> buf(64, 0.0f);
-  EXPECT_DEATH(Gemm(false, false, 4, 4, 4, 1.0f, buf.data(), 3, buf.data(), 4, 0.0f, buf.data(), 4),
-               "lda=3");
-  EXPECT_DEATH(Gemm(false, true, 4, 4, 5, 1.0f, buf.data(), 5, buf.data(), 4, 0.0f, buf.data(), 4),
-               "ldb=4");
   EXPECT_DEATH(HadamardInPlace(buf.data(), 12), "not a power of two");
   EXPECT_DEATH(TopK(buf.data(), 4, 5), "k=5 n=4");
   RopeParams odd;
   odd.dim = 63;
   EXPECT_DEATH(Rope{odd}, "must be positive and even");
-  EXPECT_DEATH(SetBlasThreads(0), "threads = 0");
 }
 
 }  // namespace
