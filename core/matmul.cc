@@ -59,6 +59,25 @@ inline const std::array<float, 256>& E8M0Times2p120Table() {
   return table;
 }
 
+// The 16 e2m1 values times each E8M0 scale: row c is {0, .5, 1, 1.5, 2, 3, 4, 6, -0, …, -6}
+// × E8M0(c), the same fp32 products as decoding then scaling. 16 KiB, 64-byte aligned rows,
+// so a scale group's lookup table is one vector load.
+inline const float* Fp4ScaledTable() {
+  struct alignas(64) Table {
+    float v[256][16];
+  };
+  static const Table* const table = [] {
+    static Table t;
+    for (int c = 0; c < 256; ++c) {
+      for (int e = 0; e < 16; ++e) {
+        t.v[c][e] = Fp4ToFloat(static_cast<uint8_t>(e)) * E8M0Table()[c];
+      }
+    }
+    return &t;
+  }();
+  return &table->v[0][0];
+}
+
 // W[n][k] decoded one element at a time with core/dtype.h (used for the partial last step
 // and scale blocks that are not a multiple of the vector width). Exact, like the vector
 // decoders, so either gives the same bits.
@@ -165,6 +184,46 @@ HWY_INLINE VF E4M3Times2pm120(DF df, const uint8_t* p) {
                      hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(0x87FFFFFFu))));
 }
 
+// ---- Lane orders. ----
+// A source with kPermuted returns each full step's L elements in this lane order (at 16
+// lanes): lane 2t holds element t, lane 2t + 1 element 8 + t. Permuting x the same way
+// makes lane 2t of an accumulator take exactly the products canonical lane t takes, in the
+// same order; Unpermute restores the canonical lanes before the last step.
+HWY_ALIGN constexpr int32_t kPermuteLanes[16] = {0, 8,  1, 9,  2, 10, 3, 11,
+                                                 4, 12, 5, 13, 6, 14, 7, 15};
+HWY_ALIGN constexpr int32_t kUnpermuteLanes[16] = {0, 2, 4, 6, 8, 10, 12, 14,
+                                                   1, 3, 5, 7, 9, 11, 13, 15};
+
+HWY_INLINE VF Unpermute(VF v) {
+  return hn::TableLookupLanes(v, hn::SetTableIndices(DF(), kUnpermuteLanes));
+}
+
+// x[i][0, K) for i < m with its full steps in kPermuted order (the partial last step as is)
+// in this thread's scratch, rows ld apart.
+inline const float* PermutedX(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t* ld) {
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t k_full = k / lanes * lanes;
+  *ld = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
+  const size_t floats = static_cast<size_t>(m * *ld);
+  thread_local hwy::AlignedFreeUniquePtr<float[]> scratch;
+  thread_local size_t capacity = 0;
+  if (capacity < floats) {
+    scratch = hwy::AllocateAligned<float>(floats);
+    capacity = floats;
+  }
+  const auto perm = hn::SetTableIndices(df, kPermuteLanes);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* src = x + i * ldx;
+    float* dst = scratch.get() + i * *ld;
+    for (int64_t k0 = 0; k0 < k_full; k0 += lanes) {
+      hn::Store(hn::TableLookupLanes(hn::LoadU(df, src + k0), perm), df, dst + k0);
+    }
+    std::memcpy(dst + k_full, src + k_full, static_cast<size_t>(k - k_full) * sizeof(float));
+  }
+  return scratch.get();
+}
+
 // ---- Weight sources for the micro-kernel. ----
 // A source serves the tile's rows j < COLS of W:
 //   group(): elements per scale group (a power of two, multiple of L, dividing kChunk);
@@ -242,6 +301,7 @@ class ExactSource {
   HWY_INLINE VF Load(int j, int64_t k0, VF /*g*/) const { return Exact(j, k0); }
   HWY_INLINE VF Rest(int j, int64_t k0, int& /*bad*/) const { return Exact(j, k0); }
   HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
+  static constexpr bool kPermuted = false;
   static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
 
  private:
@@ -306,6 +366,7 @@ class FastSource {
       while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
       group_ = std::min<int64_t>(w.block_cols, kChunk);
       scale_table_ = kFormat == WeightFormat::kFp8 ? matmul_internal::E8M0Times2p120Table().data()
+                     : kFp4Table                   ? matmul_internal::Fp4ScaledTable()
                                                    : E8M0Table().data();
     }
   }
@@ -331,9 +392,9 @@ class FastSource {
       bad |= code > matmul_internal::kMaxFastE8M0;
       return hn::Set(df, scale_table_[code]);
     } else if constexpr (kFormat == WeightFormat::kFp4) {
-      const VF scale = hn::Set(df, scale_table_[scale_row_[j][k0 >> block_shift_]]);
-      if constexpr (kFp4Table) return hn::Mul(hn::Load(df, kFp4Values), scale);
-      return scale;
+      const uint8_t code = scale_row_[j][k0 >> block_shift_];
+      if constexpr (kFp4Table) return hn::Load(df, scale_table_ + 16 * code);
+      return hn::Set(df, scale_table_[code]);
     } else {
       return hn::Zero(df);
     }
@@ -349,14 +410,14 @@ class FastSource {
 #else
       if constexpr (kFp4Table) {
         const hn::RebindToUnsigned<DF> du;
-        const hn::Repartition<uint8_t, DF> d8;
-        // The 16 bytes of this 32-element block in every 128-bit block; each u32 lane takes
-        // its byte, then odd lanes its high nibble.
-        const auto bytes = hn::LoadDup128(d8, rows_.row(j) + (k0 & ~int64_t{31}) / 2);
-        const auto spread = hn::Load(d8, kFp4Spread + ((k0 & 16) ? 64 : 0));
-        const auto idx = hn::And(
-            hn::BitCast(du, hn::TableLookupBytesOr0(bytes, spread)) >> hn::Load(du, kFp4Shift),
-            hn::Set(du, 0xFu));
+        const hn::Repartition<uint64_t, DF> d64;
+        // The step's 8 bytes in every u64 lane: even u32 lanes hold bytes 0..3 (elements
+        // 0..7), odd lanes bytes 4..7 (elements 8..15); lanes 2t and 2t+1 shift nibble t
+        // down, so lanes are in kPermuted order.
+        uint64_t bytes;
+        std::memcpy(&bytes, rows_.row(j) + k0 / 2, sizeof(bytes));
+        const auto idx = hn::And(hn::BitCast(du, hn::Set(d64, bytes)) >> hn::Load(du, kFp4Shift),
+                                 hn::Set(du, 0xFu));
         return hn::TableLookupLanes(g, hn::IndicesFromVec(df, idx));
       }
       return hn::Mul(DecodeFp4(df, rows_.row(j) + k0 / 2), g);
@@ -372,6 +433,11 @@ class FastSource {
   }
   HWY_INLINE VF Tail(int j, int64_t k0) const { return exact_.Tail(j, k0); }
 
+  // Load (and Rest) of FP4 at 16 lanes returns element k0 + t in lane 2t and k0 + 8 + t in
+  // lane 2t + 1 (t < 8): the caller permutes x the same way and the accumulators back.
+  static constexpr bool kPermuted =
+      kFormat == WeightFormat::kFp4 && hn::MaxLanes(DF()) == 16 && HWY_TARGET != HWY_SCALAR;
+
   static bool Flagged(V8 nan, int bad) {
     if constexpr (kFormat == WeightFormat::kFp8) {
       const D8 d8;
@@ -383,22 +449,8 @@ class FastSource {
 
  private:
   static constexpr bool kFp4Table = hn::MaxLanes(DF()) == 16 && HWY_TARGET != HWY_SCALAR;
-  HWY_ALIGN static constexpr float kFp4Values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
-                                                     4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
-                                                     -2.0f, -3.0f, -4.0f, -6.0f};
-  // For the first (then second) 16 elements of a block: u32 lane L takes byte L/2 (+ 8) of
-  // the 128-bit block; 0x80 zeroes the other bytes.
-  HWY_ALIGN static constexpr uint8_t kFp4Spread[128] = {
-#define DSV4_SPREAD(h, l) static_cast<uint8_t>(8 * (h) + (l) / 2), 0x80, 0x80, 0x80
-#define DSV4_SPREAD4(h, l) \
-  DSV4_SPREAD(h, l), DSV4_SPREAD(h, l + 1), DSV4_SPREAD(h, l + 2), DSV4_SPREAD(h, l + 3)
-      DSV4_SPREAD4(0, 0), DSV4_SPREAD4(0, 4), DSV4_SPREAD4(0, 8), DSV4_SPREAD4(0, 12),
-      DSV4_SPREAD4(1, 0), DSV4_SPREAD4(1, 4), DSV4_SPREAD4(1, 8), DSV4_SPREAD4(1, 12),
-#undef DSV4_SPREAD4
-#undef DSV4_SPREAD
-  };
-  HWY_ALIGN static constexpr uint32_t kFp4Shift[16] = {0, 4, 0, 4, 0, 4, 0, 4,
-                                                       0, 4, 0, 4, 0, 4, 0, 4};
+  HWY_ALIGN static constexpr uint32_t kFp4Shift[16] = {0,  0,  4,  4,  8,  8,  12, 12,
+                                                       16, 16, 20, 20, 24, 24, 28, 28};
 
   const ExactSource<kFormat, true> exact_;
   const RowSet rows_;
@@ -423,6 +475,7 @@ class PanelSource {
     return hn::Load(DF(), panel_ + j * stride_ + k0);
   }
   HWY_INLINE VF Tail(int j, int64_t k0) const { return hn::Load(DF(), panel_ + j * stride_ + k0); }
+  static constexpr bool kPermuted = false;
   static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
 
  private:
@@ -513,6 +566,12 @@ HWY_INLINE bool Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const 
     const VF w3 = COLS > 3 ? w.Rest(3, k0, bad) : w0;
     step(w0, w1, w2, w3, x + k0, x + r1 + k0, x + r2 + k0, x + r3 + k0);
   }
+  if constexpr (Source::kPermuted) {
+    c00 = Unpermute(c00), c01 = Unpermute(c01), c02 = Unpermute(c02), c03 = Unpermute(c03);
+    c10 = Unpermute(c10), c11 = Unpermute(c11), c12 = Unpermute(c12), c13 = Unpermute(c13);
+    c20 = Unpermute(c20), c21 = Unpermute(c21), c22 = Unpermute(c22), c23 = Unpermute(c23);
+    c30 = Unpermute(c30), c31 = Unpermute(c31), c32 = Unpermute(c32), c33 = Unpermute(c33);
+  }
   if (k_full < k) {
     const VF w0 = hn::Load(df, w_tail[0]);
     const VF w1 = hn::Load(df, w_tail[COLS > 1 ? 1 : 0]);
@@ -567,17 +626,18 @@ template <WeightFormat kFormat, bool kVectorScales>
 using DirectSourceT =
     std::conditional_t<kVectorScales, FastSource<kFormat>, ExactSource<kFormat, false>>;
 
-// Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows.
+// Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows. xs
+// (rows ldxs apart) is x in the direct source's lane order (x itself unless kPermuted).
 template <WeightFormat kFormat, bool kVectorScales>
-void RunDirect(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
-               int64_t n_begin, int64_t n_end) {
+void RunDirect(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int64_t m,
+               const WeightMatrix& w, float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
   const int64_t k = w.cols;
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileCols) {
     const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_end - n0));
     const DirectSourceT<kFormat, kVectorScales> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
-      if (AnyTile(rows, cols, x + i0 * ldx, ldx, k, source, y + i0 * ldy + n0, ldy)) {
+      if (AnyTile(rows, cols, xs + i0 * ldxs, ldxs, k, source, y + i0 * ldy + n0, ldy)) {
         const ExactSource<kFormat, kVectorScales> exact(w, n0, cols);
         AnyTile(rows, cols, x + i0 * ldx, ldx, k, exact, y + i0 * ldy + n0, ldy);
       }
@@ -603,10 +663,16 @@ HWY_INLINE bool DequantRow(const Source& source, int64_t k, float* HWY_RESTRICT 
     while (k0 < chunk_end) {
       const VF g = source.Group(0, k0, bad);
       const int64_t group_end = k0 + group;
-      for (; k0 < group_end; k0 += lanes) hn::Store(source.Load(0, k0, g), df, dst + k0);
+      for (; k0 < group_end; k0 += lanes) {
+        const VF v = source.Load(0, k0, g);
+        hn::Store(Source::kPermuted ? Unpermute(v) : v, df, dst + k0);
+      }
     }
   }
-  for (; k0 < k_full; k0 += lanes) hn::Store(source.Rest(0, k0, bad), df, dst + k0);
+  for (; k0 < k_full; k0 += lanes) {
+    const VF v = source.Rest(0, k0, bad);
+    hn::Store(Source::kPermuted ? Unpermute(v) : v, df, dst + k0);
+  }
   if (k0 < k) hn::Store(source.Tail(0, k0), df, dst + k0);
   return Source::Flagged(nan, bad);
 }
@@ -664,10 +730,15 @@ void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y
   const int64_t tiles = (w.rows + kTileCols - 1) / kTileCols;
   const int64_t macs_per_tile = std::max<int64_t>(1, kTileCols * m * w.cols);
   const int64_t grain = std::max<int64_t>(4, (int64_t{1} << 18) / macs_per_tile);
+  const float* xs = x;
+  int64_t ldxs = ldx;
+  if (direct && DirectSourceT<kFormat, kVectorScales>::kPermuted) {
+    xs = PermutedX(x, ldx, m, w.cols, &ldxs);
+  }
   ParallelFor(tiles, grain, [&](int64_t t0, int64_t t1) HWY_ATTR {
     const int64_t n_begin = t0 * kTileCols, n_end = std::min(w.rows, t1 * kTileCols);
     if (direct) {
-      RunDirect<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+      RunDirect<kFormat, kVectorScales>(x, ldx, xs, ldxs, m, w, y, ldy, n_begin, n_end);
     } else {
       RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
     }
