@@ -415,10 +415,15 @@ class FastSource {
         // 0..7), odd lanes bytes 4..7 (elements 8..15); lanes 2t and 2t+1 shift nibble t
         // down, so lanes are in kPermuted order.
         uint64_t bytes;
-        std::memcpy(&bytes, rows_.row(j) + k0 / 2, sizeof(bytes));
-        const auto idx = hn::And(hn::BitCast(du, hn::Set(d64, bytes)) >> hn::Load(du, kFp4Shift),
-                                 hn::Set(du, 0xFu));
+        std::memcpy(&bytes, rows_.row(j) + (k0 >> 1), sizeof(bytes));
+        const auto shifted = hn::BitCast(du, hn::Set(d64, bytes)) >> hn::Load(du, kFp4Shift);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+        // vpermps reads only the low 4 bits of each index.
+        return VF{_mm512_permutexvar_ps(shifted.raw, g.raw)};
+#else
+        const auto idx = hn::And(shifted, hn::Set(du, 0xFu));
         return hn::TableLookupLanes(g, hn::IndicesFromVec(df, idx));
+#endif
       }
       return hn::Mul(DecodeFp4(df, rows_.row(j) + k0 / 2), g);
 #endif
