@@ -258,9 +258,11 @@ class RowSet {
       next_row_[j] = n0 + rows + j < w.rows ? row_[j] + rows * row_bytes : row_[j];
     }
   }
-  // Prefetches bytes [begin, end) of row j of the next group, one 64-byte line at a time.
-  HWY_INLINE void PrefetchNext(int j, int64_t begin, int64_t end) const {
-    for (int64_t b = begin; b < end; b += 64) hwy::Prefetch(next_row_[j] + b);
+  // Prefetches bytes [begin, begin + kBytes) of row j of the next group, one 64-byte line
+  // at a time.
+  template <int64_t kBytes>
+  HWY_INLINE void PrefetchNext(int j, int64_t begin) const {
+    for (int64_t b = 0; b < kBytes; b += 64) hwy::Prefetch(next_row_[j] + begin + b);
   }
   const uint8_t* row(int j) const { return row_[j]; }
 
@@ -295,13 +297,14 @@ class ExactSource {
   int64_t group() const { return kChunk; }
   HWY_INLINE void Chunk(int j, int64_t k0, V8& /*nan*/) const {
     constexpr int64_t kTwice = TwiceBytesPerElement(kFormat);
-    rows_.PrefetchNext(j, k0 * kTwice / 2, (k0 + kChunk) * kTwice / 2);
+    rows_.PrefetchNext<kChunk * kTwice / 2>(j, k0 * kTwice / 2);
   }
   HWY_INLINE VF Group(int /*j*/, int64_t /*k0*/, int& /*bad*/) const { return hn::Zero(DF()); }
   HWY_INLINE VF Load(int j, int64_t k0, VF /*g*/) const { return Exact(j, k0); }
   HWY_INLINE VF Rest(int j, int64_t k0, int& /*bad*/) const { return Exact(j, k0); }
   HWY_INLINE VF Tail(int j, int64_t k0) const { return Scalar(j, k0, w_.cols); }
   static constexpr bool kPermuted = false;
+  static constexpr int64_t kStaticGroup = 0;
   static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
 
  private:
@@ -442,6 +445,8 @@ class FastSource {
   // lane 2t + 1 (t < 8): the caller permutes x the same way and the accumulators back.
   static constexpr bool kPermuted =
       kFormat == WeightFormat::kFp4 && hn::MaxLanes(DF()) == 16 && HWY_TARGET != HWY_SCALAR;
+  // group() when known at compile time (FP4's 1×32 blocks), else 0.
+  static constexpr int64_t kStaticGroup = kFormat == WeightFormat::kFp4 ? 32 : 0;
 
   static bool Flagged(V8 nan, int bad) {
     if constexpr (kFormat == WeightFormat::kFp8) {
@@ -481,6 +486,7 @@ class PanelSource {
   }
   HWY_INLINE VF Tail(int j, int64_t k0) const { return hn::Load(DF(), panel_ + j * stride_ + k0); }
   static constexpr bool kPermuted = false;
+  static constexpr int64_t kStaticGroup = 0;
   static bool Flagged(V8 /*nan*/, int /*bad*/) { return false; }
 
  private:
@@ -521,7 +527,7 @@ HWY_INLINE bool Tile(const float* HWY_RESTRICT x, int64_t ldx, int64_t k, const 
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t k_full = k / lanes * lanes;
   const int64_t k_chunks = k_full / kChunk * kChunk;
-  const int64_t group = w.group();
+  const int64_t group = Source::kStaticGroup ? Source::kStaticGroup : w.group();
   HWY_ALIGN float x_tail[ROWS][kMaxLanes];
   HWY_ALIGN float w_tail[COLS][kMaxLanes];
   if (k_full < k) {
