@@ -499,6 +499,11 @@ class PanelSource {
 // One k step of one row: c_j += xv · w_j for the tile's COLS columns.
 template <int COLS>
 HWY_INLINE void RowStep(VF xv, VF w0, VF w1, VF w2, VF w3, VF& c0, VF& c1, VF& c2, VF& c3) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && (defined(__GNUC__) || defined(__clang__))
+  // Keeps x in a register: compilers otherwise fold its load into each of the COLS
+  // multiply-adds, which costs a load per product.
+  if constexpr (COLS > 1) asm("" : "+v"(xv.raw));
+#endif
   c0 = hn::MulAdd(xv, w0, c0);
   if constexpr (COLS > 1) c1 = hn::MulAdd(xv, w1, c1);
   if constexpr (COLS > 2) c2 = hn::MulAdd(xv, w2, c2);
