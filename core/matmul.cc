@@ -737,10 +737,11 @@ void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, flo
 }
 
 // kAuto's largest m for the direct regime. Passes of kTileRows rows decode W again from
-// cache: for FP4 that still beats writing and reading an fp32 panel up to m = 16 (measured
-// 1.2-1.3x at m = 8 and 16); for FP8 the panel wins from m = 8 on (about 2x).
+// cache, which still beats writing and reading an fp32 panel up to m = 16 for the
+// quantised formats and BF16 (1 thread, 4096×4096: FP4 m = 8 and 16 1.2-1.5x, FP8 m = 8
+// 1.1-1.4x, m = 16 1.1x, BF16 m = 8 1.7x); F32 has nothing to decode and stays at 4.
 constexpr int64_t DirectMaxRows(WeightFormat format) {
-  return format == WeightFormat::kFp4 ? 16 : kTileRows;
+  return format == WeightFormat::kF32 ? kTileRows : 16;
 }
 
 template <WeightFormat kFormat, bool kVectorScales>
