@@ -355,11 +355,13 @@ class ExactSource {
 //   2^120 × scale is finite (scale code ≤ kMaxFastE8M0, else `bad`). NaN codes 0x7F/0xFF
 //   are not decoded: each chunk's bytes are scanned (max of byte | 0x80 is 0xFF iff some
 //   byte is a NaN code) and a flagged tile is recomputed exactly.
-// - FP4 at 16 lanes: the scale multiplies the 16-entry value table once per 32-element
-//   block (the same products as scaling each decoded value) and the permutation picks from
-//   it, with nibble indices spread from one 16-byte load.
+// - FP4 at 16 lanes: each 32-element block loads its row of Fp4ScaledTable (the same
+//   products as scaling each decoded value) and a lane permutation picks from it, the
+//   nibble indices shifted down from one 8-byte broadcast per step (kPermuted lane order).
 // - F32, BF16: as ExactSource.
-template <WeightFormat kFormat>
+// kGroup: the scale group width when known at compile time (FP8 blocks of 32 or 128), else
+// 0; FP4's is always 32.
+template <WeightFormat kFormat, int64_t kGroup = 0>
 class FastSource {
  public:
   FastSource(const WeightMatrix& w, int64_t n0, int rows)
@@ -368,6 +370,7 @@ class FastSource {
       for (int j = 0; j < rows; ++j) scale_row_[j] = w.scales + w.scale_index(n0 + j, 0);
       while ((int64_t{1} << block_shift_) < w.block_cols) ++block_shift_;
       group_ = std::min<int64_t>(w.block_cols, kChunk);
+      DSV4_CHECK(kGroup == 0 || group_ == kGroup);
       scale_table_ = kFormat == WeightFormat::kFp8 ? matmul_internal::E8M0Times2p120Table().data()
                      : kFp4Table                   ? matmul_internal::Fp4ScaledTable()
                                                    : E8M0Table().data();
@@ -446,7 +449,7 @@ class FastSource {
   static constexpr bool kPermuted =
       kFormat == WeightFormat::kFp4 && hn::MaxLanes(DF()) == 16 && HWY_TARGET != HWY_SCALAR;
   // group() when known at compile time (FP4's 1×32 blocks), else 0.
-  static constexpr int64_t kStaticGroup = kFormat == WeightFormat::kFp4 ? 32 : 0;
+  static constexpr int64_t kStaticGroup = kFormat == WeightFormat::kFp4 ? 32 : kGroup;
 
   static bool Flagged(V8 nan, int bad) {
     if constexpr (kFormat == WeightFormat::kFp8) {
@@ -638,19 +641,19 @@ HWY_NOINLINE bool AnyTile(int rows, int cols, const float* x, int64_t ldx, int64
 
 // The source of the direct regime and the panels: the fast decoders where the scale blocks
 // allow them.
-template <WeightFormat kFormat, bool kVectorScales>
+template <WeightFormat kFormat, bool kVectorScales, int64_t kGroup>
 using DirectSourceT =
-    std::conditional_t<kVectorScales, FastSource<kFormat>, ExactSource<kFormat, false>>;
+    std::conditional_t<kVectorScales, FastSource<kFormat, kGroup>, ExactSource<kFormat, false>>;
 
 // Direct regime: for each group of kTileCols outputs, passes of up to kTileRows rows. xs
 // (rows ldxs apart) is x in the direct source's lane order (x itself unless kPermuted).
-template <WeightFormat kFormat, bool kVectorScales>
+template <WeightFormat kFormat, bool kVectorScales, int64_t kGroup>
 void RunDirect(const float* x, int64_t ldx, const float* xs, int64_t ldxs, int64_t m,
                const WeightMatrix& w, float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
   const int64_t k = w.cols;
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileCols) {
     const int cols = static_cast<int>(std::min<int64_t>(kTileCols, n_end - n0));
-    const DirectSourceT<kFormat, kVectorScales> source(w, n0, cols);
+    const DirectSourceT<kFormat, kVectorScales, kGroup> source(w, n0, cols);
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i0));
       if (AnyTile(rows, cols, xs + i0 * ldxs, ldxs, k, source, y + i0 * ldy + n0, ldy)) {
@@ -706,7 +709,7 @@ inline float* PanelScratch(size_t floats) {
   return scratch.get();
 }
 
-template <WeightFormat kFormat, bool kVectorScales>
+template <WeightFormat kFormat, bool kVectorScales, int64_t kGroup>
 void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
               int64_t n_begin, int64_t n_end) {
   const DF df;
@@ -721,7 +724,7 @@ void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, flo
     const int64_t rows_here = std::min(panel_rows, n_end - n0);
     for (int64_t j = 0; j < rows_here; ++j) {
       float* dst = panel + j * stride;
-      if (DequantRow(DirectSourceT<kFormat, kVectorScales>(w, n0 + j, 1), k, dst)) {
+      if (DequantRow(DirectSourceT<kFormat, kVectorScales, kGroup>(w, n0 + j, 1), k, dst)) {
         DequantRow(ExactSource<kFormat, kVectorScales>(w, n0 + j, 1), k, dst);
       }
     }
@@ -744,7 +747,7 @@ constexpr int64_t DirectMaxRows(WeightFormat format) {
   return format == WeightFormat::kF32 ? kTileRows : 16;
 }
 
-template <WeightFormat kFormat, bool kVectorScales>
+template <WeightFormat kFormat, bool kVectorScales, int64_t kGroup>
 void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
          MatMulPath path) {
   const bool direct =
@@ -757,15 +760,15 @@ void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y
   const int64_t grain = std::max<int64_t>(4, (int64_t{1} << 18) / macs_per_tile);
   const float* xs = x;
   int64_t ldxs = ldx;
-  if (direct && DirectSourceT<kFormat, kVectorScales>::kPermuted) {
+  if (direct && DirectSourceT<kFormat, kVectorScales, kGroup>::kPermuted) {
     xs = PermutedX(x, ldx, m, w.cols, &ldxs);
   }
   ParallelFor(tiles, grain, [&](int64_t t0, int64_t t1) HWY_ATTR {
     const int64_t n_begin = t0 * kTileCols, n_end = std::min(w.rows, t1 * kTileCols);
     if (direct) {
-      RunDirect<kFormat, kVectorScales>(x, ldx, xs, ldxs, m, w, y, ldy, n_begin, n_end);
+      RunDirect<kFormat, kVectorScales, kGroup>(x, ldx, xs, ldxs, m, w, y, ldy, n_begin, n_end);
     } else {
-      RunPanel<kFormat, kVectorScales>(x, ldx, m, w, y, ldy, n_begin, n_end);
+      RunPanel<kFormat, kVectorScales, kGroup>(x, ldx, m, w, y, ldy, n_begin, n_end);
     }
   });
 }
@@ -773,10 +776,19 @@ void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y
 template <WeightFormat kFormat>
 void Run(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, float* y, int64_t ldy,
          MatMulPath path) {
+  if constexpr (kFormat == WeightFormat::kFp8) {
+    // The released FP8 block widths get a compile-time scale group (the group's steps
+    // unroll).
+    if (VectorScales(w) && w.block_cols == 32)
+      return Run<kFormat, true, 32>(x, ldx, m, w, y, ldy, path);
+    if (VectorScales(w) && w.block_cols >= kChunk) {
+      return Run<kFormat, true, kChunk>(x, ldx, m, w, y, ldy, path);
+    }
+  }
   if (kFormat == WeightFormat::kF32 || kFormat == WeightFormat::kBF16 || VectorScales(w)) {
-    Run<kFormat, true>(x, ldx, m, w, y, ldy, path);
+    Run<kFormat, true, 0>(x, ldx, m, w, y, ldy, path);
   } else {
-    Run<kFormat, false>(x, ldx, m, w, y, ldy, path);
+    Run<kFormat, false, 0>(x, ldx, m, w, y, ldy, path);
   }
 }
 
