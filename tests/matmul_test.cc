@@ -127,6 +127,10 @@ const std::vector<FormatCase>& Formats() {
       {WeightFormat::kBF16, 0, "BF16"},
       {WeightFormat::kFp8, 128, "FP8_128x128"},
       {WeightFormat::kFp8, 32, "FP8_32x32"},
+      // A fast-path block width with a run-time scale group (32 and 128 have compile-time
+      // ones), and one wider than a chunk.
+      {WeightFormat::kFp8, 64, "FP8_64x64"},
+      {WeightFormat::kFp8, 512, "FP8_512x512"},
       {WeightFormat::kFp4, 32, "FP4_1x32"},
       // Not a power of two: the per-element decoding path.
       {WeightFormat::kFp8, 24, "FP8_24x24"},
