@@ -26,28 +26,31 @@ void AttendWithSink(const float* q, int queries, int heads, int64_t dim,
   const int64_t items = static_cast<int64_t>(queries) * heads;
   scratch->resize(static_cast<size_t>(items * ld));
 
-  // One (query, head) pair: its candidates in order, each visited by `visit(row, j)`.
-  auto for_each_candidate = [&](int i, auto&& visit) {
-    int64_t j = 0;
+  // Query i's candidates in order: the shared runs' visible rows, then its private rows.
+  auto candidates = [&](int i, std::vector<const float*>* rows) {
+    rows->clear();
     for (int64_t s = 0; s < num_shared; ++s) {
       const RowRange& r = ranges[i * num_shared + s];
-      for (int64_t c = r.begin; c < r.end; ++c) visit(shared[s].rows + c * dim, j++);
+      for (int64_t c = r.begin; c < r.end; ++c) rows->push_back(shared[s].rows + c * dim);
     }
     const KvSegment& p = private_rows[i];
-    for (int64_t c = 0; c < p.count; ++c) visit(p.rows + c * dim, j++);
-    return j;
+    for (int64_t c = 0; c < p.count; ++c) rows->push_back(p.rows + c * dim);
   };
   ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const float*> rows;
+    int listed = -1;  // the query whose candidates `rows` holds
     for (int64_t item = begin; item < end; ++item) {
       const int i = static_cast<int>(item / heads);
       const int h = static_cast<int>(item % heads);
-      const float* qh = q + item * dim;
+      if (i != listed) candidates(i, &rows), listed = i;
+      const int64_t count = static_cast<int64_t>(rows.size());
       float* z = scratch->data() + item * ld;
+      Dots(q + item * dim, rows.data(), count, dim, z);
       float mu = -std::numeric_limits<float>::infinity();
-      const int64_t count = for_each_candidate(i, [&](const float* k, int64_t j) {
-        z[j] = Dot(qh, k, dim) * scale;
+      for (int64_t j = 0; j < count; ++j) {
+        z[j] *= scale;
         mu = std::max(mu, z[j]);
-      });
+      }
       float den = 0;
       for (int64_t j = 0; j < count; ++j) {
         z[j] = std::exp(z[j] - mu);
@@ -55,9 +58,8 @@ void AttendWithSink(const float* q, int queries, int heads, int64_t dim,
       }
       den += std::exp(sink[h] - mu);
       const float inv = 1.0f / den;
-      float* o = out + item * dim;
-      std::fill(o, o + dim, 0.0f);
-      for_each_candidate(i, [&](const float* k, int64_t j) { MulAddTo(z[j] * inv, k, o, dim); });
+      for (int64_t j = 0; j < count; ++j) z[j] *= inv;
+      WeightedSum(z, rows.data(), count, dim, out + item * dim);
     }
   });
 }

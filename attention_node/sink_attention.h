@@ -10,7 +10,7 @@
 //
 // Order. Each (query, head) is computed on its own, over its candidates in the order
 // given (the shared runs in order, then its private rows): scores by core/vector_math.h's
-// Dot, then max, exponentials and their sum, then o = Σ_j p_j·k_j by MulAddTo, all in
+// Dots, then max, exponentials and their sum, then o = Σ_j p_j·k_j by WeightedSum, all in
 // candidate order. Callers list candidates in a canonical order (window positions
 // ascending, then compressed entries ascending), so the output depends only on what the
 // query sees, not on how the runs are split, the block size, or the thread count.

@@ -14,9 +14,18 @@ namespace dsv4 {
 // Σ a[k]·b[k] over k < n, in the canonical order.
 float Dot(const float* a, const float* b, int64_t n);
 
+// out[j] = Dot(q, rows[j], n) for j < count, bitwise; several rows share each load of q.
+void Dots(const float* q, const float* const* rows, int64_t count, int64_t n, float* out);
+
 // y[k] = MulAdd(alpha, x[k], y[k]) for k < n, each element on its own (fused where the
 // target has FMA). Summing terms into y by repeated calls is ordered by the calls.
 void MulAddTo(float alpha, const float* x, float* y, int64_t n);
+
+// out[k] = Σ_j weights[j]·rows[j][k] over j < count in increasing j, starting from +0:
+// bitwise what zeroing out and calling MulAddTo(weights[j], rows[j], out, n) for j = 0, 1,
+// … gives, with out held in registers.
+void WeightedSum(const float* weights, const float* const* rows, int64_t count, int64_t n,
+                 float* out);
 
 }  // namespace dsv4
 
