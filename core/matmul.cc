@@ -832,7 +832,18 @@ void RunPanel(const float* x, int64_t ldx, int64_t m, const WeightMatrix& w, flo
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t n_total = n_end - n_begin, k = w.cols;
   const int64_t k_full = k / lanes * lanes;
-  const int64_t stride = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
+  int64_t stride = std::max<int64_t>(lanes, (k + lanes - 1) / lanes * lanes);
+  // Rows a multiple of 1 KiB apart would share few L1 sets: the tile's 3 panel rows and 8
+  // rows of x then evict each other. One more step per row spreads them.
+  if (stride % 256 == 0) stride += lanes;
+  if (ldx % 256 == 0 && k > lanes) {
+    float* xp = PanelScratch<2>(static_cast<size_t>(m * stride));
+    for (int64_t i = 0; i < m; ++i) {
+      std::memcpy(xp + i * stride, x + i * ldx, static_cast<size_t>(k) * sizeof(float));
+    }
+    x = xp;
+    ldx = stride;
+  }
   constexpr int64_t kCols = kPanelTileCols;
   int64_t panel_rows = matmul_internal::kPanelFloats / stride / kCols * kCols;
   panel_rows = std::clamp<int64_t>(panel_rows, kCols, 256 / kCols * kCols);
