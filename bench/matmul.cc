@@ -9,7 +9,7 @@
 //
 //   bench_matmul [--threads T] [--out bench/results/matmul.json] [--only FORMAT] [--m M]
 //   bench_matmul --prefill-sweep [--only FORMAT]: quick run, 1 thread, resident N = 1024
-//   prefill at m = 64, 256 and K = 768, 4096 only (no decode sweep, no JSON).
+//   prefill at m = 64, 256 and K = 384, 768, 4096 only (no decode sweep, no JSON).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -144,7 +144,7 @@ int Main(int argc, char** argv) {
     constexpr int64_t kN = 1024;
     for (const FormatCase& f : formats) {
       if (!only.empty() && f.name != only) continue;
-      for (const int64_t k : {int64_t{768}, int64_t{4096}}) {
+      for (const int64_t k : {int64_t{384}, int64_t{768}, int64_t{4096}}) {
         const Storage w = MakeStorage(f.format, kN, k, f.block, 7);
         for (const int64_t m : {int64_t{64}, int64_t{256}}) {
           std::vector<float> x(static_cast<size_t>(m * k), 0.25f), y(static_cast<size_t>(m * kN));
