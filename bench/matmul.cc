@@ -8,6 +8,8 @@
 // Prints a table and writes JSON (naming the commit measured).
 //
 //   bench_matmul [--threads T] [--out bench/results/matmul.json] [--only FORMAT] [--m M]
+//   bench_matmul --prefill-sweep [--only FORMAT]: quick run, 1 thread, resident N = 1024
+//   prefill at m = 64, 256 and K = 384, 768, 4096 only (no decode sweep, no JSON).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -104,8 +106,17 @@ int Main(int argc, char** argv) {
   std::string only;
   int64_t only_m = 0;
   std::vector<int64_t> decode_ms = {1, 8, 64};
-  for (int i = 1; i + 1 < argc; ++i) {
+  bool prefill_sweep = false;
+  for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--prefill-sweep") {
+      prefill_sweep = true;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "missing value for %s\n", arg.c_str());
+      return 2;
+    }
     if (arg == "--out") {
       out = argv[++i];
     } else if (arg == "--only") {
@@ -116,17 +127,40 @@ int Main(int argc, char** argv) {
       threads = std::max(1, std::atoi(argv[++i]));
     } else {
       std::fprintf(stderr,
-                   "usage: bench_matmul [--threads T] [--out path.json] [--only FORMAT] [--m M]\n");
+                   "usage: bench_matmul [--threads T] [--out path.json] [--only FORMAT] [--m M]\n"
+                   "       bench_matmul --prefill-sweep [--only FORMAT]\n");
       return 2;
     }
   }
-  std::vector<int> thread_counts = {1};
-  if (threads > 1) thread_counts.push_back(threads);
   const std::vector<FormatCase> formats = {{WeightFormat::kF32, 0, "F32"},
                                            {WeightFormat::kBF16, 0, "BF16"},
                                            {WeightFormat::kFp8, 128, "FP8 128x128"},
                                            {WeightFormat::kFp8, 32, "FP8 32x32"},
                                            {WeightFormat::kFp4, 32, "FP4 1x32"}};
+  if (prefill_sweep) {
+    SetThreads(1);
+    const double peak1 = bench::FmaPeakGflops(1);
+    std::printf("MatMul target %s, 1 thread FMA peak %.1f GFLOP/s\n", MatMulTargetName(), peak1);
+    constexpr int64_t kN = 1024;
+    for (const FormatCase& f : formats) {
+      if (!only.empty() && f.name != only) continue;
+      for (const int64_t k : {int64_t{384}, int64_t{768}, int64_t{4096}}) {
+        const Storage w = MakeStorage(f.format, kN, k, f.block, 7);
+        for (const int64_t m : {int64_t{64}, int64_t{256}}) {
+          std::vector<float> x(static_cast<size_t>(m * k), 0.25f), y(static_cast<size_t>(m * kN));
+          const double s = TimePerCall([&] { MatMul(x.data(), m, w.view, y.data()); }, 0.5);
+          const double gflops = 2.0 * m * kN * k / s / 1e9;
+          std::printf("%-12s m %4lld K %5lld N %lld %8.1f GFLOP/s %5.0f%%\n", f.name.c_str(),
+                      static_cast<long long>(m), static_cast<long long>(k),
+                      static_cast<long long>(kN), gflops, 100.0 * gflops / peak1);
+        }
+      }
+    }
+    SetThreads(threads);
+    return 0;
+  }
+  std::vector<int> thread_counts = {1};
+  if (threads > 1) thread_counts.push_back(threads);
   std::printf("MatMul target %s, probes target %s\n", MatMulTargetName(),
               bench::LimitsTargetName());
   json limits = json::array();

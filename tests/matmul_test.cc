@@ -232,7 +232,9 @@ TEST(MatMulTest, DecodesEveryCodeExactly) {
 TEST(MatMulTest, RowsAreBatchInvariant) {
   const int64_t pool = 64;
   for (const FormatCase& f : Formats()) {
-    for (int64_t k : {33, 200, 4096 + 7}) {
+    // 785 and 1536: the panel's K blocks (768 at 16 lanes) with a one-step last block and a
+    // padded step, and with whole blocks only.
+    for (int64_t k : {33, 200, 785, 1536, 4096 + 7}) {
       const int64_t n = 130;
       const TestWeights w = RandomWeights(f.format, n, k, f.block, 99 + k);
       const WeightMatrix view = w.view();
