@@ -14,11 +14,14 @@
 //   3. if K mod L ≠ 0: one more MulAdd on the last K mod L elements, both operands padded
 //      with +0 to L lanes;
 //   4. y = Highway SumOfLanes(acc) (a fixed lane tree of the target).
-// Both regimes run the same micro-kernel on the same operand values, so they agree bitwise:
-// - direct (few rows, decode): each weight byte is read once, dequantised in registers and
-//   dotted with all m rows (m ≤ 4 per pass);
+// Both regimes do the same arithmetic per output on the same operand values, in that order,
+// so they agree bitwise:
+// - direct (few rows: decode; kAuto uses it up to 16 rows for BF16, FP8 and FP4, 4 for
+//   F32): the weight bytes are dequantised in registers and dotted with the rows, 4 rows
+//   per pass;
 // - panel (many rows): a panel of W rows is dequantised into fp32 scratch that fits in L2,
-//   then a 4×4 register-blocked micro-kernel runs over the rows.
+//   then an 8×3 register tile runs over the rows in K blocks of 768 (the accumulators are
+//   saved and reloaded between blocks, which keeps their bits).
 // Work is partitioned by output columns n: a later thread split over N does not change any
 // output. Results do depend on the dispatched target (vector width, FMA or not).
 //
