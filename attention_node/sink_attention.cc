@@ -36,7 +36,9 @@ void AttendWithSink(const float* q, int queries, int heads, int64_t dim,
     const KvSegment& p = private_rows[i];
     for (int64_t c = 0; c < p.count; ++c) rows->push_back(p.rows + c * dim);
   };
-  ParallelFor(items, 1, [&](int64_t begin, int64_t end) {
+  // At least ~32k multiply-adds per thread's share: smaller splits cost more than they save.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, ld * dim));
+  ParallelFor(items, grain, [&](int64_t begin, int64_t end) {
     std::vector<const float*> rows;
     int listed = -1;  // the query whose candidates `rows` holds
     for (int64_t item = begin; item < end; ++item) {

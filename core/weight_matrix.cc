@@ -8,12 +8,6 @@
 #include "core/status_macros.h"
 
 namespace dsv4 {
-namespace {
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-}  // namespace
-
 const char* WeightFormatName(WeightFormat format) {
   switch (format) {
     case WeightFormat::kF32:
@@ -101,20 +95,6 @@ absl::Status WeightMatrix::Validate() const {
   return absl::OkStatus();
 }
 
-int64_t WeightMatrix::row_bytes() const {
-  switch (format) {
-    case WeightFormat::kF32:
-      return cols * 4;
-    case WeightFormat::kBF16:
-      return cols * 2;
-    case WeightFormat::kFp8:
-      return cols;
-    case WeightFormat::kFp4:
-      return CeilDiv(cols, 2);
-  }
-  return 0;
-}
-
 WeightMatrix WeightMatrix::Rows(int64_t begin, int64_t count) const {
   DSV4_CHECK(begin >= 0 && count >= 0 && begin + count <= rows, "rows [", begin, ", ",
              begin + count, ") of a matrix with ", rows);
@@ -152,12 +132,6 @@ void WeightMatrix::DecodeRow(int64_t n, float* out) const {
     }
   }
 }
-
-int64_t WeightMatrix::scale_rows() const {
-  return block_rows > 0 ? CeilDiv(row_phase + rows, block_rows) : 0;
-}
-
-int64_t WeightMatrix::scale_cols() const { return block_cols > 0 ? CeilDiv(cols, block_cols) : 0; }
 
 int64_t WeightMatrix::released_bytes() const {
   return rows * row_bytes() + scale_rows() * scale_cols();

@@ -60,9 +60,26 @@ struct WeightMatrix {
   // OK when the fields describe a matrix the kernels accept (as the factories build).
   absl::Status Validate() const;
 
-  int64_t row_bytes() const;       // bytes of one row of data
-  int64_t scale_rows() const;      // rows of the scale grid (0 without scales)
-  int64_t scale_cols() const;      // columns of the scale grid (0 without scales)
+  // Inline: the kernels ask for these for every tile.
+  int64_t row_bytes() const {  // bytes of one row of data
+    switch (format) {
+      case WeightFormat::kF32:
+        return cols * 4;
+      case WeightFormat::kBF16:
+        return cols * 2;
+      case WeightFormat::kFp8:
+        return cols;
+      case WeightFormat::kFp4:
+        return (cols + 1) / 2;
+    }
+    return 0;
+  }
+  int64_t scale_rows() const {  // rows of the scale grid (0 without scales)
+    return block_rows > 0 ? (row_phase + rows + block_rows - 1) / block_rows : 0;
+  }
+  int64_t scale_cols() const {  // columns of the scale grid (0 without scales)
+    return block_cols > 0 ? (cols + block_cols - 1) / block_cols : 0;
+  }
   int64_t released_bytes() const;  // data + scale bytes: what stays resident
 };
 
