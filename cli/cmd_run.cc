@@ -239,8 +239,8 @@ absl::Status Run() {
     return absl::StrFormat("%s (%s)", FormatBytes(w.resident), FormatBytes(w.released));
   };
   std::cout << absl::StrFormat(
-      "memory: weights %s resident, %s as released (%.2fx); attention side %s incl. MTP %s, "
-      "routed experts %s\n",
+      "memory: weights %s resident, %s as released (%.2fx); resident (released): attention "
+      "side %s incl. MTP %s, routed experts %s\n",
       FormatBytes(weights.resident), FormatBytes(weights.released),
       static_cast<double>(weights.resident) / static_cast<double>(weights.released),
       pair(m.weight_bytes()), pair(m.mtp_weight_bytes()), pair(experts->weight_bytes()));
