@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/parallel.h"
 #include "core/status_macros.h"
 #include "core/weight_loader.h"
 
@@ -57,32 +58,45 @@ absl::Status RoutedExperts::Accumulate(int layer, const float* x, int64_t tokens
     }
     groups[e].push_back(i);
   }
-  const int64_t d = config_.hidden_size;
-  std::vector<float>& xs = scratch->x;
-  std::vector<float>& ws = scratch->weights;
-  std::vector<float>& ys = scratch->y;
+  // The held experts with tokens, ascending; each computes into its own buffers.
+  std::vector<ExpertWork>& work = scratch->work;
+  size_t active = 0;
   for (int e = 0; e < num_experts; ++e) {
-    const std::vector<int64_t>& group = groups[e];
-    if (group.empty()) continue;
+    if (groups[e].empty()) continue;
     auto it = experts_.find({layer, e});
     if (it == experts_.end()) {
       if (!require_all) continue;
       return absl::FailedPreconditionError(
           absl::StrCat("routed experts: layer ", layer, " expert ", e, " is not loaded here"));
     }
-    const int64_t n = static_cast<int64_t>(group.size());
-    xs.resize(n * d);
-    ws.resize(n);
-    ys.resize(n * d);
-    for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(xs.data() + i * d, x + group[i] / k * d, d * sizeof(float));
-      ws[i] = weights[group[i]];
+    if (work.size() <= active) work.resize(active + 1);
+    work[active].weights = &it->second;
+    work[active].group = &groups[e];
+    ++active;
+  }
+  const int64_t d = config_.hidden_size;
+  const float limit = static_cast<float>(config_.swiglu_limit);
+  ParallelFor(static_cast<int64_t>(active), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      ExpertWork& w = work[i];
+      const std::vector<int64_t>& group = *w.group;
+      const int64_t n = static_cast<int64_t>(group.size());
+      w.x.resize(n * d);
+      w.routing.resize(n);
+      w.y.resize(n * d);
+      for (int64_t r = 0; r < n; ++r) {
+        std::memcpy(w.x.data() + r * d, x + group[r] / k * d, d * sizeof(float));
+        w.routing[r] = weights[group[r]];
+      }
+      SwigluForward(*w.weights, w.x.data(), n, w.routing.data(), limit, /*accumulate=*/false,
+                    w.y.data(), &w.hidden);
     }
-    SwigluForward(it->second, xs.data(), n, ws.data(), static_cast<float>(config_.swiglu_limit),
-                  /*accumulate=*/false, ys.data(), &scratch->hidden);
-    for (int64_t i = 0; i < n; ++i) {
-      float* dst = out + group[i] / k * d;
-      const float* src = ys.data() + i * d;
+  });
+  for (size_t i = 0; i < active; ++i) {
+    const std::vector<int64_t>& group = *work[i].group;
+    for (size_t r = 0; r < group.size(); ++r) {
+      float* dst = out + group[r] / k * d;
+      const float* src = work[i].y.data() + r * d;
       for (int64_t j = 0; j < d; ++j) dst[j] += src[j];
     }
   }

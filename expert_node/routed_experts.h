@@ -38,14 +38,21 @@ class RoutedExperts {
   const WeightBytes& weight_bytes() const { return weight_bytes_; }
   int64_t dim() const { return config_.hidden_size; }
 
+  // One expert's group in a call: its rows, routing weights, outputs and SwiGLU scratch.
+  struct ExpertWork {
+    const SwigluWeights* weights = nullptr;
+    const std::vector<int64_t>* group = nullptr;  // (token, slot) indices
+    std::vector<float> x, routing, y, hidden;
+  };
   // Buffers of Accumulate, kept by the caller to reuse their allocations.
   struct Scratch {
     std::vector<std::vector<int64_t>> groups;  // (token, slot) indices per expert
-    std::vector<float> x, weights, y, hidden;
+    std::vector<ExpertWork> work;              // the experts with tokens, ascending
   };
 
   // out[t] += Σ_j weights[t·k+j] · Expert_{ids[t·k+j]}(x[t]) over the (t, j) whose expert
-  // this object holds, expert by expert in ascending id. x, out: [T, d] rows.
+  // this object holds, added expert by expert in ascending id (so the sum's order is fixed;
+  // the experts themselves run in parallel on the process's threads). x, out: [T, d] rows.
   // FAILED_PRECONDITION if `require_all` and a routed expert is not held.
   absl::Status Accumulate(int layer, const float* x, int64_t tokens,
                           absl::Span<const int32_t> expert_ids, absl::Span<const float> weights,
