@@ -56,16 +56,14 @@ void Indexer::Select(const float* q, const float* w, const float* keys, int64_t 
   const int64_t di = head_dim();
   scratch->resize(static_cast<size_t>(n));
   float* score = scratch->data();
-  // At least ~32k multiply-adds per thread's share.
-  ParallelFor(n, std::max<int64_t>(64, (int64_t{1} << 15) / (h * di)),
-              [&](int64_t begin, int64_t end) {
-                for (int64_t s = begin; s < end; ++s) {
-                  float sum = 0;
-                  for (int i = 0; i < h; ++i)
-                    sum += w[i] * std::max(Dot(q + i * di, keys + s * di, di), 0.0f);
-                  score[s] = sum;
-                }
-              });
+  const int64_t grain = std::max<int64_t>(64, (int64_t{1} << 15) / (h * di));  // ≥ ~32k MACs
+  ParallelFor(n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      float sum = 0;
+      for (int i = 0; i < h; ++i) sum += w[i] * std::max(Dot(q + i * di, keys + s * di, di), 0.0f);
+      score[s] = sum;
+    }
+  });
   const std::vector<int> top = TopK(score, n, static_cast<int>(topk_));
   std::copy(top.begin(), top.end(), selected->begin());
   std::sort(selected->begin(), selected->end());

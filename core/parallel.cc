@@ -41,7 +41,8 @@ void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int
     return;
   }
   // Chunk c covers [c·n/chunks, (c+1)·n/chunks): contiguous, balanced, fixed by n and chunks.
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast <int>(chunks))
+  const int team = static_cast<int>(chunks);
+#pragma omp parallel for schedule(static, 1) num_threads(team)
   for (int64_t c = 0; c < chunks; ++c) fn(c * n / chunks, (c + 1) * n / chunks);
 }
 

@@ -228,8 +228,11 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
   v1::ClusterStatus status;
   for (int i = 0; i < 100; ++i) {
     status = Status();
+    // Heartbeats bring the step times and the expert load; wait for both, not only the
+    // first (a fast engine finishes before its next heartbeat).
     if (status.engines_size() == 1 && status.engines(0).measured_step_ms() > 0 &&
-        status.engines(0).kv_usage() == 0 && status.engines(0).running_requests() == 0) {
+        status.engines(0).kv_usage() == 0 && status.engines(0).running_requests() == 0 &&
+        status.expert_load_size() > 0) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
