@@ -80,30 +80,6 @@ inline const float* Fp4ScaledTable() {
   return &table->v[0][0];
 }
 
-// W[n][k] decoded one element at a time with core/dtype.h (used for the partial last step
-// and scale blocks that are not a multiple of the vector width). Exact, like the vector
-// decoders, so either gives the same bits.
-inline float DecodeElement(const WeightMatrix& w, int64_t n, int64_t k) {
-  const uint8_t* row = w.data + n * w.row_bytes();
-  switch (w.format) {
-    case WeightFormat::kF32: {
-      float v;
-      std::memcpy(&v, row + 4 * k, 4);
-      return v;
-    }
-    case WeightFormat::kBF16: {
-      uint16_t bits;
-      std::memcpy(&bits, row + 2 * k, 2);
-      return Bf16ToFloat(bits);
-    }
-    case WeightFormat::kFp8:
-      return E4M3ToFloat(row[k]) * E8M0Table()[w.scales[w.scale_index(n, k)]];
-    case WeightFormat::kFp4:
-      return Fp4PackedElement(row, k) * E8M0Table()[w.scales[w.scale_index(n, k)]];
-  }
-  return 0.0f;
-}
-
 }  // namespace matmul_internal
 }  // namespace dsv4
 #endif  // DSV4_CORE_MATMUL_ONCE_
@@ -115,7 +91,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
-using matmul_internal::DecodeElement;
 using matmul_internal::E8M0Table;
 using matmul_internal::kChunk;
 using matmul_internal::kTileCols;
@@ -338,7 +313,8 @@ class ExactSource {
   HWY_NOINLINE VF Scalar(int j, int64_t k0, int64_t k1) const {
     const DF df;
     HWY_ALIGN float buf[kMaxLanes] = {};
-    for (int64_t k = k0; k < k1; ++k) buf[k - k0] = DecodeElement(w_, n0_ + j, k);
+    for (int64_t k = k0; k < k1; ++k)
+      buf[k - k0] = w_.Element(n0_ + j, k);  // exact, as the vector decoders
     return hn::Load(df, buf);
   }
 

@@ -111,26 +111,28 @@ WeightMatrix WeightMatrix::Rows(int64_t begin, int64_t count) const {
 
 void WeightMatrix::DecodeRow(int64_t n, float* out) const {
   DSV4_CHECK(n >= 0 && n < rows, "row ", n, " of a matrix with ", rows);
+  for (int64_t k = 0; k < cols; ++k) out[k] = Element(n, k);
+}
+
+float WeightMatrix::Element(int64_t n, int64_t k) const {
   const uint8_t* row = data + n * row_bytes();
-  for (int64_t k = 0; k < cols; ++k) {
-    switch (format) {
-      case WeightFormat::kF32:
-        std::memcpy(out + k, row + 4 * k, 4);
-        break;
-      case WeightFormat::kBF16: {
-        uint16_t bits;
-        std::memcpy(&bits, row + 2 * k, 2);
-        out[k] = Bf16ToFloat(bits);
-        break;
-      }
-      case WeightFormat::kFp8:
-        out[k] = E4M3ToFloat(row[k]) * E8M0ToFloat(scales[scale_index(n, k)]);
-        break;
-      case WeightFormat::kFp4:
-        out[k] = Fp4PackedElement(row, k) * E8M0ToFloat(scales[scale_index(n, k)]);
-        break;
+  switch (format) {
+    case WeightFormat::kF32: {
+      float v;
+      std::memcpy(&v, row + 4 * k, 4);
+      return v;
     }
+    case WeightFormat::kBF16: {
+      uint16_t bits;
+      std::memcpy(&bits, row + 2 * k, 2);
+      return Bf16ToFloat(bits);
+    }
+    case WeightFormat::kFp8:
+      return E4M3ToFloat(row[k]) * E8M0ToFloat(scales[scale_index(n, k)]);
+    case WeightFormat::kFp4:
+      return Fp4PackedElement(row, k) * E8M0ToFloat(scales[scale_index(n, k)]);
   }
+  return 0.0f;
 }
 
 int64_t WeightMatrix::released_bytes() const {

@@ -56,6 +56,8 @@ struct WeightMatrix {
 
   // Row n dequantised exactly into out[0, cols) (e.g. an embedding lookup).
   void DecodeRow(int64_t n, float* out) const;
+  // W[n][k] dequantised exactly (one element: for edges and lookups, not for kernels).
+  float Element(int64_t n, int64_t k) const;
 
   // OK when the fields describe a matrix the kernels accept (as the factories build).
   absl::Status Validate() const;

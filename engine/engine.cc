@@ -49,6 +49,10 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   options_ = options;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads must be ≥ 0 (0: the cluster YAML's), got ", options.threads));
+  }
   ASSIGN_OR_RETURN(cluster_, LoadClusterConfig(options.cluster));
   int threads = options.threads > 0 ? options.threads : cluster_.engine.threads_per_rank;
   if (threads == 0) {  // the rank's cores, shared with the other ranks on this host
