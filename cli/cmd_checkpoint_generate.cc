@@ -61,20 +61,13 @@ absl::Status Generate() {
     if (!progress) progress = std::make_unique<ProgressBar>("generating", total >> 20, "MiB");
     progress->Update(done >> 20);
   };
-  const std::string out = absl::GetFlag(FLAGS_out);
-  RETURN_IF_ERROR(GenerateCheckpoint(config, text, out, options));
-  if (progress) progress->Finish();
   // A tokenizer.json beside the config (the presets ship one) belongs in the checkpoint.
   const std::filesystem::path tokenizer =
       std::filesystem::path(config_path).parent_path() / "tokenizer.json";
-  if (std::filesystem::exists(tokenizer)) {
-    std::error_code error;
-    std::filesystem::copy_file(tokenizer, std::filesystem::path(out) / "tokenizer.json",
-                               std::filesystem::copy_options::overwrite_existing, error);
-    if (error)
-      return absl::InternalError("cannot copy " + tokenizer.string() + " to " + out + ": " +
-                                 error.message());
-  }
+  if (std::filesystem::exists(tokenizer)) options.tokenizer_path = tokenizer.string();
+  const std::string out = absl::GetFlag(FLAGS_out);
+  RETURN_IF_ERROR(GenerateCheckpoint(config, text, out, options));
+  if (progress) progress->Finish();
   const ParameterCount params = CountParameters(config);
   std::cout << absl::StrFormat("wrote %s: %s parameters, seed %d\n", out, FormatCount(params.total),
                                options.seed);
@@ -87,10 +80,11 @@ int CheckpointGenerateMain(int argc, char** argv) {
   const std::vector<std::string> args = ParseFlags(
       argc, argv,
       "dsv4 checkpoint generate --preset NAME --seed N --out DIR\n\n"
-      "Writes a synthetic, seeded checkpoint in the official DeepSeek-V4 layout (config.json,\n"
-      "sharded *.safetensors with model.safetensors.index.json; FP8 block-scaled dense\n"
-      "weights, FP4 routed experts, BF16/F32 where the release has them), plus the\n"
-      "tokenizer.json found beside the config.",
+      "Writes a synthetic, seeded checkpoint in the official DeepSeek-V4 or V4.1 layout\n"
+      "(config.json, sharded *.safetensors with model.safetensors.index.json; FP8\n"
+      "block-scaled dense weights, FP4 routed experts, BF16/F32 where the release has them;\n"
+      "V4.1: FP8 Engram tables with per-32 E8M0 scales and DSpark stages), plus the\n"
+      "tokenizer.json found beside the config (required for Engram models).",
       "cmd_checkpoint_generate.cc");
   if (!args.empty())
     return ExitCode(absl::InvalidArgumentError("unexpected argument '" + args[0] + "'"),

@@ -13,7 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "core/checkpoint_layout.h"
 #include "core/dtype.h"
-#include "core/engram_hash.h"
+#include "core/engram_rows.h"
 #include "core/safetensors.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -79,6 +79,7 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
       fill(0.0f, 1.0f);
       break;
     case TensorRole::kNormWeight:
+    case TensorRole::kEngramGate:
       fill(1.0f, 0.1f);
       break;
     case TensorRole::kHead:
@@ -97,8 +98,6 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
       break;
     case TensorRole::kApe:
     case TensorRole::kGateBias:
-    case TensorRole::kBias:
-    case TensorRole::kEngramConv:
       fill(0.0f, 0.1f);
       break;
     case TensorRole::kEngramTable:
@@ -106,9 +105,7 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
       break;
     case TensorRole::kScale:
     case TensorRole::kTid2Eid:
-    case TensorRole::kEngramMultipliers:
-    case TensorRole::kEngramTokenMap:
-      break;  // produced with their weight / by HashRouting / by IntegerTable
+      break;  // produced with their weight / by HashRouting
   }
   return v;
 }
@@ -122,15 +119,16 @@ void Append(std::vector<uint8_t>& out, T value) {
 
 // FP8 e4m3 with one E8M0 scale per 128×128 block: the scale is the smallest power of two
 // that brings the block's largest magnitude within ±448.
-void EncodeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int block,
-               std::vector<uint8_t>& weight, std::vector<uint8_t>& scale) {
-  const int64_t brows = (rows + block - 1) / block, bcols = (cols + block - 1) / block;
+void EncodeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t block_rows,
+               int64_t block, std::vector<uint8_t>& weight, std::vector<uint8_t>& scale) {
+  const int64_t brows = (rows + block_rows - 1) / block_rows,
+                bcols = (cols + block - 1) / block;
   std::vector<float> block_scale(brows * bcols);
   scale.resize(brows * bcols);
   for (int64_t br = 0; br < brows; ++br) {
     for (int64_t bc = 0; bc < bcols; ++bc) {
       float amax = 0.0f;
-      for (int64_t r = br * block; r < std::min(rows, (br + 1) * block); ++r)
+      for (int64_t r = br * block_rows; r < std::min(rows, (br + 1) * block_rows); ++r)
         for (int64_t c = bc * block; c < std::min(cols, (bc + 1) * block); ++c)
           amax = std::max(amax, std::fabs(w[r * cols + c]));
       const uint8_t code = E8M0CeilCode(std::max(amax, 1e-30f) / 448.0f);
@@ -142,7 +140,7 @@ void EncodeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int bloc
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)
       weight[r * cols + c] =
-          FloatToE4M3(w[r * cols + c] / block_scale[(r / block) * bcols + c / block]);
+          FloatToE4M3(w[r * cols + c] / block_scale[(r / block_rows) * bcols + c / block]);
 }
 
 // FP4 e2m1 packed two per byte (low nibble = even column), one E8M0 scale per 1×32 block
@@ -186,25 +184,6 @@ std::vector<uint8_t> HashRouting(const TensorSpec& spec, int n_experts, Rng& rng
   return out;
 }
 
-// The I64 tensors that are data, not samples: hash routing and the Engram constants.
-std::vector<uint8_t> IntegerTable(const ModelConfig& config, const TensorSpec& spec, Rng& rng) {
-  std::vector<int64_t> values;
-  switch (spec.role) {
-    case TensorRole::kTid2Eid:
-      return HashRouting(spec, config.n_routed_experts, rng);
-    case TensorRole::kEngramMultipliers:
-      values = EngramMultipliers(config.engram.seed, spec.layer, EngramCompressedVocab(config),
-                                 config.engram.max_ngram_size);
-      break;
-    default:
-      values = SyntheticCanonicalMap(config);
-      break;
-  }
-  std::vector<uint8_t> out;
-  for (int64_t v : values) Append(out, v);
-  return out;
-}
-
 // Chunk checksums of an Engram table (see kEngramChecksumsFile).
 nlohmann::json TableChecksums(const TensorSpec& spec, const std::vector<uint8_t>& bytes) {
   const size_t chunk = kEngramChecksumChunkRows * spec.shape[1] * DTypeSize(spec.dtype);
@@ -228,7 +207,7 @@ absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed
   const TensorSpec& spec = *unit.weight;
   Rng rng(TensorSeed(seed, spec.name));
   if (spec.dtype == DType::kI64) {
-    writer.Add(spec.name, spec.dtype, spec.shape, IntegerTable(config, spec, rng));
+    writer.Add(spec.name, spec.dtype, spec.shape, HashRouting(spec, config.n_routed_experts, rng));
     return absl::OkStatus();
   }
   const std::vector<float> values = SampleValues(config, spec, rng);
@@ -237,7 +216,12 @@ absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed
   switch (spec.dtype) {
     case DType::kF8E4M3:
       if (!unit.scale) return absl::InternalError("FP8 tensor without scale: " + spec.name);
-      EncodeFp8(values, rows, cols, config.weight_block_size, bytes, scale);
+      if (spec.role == TensorRole::kEngramTable) {  // one scale per 32 values of a row
+        EncodeFp8(values, rows, cols, 1, kEngramScaleBlock, bytes, scale);
+      } else {
+        EncodeFp8(values, rows, cols, config.weight_block_size, config.weight_block_size, bytes,
+                  scale);
+      }
       break;
     case DType::kI8:
       if (!unit.scale) return absl::InternalError("FP4 tensor without scale: " + spec.name);
@@ -253,7 +237,10 @@ absl::Status EmitUnit(const ModelConfig& config, const Unit& unit, uint64_t seed
       return absl::InternalError(
           absl::StrFormat("no generator for %s (%s)", spec.name, DTypeName(spec.dtype)));
   }
-  if (spec.role == TensorRole::kEngramTable) checksums[spec.name] = TableChecksums(spec, bytes);
+  if (spec.role == TensorRole::kEngramTable) {  // the rows and their scales
+    checksums[spec.name] = TableChecksums(spec, bytes);
+    checksums[unit.scale->name] = TableChecksums(*unit.scale, scale);
+  }
   writer.Add(spec.name, spec.dtype, spec.shape, std::move(bytes));
   if (unit.scale) {
     const size_t expected = static_cast<size_t>(unit.scale->nbytes());
@@ -306,6 +293,18 @@ absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& co
     std::ofstream out(out_dir + "/config.json");
     out << config_json_text;
     if (!out) return absl::InternalError("cannot write " + out_dir + "/config.json");
+  }
+  if (config.engram.enabled() && options.tokenizer_path.empty()) {
+    return absl::InvalidArgumentError(
+        "an Engram model needs its tokenizer.json (the token map is built from it)");
+  }
+  if (!options.tokenizer_path.empty()) {
+    std::filesystem::copy_file(options.tokenizer_path, out_dir + "/tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::InternalError("cannot copy " + options.tokenizer_path + " to " + out_dir +
+                                 ": " + ec.message());
+    }
   }
 
   const std::vector<TensorSpec> specs = ExpectedTensors(config);

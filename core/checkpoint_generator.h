@@ -1,9 +1,9 @@
-// Synthetic, seeded checkpoints in the official DeepSeek-V4 layout: the tensor names,
-// shapes and dtypes of ExpectedTensors (FP8 block-scaled dense weights, FP4 routed
-// experts, BF16 and F32 where the release has them, I64 tid2eid), sharded with a
-// model.safetensors.index.json, plus the config.json. With Engram, the hash multipliers
-// are NumPy-exact (core/engram_hash.h), the canonical map is synthetic (id mod V_comp),
-// and a checksum sidecar covers the tables. The values are random but scaled
+// Synthetic, seeded checkpoints in the official DeepSeek-V4 / V4.1 layout: the tensor
+// names, shapes and dtypes of ExpectedTensors (FP8 block-scaled dense weights, FP4 routed
+// experts, BF16 and F32 where the release has them, I64 tid2eid, FP8 Engram tables with
+// per-32 E8M0 scales), sharded with a model.safetensors.index.json, plus the config.json
+// and the tokenizer.json (Engram's token map follows from it). A checksum sidecar covers
+// the Engram tables. The values are random but scaled
 // so that activations stay well-conditioned through every layer, and the same seed
 // always gives the same bytes.
 #ifndef DSV4_CORE_CHECKPOINT_GENERATOR_H_
@@ -22,6 +22,8 @@ namespace dsv4 {
 struct GenerateOptions {
   uint64_t seed = 0;
   uint64_t max_shard_bytes = 256ull << 20;  // tensors are packed into shards up to this
+  // Copied into the checkpoint as tokenizer.json when set; required for Engram models.
+  std::string tokenizer_path;
   // Called after each tensor with (bytes written so far, total bytes).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -29,8 +31,9 @@ struct GenerateOptions {
 // Engram tables get a sidecar next to the shards, so a memory node refuses a corrupt
 // or mismatched table while verifying only the rows it serves:
 //   engram_checksums.json: {"algorithm": "fnv1a64-le-words", "chunk_rows": 65536,
-//                           "tensors": {"<table name>": ["<16 hex digits>", ...]}}
-// with one EngramChunkChecksum per chunk of chunk_rows rows (the last may be shorter).
+//                           "tensors": {"<table or scale name>": ["<16 hex digits>", ...]}}
+// with one EngramChunkChecksum per chunk of chunk_rows rows (the last may be shorter), for
+// the table (embed.weight) and its scales (embed.scale) alike.
 inline constexpr char kEngramChecksumsFile[] = "engram_checksums.json";
 inline constexpr char kEngramChecksumAlgorithm[] = "fnv1a64-le-words";
 inline constexpr int64_t kEngramChecksumChunkRows = 65536;

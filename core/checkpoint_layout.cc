@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/engram_hash.h"
+#include "core/engram_rows.h"
 
 namespace dsv4 {
 namespace {
@@ -22,16 +22,18 @@ class LayoutBuilder {
     Add("embed.weight", {c_.vocab_size, d}, DType::kBF16, TensorRole::kEmbedding);
     Add("head.weight", {c_.vocab_size, d}, DType::kBF16, TensorRole::kHead);
     Add("norm.weight", {d}, DType::kBF16, TensorRole::kNormWeight);
-    Add("hc_head_fn", {n, n * d}, DType::kF32, TensorRole::kHcFn);
-    Add("hc_head_base", {n}, DType::kF32, TensorRole::kHcBase);
-    Add("hc_head_scale", {1}, DType::kF32, TensorRole::kHcScale);
-    if (c_.engram.enabled()) {
-      Add(kEngramCanonicalIdsName, {c_.vocab_size}, DType::kI64, TensorRole::kEngramTokenMap);
-      engram_rows_ = EngramHeadSizes(c_.engram);
+    if (!c_.is_v41()) {  // V4.1 collapses the streams with the last lagged pre-mix instead
+      Add("hc_head_fn", {n, n * d}, DType::kF32, TensorRole::kHcFn);
+      Add("hc_head_base", {n}, DType::kF32, TensorRole::kHcBase);
+      Add("hc_head_scale", {1}, DType::kF32, TensorRole::kHcScale);
     }
     for (int i = 0; i < c_.num_hidden_layers; ++i) {
       layer_ = i;
       Block(absl::StrCat("layers.", i, "."));
+    }
+    if (c_.is_v41()) {
+      DSpark();
+      return std::move(out_);
     }
     for (int i = 0; i < c_.num_nextn_predict_layers; ++i) {
       layer_ = c_.num_hidden_layers + i;
@@ -92,30 +94,63 @@ class LayoutBuilder {
     Add(p + "norm.weight", {dim}, DType::kBF16, TensorRole::kNormWeight);
   }
 
-  // The Engram module of a main layer (spec §6.4), in the demo's module names.
+  // V4.1's CSA2 tensors of an attention (prefix "layers.L.attn."): a kv source's
+  // compressor (no APE, no overlap; ratio 1 has no gate) and the indexer's key half; an
+  // index source's query half.
+  void Csa2(const std::string& a) {
+    const int64_t d = c_.hidden_size, D = c_.head_dim;
+    const int64_t HI = c_.index_n_heads, DI = c_.index_head_dim;
+    if (c_.is_kv_source(layer_)) {
+      Add(a + "compressor.wkv.weight", {D, d}, DType::kBF16, TensorRole::kLinear);
+      if (c_.ratio(layer_) > 1) {
+        Add(a + "compressor.wgate.weight", {D, d}, DType::kBF16, TensorRole::kLinear);
+      }
+      Add(a + "compressor.norm.weight", {D}, DType::kBF16, TensorRole::kNormWeight);
+      Add(a + "indexer.wk.weight", {DI, D}, DType::kBF16, TensorRole::kLinear);
+      Add(a + "indexer.k_norm.weight", {DI}, DType::kBF16, TensorRole::kNormWeight);
+    }
+    if (c_.is_index_source(layer_)) {
+      Linear(a + "indexer.wq_b", HI * DI, c_.q_lora_rank);
+      Add(a + "indexer.weights_proj.weight", {HI, d}, DType::kBF16, TensorRole::kLinear);
+    }
+  }
+
+  // The Engram module of a main layer, as released: the FP8 table with its per-32 E8M0
+  // scales, the fused key/value projection and the gate weights.
   void Engram(int engram_index) {
     const EngramConfig& e = c_.engram;
     const int64_t d = c_.hidden_size, n = c_.hc_mult;
-    const int64_t width = int64_t{e.max_ngram_size - 1} * e.n_heads * e.head_dim;
-    int64_t rows = 0;
-    for (int64_t p : engram_rows_[engram_index]) rows += p;
+    const int64_t rows = e.num_embeddings[engram_index];
     const std::string p = EngramPrefix(layer_);
-    Add(EngramTableName(layer_), {rows, e.head_dim}, DType::kBF16, TensorRole::kEngramTable);
-    Add(p + "multipliers", {e.max_ngram_size}, DType::kI64, TensorRole::kEngramMultipliers);
-    Add(p + "value_proj.weight", {d, width}, DType::kBF16, TensorRole::kLinear);
-    Add(p + "value_proj.bias", {d}, DType::kBF16, TensorRole::kBias);
-    for (int i = 0; i < n; ++i) {
-      Add(absl::StrCat(p, "key_projs.", i, ".weight"), {d, width}, DType::kBF16,
-          TensorRole::kLinear);
-      Add(absl::StrCat(p, "key_projs.", i, ".bias"), {d}, DType::kBF16, TensorRole::kBias);
-    }
-    for (const char* norm : {"norm1.", "norm2.", "short_conv.norms."}) {
-      for (int i = 0; i < n; ++i) {
-        Add(absl::StrCat(p, norm, i, ".weight"), {d}, DType::kBF16, TensorRole::kNormWeight);
+    Add(EngramTableName(layer_), {rows, e.head_dim}, DType::kF8E4M3, TensorRole::kEngramTable);
+    Add(EngramScaleName(layer_), {rows, e.head_dim / kEngramScaleBlock}, DType::kF8E8M0,
+        TensorRole::kScale);
+    Linear(p + "wkv", (n + 1) * d, int64_t{e.columns()} * e.head_dim);
+    Add(p + "q_weight", {n, d}, DType::kBF16, TensorRole::kEngramGate);
+    Add(p + "k_weight", {n, d}, DType::kBF16, TensorRole::kEngramGate);
+  }
+
+  // The DSpark draft stages under mtp.* (written and checked; not evaluated): window-only
+  // blocks routing over their own expert bank, the main-model projection on stage 0 and
+  // the Markov and confidence heads on the last stage.
+  void DSpark() {
+    const int64_t d = c_.hidden_size, v = c_.vocab_size, r = c_.dspark_markov_rank;
+    const int stages = c_.num_nextn_predict_layers;
+    for (int i = 0; i < stages; ++i) {
+      layer_ = c_.num_hidden_layers + i;
+      const std::string p = absl::StrCat("mtp.", i, ".");
+      Block(p);
+      if (i == 0) {
+        Linear(p + "main_proj", d, d * static_cast<int64_t>(c_.dspark_target_layer_ids.size()));
+        Add(p + "main_norm.weight", {d}, DType::kBF16, TensorRole::kNormWeight);
+      }
+      if (i == stages - 1) {
+        Add(p + "norm.weight", {d}, DType::kBF16, TensorRole::kNormWeight);
+        Add(p + "markov_head.embed.weight", {v, r}, DType::kBF16, TensorRole::kEmbedding);
+        Add(p + "markov_head.head.weight", {v, r}, DType::kBF16, TensorRole::kHead);
+        Add(p + "confidence_head.proj.weight", {1, d + r}, DType::kBF16, TensorRole::kLinear);
       }
     }
-    Add(p + "short_conv.conv.weight", {n * d, 1, e.kernel_size}, DType::kBF16,
-        TensorRole::kEngramConv);
   }
 
   void Block(const std::string& p) {
@@ -125,7 +160,7 @@ class LayoutBuilder {
     if (engram != engram_layers.end()) Engram(static_cast<int>(engram - engram_layers.begin()));
     const int64_t H = c_.num_attention_heads, D = c_.head_dim, Q = c_.q_lora_rank;
     const int64_t G = c_.o_groups, R = c_.o_lora_rank;
-    const int64_t E = c_.n_routed_experts, F = c_.moe_intermediate_size;
+    const int64_t E = c_.routed_experts(layer_), F = c_.moe_intermediate_size;
     const int m = c_.ratio(layer_);
     for (const char* sub : {"attn", "ffn"}) {
       Add(absl::StrCat(p, "hc_", sub, "_fn"), {mix, n * d}, DType::kF32, TensorRole::kHcFn);
@@ -144,8 +179,12 @@ class LayoutBuilder {
     Add(a + "kv_norm.weight", {D}, DType::kBF16, TensorRole::kNormWeight);
     Linear(a + "wo_a", G * R, H * D / G);
     Linear(a + "wo_b", d, G * R);
-    if (m > 0) Compressor(a + "compressor.", m, D);
-    if (m == 4) {
+    if (c_.is_v41()) {
+      Csa2(a);
+    } else if (m > 0) {
+      Compressor(a + "compressor.", m, D);
+    }
+    if (c_.is_csa(layer_)) {
       const int64_t HI = c_.index_n_heads, DI = c_.index_head_dim;
       Linear(a + "indexer.wq_b", HI * DI, Q);
       Add(a + "indexer.weights_proj.weight", {HI, d}, DType::kBF16, TensorRole::kLinear);
@@ -174,7 +213,6 @@ class LayoutBuilder {
   const ModelConfig& c_;
   std::vector<TensorSpec> out_;
   int layer_ = -1;
-  std::vector<std::vector<int64_t>> engram_rows_;  // prime table sizes per Engram layer
 };
 
 // A tensor's parameter count; FP4 expert bytes hold two parameters each. Scales and the
@@ -217,9 +255,8 @@ ParameterCount CountV3(const ModelConfig& c) {
 int64_t TensorSpec::nbytes() const { return NumElements(shape) * DTypeSize(dtype); }
 
 std::string EngramPrefix(int layer) { return absl::StrCat("layers.", layer, ".engram."); }
-std::string EngramTableName(int layer) {
-  return EngramPrefix(layer) + "multi_head_embedding.embedding.weight";
-}
+std::string EngramTableName(int layer) { return EngramPrefix(layer) + "embed.weight"; }
+std::string EngramScaleName(int layer) { return EngramPrefix(layer) + "embed.scale"; }
 
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
   if (!config.is_v4()) return {};

@@ -27,12 +27,9 @@ enum class TensorRole {
   kAttnSink,
   kApe,  // compressor positional bias
   kGateBias,
-  kTid2Eid,            // hash-routing table
-  kBias,               // linear biases (Engram projections)
-  kEngramTable,        // layers.N.engram.multi_head_embedding.embedding.weight
-  kEngramConv,         // layers.N.engram.short_conv.conv.weight
-  kEngramMultipliers,  // layers.N.engram.multipliers: I64 hash multipliers (spec §6.3)
-  kEngramTokenMap,     // engram.canonical_ids: I64 canonical id of each token (spec §6.2)
+  kTid2Eid,      // hash-routing table
+  kEngramTable,  // layers.N.engram.embed.weight (its scale is a kScale)
+  kEngramGate,   // layers.N.engram.q_weight / k_weight
 };
 
 struct TensorSpec {
@@ -45,9 +42,10 @@ struct TensorSpec {
   int64_t nbytes() const;
 };
 
-// The full list, in a stable order (globals, then layers, then MTP). Empty for
-// deepseek_v3 (planner only). The V4.1 Engram names are unpublished; Engram tensors use
-// the demo module's names under layers.N.engram. (see EngramTensors below).
+// The full list, in a stable order (globals, then layers, then MTP / DSpark stages). Empty
+// for deepseek_v3 (planner only). V4.1 (spec deepseek-v41-model.md): no hc_head, CSA2
+// tensors by layer role, Engram as released, DSpark stages under mtp.*; the vision tower
+// is not listed (text only).
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 
 // Parameter counts, following DeepSeek's published convention ("671B total, 37B active;
@@ -71,17 +69,14 @@ struct ParameterCount {
 };
 ParameterCount CountParameters(const ModelConfig& config);
 
-// Names of the Engram tensors of main layer `layer` (demo module names; the table dtype
-// is BF16, the projections are BF16 [d, (N−1)·K·d_e] with BF16 biases):
-//   <p>multi_head_embedding.embedding.weight  [Σ primes, d_e]   the hashed table
-//   <p>multipliers                            [N] I64
-//   <p>value_proj.{weight,bias}, <p>key_projs.{i}.{weight,bias}   i < hc_mult
-//   <p>norm1.{i}.weight, <p>norm2.{i}.weight  gate RMSNorms of key and stream
-//   <p>short_conv.conv.weight [n·d, 1, kernel], <p>short_conv.norms.{i}.weight
-// with <p> = "layers.<layer>.engram."; plus the global engram.canonical_ids [V] I64.
+// Names of the Engram tensors of main layer `layer` (spec deepseek-v41-model.md §2):
+//   <p>embed.weight F8_E4M3 [rows, d_e], <p>embed.scale F8_E8M0 [rows, d_e/32]
+//   <p>wkv.{weight,scale} FP8 [(n+1)·d, (N−1)·K·d_e], <p>q_weight, <p>k_weight BF16 [n, d]
+// with <p> = "layers.<layer>.engram.". The token map and hash multipliers are not stored:
+// they follow from tokenizer.json and the config.
 std::string EngramPrefix(int layer);
 std::string EngramTableName(int layer);
-inline constexpr char kEngramCanonicalIdsName[] = "engram.canonical_ids";
+std::string EngramScaleName(int layer);
 
 }  // namespace dsv4
 

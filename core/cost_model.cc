@@ -329,10 +329,9 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
   take(&s.ffn);
   if (IsEngramLayer(c, layer)) {
     const double width = EngramWidth(c), n = c.hc_mult;
-    // Value and per-stream key projections with biases; per-stream norms and the conv.
-    AddBytes(StorageFormat::kBf16,
-             kBf16Bytes * ((1 + n) * (width * d + d) + 3 * n * d + n * d * c.engram.kernel_size),
-             &w);
+    // The fused key/value projection wkv [(n+1)·d, width] and the gate weights q, k [n, d].
+    AddDense(c, static_cast<int64_t>((1 + n) * d), static_cast<int64_t>(width), &w);
+    AddBytes(StorageFormat::kBf16, kBf16Bytes * 2 * n * d, &w);
     take(&s.engram);
   }
   if (c.is_mtp(layer) && c.is_v4()) {

@@ -93,21 +93,6 @@ std::vector<std::vector<int64_t>> EngramHeadSizes(const EngramConfig& e) {
   return sizes;
 }
 
-int64_t EngramCompressedVocab(const ModelConfig& config) {
-  const auto it = config.extra.find("engram_compressed_vocab_size");
-  if (it != config.extra.end() && it->is_number_integer() && it->get<int64_t>() > 0) {
-    return it->get<int64_t>();
-  }
-  return config.vocab_size;
-}
-
-std::vector<int64_t> SyntheticCanonicalMap(const ModelConfig& config) {
-  const int64_t v_comp = EngramCompressedVocab(config);
-  std::vector<int64_t> map(config.vocab_size);
-  for (int64_t id = 0; id < config.vocab_size; ++id) map[id] = id % v_comp;
-  return map;
-}
-
 NumpyPcg64::NumpyPcg64(uint64_t seed) {
   const std::vector<uint64_t> s = SeedSequenceState(seed);
   // pcg_setseq_128_srandom_r(initstate = s0:s1, initseq = s2:s3).
@@ -172,11 +157,10 @@ std::vector<int64_t> NumpyIntegers(NumpyPcg64& rng, int64_t low, int64_t high, i
   return out;
 }
 
-std::vector<int64_t> EngramMultipliers(int64_t seed, int layer_id, int64_t compressed_vocab,
-                                       int n) {
+std::vector<int64_t> EngramMultipliers(int layer_id, int64_t compressed_vocab, int n) {
   const int64_t half_bound =
       std::max<int64_t>(1, std::numeric_limits<int64_t>::max() / compressed_vocab / 2);
-  NumpyPcg64 rng(static_cast<uint64_t>(seed + 10007 * int64_t{layer_id}));
+  NumpyPcg64 rng(static_cast<uint64_t>(10007 * int64_t{layer_id}));
   std::vector<int64_t> m = NumpyIntegers(rng, 0, half_bound, n);
   for (int64_t& v : m) v = 2 * v + 1;
   return m;

@@ -1,20 +1,19 @@
-// Engram hash constants (spec §6.2–6.3) that the generator writes into a checkpoint and the
-// runtime reads back: the per-head prime table sizes, the per-layer hash multipliers and
-// the synthetic canonical token map. Lives in core because the checkpoint layout and the
-// generator need it; the hashing itself is in attention_node/engram.h.
+// Engram hash constants (spec deepseek-v41-model.md §3): the per-head prime table sizes
+// and the per-layer hash multipliers, both derived from the config alone (the release
+// stores neither). Lives in core because config validation, the checkpoint layout and the
+// planner need the table sizes; the hashing itself is in attention_node/engram.h.
 //
 // Config keys (ModelConfig::engram, V4.1 `text_config` naming):
 //   engram_layer_ids               main layers with an Engram module, e.g. [1, 14]
+//   engram_num_embeddings          table rows per Engram layer (checked against the primes)
 //   engram_max_ngram_size          N: n-grams of order 2..N are hashed
 //   engram_n_heads                 K: hash heads (tables) per order
 //   engram_head_dim                d_e: width of one table row; e = (N−1)·K·d_e
-//   engram_vocab_size              base size per order (one number or N−1 numbers); each
-//                                  head's table has the next unused prime ≥ that many rows
-//   engram_pad_token_id            token id whose canonical id pads positions before 0
-//   engram_kernel_size             taps of the depthwise causal conv (dilation N)
-//   engram_seed                    seeds the multipliers (default_rng(seed + 10007·layer))
-//   engram_compressed_vocab_size   V_comp, the number of canonical ids (kept in
-//                                  ModelConfig::extra); defaults to vocab_size
+//   engram_vocab_size              where each order's prime search starts (one number, or
+//                                  N−1 numbers)
+//   engram_pad_token_id            token id whose compressed id pads look-backs before 0
+//   engram_compressed_vocab_size   V_comp, the number of compressed token ids (checked
+//                                  against the map built from tokenizer.json)
 #ifndef DSV4_CORE_ENGRAM_HASH_H_
 #define DSV4_CORE_ENGRAM_HASH_H_
 
@@ -30,19 +29,10 @@ namespace dsv4 {
 // above vocab_size[n−2] − 1).
 std::vector<std::vector<int64_t>> EngramHeadSizes(const EngramConfig& engram);
 
-// V_comp: the `engram_compressed_vocab_size` key, else vocab_size (identity map).
-int64_t EngramCompressedVocab(const ModelConfig& config);
-
-// The canonical map of the synthetic checkpoints: comp[id] = id mod V_comp. A real
-// checkpoint ships the tokenizer-derived map of spec §6.2 (NFKC, NFD, accent stripping,
-// lowercasing, whitespace folding) computed offline; building it from a tokenizer here is
-// future work.
-std::vector<int64_t> SyntheticCanonicalMap(const ModelConfig& config);
-
 // The multipliers m_k = 2·r_k + 1 (k = 0..N−1) of Engram layer `layer_id`, with r drawn
-// exactly as NumPy's default_rng(seed + 10007·layer_id).integers(0, B, size=N,
-// dtype=int64), B = max(1, (2^63−1) // V_comp // 2).
-std::vector<int64_t> EngramMultipliers(int64_t seed, int layer_id, int64_t compressed_vocab, int n);
+// exactly as NumPy's default_rng(10007·layer_id).integers(0, B, size=N, dtype=int64),
+// B = max(1, (2^63−1) // V_comp // 2) (the official compute_hash_multipliers).
+std::vector<int64_t> EngramMultipliers(int layer_id, int64_t compressed_vocab, int n);
 
 // NumPy's default bit generator: PCG64 (XSL-RR 128/64) seeded through SeedSequence with
 // a non-negative integer entropy, as np.random.default_rng(seed).

@@ -1,6 +1,10 @@
-// Engram table rows as the model consumes them, and where they come from: the stored row
-// formats, their conversion to fp32, and the row-source interface that local tables
-// (attention_node/engram.h) and the memory nodes' client (engram_store/client.h) implement.
+// Engram table rows as the model consumes them, and where they come from. A released
+// table is two tensors per Engram layer (spec deepseek-v41-model.md §2):
+//   layers.L.engram.embed.weight  F8_E4M3 [rows, d_e]
+//   layers.L.engram.embed.scale   F8_E8M0 [rows, d_e/32]   one exponent per 32 values
+// A row travels and is cached as one record: its d_e value bytes, then its d_e/32 scale
+// bytes (264 B for d_e = 256). The model receives fp32 rows, value·2^(scale − 127).
+//
 // A step hashes its n-grams as soon as its tokens are known, starts fetching the rows of
 // every Engram layer (EngramRowSource::Prefetch) and waits only at the Engram layer
 // (EngramRowFetch::Wait).
@@ -12,14 +16,21 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/dtype.h"
 
 namespace dsv4 {
 
-// Table rows are stored as BF16, F16 or F32; anything else is InvalidArgument.
-absl::Status CheckRowDType(DType dtype);
-// Converts `count` stored table rows of `dim` elements (BF16, F16 or F32) to fp32.
-absl::Status RowsToF32(DType dtype, const uint8_t* src, int64_t count, int64_t dim, float* out);
+constexpr int64_t kEngramScaleBlock = 32;  // values per E8M0 scale
+
+// Bytes of one record for rows of `head_dim` values (head_dim a multiple of 32).
+inline int64_t EngramRecordBytes(int64_t head_dim) {
+  return head_dim + head_dim / kEngramScaleBlock;
+}
+
+// Dequantises one row: `values` d_e FP8 e4m3 bytes, `scales` d_e/32 E8M0 bytes → out [d_e].
+void DequantizeEngramRow(const uint8_t* values, const uint8_t* scales, int64_t head_dim,
+                         float* out);
+// Dequantises `count` records (values then scales, EngramRecordBytes each) → out [count, d_e].
+void DequantizeEngramRecords(const uint8_t* records, int64_t count, int64_t head_dim, float* out);
 
 // The rows of one step for every Engram layer, arriving asynchronously.
 class EngramRowFetch {

@@ -1,5 +1,6 @@
 #include "core/model_config.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/engram_hash.h"
 #include "core/status_macros.h"
 
 namespace dsv4 {
@@ -223,6 +225,7 @@ void ReadQuantization(Reader& r, const std::string& source, ModelConfig* c) {
   q.String("quant_method", &method, kRequired);
   q.String("fmt", &fmt);
   q.String("scale_fmt", &scale_fmt);
+  q.String("expert_dtype", &c->expert_dtype);  // V4.1 puts it here; V4 at the top level
   std::vector<int> block;
   q.IntList("weight_block_size", &block, kRequired);
   if (!q.status().ok()) return r.Merge(q.status());
@@ -250,9 +253,9 @@ void ReadEngram(Reader& r, ModelConfig* c) {
   r.Int("engram_max_ngram_size", &e.max_ngram_size, kRequired);
   r.Int("engram_n_heads", &e.n_heads, kRequired);
   r.Int("engram_head_dim", &e.head_dim, kRequired);
+  r.IntList("engram_num_embeddings", &e.num_embeddings, kRequired);
   r.Int("engram_pad_token_id", &e.pad_token_id);
-  r.Int("engram_kernel_size", &e.kernel_size);
-  r.Int("engram_seed", &e.seed);
+  r.Int("engram_compressed_vocab_size", &e.compressed_vocab_size, kRequired);
   // engram_vocab_size: one size per order n = 2..N, or one number for every order.
   if (r.Has("engram_vocab_size") && r.Find("engram_vocab_size", kRequired)->is_array()) {
     r.IntList("engram_vocab_size", &e.vocab_size, kRequired);
@@ -275,7 +278,11 @@ void ValidateEngram(const ModelConfig& c, Checker& check) {
   check.Require(e.max_ngram_size >= 2, "engram_max_ngram_size must be ≥ 2, got ", e.max_ngram_size);
   check.Positive("engram_n_heads", e.n_heads);
   check.Positive("engram_head_dim", e.head_dim);
-  check.Positive("engram_kernel_size", e.kernel_size);
+  check.Require(e.num_embeddings.size() == e.layer_ids.size(), "engram_num_embeddings has ",
+                e.num_embeddings.size(), " entries for ", e.layer_ids.size(), " Engram layers");
+  check.Positive("engram_compressed_vocab_size", static_cast<double>(e.compressed_vocab_size));
+  check.Require(e.compressed_vocab_size <= c.vocab_size, "engram_compressed_vocab_size (",
+                e.compressed_vocab_size, ") must be ≤ vocab_size (", c.vocab_size, ")");
   check.Require(e.pad_token_id >= 0 && e.pad_token_id < c.vocab_size,
                 "engram_pad_token_id must be in [0, vocab_size), got ", e.pad_token_id);
   if (e.max_ngram_size >= 2) {
@@ -284,6 +291,75 @@ void ValidateEngram(const ModelConfig& c, Checker& check) {
                   " entries, expected engram_max_ngram_size - 1 = ", e.max_ngram_size - 1);
   }
   for (int64_t v : e.vocab_size) check.Positive("engram_vocab_size entries", v);
+  if (!check.status().ok() || e.num_embeddings.size() != e.layer_ids.size()) return;
+  // The table sizes follow from the primes; a mismatch would rehash every row.
+  const std::vector<std::vector<int64_t>> heads = EngramHeadSizes(e);
+  for (size_t i = 0; i < heads.size(); ++i) {
+    int64_t rows = 0;
+    for (int64_t p : heads[i]) rows += p;
+    check.Require(rows == e.num_embeddings[i], "engram_num_embeddings[", i, "] is ",
+                  e.num_embeddings[i], ", but the primes above engram_vocab_size give ", rows,
+                  " rows for layer ", e.layer_ids[i]);
+  }
+}
+
+// A list of distinct main-layer ids, ascending.
+void CheckLayerList(const ModelConfig& c, Checker& check, const char* key,
+                    const std::vector<int>& layers) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    check.Require(layers[i] >= 0 && layers[i] < c.num_hidden_layers, key, "[", i, "] = ", layers[i],
+                  " is outside [0, num_hidden_layers = ", c.num_hidden_layers, ")");
+    check.Require(i == 0 || layers[i] > layers[i - 1], key, " must be ascending and distinct");
+  }
+}
+
+// CSA2: every compressed layer has a kv source of its ratio and an index source reading
+// it; the candidate pool is large enough that a Reindex layer's top-k never reaches
+// outside it (the official code would then pick unscored positions).
+void ValidateCsa2(const ModelConfig& c, Checker& check) {
+  CheckLayerList(c, check, "kv_source_layer_ids", c.kv_source_layers);
+  CheckLayerList(c, check, "index_source_layer_ids", c.index_source_layers);
+  if (!check.status().ok()) return;
+  for (int layer : c.kv_source_layers) {
+    check.Require(c.is_index_source(layer), "kv source layer ", layer,
+                  " must also be in index_source_layer_ids (it owns the indexer keys)");
+    check.Require(c.ratio(layer) > 0, "kv source layer ", layer, " has compress_ratio 0");
+  }
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    if (c.ratio(layer) == 0) {
+      check.Require(!c.is_index_source(layer), "index source layer ", layer,
+                    " has compress_ratio 0");
+      continue;
+    }
+    const int source = c.kv_source_of(layer);
+    check.Require(source >= 0, "layer ", layer, " has compress_ratio ", c.ratio(layer),
+                  " but no kv_source_layer_ids entry at or before it");
+    if (source < 0) continue;
+    check.Require(c.ratio(source) == c.ratio(layer), "layer ", layer, " (compress_ratio ",
+                  c.ratio(layer), ") reads kv source layer ", source, " (compress_ratio ",
+                  c.ratio(source), ")");
+  }
+  for (int i = c.num_hidden_layers; i < static_cast<int>(c.compress_ratios.size()); ++i) {
+    check.Require(c.compress_ratios[i] == 0, "compress_ratios[", i,
+                  "] (a DSpark stage) must be 0");
+  }
+  check.Positive("index_topk", static_cast<double>(c.index_topk));
+  if (c.candidate_source_layer < 0) return;
+  check.Require(c.is_index_source(c.candidate_source_layer), "candidate_source_layer_id ",
+                c.candidate_source_layer, " must be an index source layer");
+  check.Positive("candidate_topk_blocks", static_cast<double>(c.candidate_topk_blocks));
+  check.Positive("candidate_block_size", static_cast<double>(c.candidate_block_size));
+  check.Require((c.candidate_topk_blocks - 1) * c.candidate_block_size + 1 >= c.index_topk,
+                "candidate_topk_blocks (", c.candidate_topk_blocks, ") × candidate_block_size (",
+                c.candidate_block_size, ") must cover index_topk (", c.index_topk,
+                ") even with a partial newest block");
+  if (!check.status().ok()) return;
+  for (int layer : c.index_source_layers) {
+    if (!c.uses_candidates(layer)) continue;
+    check.Require(c.kv_source_of(layer) == c.kv_source_of(c.candidate_source_layer),
+                  "index source layer ", layer, " scores inside the candidate pool of layer ",
+                  c.candidate_source_layer, " but reads another kv source");
+  }
 }
 
 void ValidateMoe(const ModelConfig& c, Checker& check) {
@@ -325,7 +401,8 @@ void ValidateV4(const ModelConfig& c, Checker& check) {
   check.Require(c.swiglu_limit >= 0, "swiglu_limit must be ≥ 0 (0 = no clamp), got ",
                 c.swiglu_limit);
   check.Positive("compress_rope_theta", c.compress_rope_theta);
-  check.Require(c.num_key_value_heads == 1, "num_key_value_heads must be 1 for deepseek_v4, got ",
+  check.Require(c.num_key_value_heads == 1, "num_key_value_heads must be 1 for ", c.model_type,
+                ", got ",
                 c.num_key_value_heads);
   if (c.o_groups > 0) {
     check.Require(c.num_attention_heads % c.o_groups == 0, "num_attention_heads (",
@@ -339,8 +416,8 @@ void ValidateV4(const ModelConfig& c, Checker& check) {
                 ") must be ≤ index_head_dim (", c.index_head_dim, ")");
   check.Require(IsPowerOfTwo(c.index_head_dim), "index_head_dim (", c.index_head_dim,
                 ") must be a power of two (Hadamard transform)");
-  check.Require(c.n_shared_experts == 1, "n_shared_experts must be 1 for deepseek_v4, got ",
-                c.n_shared_experts);
+  check.Require(c.n_shared_experts == 1, "n_shared_experts must be 1 for ", c.model_type,
+                ", got ", c.n_shared_experts);
   check.Require(c.num_hash_layers >= 0 && c.num_hash_layers <= c.num_hidden_layers,
                 "num_hash_layers (", c.num_hash_layers,
                 ") must be in [0, num_hidden_layers = ", c.num_hidden_layers, "]");
@@ -352,9 +429,13 @@ void ValidateV4(const ModelConfig& c, Checker& check) {
     check.Require(c.compress_ratios[i] >= 0, "compress_ratios[", i, "] must be ≥ 0, got ",
                   c.compress_ratios[i]);
   }
-  check.Require(!c.tie_word_embeddings,
-                "tie_word_embeddings must be false for deepseek_v4 (head.weight is separate)");
+  check.Require(!c.tie_word_embeddings, "tie_word_embeddings must be false for ", c.model_type,
+                " (head.weight is separate)");
   ValidateEngram(c, check);
+  if (c.is_v41()) {
+    check.Require(c.num_hash_layers == 0, "num_hash_layers must be 0 for deepseek_v41");
+    if (check.status().ok()) ValidateCsa2(c, check);
+  }
 }
 
 void ValidateV3(const ModelConfig& c, Checker& check) {
@@ -392,14 +473,30 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
 
   ModelConfig c;
   c.source = source;
-  Reader r(root, source, "");
-  r.String("model_type", &c.model_type, kRequired);
-  RETURN_IF_ERROR(r.status());
-  const bool v4 = c.model_type == "deepseek_v4";
+  Reader top(root, source, "");
+  top.String("model_type", &c.model_type, kRequired);
+  RETURN_IF_ERROR(top.status());
+  const bool v41 = c.model_type == "deepseek_v41";
+  const bool v4 = c.model_type == "deepseek_v4" || v41;
   if (!v4 && c.model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": model_type \"", c.model_type,
-        "\" is not supported (expected \"deepseek_v4\", or \"deepseek_v3\" for planning)"));
+        "\" is not supported (expected \"deepseek_v4\", \"deepseek_v41\", or \"deepseek_v3\" for "
+        "planning)"));
+  }
+  // V4.1 nests the language model under text_config; the rest of the keys live there.
+  const json* text = v41 ? top.Object("text_config", kRequired) : &root;
+  RETURN_IF_ERROR(top.status());
+  Reader r(*text, source, v41 ? "text_config." : "");
+  if (v41) {
+    top.Int("image_token_id", &c.image_token_id);
+    ReadQuantization(top, source, &c);
+    top.Find("architectures", kOptional);
+    top.Find("vision_config", kOptional);  // text only: the vision tower is not served
+    top.Find("torch_dtype", kOptional);
+    RETURN_IF_ERROR(top.status());
+    std::string text_type;
+    r.String("model_type", &text_type);
   }
 
   // Keys both model types share.
@@ -436,7 +533,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   r.Bool("tie_word_embeddings", &c.tie_word_embeddings);
   std::string hidden_act = "silu";
   r.String("hidden_act", &hidden_act);
-  ReadQuantization(r, source, &c);
+  if (!v41) ReadQuantization(r, source, &c);
   r.String("expert_dtype", &c.expert_dtype);
   if (c.expert_dtype.empty()) c.expert_dtype = c.fp8_weights ? "fp8" : "bf16";
 
@@ -460,6 +557,19 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
     r.Int("hc_sinkhorn_iters", &c.hc_sinkhorn_iters);
     r.Double("hc_eps", &c.hc_eps);
     ReadEngram(r, &c);
+    if (v41) {
+      r.IntList("kv_source_layer_ids", &c.kv_source_layers, kRequired);
+      r.IntList("index_source_layer_ids", &c.index_source_layers, kRequired);
+      r.Int("candidate_source_layer_id", &c.candidate_source_layer);
+      r.Int("candidate_topk_blocks", &c.candidate_topk_blocks);
+      r.Int("candidate_block_size", &c.candidate_block_size);
+      r.Int("dspark_block_size", &c.dspark_block_size);
+      r.Int("dspark_noise_token_id", &c.dspark_noise_token_id);
+      r.IntList("dspark_target_layer_ids", &c.dspark_target_layer_ids);
+      r.Int("dspark_markov_rank", &c.dspark_markov_rank);
+      r.Int("dspark_n_routed_experts", &c.dspark_n_routed_experts);
+      r.Int("dspark_num_experts_per_tok", &c.dspark_num_experts_per_tok);
+    }
   } else {
     r.Int("q_lora_rank", &c.q_lora_rank);  // null in V2-Lite-style configs: no query LoRA
     r.Int("kv_lora_rank", &c.kv_lora_rank, kRequired);
@@ -475,6 +585,10 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   }
   RETURN_IF_ERROR(r.status());
   c.extra = r.Unused();
+  if (v41) {
+    const json unused = top.Unused();
+    for (const auto& [key, value] : unused.items()) c.extra[key] = value;
+  }
 
   Checker check(source);
   check.Positive("vocab_size", c.vocab_size);
@@ -501,6 +615,37 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
 }
 
 }  // namespace
+
+bool ModelConfig::is_kv_source(int layer) const {
+  return is_v41() && std::find(kv_source_layers.begin(), kv_source_layers.end(), layer) !=
+                         kv_source_layers.end();
+}
+
+bool ModelConfig::is_index_source(int layer) const {
+  return is_v41() && std::find(index_source_layers.begin(), index_source_layers.end(), layer) !=
+                         index_source_layers.end();
+}
+
+namespace {
+// The largest entry of an ascending list that is ≤ layer, or -1.
+int NearestAtOrBefore(const std::vector<int>& layers, int layer) {
+  int found = -1;
+  for (int l : layers) {
+    if (l <= layer) found = l;
+  }
+  return found;
+}
+}  // namespace
+
+int ModelConfig::kv_source_of(int layer) const {
+  if (ratio(layer) == 0 || is_mtp(layer)) return -1;
+  return is_v41() ? NearestAtOrBefore(kv_source_layers, layer) : layer;
+}
+
+int ModelConfig::index_source_of(int layer) const {
+  if (!is_v41() || ratio(layer) == 0 || is_mtp(layer)) return -1;
+  return NearestAtOrBefore(index_source_layers, layer);
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source) {

@@ -1,7 +1,9 @@
 // The model configuration: the official Hugging Face config.json (keys as released),
 // parsed into a typed, validated struct. Unknown keys are kept (in `extra`) and ignored.
 //
-// Supports model_type "deepseek_v4" (runnable) and "deepseek_v3" (planner only).
+// Supports model_type "deepseek_v4" (flat), "deepseek_v41" (the language model's keys
+// nested under `text_config`, `quantization_config` and `image_token_id` at the top level,
+// `vision_config` ignored) and "deepseek_v3" (planner only).
 #ifndef DSV4_CORE_MODEL_CONFIG_H_
 #define DSV4_CORE_MODEL_CONFIG_H_
 
@@ -22,22 +24,23 @@ struct RopeScaling {
   double beta_slow = 1.0;
 };
 
-// Optional Engram memory (V4.1 naming; see spec §6).
+// Optional Engram memory, as DeepSeek-V4.1 releases it (spec deepseek-v41-model.md §1).
 struct EngramConfig {
-  std::vector<int> layer_ids;       // engram_layer_ids; empty = no Engram
-  int max_ngram_size = 0;           // engram_max_ngram_size (N)
-  int n_heads = 0;                  // engram_n_heads (K, per n-gram order)
-  int head_dim = 0;                 // engram_head_dim (d_e)
-  std::vector<int64_t> vocab_size;  // engram_vocab_size, per order n = 2..N
-  int64_t pad_token_id = 2;         // engram_pad_token_id
-  int kernel_size = 4;              // engram_kernel_size
-  int64_t seed = 0;                 // engram_seed
+  std::vector<int> layer_ids;           // engram_layer_ids; empty = no Engram
+  std::vector<int64_t> num_embeddings;  // engram_num_embeddings: table rows per Engram layer
+  int max_ngram_size = 0;               // engram_max_ngram_size (N)
+  int n_heads = 0;                      // engram_n_heads (K, per n-gram order)
+  int head_dim = 0;                     // engram_head_dim (d_e)
+  std::vector<int64_t> vocab_size;      // engram_vocab_size, per order n = 2..N
+  int64_t pad_token_id = 2;             // engram_pad_token_id
+  int64_t compressed_vocab_size = 0;    // engram_compressed_vocab_size (V_comp)
   bool enabled() const { return !layer_ids.empty(); }
+  int columns() const { return (max_ngram_size - 1) * n_heads; }  // hashed rows per token
 };
 
 struct ModelConfig {
   std::string source;      // file the config came from, for error messages
-  std::string model_type;  // "deepseek_v4" or "deepseek_v3"
+  std::string model_type;  // "deepseek_v4", "deepseek_v41" or "deepseek_v3"
 
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;           // d
@@ -86,6 +89,25 @@ struct ModelConfig {
 
   EngramConfig engram;
 
+  // DeepSeek-V4.1 CSA2 (spec deepseek-v41-model.md §6): only kv-source layers compress
+  // KV (and, being index sources too, own the indexer keys); a compressed layer reads the
+  // nearest source at or before it; index sources run an indexer query, the others reuse
+  // the nearest one's selection; the candidate source picks blocks the later index
+  // sources score within.
+  std::vector<int> kv_source_layers;     // kv_source_layer_ids
+  std::vector<int> index_source_layers;  // index_source_layer_ids
+  int candidate_source_layer = -1;       // candidate_source_layer_id; -1 = none
+  int64_t candidate_topk_blocks = 0;
+  int64_t candidate_block_size = 0;
+  int64_t image_token_id = -1;  // V4.1: <｜deepseek_image｜>, refused in text-only serving
+  // DSpark draft stages (V4.1's mtp.*): loaded and checked, not evaluated.
+  int dspark_block_size = 0;
+  int64_t dspark_noise_token_id = 0;
+  std::vector<int> dspark_target_layer_ids;
+  int64_t dspark_markov_rank = 0;
+  int dspark_n_routed_experts = 0;
+  int dspark_num_experts_per_tok = 0;
+
   // DeepSeek-V3 (MLA) fields, for the planner.
   int64_t kv_lora_rank = 0;
   int64_t qk_nope_head_dim = 0;
@@ -97,12 +119,31 @@ struct ModelConfig {
 
   nlohmann::json extra;  // keys this struct does not model, kept verbatim
 
-  bool is_v4() const { return model_type == "deepseek_v4"; }
+  // The runnable family: V4 and V4.1.
+  bool is_v4() const { return model_type == "deepseek_v4" || is_v41(); }
+  bool is_v41() const { return model_type == "deepseek_v41"; }
   // Compress ratio of main layer `layer` (0 ≤ layer < L) or of MTP block i at L + i.
   int ratio(int layer) const { return compress_ratios[layer]; }
-  bool is_csa(int layer) const { return ratio(layer) == 4; }
-  bool is_hca(int layer) const { return ratio(layer) > 0 && ratio(layer) != 4; }
+  // V4's layer kinds.
+  bool is_csa(int layer) const { return !is_v41() && ratio(layer) == 4; }
+  bool is_hca(int layer) const { return !is_v41() && ratio(layer) > 0 && ratio(layer) != 4; }
+  // V4.1's CSA2 roles of main layer `layer` (all false for V4 and for MTP blocks).
+  bool is_kv_source(int layer) const;
+  bool is_index_source(int layer) const;
+  bool uses_candidates(int layer) const {  // an index source scoring inside the pool
+    return is_index_source(layer) && candidate_source_layer >= 0 && candidate_source_layer < layer;
+  }
+  // The layer whose compressed entries (and indexer keys) `layer` reads: itself for V4's
+  // compressed layers; for V4.1 the nearest kv source at or before it; -1 when none.
+  int kv_source_of(int layer) const;
+  // V4.1: the layer whose selection `layer` uses (nearest index source ≤ layer), or -1.
+  int index_source_of(int layer) const;
   bool is_mtp(int layer) const { return layer >= num_hidden_layers; }
+  // Routed experts of main layer or MTP block `layer` (V4.1's DSpark stages have their own).
+  int routed_experts(int layer) const {
+    return is_mtp(layer) && dspark_n_routed_experts > 0 ? dspark_n_routed_experts
+                                                        : n_routed_experts;
+  }
   // MTP blocks are never hash-routed (their layer id is ≥ L ≥ num_hash_layers).
   bool is_hash_layer(int layer) const { return layer < num_hash_layers; }
   int mix_dim() const { return (2 + hc_mult) * hc_mult; }  // M
