@@ -304,7 +304,12 @@ TEST_P(EngramMapParityTest, DecodeAndMapMatchTheJsReimplementation) {
 
   const EngramTokenMap map = BuildEngramTokenMap(*tokenizer);
   EXPECT_EQ(map.size, js.at("size").get<int64_t>());
-  EXPECT_EQ(map.compressed, js.at("compressed").get<std::vector<int64_t>>());
+  const auto compressed = js.at("compressed").get<std::vector<int64_t>>();
+  ASSERT_EQ(map.compressed.size(), compressed.size());
+  for (size_t id = 0; id < compressed.size(); ++id) {
+    ASSERT_EQ(map.compressed[id], compressed[id])
+        << "first difference at id " << id << " (" << tokenizer->TokenString(id) << ")";
+  }
   std::cout << GetParam() << ": " << decoded.size() << " ids, " << decode_mismatches
             << " decode mismatches, map size C++ " << map.size << ", JS " << js.at("size")
             << " (unmodified JS library " << js.at("library_size") << ")\n";
