@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -169,6 +170,25 @@ TEST_F(V41TinyModelTest, EngramHashAsOfficial) {
   // 1021; layer 5 then 1031, 1033 | 1039, 1049.
   EXPECT_EQ(reference.Primes(0), (std::vector<int64_t>{1009, 1013, 1019, 1021}));
   EXPECT_EQ(reference.Primes(1), (std::vector<int64_t>{1031, 1033, 1039, 1049}));
+
+  // The release (spec §3.3): the first 48 primes above 15,999,999.
+  absl::StatusOr<ModelConfig> flash =
+      ParseModelConfig(PresetJson("deepseek-v4.1-flash"), "deepseek-v4.1-flash");
+  ASSERT_TRUE(flash.ok()) << flash.status();
+  naive::NaiveV41 release(*flash, nullptr, {});
+  const std::vector<int64_t>& first = release.Primes(0);
+  ASSERT_EQ(first.size(), 24u);
+  EXPECT_EQ(std::vector<int64_t>(first.begin(), first.begin() + 8),
+            (std::vector<int64_t>{16000057, 16000079, 16000081, 16000097, 16000121, 16000129,
+                                  16000133, 16000183}));
+  EXPECT_EQ(first[23], 16000463);
+  EXPECT_EQ(release.Primes(1)[0], 16000477);
+  EXPECT_EQ(release.Primes(1)[23], 16000889);
+  for (int e = 0; e < 2; ++e) {
+    const std::vector<int64_t>& primes = release.Primes(e);
+    EXPECT_EQ(std::accumulate(primes.begin(), primes.end(), int64_t{0}),
+              flash->engram.num_embeddings[e]);
+  }
 
   // Row ids by hand at positions 0 and 2 of a prompt: position 0's look-backs are the pad.
   const std::vector<int64_t> map = TinyTokenMap();
