@@ -211,6 +211,12 @@ TEST_F(V41TinyModelTest, MatchesNaiveReference) {
   ExpectMatchesReference(*tiny_, Prompt(tiny_->config, kPromptLength, 1));
 }
 
+TEST_F(V41TinyModelTest, MatchesNaiveReferenceOnALongerOddPrompt) {
+  // An odd length leaves a ratio-2 group incomplete; 97 positions give ratio-1 layers 49
+  // candidate blocks of which 3 are kept.
+  ExpectMatchesReference(*tiny_, Prompt(tiny_->config, 97, 6));
+}
+
 TEST_F(V41TinyModelTest, SelectionAndCandidatePoolAreExercised) {
   // In the reference on the test prompt: every index source keeps fewer entries than it
   // sees late in the prompt, the candidate pool excludes visible positions, and the pool
