@@ -8,8 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "core/engram_hash.h"
+#include "core/engram_rows.h"
 #include "core/status_macros.h"
+#include "engram_store/table_shards.h"
 #include "grpcpp/grpcpp.h"
 #include "rpc/status.h"
 
@@ -19,7 +20,7 @@ struct EngramClient::FetchState {
   struct PerLayer {
     std::vector<int64_t> slot;    // per requested row: its index in `unique`
     std::vector<int64_t> unique;  // distinct row ids
-    std::string bytes;            // unique.size() × row_bytes
+    std::string bytes;            // unique.size() × record_bytes: their records
     int pending = 0;              // calls not finished
     absl::Status status;
   };
@@ -71,12 +72,10 @@ class RemoteFetch : public EngramRowFetch {
     client_->FinishFetchWait(stall, l.status.ok());
     RETURN_IF_ERROR(l.status);
     const EngramClient::Layer& layer = client_->layers_[index];
-    const int64_t dim = layer.row_bytes / DTypeSize(layer.dtype);
+    const auto* records = reinterpret_cast<const uint8_t*>(l.bytes.data());
     for (size_t i = 0; i < l.slot.size(); ++i) {
-      RETURN_IF_ERROR(
-          RowsToF32(layer.dtype,
-                    reinterpret_cast<const uint8_t*>(l.bytes.data()) + l.slot[i] * layer.row_bytes,
-                    1, dim, out + i * dim));
+      DequantizeEngramRecords(records + l.slot[i] * layer.record_bytes, 1, layer.head_dim,
+                              out + i * layer.head_dim);
     }
     return absl::OkStatus();
   }
@@ -97,11 +96,10 @@ EngramClient::EngramClient(const ModelConfig& config, const ClientOptions& optio
     : options_(options),
       plan_{static_cast<int>(options.servers.size()), options.replication},
       health_(options.servers.size()) {
-  const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(config.engram);
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    int64_t rows = 0;
-    for (int64_t p : sizes[i]) rows += p;
-    layers_.push_back({config.engram.layer_ids[i], rows, 0, DType::kBF16});
+  const EngramConfig& e = config.engram;
+  for (size_t i = 0; i < e.layer_ids.size(); ++i) {
+    layers_.push_back(
+        {e.layer_ids[i], e.num_embeddings[i], e.head_dim, EngramRecordBytes(e.head_dim)});
   }
 }
 
@@ -109,6 +107,14 @@ absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Create(const ModelCo
                                                                    const ClientOptions& options) {
   if (!config.engram.enabled()) {
     return absl::InvalidArgumentError("the model config has no Engram layers");
+  }
+  if (config.engram.head_dim <= 0 || config.engram.head_dim % kEngramScaleBlock != 0 ||
+      config.engram.num_embeddings.size() != config.engram.layer_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the model config's Engram tables are not in the released format: engram_head_dim ",
+        config.engram.head_dim, " (a multiple of ", kEngramScaleBlock, " needed), ",
+        config.engram.num_embeddings.size(), " engram_num_embeddings for ",
+        config.engram.layer_ids.size(), " layers"));
   }
   ShardPlan plan{static_cast<int>(options.servers.size()), options.replication};
   RETURN_IF_ERROR(plan.Validate());
@@ -154,16 +160,23 @@ absl::Status EngramClient::Handshake() {
     for (const v1::TableShard& shard : stats.shards()) {
       auto layer = std::find_if(layers_.begin(), layers_.end(),
                                 [&](const Layer& l) { return l.layer_id == shard.layer(); });
-      const std::optional<DType> dtype = DTypeFromName(shard.dtype());
-      if (layer == layers_.end() || layer->table_rows != shard.table_rows() || !dtype ||
-          !CheckRowDType(*dtype).ok() || shard.row_bytes() % DTypeSize(*dtype) != 0) {
+      if (layer == layers_.end() || layer->table_rows != shard.table_rows() ||
+          layer->head_dim != shard.head_dim() || shard.format() != kEngramRecordFormat ||
+          layer->record_bytes != shard.record_bytes()) {
+        std::string layers;
+        for (const Layer& l : layers_) {
+          absl::StrAppend(&layers, layers.empty() ? "" : ", ", l.layer_id, " (", l.table_rows,
+                          " rows)");
+        }
         return absl::FailedPreconditionError(
             absl::StrCat("Engram store ", options_.servers[i], " serves layer ", shard.layer(),
-                         " with ", shard.table_rows(), " rows of ", shard.dtype(),
-                         ", which does not match this model's config.json (another checkpoint?)"));
+                         " with ", shard.table_rows(), " rows of ", shard.head_dim(),
+                         " values as \"", shard.format(), "\" records of ", shard.record_bytes(),
+                         " B, but this model's config.json has Engram "
+                         "layers ",
+                         layers, " of ", layers_[0].head_dim, " values as \"", kEngramRecordFormat,
+                         "\" records of ", layers_[0].record_bytes, " B (another checkpoint?)"));
       }
-      layer->row_bytes = shard.row_bytes();
-      layer->dtype = *dtype;
       known[layer - layers_.begin()] = true;
     }
   }
@@ -208,7 +221,7 @@ std::unique_ptr<EngramRowFetch> EngramClient::Prefetch(std::vector<std::vector<i
       l.slot.push_back(it->second);
     }
     requested += rows[index].size();
-    l.bytes.resize(l.unique.size() * layer.row_bytes);
+    l.bytes.resize(l.unique.size() * layer.record_bytes);
     std::vector<std::vector<int64_t>> misses(plan_.num_servers);
     for (size_t u = 0; u < l.unique.size(); ++u) {
       const int64_t row = l.unique[u];
@@ -217,7 +230,7 @@ std::unique_ptr<EngramRowFetch> EngramClient::Prefetch(std::vector<std::vector<i
                                                       row, " outside [0, ", layer.table_rows, ")"));
         break;
       }
-      if (CacheGet(static_cast<int>(index), row, l.bytes.data() + u * layer.row_bytes)) {
+      if (CacheGet(static_cast<int>(index), row, l.bytes.data() + u * layer.record_bytes)) {
         ++hits;
       } else {
         misses[plan_.ShardOf(layer.table_rows, row)].push_back(static_cast<int64_t>(u));
@@ -302,12 +315,14 @@ void EngramClient::Done(std::shared_ptr<Call> call, const grpc::Status& status) 
   const int server = call->tried.back();
   const Layer& layer = layers_[call->index];
   grpc::Status s = status;
-  if (s.ok() && (call->response.row_bytes() != layer.row_bytes ||
-                 call->response.data().size() != call->slots.size() * layer.row_bytes)) {
+  if (s.ok() && (call->response.record_bytes() != layer.record_bytes ||
+                 call->response.format() != kEngramRecordFormat ||
+                 call->response.data().size() != call->slots.size() * layer.record_bytes)) {
     s = grpc::Status(
         grpc::StatusCode::INTERNAL,
         absl::StrCat("malformed response: ", call->response.data().size(), " bytes of ",
-                     call->response.row_bytes(), "-byte rows for ", call->slots.size(), " rows"));
+                     call->response.record_bytes(), "-byte \"", call->response.format(),
+                     "\" records for ", call->slots.size(), " rows"));
   }
   if (s.ok()) {
     MarkSuccess(server);
@@ -316,9 +331,9 @@ void EngramClient::Done(std::shared_ptr<Call> call, const grpc::Status& status) 
     const char* data = call->response.data().data();
     for (size_t i = 0; i < call->slots.size(); ++i) {
       const int64_t u = call->slots[i];
-      std::memcpy(l.bytes.data() + u * layer.row_bytes, data + i * layer.row_bytes,
-                  layer.row_bytes);
-      CachePut(call->index, l.unique[u], data + i * layer.row_bytes);
+      std::memcpy(l.bytes.data() + u * layer.record_bytes, data + i * layer.record_bytes,
+                  layer.record_bytes);
+      CachePut(call->index, l.unique[u], data + i * layer.record_bytes);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -356,7 +371,7 @@ void EngramClient::CachePut(int index, int64_t row, const char* bytes) {
     lru_.splice(lru_.begin(), lru_, it->second);
     return;
   }
-  lru_.emplace_front(key, std::string(bytes, layers_[index].row_bytes));
+  lru_.emplace_front(key, std::string(bytes, layers_[index].record_bytes));
   cache_[key] = lru_.begin();
   if (static_cast<int64_t>(lru_.size()) > options_.cache_rows) {
     cache_.erase(lru_.back().first);

@@ -3,14 +3,18 @@
 // they overlap the layers before the first Engram layer; the forward blocks only in
 // EngramRowFetch::Wait at an Engram layer, and that blocked time is counted as stall.
 //
-// - Rows are deduplicated per layer and served from a bounded LRU cache of hot rows when
-//   possible (n-gram frequencies are Zipf-like).
+// - Rows travel and are cached as the servers' records (a row's F8_E4M3 values, then its
+//   E8M0 scales: 264 B for d_e = 256, half of BF16) and are dequantised to fp32 only in
+//   Wait (DequantizeEngramRecords).
+// - Rows are deduplicated per layer and served from a bounded LRU cache of hot records
+//   when possible (n-gram frequencies are Zipf-like).
 // - Misses go to the shard's replicas (engram_store/shard_plan.h), primary first. A
 //   replica that fails or misses the deadline is retried on the next one and avoided for
 //   an exponentially growing backoff; only when every replica of a shard failed does Wait
 //   return an error (naming the shard and the last error).
 // - Create asks the servers for their tables (Stats) and checks them against the model
-//   config, so a client never mixes rows of another checkpoint.
+//   config (layer ids, engram_num_embeddings, engram_head_dim, record format), so a client
+//   never mixes rows of another checkpoint.
 #ifndef DSV4_ENGRAM_STORE_CLIENT_H_
 #define DSV4_ENGRAM_STORE_CLIENT_H_
 
@@ -37,9 +41,9 @@ struct ClientOptions {
   std::vector<std::string> servers;  // host:port, in shard-plan order
   int replication = 1;
   absl::Duration deadline = absl::Milliseconds(500);  // per lookup RPC
-  int64_t cache_rows = 1 << 16;                       // LRU capacity; 0 disables the cache
-  int64_t max_batch_rows = 16384;                     // larger lookups are split
-  absl::Duration backoff = absl::Milliseconds(50);    // doubled per consecutive failure
+  int64_t cache_rows = 1 << 16;                     // LRU capacity in records; 0 disables the cache
+  int64_t max_batch_rows = 16384;                   // larger lookups are split
+  absl::Duration backoff = absl::Milliseconds(50);  // doubled per consecutive failure
   absl::Duration max_backoff = absl::Seconds(10);
 
   static ClientOptions FromCluster(const EngramSpec& spec);
@@ -70,9 +74,9 @@ class EngramClient : public EngramRowSource {
  private:
   struct Layer {
     int layer_id;
-    int64_t table_rows;
-    int64_t row_bytes;  // from the servers' Stats
-    DType dtype;
+    int64_t table_rows;    // engram_num_embeddings entry
+    int64_t head_dim;      // d_e
+    int64_t record_bytes;  // EngramRecordBytes(d_e); the servers' Stats must agree
   };
   struct FetchState;  // one Prefetch's rows, shared with its calls
   struct Call;        // one batched lookup of one shard
@@ -102,7 +106,7 @@ class EngramClient : public EngramRowSource {
     absl::Time avoid_until = absl::InfinitePast();
   };
   std::vector<Health> health_;
-  std::list<std::pair<uint64_t, std::string>> lru_;  // most recent first
+  std::list<std::pair<uint64_t, std::string>> lru_;  // records, most recent first
   absl::flat_hash_map<uint64_t, std::list<std::pair<uint64_t, std::string>>::iterator> cache_;
   ClientStats stats_;
   // A token per call; the destructor waits until every token is released.

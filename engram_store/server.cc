@@ -68,16 +68,12 @@ absl::StatusOr<const TableShards::Table*> EngramStoreService::Check(
 void EngramStoreService::Fill(const TableShards::Table& table, const v1::LookupRequest& request,
                               int64_t from, int64_t to, v1::LookupResponse* response) {
   response->set_layer(table.layer);
-  response->set_dtype(std::string(DTypeName(table.dtype)));
-  response->set_row_bytes(static_cast<int32_t>(table.row_bytes));
+  response->set_format(kEngramRecordFormat);
+  response->set_record_bytes(static_cast<int32_t>(table.record_bytes));
   response->set_first_index(from);
   std::string* data = response->mutable_data();
-  data->reserve((to - from) * table.row_bytes);  // appended, not zero-filled first
-  for (int64_t i = from; i < to; ++i) {
-    data->append(reinterpret_cast<const char*>(table.data) +
-                     request.rows(static_cast<int>(i)) * table.row_bytes,
-                 table.row_bytes);
-  }
+  data->reserve((to - from) * table.record_bytes);  // appended, not zero-filled first
+  for (int64_t i = from; i < to; ++i) table.AppendRecord(request.rows(static_cast<int>(i)), data);
   rows_.fetch_add(to - from, std::memory_order_relaxed);
   bytes_.fetch_add(data->size(), std::memory_order_relaxed);
 }
@@ -102,7 +98,7 @@ grpc::Status EngramStoreService::StreamLookup(grpc::ServerContext* context,
                                               grpc::ServerWriter<v1::LookupResponse>* writer) {
   absl::StatusOr<const TableShards::Table*> table = Check(*request);
   if (!table.ok()) return rpc::ToGrpc(table.status());
-  const int64_t per_chunk = std::max<int64_t>(1, options_.max_chunk_bytes / (*table)->row_bytes);
+  const int64_t per_chunk = std::max<int64_t>(1, options_.max_chunk_bytes / (*table)->record_bytes);
   for (int64_t from = 0; from < request->rows_size(); from += per_chunk) {
     if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
     v1::LookupResponse chunk;
@@ -127,12 +123,15 @@ grpc::Status EngramStoreService::Stats(grpc::ServerContext*, const v1::StatsRequ
       s->set_row_begin(begin);
       s->set_row_end(end);
       s->set_table_rows(t.rows);
-      s->set_row_bytes(static_cast<int32_t>(t.row_bytes));
-      s->set_dtype(std::string(DTypeName(t.dtype)));
+      s->set_head_dim(static_cast<int32_t>(t.head_dim));
+      s->set_format(kEngramRecordFormat);
+      s->set_record_bytes(static_cast<int32_t>(t.record_bytes));
     }
   }
   response->set_max_batch_rows(options_.max_batch_rows);
   response->set_resident_bytes(shards_->held_bytes());
+  response->set_resident_value_bytes(shards_->held_value_bytes());
+  response->set_resident_scale_bytes(shards_->held_scale_bytes());
   response->set_mlocked(o.mlock);
   response->set_lookups(lookups_.load());
   response->set_rows_served(rows_.load());

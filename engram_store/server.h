@@ -1,5 +1,6 @@
 // The memory-node gRPC service (proto/engram.proto): batched row lookups (unary and
-// server-streaming) from the TableShards this node holds, Stats, and the standard
+// server-streaming) from the TableShards this node holds, answered with records (a row's
+// F8_E4M3 values then its E8M0 scales, EngramRecordBytes each), Stats, and the standard
 // grpc.health.v1 health service. Bad requests are refused with INVALID_ARGUMENT or
 // RESOURCE_EXHAUSTED naming the limit; no input crashes the server.
 #ifndef DSV4_ENGRAM_STORE_SERVER_H_
@@ -19,7 +20,7 @@ namespace dsv4::engram {
 
 struct ServerOptions {
   int64_t max_batch_rows = 65536;     // larger requests get RESOURCE_EXHAUSTED
-  int64_t max_chunk_bytes = 1 << 20;  // row data per StreamLookup response
+  int64_t max_chunk_bytes = 1 << 20;  // record data per StreamLookup response
 };
 
 // Lookup, the hot path, runs on the callback API (answered inline on gRPC's event threads,
@@ -40,7 +41,7 @@ class EngramStoreService final
  private:
   // The table a request reads, or the status refusing it.
   absl::StatusOr<const TableShards::Table*> Check(const v1::LookupRequest& request);
-  // Copies rows [from, to) of the request into response->data.
+  // Copies the records of request rows [from, to) into response->data.
   void Fill(const TableShards::Table& table, const v1::LookupRequest& request, int64_t from,
             int64_t to, v1::LookupResponse* response);
 
