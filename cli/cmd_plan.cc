@@ -18,8 +18,9 @@
 #include "planner/report.h"
 #include "planner/workload.h"
 
-ABSL_FLAG(std::string, model, "",
-          "model config.json, or a preset under models/ (deepseek-v4-pro, deepseek-v3, ...)");
+ABSL_FLAG(
+    std::string, model, "",
+    "model config.json, or a preset under models/ (deepseek-v4-pro, deepseek-v4.1-flash, ...)");
 ABSL_FLAG(std::string, cluster, "",
           "cluster YAML, or a name under cluster-configs/ (atlas950-superpod, ...)");
 ABSL_FLAG(std::string, workload, "", "workload YAML, or a name under workloads/ (chat, ...)");

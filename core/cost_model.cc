@@ -120,7 +120,7 @@ void AddV4Attention(const ModelConfig& c, int layer, absl::Span<const SequenceCh
   proj.activation_bytes +=
       t.tokens * kBf16Bytes * ((d + Q) + (Q + H * D) + (d + D) + (H * D + G * R) + (G * R + d));
 
-  const double entry = static_cast<double>(KvEntryBytes(c, o.kv));
+  const double entry = static_cast<double>(CompressedEntryBytes(c, o.kv));
   const double key = static_cast<double>(IndexKeyBytes(c, o.kv));
   const int64_t W = c.sliding_window;
   WorkCounters& core = cost->at(CostComponent::kCoreAttention);
@@ -176,6 +176,100 @@ void AddV4Attention(const ModelConfig& c, int layer, absl::Span<const SequenceCh
   scores.flops[Idx(o.index_score_dtype)] += keys_scored * (2 * HI * DI + 2 * HI);
 }
 
+// V4.1's CSA2 attention (spec deepseek-v41-model.md §6): every layer attends its window plus,
+// when m > 0, the top-k entries of its kv source's compressed cache (one shared cache per
+// source, read by the layers after it). Only kv sources run the compressor (wkv, and wgate
+// when m > 1; no overlap, no APE) and the indexer's wk/k_norm on each new compressed latent;
+// only index sources run an indexer query (wq_b, weights_proj) and score keys: the candidate
+// source scores every key and keeps candidate_topk_blocks blocks of candidate_block_size,
+// later index sources score only inside that pool; the other layers reuse the nearest index
+// source's selection. The query has no per-head RMS rescale.
+void AddV41Attention(const ModelConfig& c, int layer, absl::Span<const SequenceChunk> chunks,
+                     const CostOptions& o, StepCost* cost) {
+  const ChunkTotals t = Totals(chunks);
+  const double d = c.hidden_size, H = c.num_attention_heads, D = c.head_dim;
+  const double Q = c.q_lora_rank, G = c.o_groups, R = c.o_lora_rank;
+  const ComputeDtype dense = DenseDtype(c);
+
+  WorkCounters& proj = cost->at(CostComponent::kAttentionProjections);
+  proj.flops[Idx(dense)] += t.tokens * 2 * (d * Q + Q * H * D + d * D + G * R * d);
+  proj.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * H * D * R;  // wo_a, BF16
+  proj.activation_bytes +=
+      t.tokens * kBf16Bytes * ((d + Q) + (Q + H * D) + (d + D) + (H * D + G * R) + (G * R + d));
+
+  const int source = c.kv_source_of(layer);  // -1: window only
+  const int m = source >= 0 ? c.ratio(source) : 0;
+  const bool kv_source = source == layer;
+  const double window_entry = static_cast<double>(WindowEntryBytes(c, o.kv));
+  const double entry = static_cast<double>(CompressedEntryBytes(c, o.kv));
+  const double key = static_cast<double>(IndexKeyBytes(c, o.kv));
+  const int64_t W = c.sliding_window;
+  WorkCounters& core = cost->at(CostComponent::kCoreAttention);
+  double entries_attended = 0;
+  double new_entries = 0;  // compressed latents this layer produces (kv sources)
+  for (const SequenceChunk& ch : chunks) {
+    const VisibleRange x = Visible(ch);
+    const double T = static_cast<double>(ch.new_tokens);
+    double per_query = SumMinFloorDiv(x.first, x.last, 1, W);
+    double bytes = window_entry * (static_cast<double>(std::min<int64_t>(W, ch.context)) + 2 * T);
+    if (m > 0) {
+      // Each query gathers its own top-k entries of the source's cache.
+      const double selected = SumMinFloorDiv(x.first, x.last, m, c.index_topk);
+      per_query += selected;
+      bytes += entry * selected;
+      if (kv_source) {
+        const double produced = static_cast<double>(x.last / m - ch.context / m);
+        bytes += entry * produced;
+        new_entries += ch.count * produced;
+      }
+    }
+    entries_attended += ch.count * per_query;
+    core.kv_bytes += ch.count * bytes;
+  }
+  core.flops[Idx(o.attention_dtype)] += entries_attended * 4 * H * D;
+  core.activation_bytes += t.tokens * kBf16Bytes * 2 * H * D;
+
+  const double HI = c.index_n_heads, DI = c.index_head_dim;
+  if (kv_source && m > 0) {
+    const double projections = m > 1 ? 2 : 1;  // wkv (+ wgate when pooling)
+    WorkCounters& comp = cost->at(CostComponent::kCompressor);
+    comp.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * projections * d * D;
+    comp.activation_bytes += t.tokens * (kBf16Bytes * d + (m > 1 ? 2 * 2 * kF32Bytes * D : 0));
+    // The indexer's keys: wk [DI, D] and k_norm on each new latent.
+    WorkCounters& idx = cost->at(CostComponent::kIndexer);
+    idx.flops[Idx(ComputeDtype::kBf16)] += new_entries * 2 * D * DI;
+    idx.activation_bytes += new_entries * kBf16Bytes * (D + DI);
+  }
+  if (!c.is_index_source(layer) || m <= 0) return;
+  WorkCounters& idx = cost->at(CostComponent::kIndexer);
+  idx.flops[Idx(dense)] += t.tokens * 2 * Q * HI * DI;           // wq_b
+  idx.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * d * HI;  // weights_proj
+  idx.activation_bytes += t.tokens * kBf16Bytes * (Q + HI * DI + HI);
+  const bool pooled = c.uses_candidates(layer);
+  const bool candidate_source = c.candidate_source_layer == layer;
+  const int64_t pool = c.candidate_topk_blocks * c.candidate_block_size;
+  WorkCounters& scores = cost->at(CostComponent::kIndexerScores);
+  double keys_scored = 0, block_keys = 0;
+  for (const SequenceChunk& ch : chunks) {
+    const VisibleRange x = Visible(ch);
+    const int64_t keys = x.last / m;
+    double read = static_cast<double>(keys);  // every key once per chunk
+    if (pooled) {
+      keys_scored += ch.count * SumMinFloorDiv(x.first, x.last, m, pool);
+      read = std::min(read, static_cast<double>(pool) * static_cast<double>(ch.new_tokens));
+    } else {
+      keys_scored += ch.count * SumFloorDiv(x.first, x.last, m);
+    }
+    if (candidate_source) block_keys += ch.count * SumFloorDiv(x.first, x.last, m);
+    // New keys are written by the kv source that owns them.
+    if (kv_source) read += static_cast<double>(keys - ch.context / m);
+    scores.kv_bytes += ch.count * key * read;
+  }
+  scores.flops[Idx(o.index_score_dtype)] += keys_scored * (2 * HI * DI + 2 * HI);
+  // The candidate source's block maxima and block top-k: about one comparison per key.
+  scores.flops[Idx(ComputeDtype::kFp32)] += block_keys;
+}
+
 void AddV3Attention(const ModelConfig& c, absl::Span<const SequenceChunk> chunks,
                     const CostOptions& o, StepCost* cost) {
   const ChunkTotals t = Totals(chunks);
@@ -226,7 +320,7 @@ void AddFfn(const ModelConfig& c, int layer, double tokens, StepCost* cost) {
     ffn.activation_bytes += tokens * kBf16Bytes * (2 * d + 3 * I);
     return;
   }
-  const double E = c.n_routed_experts, F = c.moe_intermediate_size;
+  const double E = c.routed_experts(layer), F = c.moe_intermediate_size;
   WorkCounters& router = cost->at(CostComponent::kRouter);
   router.flops[Idx(ComputeDtype::kBf16)] += tokens * 2 * d * E;
   router.activation_bytes += tokens * (kBf16Bytes * d + kF32Bytes * E);
@@ -246,8 +340,9 @@ bool IsEngramLayer(const ModelConfig& c, int layer) {
   return std::find(ids.begin(), ids.end(), layer) != ids.end();
 }
 
-double EngramWidth(const ModelConfig& c) {
-  return static_cast<double>(c.engram.max_ngram_size - 1) * c.engram.n_heads * c.engram.head_dim;
+// Width of the concatenated lookup e_t: (N−1)·K columns of d_e.
+int64_t EngramWidth(const ModelConfig& c) {
+  return static_cast<int64_t>(c.engram.columns()) * c.engram.head_dim;
 }
 
 // Weights of a layer, split by component and by format.
@@ -279,14 +374,29 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
     AddDense(c, d, G * R, &w);
     take(&s.attention);
     const int m = c.ratio(layer);
+    if (c.is_v41()) {
+      // CSA2 by role: a kv source's compressor (wkv, wgate when m > 1, norm; BF16, no APE)
+      // and the indexer's key half (wk [DI, D], k_norm); an index source's query half.
+      const int64_t HI = c.index_n_heads, DI = c.index_head_dim;
+      if (c.is_kv_source(layer)) {
+        AddBytes(StorageFormat::kBf16, kBf16Bytes * ((m > 1 ? 2 : 1) * D * d + D), &w);
+      }
+      take(&s.compressor);
+      if (c.is_kv_source(layer)) AddBytes(StorageFormat::kBf16, kBf16Bytes * (DI * D + DI), &w);
+      if (c.is_index_source(layer)) {
+        AddDense(c, HI * DI, Q, &w);
+        AddBytes(StorageFormat::kBf16, kBf16Bytes * HI * d, &w);  // weights_proj
+      }
+      take(&s.indexer);
+    }
     auto compressor = [&](int64_t dim) {
       const int64_t width = (m == 4 ? 2 : 1) * dim;
       AddBytes(StorageFormat::kFp32, kF32Bytes * m * width, &w);  // ape
       AddBytes(StorageFormat::kBf16, kBf16Bytes * (2 * width * d + dim), &w);
     };
-    if (m > 0) compressor(D);
+    if (m > 0 && !c.is_v41()) compressor(D);
     take(&s.compressor);
-    if (m == 4) {
+    if (m == 4 && !c.is_v41()) {
       const int64_t HI = c.index_n_heads, DI = c.index_head_dim;
       AddDense(c, HI * DI, Q, &w);
       AddBytes(StorageFormat::kBf16, kBf16Bytes * HI * d, &w);
@@ -307,7 +417,7 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
     take(&s.attention);
   }
   if (IsMoeLayer(c, layer)) {
-    const int64_t E = c.n_routed_experts, F = c.moe_intermediate_size;
+    const int64_t E = c.routed_experts(layer), F = c.moe_intermediate_size;
     AddBytes(StorageFormat::kBf16, kBf16Bytes * E * d, &w);  // gate
     if (c.is_hash_layer(layer)) {
       AddBytes(StorageFormat::kInt, 8.0 * c.vocab_size * c.num_experts_per_tok, &w);  // tid2eid
@@ -328,13 +438,28 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
   }
   take(&s.ffn);
   if (IsEngramLayer(c, layer)) {
-    const double width = EngramWidth(c), n = c.hc_mult;
-    // The fused key/value projection wkv [(n+1)·d, width] and the gate weights q, k [n, d].
-    AddDense(c, static_cast<int64_t>((1 + n) * d), static_cast<int64_t>(width), &w);
+    const int64_t width = EngramWidth(c), n = c.hc_mult;
+    // The fused key/value projection wkv [(n+1)·d, width] in the dense format and the gate
+    // weights q_weight, k_weight [n, d] BF16. The table lives on the memory nodes.
+    AddDense(c, (1 + n) * d, width, &w);
     AddBytes(StorageFormat::kBf16, kBf16Bytes * 2 * n * d, &w);
     take(&s.engram);
   }
-  if (c.is_mtp(layer) && c.is_v4()) {
+  if (c.is_mtp(layer) && c.is_v41()) {
+    // DSpark: main_proj [d, d·targets] and main_norm on stage 0; the last stage's norm,
+    // Markov head (embed and head [V, r]) and confidence head [1, d + r], all BF16 but
+    // main_proj.
+    const int stage = layer - c.num_hidden_layers;
+    const int64_t V = c.vocab_size, r = c.dspark_markov_rank;
+    if (stage == 0) {
+      AddDense(c, d, d * static_cast<int64_t>(c.dspark_target_layer_ids.size()), &w);
+      AddBytes(StorageFormat::kBf16, kBf16Bytes * d, &w);
+    }
+    if (stage == c.num_nextn_predict_layers - 1) {
+      AddBytes(StorageFormat::kBf16, kBf16Bytes * (d + 2 * V * r + d + r), &w);
+    }
+    take(&s.head);
+  } else if (c.is_mtp(layer) && c.is_v4()) {
     AddDense(c, d, d, &w);  // e_proj
     AddDense(c, d, d, &w);  // h_proj
     const int64_t n = c.hc_mult;
@@ -540,10 +665,20 @@ WeightBytesByFormat EdgeWeights(const ModelConfig& config) {
   const double d = config.hidden_size, V = config.vocab_size;
   WeightBytesByFormat w;
   AddBytes(StorageFormat::kBf16, kBf16Bytes * (2 * V * d + d), &w);  // embed, head, norm
-  if (config.is_v4()) {
+  if (config.is_v4() && !config.is_v41()) {                          // hc_head (V4.1 has none)
     const double n = config.hc_mult;
     AddBytes(StorageFormat::kFp32, kF32Bytes * (n * n * d + n + 1), &w);
   }
+  return w;
+}
+
+WeightBytesByFormat EngramTableWeights(const ModelConfig& config, int layer) {
+  WeightBytesByFormat w;
+  const std::vector<int>& ids = config.engram.layer_ids;
+  const auto it = std::find(ids.begin(), ids.end(), layer);
+  if (it == ids.end()) return w;
+  const double rows = static_cast<double>(config.engram.num_embeddings[it - ids.begin()]);
+  AddBytes(StorageFormat::kFp8, rows * EngramRecordBytes(config), &w);
   return w;
 }
 
@@ -555,7 +690,9 @@ StepCost AttentionLayerCost(const ModelConfig& config, int layer,
   WeightBytesByFormat unused;
   const LayerWeightSplit weights = SplitLayerWeights(config, layer, &unused);
   AddMhc(config, t.tokens, &cost);
-  if (config.is_v4()) {
+  if (config.is_v41()) {
+    AddV41Attention(config, layer, chunks, options, &cost);
+  } else if (config.is_v4()) {
     AddV4Attention(config, layer, chunks, options, &cost);
   } else {
     AddV3Attention(config, chunks, options, &cost);
@@ -570,16 +707,22 @@ StepCost AttentionLayerCost(const ModelConfig& config, int layer,
       .weight_bytes = weights.ffn;
 
   if (IsEngramLayer(config, layer)) {
-    const double width = EngramWidth(config), d = config.hidden_size, n = config.hc_mult;
+    // The released module: the (N−1)·K looked-up rows dequantised into e_t, the fused FP8
+    // wkv [(n+1)·d, width] (FP8 activations), then per stream the normalised q⊙k-weighted
+    // dot product, signed-sqrt sigmoid gate and h_i += g_i·v (fp32, about 8 flops per value).
+    const double width = static_cast<double>(EngramWidth(config)), d = config.hidden_size,
+                 n = config.hc_mult;
     WorkCounters& engram = cost.at(CostComponent::kEngram);
-    engram.flops[Idx(ComputeDtype::kBf16)] += t.tokens * 2 * (1 + n) * width * d;
-    engram.activation_bytes += t.tokens * kBf16Bytes * (width + 4 * n * d);
+    engram.flops[Idx(DenseDtype(config))] += t.tokens * 2 * (1 + n) * d * width;
+    engram.flops[Idx(ComputeDtype::kFp32)] += t.tokens * 8 * n * d;
+    // e_t and kv (bf16), the streams read and written (bf16).
+    engram.activation_bytes += t.tokens * kBf16Bytes * (width + (1 + n) * d + 2 * n * d);
     engram.weight_bytes = weights.engram;
-    cost.engram_bytes += t.tokens * EngramBytesPerToken(config, options);
+    cost.engram_bytes += t.tokens * EngramBytesPerToken(config);
     cost.engram_fetches += 1;
     cost.engram_hide_fraction = EngramHideFraction(config);
   }
-  if (config.is_mtp(layer) && config.is_v4()) {
+  if (config.is_mtp(layer) && config.is_v4() && !config.is_v41()) {
     // MTP: e_proj and h_proj on each token, then the shared head on its predictions.
     const double d = config.hidden_size;
     WorkCounters& head = cost.at(CostComponent::kHead);
@@ -620,10 +763,13 @@ StepCost EdgeCost(const ModelConfig& config, absl::Span<const SequenceChunk> chu
   embed.activation_bytes += t.tokens * kBf16Bytes * n * d;
   if (t.sampled <= 0) return cost;
   WorkCounters& head = cost.at(CostComponent::kHead);
+  // V4's hc_head mixes the streams with its own projection; V4.1 collapses them with the
+  // last FFN's lagged pre-mix (n·d flops, no weights).
+  const bool hc_head = config.is_v4() && !config.is_v41();
   head.flops[Idx(ComputeDtype::kBf16)] += t.sampled * 2 * d * V;
-  head.flops[Idx(ComputeDtype::kFp32)] += t.sampled * 2 * n * n * d;  // hc_head
+  head.flops[Idx(ComputeDtype::kFp32)] += t.sampled * (hc_head ? 2 * n * n * d : 2 * n * d);
   head.activation_bytes += t.sampled * (kBf16Bytes * (n + 2) * d + kF32Bytes * V);
-  head.weight_bytes += kBf16Bytes * (V * d + d) + (config.is_v4() ? kF32Bytes * n * n * d : 0);
+  head.weight_bytes += kBf16Bytes * (V * d + d) + (hc_head ? kF32Bytes * n * n * d : 0);
   return cost;
 }
 
@@ -631,8 +777,10 @@ StepCost LayerCost(const ModelConfig& config, int layer, absl::Span<const Sequen
                    const CostOptions& options) {
   StepCost cost = AttentionLayerCost(config, layer, chunks, options);
   if (IsMoeLayer(config, layer)) {
-    cost += RoutedExpertCost(config, Totals(chunks).tokens * config.num_experts_per_tok,
-                             config.n_routed_experts);
+    // DSpark stages route over their own bank (dspark_n_routed_experts, top dspark_k).
+    const bool dspark = config.is_mtp(layer) && config.dspark_num_experts_per_tok > 0;
+    const int k = dspark ? config.dspark_num_experts_per_tok : config.num_experts_per_tok;
+    cost += RoutedExpertCost(config, Totals(chunks).tokens * k, config.routed_experts(layer));
   }
   return cost;
 }
@@ -741,8 +889,31 @@ double EngramHideFraction(const ModelConfig& config) {
   return static_cast<double>(first) / config.num_hidden_layers;
 }
 
-double EngramBytesPerToken(const ModelConfig& config, const CostOptions& options) {
-  return EngramWidth(config) * options.engram_element_bytes;
+double EngramRecordBytes(const ModelConfig& config) {
+  const int64_t de = config.engram.head_dim;
+  return static_cast<double>(de + CeilDiv(de, 32));
+}
+
+double EngramBytesPerToken(const ModelConfig& config) {
+  if (!config.engram.enabled()) return 0;
+  return config.engram.columns() * EngramRecordBytes(config);
+}
+
+double EngramTableBytes(const ModelConfig& config) {
+  double rows = 0;
+  if (!config.engram.enabled()) return 0;
+  for (int64_t r : config.engram.num_embeddings) rows += static_cast<double>(r);
+  return rows * EngramRecordBytes(config);
+}
+
+double EngramRamPerMemoryNode(const ModelConfig& config, int memory_nodes, int replication) {
+  if (memory_nodes <= 0) return 0;
+  return EngramTableBytes(config) * std::max(1, replication) / memory_nodes;
+}
+
+double EngramLookupBytesPerSecond(const ModelConfig& config, double tokens_per_s) {
+  return EngramBytesPerToken(config) * static_cast<double>(config.engram.layer_ids.size()) *
+         tokens_per_s;
 }
 
 RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,

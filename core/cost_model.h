@@ -49,16 +49,18 @@ enum class CostComponent {
   kEmbedding,             // embedding gather
   kMhc,                   // hc_pre / hc_post of both sub-layers (mHC), or the residual adds
   kAttentionProjections,  // wq_a, wq_b, wkv, wo_a, wo_b (V3: MLA projections incl. kv_b)
-  kCompressor,            // KV compressor projections and pooling (V4, m > 0)
-  kIndexer,               // lightning-indexer projections and its compressor (V4, m == 4)
-  kIndexerScores,         // indexer scores against all compressed keys, top-k
+  kCompressor,            // KV compressor projections and pooling (V4: m > 0; V4.1: kv sources)
+  kIndexer,               // lightning-indexer projections (V4: m == 4, with its compressor;
+                          // V4.1: wk on kv sources, wq_b/weights_proj on index sources)
+  kIndexerScores,         // indexer scores against the compressed keys (V4.1: the candidate
+                          // source over all keys, later index sources inside its pool), top-k
   kCoreAttention,         // softmax attention over the visible KV entries
   kRouter,                // gate logits and top-k
   kSharedExpert,          // the shared expert
   kDenseFfn,              // dense FFN layers (V3's first layers)
   kRoutedExperts,         // grouped routed-expert GEMMs (the expert side)
-  kEngram,                // Engram fusion (value and gate projections, conv)
-  kHead,                  // hc_head, final norm, LM head (and MTP's projections)
+  kEngram,                // Engram fusion (fused FP8 wkv, gate) on the attention rank
+  kHead,                  // hc_head (V4), final norm, LM head (and MTP's projections)
 };
 inline constexpr int kNumCostComponents = 13;
 std::string_view CostComponentName(CostComponent component);  // "core_attention"
@@ -188,7 +190,8 @@ struct SequenceChunk {
 };
 
 struct CostOptions {
-  // V4 KV storage (spec §5): the production layout by default.
+  // KV storage: the production layout by default (V4: spec §5; V4.1: the released FP8
+  // window / FP4 compressed entries and index keys, core/kv_accounting.h).
   KvLayoutOptions kv{KvLayout::kProduction, /*entry_scales=*/true};
   // V3 MLA latent cache element size: BF16, as in DeepSeek's V3/R1 serving ("core MLA
   // computations in BF16").
@@ -199,8 +202,6 @@ struct CostOptions {
   // run at the FP8 rate; FP4 weights only halve the bytes. BF16 matrices run at BF16.
   ComputeDtype attention_dtype = ComputeDtype::kBf16;
   ComputeDtype index_score_dtype = ComputeDtype::kFp4;
-  // Engram table rows: BF16.
-  int engram_element_bytes = 2;
 };
 
 // Storage of the weights in memory, by format (block scales counted with their weights).
@@ -216,13 +217,21 @@ struct WeightBytesByFormat {
 };
 
 // Weights of main layer `layer` (0 ≤ layer < L) or MTP block L + i held by an attention
-// rank: everything but the routed experts (mHC, attention, compressor, indexer, router,
-// shared expert or dense FFN, Engram projections; MTP's e_proj/h_proj/norms/hc_head).
+// rank, as released: everything but the routed experts and the Engram tables (mHC,
+// attention, compressor, indexer, router, shared expert or dense FFN, Engram's fused wkv and
+// q/k gate weights; V4 MTP's e_proj/h_proj/norms/hc_head; V4.1 DSpark's main_proj and
+// main_norm on stage 0, norm and Markov/confidence heads on the last stage). V4.1: no
+// tid2eid, CSA2 tensors by role (compressor and indexer wk/k_norm on kv sources, indexer
+// wq_b/weights_proj on index sources).
 WeightBytesByFormat AttentionLayerWeights(const ModelConfig& config, int layer);
-// One routed expert of an MoE layer (all MoE layers have the same experts).
+// One routed expert of an MoE layer (all MoE layers, DSpark stages included, have experts of
+// the same shape; config.routed_experts(layer) says how many).
 WeightBytesByFormat RoutedExpertWeights(const ModelConfig& config);
-// Embedding, final norm, hc_head and head.
+// Embedding, final norm, head and (V4 only) hc_head.
 WeightBytesByFormat EdgeWeights(const ModelConfig& config);
+// The Engram table of main layer `layer` as released (FP8 rows + one E8M0 scale per 32),
+// held by the memory nodes, not the attention ranks; 0 for a layer without Engram.
+WeightBytesByFormat EngramTableWeights(const ModelConfig& config, int layer);
 // Whether `layer` has routed experts (V3's first layers are dense).
 bool IsMoeLayer(const ModelConfig& config, int layer);
 
@@ -283,8 +292,22 @@ void AddAllToAllCost(const ModelConfig& config, double tokens, const ExpertGeome
 
 // Share of a step's compute ahead of the first Engram layer (0 without Engram).
 double EngramHideFraction(const ModelConfig& config);
-// Engram rows fetched per token per Engram layer, in bytes.
-double EngramBytesPerToken(const ModelConfig& config, const CostOptions& options);
+
+// Engram as released (spec deepseek-v41-model.md §2, §4): each Engram layer looks up
+// (N−1)·K rows per token (EngramConfig::columns()), each a record of d_e FP8 bytes plus one
+// E8M0 scale per 32 (V4.1-Flash: 24 rows × 264 B = 6336 B per token per layer).
+double EngramRecordBytes(const ModelConfig& config);  // d_e + ⌈d_e/32⌉
+// Bytes fetched from the memory nodes per token per Engram layer: columns × record.
+double EngramBytesPerToken(const ModelConfig& config);
+// All Engram layers' tables: Σ rows × record (V4.1-Flash: (384006168 + 384016682) × 264 B
+// = 202,758,032,400 B).
+double EngramTableBytes(const ModelConfig& config);
+// RAM each of `memory_nodes` nodes holds for `replication` copies of the tables, sharded
+// evenly by row range: EngramTableBytes × replication / memory_nodes.
+double EngramRamPerMemoryNode(const ModelConfig& config, int memory_nodes, int replication);
+// Lookup traffic on the engine↔memory-node links at `tokens_per_s` tokens through the
+// model: EngramBytesPerToken × Engram layers × tokens_per_s (bytes/s).
+double EngramLookupBytesPerSecond(const ModelConfig& config, double tokens_per_s);
 
 }  // namespace dsv4
 

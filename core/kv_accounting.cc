@@ -5,9 +5,18 @@ namespace {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Whether `layer` holds compressed entries and indexer keys of its own, and their ratio.
+bool HoldsCompressed(const ModelConfig& config, int layer) {
+  if (config.is_v41()) return config.is_kv_source(layer) && config.ratio(layer) > 0;
+  return config.ratio(layer) > 0;
+}
+bool HoldsIndexKeys(const ModelConfig& config, int layer) {
+  return config.is_v41() ? HoldsCompressed(config, layer) : config.is_csa(layer);
+}
+
 }  // namespace
 
-int64_t KvEntryBytes(const ModelConfig& config, const KvLayoutOptions& options) {
+int64_t WindowEntryBytes(const ModelConfig& config, const KvLayoutOptions& options) {
   const int64_t d = config.head_dim;
   const int64_t r = config.qk_rope_head_dim;
   switch (options.layout) {
@@ -16,9 +25,18 @@ int64_t KvEntryBytes(const ModelConfig& config, const KvLayoutOptions& options) 
     case KvLayout::kReferenceBf16:
       return 2 * d;
     case KvLayout::kProduction:
+      if (config.is_v41()) return d + CeilDiv(d, 32);  // FP8 + one E8M0 per 32, rope included
       return (d - r) + 2 * r + (options.entry_scales ? CeilDiv(d - r, 64) : 0);
   }
   return 0;
+}
+
+int64_t CompressedEntryBytes(const ModelConfig& config, const KvLayoutOptions& options) {
+  if (config.is_v41() && options.layout == KvLayout::kProduction) {
+    const int64_t d = config.head_dim;
+    return CeilDiv(d, 2) + CeilDiv(d, 16);  // FP4 E2M1 + one E4M3 scale per 16
+  }
+  return WindowEntryBytes(config, options);
 }
 
 int64_t IndexKeyBytes(const ModelConfig& config, const KvLayoutOptions& options) {
@@ -36,17 +54,21 @@ int64_t IndexKeyBytes(const ModelConfig& config, const KvLayoutOptions& options)
 
 KvCost LayerKvCost(const ModelConfig& config, int layer, const KvLayoutOptions& options) {
   KvCost cost;
-  const int64_t entry = KvEntryBytes(config, options);
-  cost.window_bytes = config.sliding_window * entry;
+  cost.window_bytes = config.sliding_window * WindowEntryBytes(config, options);
+  if (!HoldsCompressed(config, layer)) return cost;
   const int m = config.ratio(layer);
-  if (m <= 0) return cost;
-  const int64_t c = config.is_csa(layer) ? 2 : 1;
-  cost.bytes_per_token = static_cast<double>(entry) / m;
-  cost.compressor_state_bytes = 2 * (c * m) * (c * config.head_dim) * 4;
-  if (config.is_csa(layer)) {
+  const int64_t D = config.head_dim, DI = config.index_head_dim;
+  cost.bytes_per_token = static_cast<double>(CompressedEntryBytes(config, options)) / m;
+  if (HoldsIndexKeys(config, layer)) {
     cost.bytes_per_token += static_cast<double>(IndexKeyBytes(config, options)) / m;
-    cost.compressor_state_bytes += 2 * (2 * m) * (2 * config.index_head_dim) * 4;
   }
+  if (config.is_v41()) {
+    if (m > 1) cost.compressor_state_bytes = 2 * m * D * 4;  // kv and score buffers [m, D]
+    return cost;
+  }
+  const int64_t c = config.is_csa(layer) ? 2 : 1;
+  cost.compressor_state_bytes = 2 * (c * m) * (c * D) * 4;
+  if (config.is_csa(layer)) cost.compressor_state_bytes += 2 * (2 * m) * (2 * DI) * 4;
   return cost;
 }
 
@@ -65,10 +87,10 @@ int64_t SequenceKvBytes(const ModelConfig& config, const KvLayoutOptions& option
                         int64_t positions) {
   int64_t bytes = ModelKvCost(config, options).fixed_bytes();
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
+    if (!HoldsCompressed(config, layer)) continue;
     const int m = config.ratio(layer);
-    if (m <= 0) continue;
-    bytes += positions / m * KvEntryBytes(config, options);
-    if (config.is_csa(layer)) bytes += positions / m * IndexKeyBytes(config, options);
+    bytes += positions / m * CompressedEntryBytes(config, options);
+    if (HoldsIndexKeys(config, layer)) bytes += positions / m * IndexKeyBytes(config, options);
   }
   return bytes;
 }

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "core/checkpoint_layout.h"
 
 namespace dsv4::planner {
 namespace {
@@ -22,20 +21,32 @@ constexpr int kPhaseShortlist = 16;  // best layouts of each phase combined into
 // ---------------------------------------------------------------------------------------
 // Model facts computed once per run.
 
-// Main layers that cost the same for any batch: same attention type, dense or MoE, hash
-// routing (tid2eid vs bias weights) and Engram.
+// Main layers that cost the same for any batch: same attention type (V4.1: also the CSA2
+// role and the source's ratio), dense or MoE, hash routing (tid2eid vs bias weights) and
+// Engram.
 struct LayerGroup {
   int layer = 0;  // representative
   int count = 0;
 };
 
+// V4.1's CSA2 role of a layer as a small code (0 for V4 and V3): kv source, index source,
+// candidate source, scores inside the candidate pool; plus the ratio of the cache it reads.
+int Csa2Role(const ModelConfig& config, int layer) {
+  if (!config.is_v41()) return 0;
+  const int source = config.kv_source_of(layer);
+  return (config.is_kv_source(layer) ? 1 : 0) | (config.is_index_source(layer) ? 2 : 0) |
+         (config.candidate_source_layer == layer ? 4 : 0) |
+         (config.uses_candidates(layer) ? 8 : 0) | ((source >= 0 ? config.ratio(source) : 0) << 4);
+}
+
 std::vector<LayerGroup> GroupLayers(const ModelConfig& config) {
-  std::map<std::tuple<int, bool, bool, bool>, LayerGroup> groups;
+  std::map<std::tuple<int, int, bool, bool, bool>, LayerGroup> groups;
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     const int ratio = config.is_v4() ? config.ratio(layer) : 0;
     const bool engram =
         std::count(config.engram.layer_ids.begin(), config.engram.layer_ids.end(), layer) > 0;
-    LayerGroup& g = groups[{ratio, IsMoeLayer(config, layer), config.is_hash_layer(layer), engram}];
+    LayerGroup& g = groups[{ratio, Csa2Role(config, layer), IsMoeLayer(config, layer),
+                            config.is_hash_layer(layer), engram}];
     if (g.count == 0) g.layer = layer;
     ++g.count;
   }
@@ -50,8 +61,10 @@ int MoeLayers(const ModelConfig& config) {
   return n;
 }
 
-// Speculative drafts the model can run (it needs an MTP block).
+// Speculative drafts the model can run (it needs a V4 MTP block). V4.1's DSpark stages are
+// loaded and checked but not evaluated by the runtime, so V4.1 is planned without drafts.
 int DraftTokens(const ModelConfig& config, const Workload& workload) {
+  if (config.is_v41()) return 0;
   return config.num_nextn_predict_layers > 0 ? workload.speculative.draft_tokens : 0;
 }
 
@@ -669,6 +682,23 @@ absl::StatusOr<PlanResult> RunPlanner(const ModelConfig& config, const ClusterCo
   result.slo_tpot = ctx.slo_tpot;
   result.cluster_chips = ctx.shape.chips;
   result.requests_per_s = workload.requests_per_s;
+  if (config.is_v4()) {
+    const KvCost kv = ModelKvCost(config, options.cost.kv);
+    result.kv_bytes_per_token = kv.bytes_per_token;
+    result.kv_fixed_bytes_per_sequence = static_cast<double>(kv.fixed_bytes());
+  } else {
+    result.kv_bytes_per_token = SequenceStateBytes(config, options.cost, 1);
+  }
+  result.engram_table_bytes = EngramTableBytes(config);
+  result.engram_bytes_per_token =
+      EngramBytesPerToken(config) * static_cast<double>(config.engram.layer_ids.size());
+  result.engram_replication = config.engram.enabled() ? std::max(1, cluster.engram.replication) : 0;
+  result.speculative_drafts = DraftTokens(config, workload);
+  if (config.is_v41() && workload.speculative.draft_tokens > 0) {
+    result.notes.push_back(
+        "the workload's speculative drafts are not planned: V4.1's DSpark stages are not "
+        "modelled (the runtime does not evaluate them either)");
+  }
 
   struct PhaseSweep {
     Phase phase;
@@ -741,11 +771,8 @@ absl::StatusOr<PlanResult> RunPlanner(const ModelConfig& config, const ClusterCo
         b.weight * std::max(1.0, std::round(b.tokens * (1 - workload.prefix_cache_hit_rate)));
   }
   const double rate = workload.requests_per_s;
-  double engram_table_bytes = 0;
-  if (config.engram.enabled()) {
-    engram_table_bytes =
-        static_cast<double>(CountParameters(config).engram) * options.cost.engram_element_bytes;
-  }
+  const double engram_table_bytes = EngramTableBytes(config);
+  const int replication = std::max(1, cluster.engram.replication);
   for (const PhaseEvaluation& p : sweeps[0].best) {
     for (const PhaseEvaluation& d : sweeps[1].best) {
       Plan plan;
@@ -764,17 +791,18 @@ absl::StatusOr<PlanResult> RunPlanner(const ModelConfig& config, const ClusterCo
       plan.ttft = p.latency;  // prefill samples the first token
       plan.tpot = d.latency;
       if (engram_table_bytes > 0) {
-        const double replication = std::max(1, cluster.engram.replication);
+        // Memory nodes: enough RAM for `replication` copies of the released tables, enough
+        // network for the lookups of the whole deployment at the planned loads, and one
+        // node per replica at least.
         const int for_capacity = static_cast<int>(
             std::ceil(engram_table_bytes * replication / cluster.engram.memory_node_ram));
-        // Engram bytes fetched per second by the whole deployment at the planned loads.
         const double tokens_per_s = plan.prefill_units * p.tokens_per_s * p.max_load +
                                     plan.decode_units * d.tokens_per_s * d.max_load;
-        const double bytes_per_s = tokens_per_s * EngramBytesPerToken(config, options.cost) *
-                                   static_cast<double>(config.engram.layer_ids.size());
-        const int for_bandwidth =
-            static_cast<int>(std::ceil(bytes_per_s / options.engram_node_bandwidth));
-        plan.memory_nodes = std::max({for_capacity, for_bandwidth, 1});
+        plan.engram_lookup_bytes_per_s = EngramLookupBytesPerSecond(config, tokens_per_s);
+        const int for_bandwidth = static_cast<int>(
+            std::ceil(plan.engram_lookup_bytes_per_s / options.engram_node_bandwidth));
+        plan.memory_nodes = std::max({for_capacity, for_bandwidth, replication});
+        plan.engram_ram_per_node = EngramRamPerMemoryNode(config, plan.memory_nodes, replication);
       }
       plan.cost_per_hour = plan.chips * options.chip_cost_per_hour +
                            plan.memory_nodes * options.memory_node_cost_per_hour;

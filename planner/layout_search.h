@@ -15,9 +15,11 @@
 // - memory per chip: weights by format, KV state in the production format, activations,
 //   against HBM less a reserve.
 // Phases are searched separately (their costs are independent), then the best of each are
-// combined into plans with unit counts for the workload's rate, Engram memory nodes and a
-// cost. When nothing meets the SLOs, memory or cluster size, the closest plans are
-// returned with the constraint that binds.
+// combined into plans with unit counts for the workload's rate, Engram memory nodes (RAM
+// for the released tables × replication, network for the lookups) and a cost. V4.1 is
+// planned with CSA2's shared KV, its released KV precision and without DSpark drafts. When nothing
+// meets the SLOs, memory or cluster size, the closest plans are returned with the constraint that
+// binds.
 #ifndef DSV4_PLANNER_LAYOUT_SEARCH_H_
 #define DSV4_PLANNER_LAYOUT_SEARCH_H_
 
@@ -121,6 +123,10 @@ struct Plan {
   int prefill_units = 0;
   int decode_units = 0;
   int memory_nodes = 0;  // Engram memory nodes (0 without Engram)
+  // Engram: RAM each memory node holds (tables × replication / memory_nodes) and the lookup
+  // traffic of the whole deployment on the engine↔memory-node links at the planned loads.
+  double engram_ram_per_node = 0;
+  double engram_lookup_bytes_per_s = 0;
   int chips = 0;
   double tokens_per_s_per_chip = 0;  // (input + output) tokens/s the chips sustain, per chip
   double output_tokens_per_s_per_chip = 0;
@@ -143,7 +149,19 @@ struct PlanResult {
   double slo_tpot = 0;
   int cluster_chips = 0;
   double requests_per_s = 0;
-  std::vector<Plan> plans;  // ranked, best first (closest first when none is feasible)
+  // Model facts in the planner's KV layout (options.cost.kv): growth of the KV state per
+  // token (V4.1: compressed entries and index keys of the kv sources only) and the fixed
+  // per-sequence state (sliding windows of every layer, compressor buffers).
+  double kv_bytes_per_token = 0;
+  double kv_fixed_bytes_per_sequence = 0;
+  // Engram (0 without): the released tables (FP8 rows + E8M0 per 32), bytes looked up per
+  // token over all Engram layers, and the replication planned.
+  double engram_table_bytes = 0;
+  double engram_bytes_per_token = 0;
+  int engram_replication = 0;
+  int speculative_drafts = 0;      // drafts per decode step actually planned
+  std::vector<std::string> notes;  // modelling caveats for the report
+  std::vector<Plan> plans;         // ranked, best first (closest first when none is feasible)
   bool feasible = false;
   std::string binding_constraint;  // when infeasible: what rules every layout out
   // Decode candidates for the frontier chart: (TPOT, output tokens/s per chip) of every

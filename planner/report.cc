@@ -86,6 +86,28 @@ std::string PhaseDetails(const PhaseEvaluation& e, int units) {
   return out;
 }
 
+// The model's KV and Engram figures the plans rest on.
+std::string ModelFacts(const PlanResult& r) {
+  std::string out;
+  if (r.kv_fixed_bytes_per_sequence > 0) {
+    absl::StrAppendFormat(&out,
+                          "model: KV %.1f B/token (compressed entries and indexer keys) + %.2f MB "
+                          "per sequence (sliding windows, compressor buffers), production "
+                          "layout\n",
+                          r.kv_bytes_per_token, r.kv_fixed_bytes_per_sequence / 1e6);
+  } else {
+    absl::StrAppendFormat(&out, "model: KV %.1f B/token\n", r.kv_bytes_per_token);
+  }
+  if (r.engram_table_bytes > 0) {
+    absl::StrAppendFormat(&out,
+                          "model: Engram tables %.2f GB on memory nodes (FP8 rows + E8M0 scales, "
+                          "as released); lookups %.0f B/token\n",
+                          Gb(r.engram_table_bytes), r.engram_bytes_per_token);
+  }
+  for (const std::string& note : r.notes) absl::StrAppend(&out, "note: ", note, "\n");
+  return out + "\n";
+}
+
 std::string TableRows(const std::vector<Plan>& plans) {
   std::string out =
       absl::StrFormat("  %-3s %-36s %-36s %7s %10s %9s %9s %8s %9s %9s  %s\n", "#",
@@ -208,6 +230,7 @@ std::string FormatPlanTable(const PlanResult& r) {
                         r.slo_ttft > 0 ? absl::StrFormat("<= %.0f ms", Ms(r.slo_ttft)) : "none",
                         r.slo_tpot > 0 ? absl::StrFormat("<= %.1f ms", Ms(r.slo_tpot)) : "none",
                         r.candidates, r.sweep_seconds);
+  out += ModelFacts(r);
   if (r.plans.empty()) return out + "no layout could be evaluated\n";
   if (!r.feasible) {
     absl::StrAppendFormat(&out, "NO LAYOUT MEETS THE CONSTRAINTS. Binding: %s\nClosest layouts:\n",
@@ -226,6 +249,14 @@ std::string FormatPlanTable(const PlanResult& r) {
     absl::StrAppendFormat(&out, " and %d Engram memory nodes", best.memory_nodes);
   absl::StrAppendFormat(&out, ", %.2f cost units per million tokens\n",
                         best.cost_per_million_tokens);
+  if (best.memory_nodes > 0) {
+    absl::StrAppendFormat(&out,
+                          "  engram: %d memory node(s) x %.2f GB RAM (tables %.2f GB x "
+                          "replication %d); lookups %.2f GB/s on the engine-memory-node links "
+                          "at the planned load\n",
+                          best.memory_nodes, Gb(best.engram_ram_per_node), Gb(r.engram_table_bytes),
+                          r.engram_replication, Gb(best.engram_lookup_bytes_per_s));
+  }
   out += PhaseDetails(best.prefill, best.prefill_units);
   out += PhaseDetails(best.decode, best.decode_units);
   return out;
@@ -242,6 +273,8 @@ nlohmann::json PlanResultToJson(const PlanResult& r) {
                      {"prefill_units", p.prefill_units},
                      {"decode_units", p.decode_units},
                      {"engram_memory_nodes", p.memory_nodes},
+                     {"engram_ram_per_node_GB", Gb(p.engram_ram_per_node)},
+                     {"engram_lookup_GB_per_s", Gb(p.engram_lookup_bytes_per_s)},
                      {"tokens_per_s_per_chip", p.tokens_per_s_per_chip},
                      {"output_tokens_per_s_per_chip", p.output_tokens_per_s_per_chip},
                      {"ttft_p90_ms", Ms(p.ttft)},
@@ -259,6 +292,13 @@ nlohmann::json PlanResultToJson(const PlanResult& r) {
           {"workload", r.workload},
           {"requests_per_s", r.requests_per_s},
           {"cluster_chips", r.cluster_chips},
+          {"kv_bytes_per_token", r.kv_bytes_per_token},
+          {"kv_fixed_bytes_per_sequence", r.kv_fixed_bytes_per_sequence},
+          {"engram_table_GB", Gb(r.engram_table_bytes)},
+          {"engram_bytes_per_token", r.engram_bytes_per_token},
+          {"engram_replication", r.engram_replication},
+          {"speculative_drafts", r.speculative_drafts},
+          {"notes", r.notes},
           {"objective", std::string(ObjectiveName(r.options.objective))},
           {"slo",
            {{"ttft_p90_ms", r.slo_ttft > 0 ? nlohmann::json(Ms(r.slo_ttft)) : nlohmann::json()},

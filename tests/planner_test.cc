@@ -1,6 +1,7 @@
 // The capacity planner: workload validation, the sweep on V4-Pro and the Atlas 950
 // SuperPoD, scaling-law sanity, memory limits, infeasible answers, reports, the emitted
 // cluster YAML and the CLI.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -288,22 +289,83 @@ TEST(PlannerTest, PlansDeepSeekV3) {
   EXPECT_GE(r->candidates, 10000);
 }
 
-TEST(PlannerTest, EngramNeedsMemoryNodes) {
-  ModelConfig config = PresetModelConfig("deepseek-v4-flash");
-  config.engram.layer_ids = {1, 14};
-  config.engram.max_ngram_size = 4;
-  config.engram.n_heads = 8;
-  config.engram.head_dim = 256;
-  config.engram.vocab_size = {16000000, 16000000, 16000000};
+// DeepSeek-V4.1-Flash: CSA2 KV at the released precision (3 ratio-2 sources × (288 + 68) / 2
+// + layer 20's 288 + 68 = 890 B/token; windows 40 × 128 × 528 B and 3 compressor buffers of
+// 2 × 2 × 512 × 4 B per sequence) and the released Engram tables on memory nodes
+// ((384006168 + 384016682) rows × 264 B), looked up at 2 layers × 24 rows × 264 B a token.
+TEST(PlannerTest, PlansDeepSeekV41FlashWithEngramMemoryNodes) {
+  const ModelConfig config = PresetModelConfig("deepseek-v4.1-flash");
   const ClusterConfig cluster = ShippedClusterConfig("cluster-configs/atlas950-superpod.yaml");
   const Workload workload = LoadShipped("chat");
   absl::StatusOr<PlanResult> r = RunPlanner(config, cluster, workload, {});
-  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_FALSE(r->plans.empty());
-  // 2 layers × 3 orders × 8 heads × ~16M rows × 256 dims in BF16 ≈ 393 GB of tables.
-  EXPECT_GE(r->plans[0].memory_nodes, 1);
-  EXPECT_GT(r->plans[0].decode.step.stages.engram, 0);
-  EXPECT_GT(r->plans[0].decode.step.stages.component[static_cast<int>(CostComponent::kEngram)], 0);
+  EXPECT_TRUE(r->feasible) << r->binding_constraint;
+  EXPECT_DOUBLE_EQ(r->kv_bytes_per_token, 890);
+  EXPECT_DOUBLE_EQ(r->kv_fixed_bytes_per_sequence, 40 * 128 * 528 + 3 * 8192);
+  EXPECT_DOUBLE_EQ(r->engram_table_bytes, (384006168.0 + 384016682.0) * 264);
+  EXPECT_DOUBLE_EQ(r->engram_bytes_per_token, 2 * 24 * 264);
+  EXPECT_EQ(r->speculative_drafts, 0);  // DSpark is not modelled
+  for (const Plan& plan : r->plans) {
+    // Enough RAM for the tables (512 GB nodes, replication 1) and enough network (50 GB/s a
+    // node) for the lookups of every unit at its planned load.
+    const double tokens_per_s =
+        plan.prefill_units * plan.prefill.tokens_per_s * plan.prefill.max_load +
+        plan.decode_units * plan.decode.tokens_per_s * plan.decode.max_load;
+    EXPECT_NEAR(plan.engram_lookup_bytes_per_s, tokens_per_s * 12672, 1e-6 * tokens_per_s);
+    const int expected_nodes = std::max(
+        1, static_cast<int>(
+               std::ceil(std::max(202758032400.0 / 512e9, plan.engram_lookup_bytes_per_s / 50e9))));
+    EXPECT_EQ(plan.memory_nodes, expected_nodes);
+    EXPECT_DOUBLE_EQ(plan.engram_ram_per_node, 202758032400.0 / plan.memory_nodes);
+  }
+  const Plan& best = r->plans[0];
+  EXPECT_GT(best.decode.step.stages.engram, 0);
+  EXPECT_GT(best.decode.step.stages.component[static_cast<int>(CostComponent::kEngram)], 0);
+  // The KV a decode rank holds is the released-precision state of its sequences.
+  EXPECT_GT(best.decode.attention_memory.kv, 0);
+  const std::string table = FormatPlanTable(*r);
+  EXPECT_THAT(table, HasSubstr("KV 890.0 B/token"));
+  EXPECT_THAT(table, HasSubstr("Engram tables 202.76 GB"));
+  EXPECT_THAT(table, HasSubstr("lookups 12672 B/token"));
+  EXPECT_THAT(table, HasSubstr("GB RAM (tables 202.76 GB x replication 1)"));
+}
+
+// Replication puts a copy of every row on `replication` nodes: RAM per node is the tables ×
+// replication / nodes, with one node per replica at least.
+TEST(PlannerTest, EngramReplicationMultipliesMemoryNodeRam) {
+  const ModelConfig config = PresetModelConfig("deepseek-v4.1-flash");
+  ClusterConfig cluster = ShippedClusterConfig("cluster-configs/atlas950-superpod.yaml");
+  cluster.engram.replication = 3;
+  cluster.engram.memory_node_ram = 256e9;
+  PlannerOptions options;
+  options.top = 1;
+  absl::StatusOr<PlanResult> r = RunPlanner(config, cluster, LoadShipped("chat"), options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE(r->plans.empty());
+  const Plan& best = r->plans[0];
+  // 3 × 202.76 GB over 256 GB nodes needs 3 nodes for capacity.
+  EXPECT_GE(best.memory_nodes, 3);
+  EXPECT_DOUBLE_EQ(best.engram_ram_per_node, 3 * 202758032400.0 / best.memory_nodes);
+  EXPECT_LE(best.engram_ram_per_node, 256e9);
+}
+
+TEST(PlannerCliTest, PlansDeepSeekV41Flash) {
+  dsv4::testing::TempDir dir("plan-v41");
+  const auto run = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() +
+      " plan --model deepseek-v4.1-flash --cluster atlas950-superpod --workload chat --top 3 "
+      "--json " +
+      dir.path() + "/r.json");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("KV 890.0 B/token"));
+  EXPECT_THAT(run.output, HasSubstr("Engram tables 202.76 GB"));
+  EXPECT_THAT(run.output, HasSubstr("Engram memory nodes"));
+  std::ifstream json(dir.path() + "/r.json");
+  const nlohmann::json j = nlohmann::json::parse(json);
+  EXPECT_DOUBLE_EQ(j["kv_bytes_per_token"].get<double>(), 890);
+  EXPECT_NEAR(j["engram_table_GB"].get<double>(), 202.758, 1e-3);
+  EXPECT_GE(j["plans"][0]["engram_memory_nodes"].get<int>(), 1);
 }
 
 TEST(PlannerCliTest, AcceptsDashedFlagsAndWritesOutputs) {
