@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -37,7 +38,15 @@ absl::StatusOr<Attention> Attention::Load(WeightLoader& loader, const std::strin
   a.groups_ = config.o_groups;
   a.o_rank_ = config.o_lora_rank;
   a.ratio_ = config.ratio(layer);
+  a.topk_ = config.index_topk;
   a.norm_eps_ = static_cast<float>(config.rms_norm_eps);
+  a.v41_ = config.is_v41();
+  a.q_head_norm_ = !a.v41_;
+  a.index_source_ = config.is_index_source(layer);
+  a.candidate_source_ = a.v41_ && layer == config.candidate_source_layer;
+  a.uses_candidates_ = config.uses_candidates(layer);
+  a.candidate_block_ = config.candidate_block_size;
+  a.candidate_topk_blocks_ = config.candidate_topk_blocks;
   a.rope_ = Rope(LayerRopeParams(config, layer));
   const int64_t d = config.hidden_size;
   const int64_t hd = a.heads_ * a.head_dim_;
@@ -68,12 +77,13 @@ absl::StatusOr<Attention> Attention::Load(WeightLoader& loader, const std::strin
   for (const auto& t : vectors) {
     ASSIGN_OR_RETURN(*t.dst, loader.Load(absl::StrCat(prefix, ".", t.name), t.shape));
   }
-  if (a.ratio_ > 0) {
+  if (a.ratio_ > 0 && config.kv_source_of(layer) == layer) {
     ASSIGN_OR_RETURN(a.compressor_, Compressor::Load(loader, prefix + ".compressor", config,
                                                      a.ratio_, a.head_dim_, a.rope_));
   }
-  if (a.ratio_ == 4) {
-    ASSIGN_OR_RETURN(a.indexer_, Indexer::Load(loader, prefix + ".indexer", config, a.rope_));
+  if (config.is_csa(layer) || a.index_source_) {
+    ASSIGN_OR_RETURN(a.indexer_,
+                     Indexer::Load(loader, prefix + ".indexer", config, a.rope_, layer));
   }
   return a;
 }
@@ -88,20 +98,8 @@ void Attention::Forward(const float* x, int64_t rows, absl::Span<const Attention
   ws->o.resize(rows * heads_ * head_dim_);
   for (const AttentionSequence& s : sequences) {
     // Compressed entries first: a block completed by a token of this step is visible to it.
-    for (int64_t i = 0; i < s.rows; ++i) {
-      const int64_t row = s.row_begin + i;
-      if (indexer_) {
-        const int64_t width = indexer_->compressor().width();
-        indexer_->compressor().Push(&s.state->index_compressor, ws->ikv.data() + row * width,
-                                    ws->iscore.data() + row * width, s.start_pos + i,
-                                    &s.state->index_keys);
-      }
-      if (compressor_) {
-        const int64_t width = compressor_->width();
-        compressor_->Push(&s.state->compressor, ws->ckv.data() + row * width,
-                          ws->cscore.data() + row * width, s.start_pos + i, &s.state->entries);
-      }
-    }
+    Compress(s, ws);
+    if (v41_ && index_source_) SelectV41(s, ws);
     // Queries attend in blocks of consecutive positions (GEMMs over the block); a block much
     // wider than the window would mostly compute masked scores.
     const int64_t block = std::clamp<int64_t>(window_ / 4, 1, 32);
@@ -119,6 +117,58 @@ void Attention::Forward(const float* x, int64_t rows, absl::Span<const Attention
   ProjectOutput(rows, ws, out);
 }
 
+void Attention::Compress(const AttentionSequence& s, AttentionWorkspace* ws) const {
+  for (int64_t i = 0; i < s.rows; ++i) {
+    const int64_t row = s.row_begin + i;
+    const int64_t pos = s.start_pos + i;
+    if (indexer_ && !v41_) {
+      const int64_t width = indexer_->compressor().width();
+      indexer_->compressor().Push(&s.state->index_compressor, ws->ikv.data() + row * width,
+                                  ws->iscore.data() + row * width, pos, &s.state->index_keys);
+    }
+    if (!compressor_) continue;
+    const int64_t width = compressor_->width();
+    ws->latent.resize(compressor_->head_dim());
+    const bool owns_keys = indexer_ && indexer_->owns_keys();
+    const bool done = compressor_->Push(&s.state->compressor, ws->ckv.data() + row * width,
+                                        ws->cscore.data() + row * width, pos, &s.state->entries,
+                                        owns_keys ? ws->latent.data() : nullptr);
+    if (done && owns_keys) indexer_->AppendKey(ws->latent.data(), pos + 1 - ratio_, &s.state->index_keys);
+  }
+}
+
+void Attention::SelectV41(const AttentionSequence& s, AttentionWorkspace* ws) const {
+  const int heads = indexer_->heads();
+  const int64_t di = indexer_->head_dim();
+  ws->selection.resize(ws->positions.size());
+  ws->candidates.resize(ws->positions.size());
+  for (int64_t i = 0; i < s.rows; ++i) {
+    const int64_t row = s.row_begin + i;
+    const int64_t visible = (s.start_pos + i + 1) / ratio_;
+    if (visible <= topk_) continue;  // every visible entry, and the pool holds them all
+    ws->index_scratch.resize(visible);
+    float* scores = ws->index_scratch.data();
+    indexer_->Scores(ws->iq.data() + row * heads * di, ws->iw.data() + row * heads,
+                     s.source->index_keys.data(), visible, scores);
+    if (candidate_source_) {
+      CandidateBlocks(scores, visible, candidate_block_, candidate_topk_blocks_,
+                      &ws->candidates[row]);
+    }
+    if (uses_candidates_) {  // level two: only inside the candidate source's blocks
+      const std::vector<int32_t>& blocks = ws->candidates[row];
+      size_t next = 0;
+      for (int64_t e = 0; e < visible; ++e) {
+        const int64_t block = e / candidate_block_;
+        while (next < blocks.size() && blocks[next] < block) ++next;
+        if (next == blocks.size() || blocks[next] != block) {
+          scores[e] = -std::numeric_limits<float>::infinity();
+        }
+      }
+    }
+    indexer_->SelectTop(scores, visible, &ws->selection[row]);
+  }
+}
+
 void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) const {
   const int h = heads_;
   const int64_t dh = head_dim_;
@@ -133,7 +183,7 @@ void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) co
   MatMul(x, rows, wq_a_, qr);
   RmsNorm(qr, q_norm_.data(), rows, q_rank, norm_eps_, qr);
   MatMul(qr, rows, wq_b_, q);
-  RmsNorm(q, nullptr, rows * h, dh, norm_eps_, q);
+  if (q_head_norm_) RmsNorm(q, nullptr, rows * h, dh, norm_eps_, q);
   MatMul(x, rows, wkv_, kv);
   RmsNorm(kv, kv_norm_.data(), rows, dh, norm_eps_, kv);
   for (int64_t t = 0; t < rows; ++t) {
@@ -149,6 +199,8 @@ void Attention::Project(const float* x, int64_t rows, AttentionWorkspace* ws) co
     ws->iq.resize(rows * indexer_->heads() * indexer_->head_dim());
     ws->iw.resize(rows * indexer_->heads());
     indexer_->Project(x, qr, ws->positions.data(), rows, ws->iq.data(), ws->iw.data());
+  }
+  if (indexer_ && !v41_) {
     ws->ikv.resize(rows * indexer_->compressor().width());
     ws->iscore.resize(ws->ikv.size());
     indexer_->compressor().Project(x, rows, ws->ikv.data(), ws->iscore.data());
@@ -180,15 +232,15 @@ void Attention::AttendBlock(const AttentionSequence& s, int64_t first_row, int64
   first.push_back(first_new);
   const int64_t window_runs = static_cast<int64_t>(shared.size());
   // Compressed entries s < ⌊(t+1)/m⌋: shared, unless the indexer must choose among them.
-  const bool select = indexer_ && (t1 + 1) / ratio_ > indexer_->topk();
+  const bool select = (indexer_ || v41_) && ratio_ > 0 && (t1 + 1) / ratio_ > topk_;
   if (ratio_ > 0 && !select) {
-    shared.push_back({state.entries.data(), (t1 + 1) / ratio_});
+    shared.push_back({s.source->entries.data(), (t1 + 1) / ratio_});
     first.push_back(0);
   }
   const int64_t runs = static_cast<int64_t>(shared.size());
   ws->ranges.resize(count * runs);
   ws->private_rows.assign(count, KvSegment{});
-  if (select) ws->gathered.resize(count * indexer_->topk() * dh);
+  if (select) ws->gathered.resize(count * topk_ * dh);
   for (int64_t i = 0; i < count; ++i) {
     const int64_t t = t0 + i;
     for (int64_t r = 0; r < runs; ++r) {
@@ -208,19 +260,23 @@ void Attention::AttendBlock(const AttentionSequence& s, int64_t first_row, int64
 
 KvSegment Attention::SelectEntries(const AttentionSequence& s, int64_t i, int64_t slot,
                                    AttentionWorkspace* ws) const {
-  const LayerKvState& state = *s.state;
+  const std::vector<float>& entries = s.source->entries;
   const int64_t visible = (s.start_pos + i + 1) / ratio_;
-  if (visible <= indexer_->topk()) return {state.entries.data(), visible};
+  if (visible <= topk_) return {entries.data(), visible};
   const int64_t row = s.row_begin + i;
-  const int heads = indexer_->heads();
-  indexer_->Select(ws->iq.data() + row * heads * indexer_->head_dim(), ws->iw.data() + row * heads,
-                   state.index_keys.data(), visible, &ws->selected, &ws->index_scratch);
-  float* dst = ws->gathered.data() + slot * indexer_->topk() * head_dim_;
-  for (size_t j = 0; j < ws->selected.size(); ++j) {
-    std::memcpy(dst + j * head_dim_, state.entries.data() + ws->selected[j] * head_dim_,
+  if (!v41_) {
+    const int heads = indexer_->heads();
+    indexer_->Select(ws->iq.data() + row * heads * indexer_->head_dim(),
+                     ws->iw.data() + row * heads, s.source->index_keys.data(), visible,
+                     &ws->selected, &ws->index_scratch);
+  }
+  const std::vector<int32_t>& selected = v41_ ? ws->selection[row] : ws->selected;
+  float* dst = ws->gathered.data() + slot * topk_ * head_dim_;
+  for (size_t j = 0; j < selected.size(); ++j) {
+    std::memcpy(dst + j * head_dim_, entries.data() + selected[j] * head_dim_,
                 head_dim_ * sizeof(float));
   }
-  return {dst, static_cast<int64_t>(ws->selected.size())};
+  return {dst, static_cast<int64_t>(selected.size())};
 }
 
 void Attention::ProjectOutput(int64_t rows, AttentionWorkspace* ws, float* out) const {

@@ -10,6 +10,9 @@
 //     previous block contributes nothing.
 // Then entry_s = RoPE(RMSNorm(C_s; norm), position s·m) on its last r dims.
 //
+// V4.1 (CSA2) compressors never overlap and have no APE; at m = 1 there is no gate (the
+// one-token softmax weighs 1), so the entry is RoPE(RMSNorm(wkv·x_t)).
+//
 // The per-sequence state (CompressorState) holds the partial block as the reference
 // does: rows [0, m) the previous block (overlap only), rows [off, off+m) the current one.
 #ifndef DSV4_ATTENTION_NODE_COMPRESSOR_H_
@@ -37,34 +40,37 @@ struct CompressorState {
 
 class Compressor {
  public:
-  // wkv, wgate [c·D_c, d]; ape [m, c·D_c]; norm [D_c].
+  // wkv, wgate [c·D_c, d] (wgate empty: no gate); ape [m, c·D_c] or empty; norm [D_c].
   Compressor(WeightMatrix wkv, WeightMatrix wgate, Tensor ape, Tensor norm, int ratio,
              const Rope& rope, float norm_eps);
-  // Loads "<prefix>.wkv.weight", ".wgate.weight", ".ape", ".norm.weight".
+  // Loads "<prefix>.wkv.weight", ".wgate.weight", ".ape", ".norm.weight" (V4.1: no ape,
+  // no wgate at m = 1).
   static absl::StatusOr<Compressor> Load(WeightLoader& loader, const std::string& prefix,
                                          const ModelConfig& config, int ratio, int64_t head_dim,
                                          const Rope& rope);
 
   int ratio() const { return ratio_; }
-  bool overlap() const { return ratio_ == 4; }
+  bool overlap() const { return overlap_; }
   int64_t head_dim() const { return norm_.dim(0); }  // D_c
   int64_t width() const { return wkv_.rows; }        // c·D_c
 
-  // The state of a fresh sequence for a compressor of this ratio and D_c.
-  static CompressorState FreshState(int ratio, int64_t head_dim);
+  // The state of a fresh sequence for a compressor of this ratio, overlap and D_c.
+  static CompressorState FreshState(int ratio, bool overlap, int64_t head_dim);
 
   // kv, score [rows, c·D_c] for rows x [rows, d]; score excludes the positional bias.
   void Project(const float* x, int64_t rows, float* kv, float* score) const;
 
   // Feeds one token at absolute position `pos` (positions must arrive in order, from 0).
-  // When it completes block s = (pos+1)/m − 1, appends entry_s (D_c floats) to *entries.
-  void Push(CompressorState* state, const float* kv, const float* score, int64_t pos,
-            std::vector<float>* entries) const;
+  // When it completes block s = (pos+1)/m − 1, appends entry_s (D_c floats) to *entries,
+  // writes the entry before RoPE to `latent` (D_c floats) unless null, and returns true.
+  bool Push(CompressorState* state, const float* kv, const float* score, int64_t pos,
+            std::vector<float>* entries, float* latent = nullptr) const;
 
  private:
   WeightMatrix wkv_, wgate_;
   Tensor ape_, norm_;
   int ratio_;
+  bool overlap_;
   Rope rope_;
   float norm_eps_;
 };

@@ -1,19 +1,25 @@
-// Engram conditional memory (spec §6; deepseek-ai/Engram engram_demo_v1.py): hashed n-gram
-// embedding tables whose row addresses depend only on token ids, fused into the residual
-// streams before the attention hc_pre of each Engram layer:
+// Engram conditional memory as DeepSeek-V4.1 releases it (spec deepseek-v41-model.md §3–§5;
+// the official inference/engram.py and Engram in model.py): hashed n-gram tables whose row
+// addresses depend only on token ids, fused into the residual streams before each Engram
+// layer:
 //
-//   tok_k  = comp[id_{t−k}] (pad before the sequence start)         canonical ids
-//   mix_n  = XOR_{k<n} tok_k · m_{ℓ,k}  (int64, wrapping as NumPy)   n = 2..N
-//   row_h  = offset_h + (mix_n mod p_{ℓ,n,j})                         h = (n−2)·K + j
-//   e      = concat of the (N−1)·K rows (d_e each)
-//   v      = W_V e + b_V;  α_i = σ(ssqrt(⟨RMSNorm(W_K,i e + b_K,i), RMSNorm(X_i)⟩ / √d))
-//   u_i    = α_i v;  y = SiLU(causal depthwise conv(RMSNorm_i(u_i)), kernel k, dilation N)
-//   X_i   ← X_i + u_i + y_i                                          on every mHC stream
+//   c_t    = comp[id_t]                  compressed ids (core/engram_token_map.h)
+//   P_s    = c_{t−s} · m_{ℓ,s}           s = 0..N−1; pad = comp[engram_pad_token_id] for
+//                                        look-backs before the sequence start
+//   r_n    = P_0 ⊕ … ⊕ P_{n−1}           n = 2..N (int64)
+//   row_h  = offset_h + (r_n mod p_{ℓ,n,j})          h = (n−2)·K + j
+//   e      = concat of the (N−1)·K rows (FP8 × E8M0 per 32, dequantised)
+//   kv     = wkv · e;  key_i = kv[i·d, (i+1)·d), v = kv[n·d, (n+1)·d)
+//   dot_i  = Σ_c h_i,c·w_i,c·key_i,c · rsqrt(mean h_i² + ε) · rsqrt(mean key_i² + ε) · d^−½
+//            with w_i = q_weight_i ⊙ k_weight_i, ε = rms_norm_eps
+//   g_i    = σ(copysign(√max(|dot_i|, 10⁻⁶), dot_i))
+//   h_i   ← h_i + g_i · v                on every mHC stream i
 //
 // Because the rows depend only on tokens, a step hashes all its n-grams for every Engram
 // layer as soon as its tokens are known and fetches the rows (EngramRowSource in
 // core/engram_rows.h: local tables, or memory nodes through engram_store/client.h) while
-// the earlier layers run; the forward waits only at the Engram layer.
+// the earlier layers run; the forward waits only at the Engram layer. Text only: no
+// image-span mask (image tokens are refused before they reach the model).
 #ifndef DSV4_ATTENTION_NODE_ENGRAM_H_
 #define DSV4_ATTENTION_NODE_ENGRAM_H_
 
@@ -34,23 +40,22 @@
 
 namespace dsv4 {
 
-// Per-sequence Engram decode state: the last N−1 canonical ids (oldest first; pad ids
-// before the sequence start) and, per Engram layer, the last (kernel−1)·N conv inputs
-// [(kernel−1)·N, n·d] (oldest first; zeros before the start). A default-constructed
-// (empty) state is a fresh sequence: EngramModule::Begin initialises it.
+// Per-sequence Engram decode state: the compressed ids of the last N−1 tokens, oldest
+// first, pad before the sequence start (the official sticky blocking, for text). A
+// default-constructed (empty) state is a fresh sequence: EngramModule::Begin initialises it.
 struct EngramState {
   std::vector<int64_t> history;
-  std::vector<std::vector<float>> conv;
 };
 
-// Hashing: the canonical map, the multipliers and the prime table geometry.
+// Hashing: the compressed token map, the multipliers and the prime table geometry.
 class EngramHasher {
  public:
-  // canonical_ids [V] (each ≥ 0); multipliers[i] has N entries for Engram layer index i.
+  // compressed[id] for the tokenizer's ids (≤ vocab_size entries; ids beyond hash as the
+  // pad token), `compressed_size` distinct ids (must equal engram_compressed_vocab_size).
   static absl::StatusOr<EngramHasher> Create(const ModelConfig& config,
-                                             std::vector<int64_t> canonical_ids,
-                                             std::vector<std::vector<int64_t>> multipliers);
-  // From the checkpoint's engram.canonical_ids and layers.N.engram.multipliers.
+                                             std::vector<int64_t> compressed,
+                                             int64_t compressed_size);
+  // The token map from the checkpoint's tokenizer.json.
   static absl::StatusOr<EngramHasher> Load(const ModelConfig& config, Checkpoint* checkpoint);
 
   int num_layers() const { return static_cast<int>(layer_ids_.size()); }
@@ -59,7 +64,8 @@ class EngramHasher {
   int heads() const { return static_cast<int>(head_sizes_[0].size()); }  // (N−1)·K
   int head_dim() const { return head_dim_; }
   int64_t table_rows(int index) const { return table_rows_[index]; }
-  int64_t pad_id() const { return pad_id_; }  // canonical id of engram_pad_token_id
+  int64_t pad_id() const { return pad_id_; }  // compressed id of engram_pad_token_id
+  int64_t compressed(int32_t token) const;
 
   EngramState NewState() const;
   void Reset(EngramState* state) const;
@@ -67,14 +73,14 @@ class EngramHasher {
   // rows[t·heads() + h]. Does not change the state.
   void RowIds(int index, const EngramState& state, absl::Span<const int32_t> tokens,
               int64_t* rows) const;
-  // Appends the tokens' canonical ids to the history.
+  // Appends the tokens' compressed ids to the history.
   void Advance(EngramState* state, absl::Span<const int32_t> tokens) const;
 
  private:
   std::vector<int> layer_ids_;
-  int max_ngram_ = 0, n_heads_ = 0, head_dim_ = 0, hc_mult_ = 0, conv_history_ = 0;
-  int64_t hidden_ = 0, pad_id_ = 0;
-  std::vector<int64_t> canonical_;
+  int max_ngram_ = 0, n_heads_ = 0, head_dim_ = 0;
+  int64_t pad_id_ = 0;
+  std::vector<int64_t> compressed_;
   std::vector<std::vector<int64_t>> multipliers_, head_sizes_, offsets_;
   std::vector<int64_t> table_rows_;
 };
@@ -86,40 +92,33 @@ class LocalEngramTables : public EngramRowSource {
                                                                  Checkpoint* checkpoint);
   std::unique_ptr<EngramRowFetch> Prefetch(std::vector<std::vector<int64_t>> rows) override;
 
+  struct Table {
+    const TensorView* values;  // F8_E4M3 [rows, d_e]
+    const TensorView* scales;  // F8_E8M0 [rows, d_e/32]
+  };
+
  private:
-  std::vector<const TensorView*> tables_;  // per Engram layer index, owned by the Checkpoint
+  std::vector<Table> tables_;  // per Engram layer index, owned by the Checkpoint
 };
 
-// The fusion of one Engram layer (value, gates, short conv); the projections as released
-// (views, kept alive by their loader's mappings), the small vectors in fp32.
+// The fusion of one Engram layer: wkv as released (a view, kept alive by its loader's
+// mappings) and the gate weights q ⊙ k in fp32.
 class EngramLayer {
  public:
-  struct Weights {
-    WeightMatrix value_w;             // [d, width]
-    Tensor value_b;                   // [d]
-    std::vector<WeightMatrix> key_w;  // n × [d, width]
-    Tensor key_b;                     // [n, d]
-    Tensor norm1, norm2;              // [n, d]: gate norms of the key and of the stream
-    Tensor conv_norm;                 // [n, d]
-    Tensor conv_w;                    // [n·d, kernel]
-  };
-  EngramLayer(const ModelConfig& config, Weights weights);
+  EngramLayer(WeightMatrix wkv, Tensor gate, float eps);
   static absl::StatusOr<EngramLayer> Load(WeightLoader& loader, const ModelConfig& config,
                                           int layer);
 
-  int64_t width() const { return width_; }  // (N−1)·K·d_e
-  const Weights& weights() const { return w_; }
+  int64_t width() const { return wkv_.cols; }  // (N−1)·K·d_e
 
-  // x [T, n, d]: one sequence's streams at T consecutive positions; e [T, width] their
-  // rows; conv_history: that sequence's state for this layer (updated). Writes x + Y to
-  // out (which may be x).
-  void Apply(const float* x, const float* e, int64_t T, std::vector<float>* conv_history,
-             float* out) const;
+  // x [T, n, d]: streams of T tokens; e [T, width] their rows. Writes x + g·v to out (which
+  // may be x). Each token's result depends on that token alone.
+  void Apply(const float* x, const float* e, int64_t T, float* out) const;
 
  private:
-  Weights w_;
-  int64_t d_ = 0, n_ = 0, width_ = 0;
-  int kernel_ = 0, dilation_ = 0;
+  WeightMatrix wkv_;  // [(n+1)·d, width]
+  Tensor gate_;       // [n, d]
+  float eps_;
 };
 
 // Everything Engram needs in a forward pass: the hasher, the layers and a row source.
@@ -154,8 +153,9 @@ class EngramModule {
   void Advance(absl::Span<const Segment> segments) const;
 
  private:
-  EngramModule(EngramHasher hasher) : hasher_(std::move(hasher)) {}
+  EngramModule(EngramHasher hasher, int64_t stride) : hasher_(std::move(hasher)), stride_(stride) {}
   EngramHasher hasher_;
+  int64_t stride_;  // n·d floats per step row
   std::vector<EngramLayer> layers_;  // per Engram layer index
   WeightBytes weight_bytes_;
   WeightMappings mappings_;  // keeps the views in layers_ valid

@@ -17,9 +17,13 @@ void SequenceState::Reset() {
     LayerKvState& layer = layers_[i];
     layer.window.assign(static_cast<size_t>(config_.sliding_window * config_.head_dim), 0.0f);
     const int m = config_.ratio(i);
-    if (m > 0) layer.compressor = Compressor::FreshState(m, config_.head_dim);
-    if (config_.is_csa(i))
-      layer.index_compressor = Compressor::FreshState(4, config_.index_head_dim);
+    // V4: every compressed layer compresses; V4.1: only the kv sources.
+    if (m > 0 && config_.kv_source_of(i) == i) {
+      layer.compressor = Compressor::FreshState(m, config_.is_csa(i), config_.head_dim);
+    }
+    if (config_.is_csa(i)) {
+      layer.index_compressor = Compressor::FreshState(4, true, config_.index_head_dim);
+    }
   }
 }
 

@@ -1,7 +1,9 @@
 // Per-sequence decode state of the attention layers (spec §5), fp32:
 //   every layer      window ring [W, D]: kv of position p in slot p mod W
-//   m > 0            compressed entries [⌊P/m⌋, D] and the compressor's partial block
-//   m = 4            indexer keys [⌊P/4⌋, DI] and the indexer compressor's partial block
+//   V4, m > 0        compressed entries [⌊P/m⌋, D] and the compressor's partial block
+//   V4, m = 4        indexer keys [⌊P/4⌋, DI] and the indexer compressor's partial block
+//   V4.1 kv source   compressed entries [⌊P/m⌋, D], the partial block [m, D] and the
+//                    indexer keys [⌊P/m⌋, DI]; the layers that reuse them hold only the window
 // where P = position() tokens have been processed. mHC is stateless.
 //
 // A new or Reset() state is a fresh sequence: the compressor buffers are re-initialised
@@ -20,10 +22,10 @@ namespace dsv4 {
 
 struct LayerKvState {
   std::vector<float> window;         // [W, D]
-  std::vector<float> entries;        // [n, D] compressed entries (m > 0)
-  CompressorState compressor;        // (m > 0)
-  std::vector<float> index_keys;     // [n, DI] (m = 4)
-  CompressorState index_compressor;  // (m = 4)
+  std::vector<float> entries;        // [n, D] compressed entries (compressing layers)
+  CompressorState compressor;        // the partial block (compressing layers)
+  std::vector<float> index_keys;     // [n, DI] (V4: m = 4; V4.1: kv sources)
+  CompressorState index_compressor;  // (V4: m = 4)
   int64_t bytes() const;
 };
 

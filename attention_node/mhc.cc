@@ -15,7 +15,7 @@ namespace dsv4 {
 namespace {
 
 // mix[T, rows] = (x_t · fnᵀ) · rsqrt(mean(x_t²) + eps), x_t the n·d streams of token t.
-std::vector<float> Mixes(const Tensor& fn, const float* x, int64_t tokens, float eps) {
+std::vector<float> RawMixes(const Tensor& fn, const float* x, int64_t tokens, float eps) {
   const int64_t rows = fn.dim(0);
   const int64_t width = fn.dim(1);
   std::vector<float> mix(static_cast<size_t>(tokens * rows));
@@ -108,28 +108,41 @@ absl::StatusOr<HyperConnection> HyperConnection::Load(WeightLoader& loader,
                          static_cast<float>(config.rms_norm_eps));
 }
 
-void HyperConnection::Pre(const float* x, int64_t tokens, float* y, float* post,
-                          float* comb) const {
+void HyperConnection::Mixes(const float* x, int64_t tokens, float* pre, float* post,
+                            float* comb) const {
   const int n = n_;
-  const int64_t d = fn_.dim(1) / n;
   const int64_t m = fn_.dim(0);
-  const std::vector<float> mix = Mixes(fn_, x, tokens, norm_eps_);
+  const std::vector<float> mix = RawMixes(fn_, x, tokens, norm_eps_);
   const float* base = base_.data();
   const float* scale = scale_.data();
   ParallelFor(tokens, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> pre(n);
     for (int64_t t = begin; t < end; ++t) {
       const float* mt = mix.data() + t * m;
       for (int i = 0; i < n; ++i) {
-        pre[i] = Sigmoid(mt[i] * scale[0] + base[i]) + hc_eps_;
+        pre[t * n + i] = Sigmoid(mt[i] * scale[0] + base[i]) + hc_eps_;
         post[t * n + i] = 2.0f * Sigmoid(mt[n + i] * scale[1] + base[n + i]);
       }
       float* ct = comb + t * n * n;
       for (int ab = 0; ab < n * n; ++ab) ct[ab] = mt[2 * n + ab] * scale[2] + base[2 * n + ab];
       Sinkhorn(ct, n, iters_, hc_eps_);
-      WeightedStreamSum(x + t * n * d, pre.data(), n, d, y + t * d);
     }
   });
+}
+
+void HyperConnection::Collapse(const float* x, const float* pre, int64_t tokens, int n,
+                               int64_t d, float* y) {
+  ParallelFor(tokens, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      WeightedStreamSum(x + t * n * d, pre + t * n, n, d, y + t * d);
+    }
+  });
+}
+
+void HyperConnection::Pre(const float* x, int64_t tokens, float* y, float* post,
+                          float* comb) const {
+  std::vector<float> pre(tokens * n_);
+  Mixes(x, tokens, pre.data(), post, comb);
+  Collapse(x, pre.data(), tokens, n_, fn_.dim(1) / n_, y);
 }
 
 void HyperConnection::Post(const float* f, const float* post, const float* comb, int64_t tokens,
@@ -174,7 +187,7 @@ absl::StatusOr<HcHead> HcHead::Load(WeightLoader& loader, const std::string& pre
 void HcHead::Apply(const float* x, int64_t tokens, float* y) const {
   const int n = n_;
   const int64_t d = fn_.dim(1) / n;
-  const std::vector<float> mix = Mixes(fn_, x, tokens, norm_eps_);
+  const std::vector<float> mix = RawMixes(fn_, x, tokens, norm_eps_);
   std::vector<float> pre(n);
   for (int64_t t = 0; t < tokens; ++t) {
     for (int i = 0; i < n; ++i) {

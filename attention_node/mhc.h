@@ -2,6 +2,11 @@
 // every token, mixed into one sub-layer input (Pre), updated with the sub-layer output
 // (Post), and finally reduced for the head (HcHead).
 //
+// V4 collapses a sub-layer's input with the pre-mix computed from that same input (Pre).
+// V4.1 is lagged (single-pass): each sub-layer's Mixes yield the pre-mix of the *next*
+// sub-layer (the first attention collapses with the one-hot mix on stream 0, the head with
+// the last FFN's), so it calls Mixes and Collapse separately, and has no HcHead.
+//
 // Per token, with x the n·d concatenation of the streams (stream 0 first):
 //   mix     = (fn · x) · rsqrt(mean(x²) + norm_eps)              (length M = (2+n)·n)
 //   pre[i]  = sigmoid(mix[i]·scale[0] + base[i]) + hc_eps
@@ -37,7 +42,12 @@ class HyperConnection {
   static absl::StatusOr<HyperConnection> Load(WeightLoader& loader, const std::string& prefix,
                                               const ModelConfig& config);
 
-  // x [T, n, d] → y [T, d], post [T, n], comb [T, n, n].
+  // pre [T, n], post [T, n], comb [T, n, n] from x [T, n, d].
+  void Mixes(const float* x, int64_t tokens, float* pre, float* post, float* comb) const;
+  // y [T, d] = Σ_i pre[t, i]·X[t, i].
+  static void Collapse(const float* x, const float* pre, int64_t tokens, int n, int64_t d,
+                       float* y);
+  // V4: Mixes, then Collapse with the sub-layer's own pre: x → y [T, d], post, comb.
   void Pre(const float* x, int64_t tokens, float* y, float* post, float* comb) const;
 
   // In place on x [T, n, d], with f [T, d] the sub-layer output.

@@ -19,7 +19,9 @@ absl::Status CheckConfig(const ModelConfig& c) {
   auto bad = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", what));
   };
-  if (!c.is_v4()) return bad(absl::StrCat("model_type \"", c.model_type, "\" is not deepseek_v4"));
+  if (!c.is_v4()) {
+    return bad(absl::StrCat("model_type \"", c.model_type, "\" is not deepseek_v4 or deepseek_v41"));
+  }
   if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_hidden_layers <= 0 ||
       c.num_attention_heads <= 0 || c.head_dim <= 0 || c.q_lora_rank <= 0 || c.o_lora_rank <= 0 ||
       c.sliding_window <= 0 || c.n_routed_experts <= 0 || c.moe_intermediate_size <= 0 ||
@@ -46,10 +48,10 @@ absl::Status CheckConfig(const ModelConfig& c) {
   }
   for (size_t i = 0; i < layers; ++i) {
     if (c.compress_ratios[i] < 0) return bad("compress_ratios entries must be ≥ 0");
-    if (c.compress_ratios[i] == 4 &&
+    if ((c.is_csa(static_cast<int>(i)) || c.is_index_source(static_cast<int>(i))) &&
         (c.index_n_heads <= 0 || c.index_head_dim < c.qk_rope_head_dim || c.index_topk <= 0)) {
       return bad(
-          "CSA layers need index_n_heads > 0, index_topk > 0 and index_head_dim ≥ "
+          "layers with an indexer need index_n_heads > 0, index_topk > 0 and index_head_dim ≥ "
           "qk_rope_head_dim");
     }
   }
@@ -121,8 +123,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
   WeightLoader loader(checkpoint, config.weight_block_size);
   const int64_t v = config.vocab_size;
   const int64_t d = config.hidden_size;
-  ASSIGN_OR_RETURN(HcHead hc_head, HcHead::Load(loader, "hc_head", config));
-  std::unique_ptr<Model> model(new Model(config, std::move(hc_head)));
+  std::unique_ptr<Model> model(new Model(config));
+  if (!config.is_v41()) {
+    ASSIGN_OR_RETURN(model->hc_head_, HcHead::Load(loader, "hc_head", config));
+  }
   model->max_seq_len_ = options.max_seq_len > 0 ? options.max_seq_len : limit;
   ASSIGN_OR_RETURN(model->embed_, loader.LoadMatrix("embed.weight", v, d));
   ASSIGN_OR_RETURN(model->head_, loader.LoadMatrix("head.weight", v, d));
@@ -132,7 +136,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const ModelConfig& config,
     model->layers_.push_back(std::move(block));
   }
   const WeightBytes main_bytes = loader.bytes();
-  if (options.load_mtp) {
+  if (options.load_mtp && !config.is_v41()) {
     for (int i = 0; i < config.num_nextn_predict_layers; ++i) {
       ASSIGN_OR_RETURN(MtpBlock mtp, LoadMtp(loader, config, i));
       model->mtp_.push_back(std::move(mtp));
@@ -186,6 +190,10 @@ absl::StatusOr<Step> Model::BeginStep(absl::Span<const StepInput> inputs) const 
   }
   const int n = config_.hc_mult;
   const int64_t d = config_.hidden_size;
+  if (config_.is_v41()) {  // the first attention collapses onto stream 0
+    step.pre_.assign(step.rows() * n, 0.0f);
+    for (int64_t t = 0; t < step.rows(); ++t) step.pre_[t * n] = 1.0f;
+  }
   step.x_ = Tensor({step.rows(), n, d});
   for (int64_t t = 0; t < step.rows(); ++t) {
     float* x = step.x_.data() + t * n * d;
@@ -230,12 +238,21 @@ absl::Status Model::AttentionStage(int layer, Step* step, RoutedTokens* routed) 
   post.resize(rows * n);
   comb.resize(rows * n * n);
   attn_out.resize(rows * d);
-  b.hc_attn.Pre(x, rows, y.data(), post.data(), comb.data());
+  const bool lagged = config_.is_v41();
+  if (lagged) {
+    step->attn_pre_.resize(rows * n);
+    b.hc_attn.Mixes(x, rows, step->attn_pre_.data(), post.data(), comb.data());
+    HyperConnection::Collapse(x, step->pre_.data(), rows, n, d, y.data());
+  } else {
+    b.hc_attn.Pre(x, rows, y.data(), post.data(), comb.data());
+  }
   RmsNorm(y.data(), b.attn_norm.data(), rows, d, eps, y.data());
   std::vector<AttentionSequence> sequences(step->num_sequences());
+  const int source = config_.kv_source_of(layer);
   for (int i = 0; i < step->num_sequences(); ++i) {
     sequences[i] = {step->row_begin(i), step->sequence_rows(i), step->start_pos(i),
-                    &step->states_[i]->layer(layer)};
+                    &step->states_[i]->layer(layer),
+                    source >= 0 ? &step->states_[i]->layer(source) : nullptr};
   }
   b.attn.Forward(y.data(), rows, sequences, &step->attention_workspace_, attn_out.data());
   HyperConnection::Post(attn_out.data(), post.data(), comb.data(), rows, n, d, x);
@@ -243,7 +260,12 @@ absl::Status Model::AttentionStage(int layer, Step* step, RoutedTokens* routed) 
   if (step->ffn_in_.shape() != Shape{rows, d}) step->ffn_in_ = Tensor({rows, d});
   step->post_.resize(rows * n);
   step->comb_.resize(rows * n * n);
-  b.hc_ffn.Pre(x, rows, step->ffn_in_.data(), step->post_.data(), step->comb_.data());
+  if (lagged) {
+    b.hc_ffn.Mixes(x, rows, step->pre_.data(), step->post_.data(), step->comb_.data());
+    HyperConnection::Collapse(x, step->attn_pre_.data(), rows, n, d, step->ffn_in_.data());
+  } else {
+    b.hc_ffn.Pre(x, rows, step->ffn_in_.data(), step->post_.data(), step->comb_.data());
+  }
   RmsNorm(step->ffn_in_.data(), b.ffn_norm.data(), rows, d, eps, step->ffn_in_.data());
 
   routed->x = step->ffn_in_;
@@ -299,7 +321,15 @@ absl::StatusOr<Tensor> Model::Logits(const Step& step, LogitRows which) const {
   for (int64_t i = 0; i < count; ++i) {
     std::memcpy(x.data() + i * n * d, step.x_.data() + rows[i] * n * d, n * d * sizeof(float));
   }
-  hc_head_.Apply(x.data(), count, y.data());
+  if (hc_head_) {
+    hc_head_->Apply(x.data(), count, y.data());
+  } else {  // V4.1: the last FFN's pre-mix
+    std::vector<float> pre(count * n);
+    for (int64_t i = 0; i < count; ++i) {
+      std::memcpy(pre.data() + i * n, step.pre_.data() + rows[i] * n, n * sizeof(float));
+    }
+    HyperConnection::Collapse(x.data(), pre.data(), count, n, d, y.data());
+  }
   RmsNorm(y.data(), norm_.data(), count, d, static_cast<float>(config_.rms_norm_eps), y.data());
   Tensor logits({count, v});
   MatMul(y.data(), count, head_, logits.data());

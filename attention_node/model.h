@@ -19,6 +19,12 @@
 //   Logits(step, rows)                       hc_head, norm, head
 //   Finish(step)                             advances each sequence's position
 //
+// DeepSeek-V4.1 (spec deepseek-v41-model.md) runs on the same path: its mHC is lagged
+// (each hc_pre collapses with the pre-mix the previous sub-layer computed; the head with
+// the last FFN's, no hc_head), its attention is CSA2 (attention.h), its Engram is the
+// released one (engram.h), and it has no hash-routed layers. Its DSpark stages (mtp.*) are
+// checked by `dsv4 checkpoint inspect` but not loaded: they do not run in the forward.
+//
 // The Model is immutable after Load: several steps may be in flight at once (each Step
 // owns its activations). If a step fails after BeginStep, its sequences' states are
 // partially updated and must be Reset().
@@ -27,6 +33,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,6 +98,9 @@ class Step {
   Tensor x_;                        // [T, n, d] residual streams
   Tensor ffn_in_;                   // [T, d] ffn_norm output of the current layer
   std::vector<float> post_, comb_;  // [T, n], [T, n, n]: the ffn hc_pre mixes
+  // V4.1: the pre-mix [T, n] the next sub-layer collapses with (lagged mHC), and the one
+  // the current layer's attention computed for its FFN.
+  std::vector<float> pre_, attn_pre_;
   // Buffers reused by every layer of the step.
   std::vector<float> attn_in_, attn_out_, attn_post_, attn_comb_, moe_out_, swiglu_scratch_;
   AttentionWorkspace attention_workspace_;
@@ -157,15 +167,14 @@ class Model {
   static absl::StatusOr<MtpBlock> LoadMtp(WeightLoader& loader, const ModelConfig& config,
                                           int index);
 
-  Model(const ModelConfig& config, HcHead hc_head)
-      : config_(config), hc_head_(std::move(hc_head)) {}
+  explicit Model(const ModelConfig& config) : config_(config) {}
   std::vector<EngramModule::Segment> EngramSegments(const Step& step) const;
 
   ModelConfig config_;
   int64_t max_seq_len_ = 0;
   WeightMatrix embed_, head_;  // [V, d]
   Tensor norm_;                // [d]
-  HcHead hc_head_;
+  std::optional<HcHead> hc_head_;  // V4 (V4.1 collapses with the last FFN's pre-mix)
   std::vector<Block> layers_;
   std::vector<MtpBlock> mtp_;
   std::unique_ptr<EngramModule> engram_;  // null without Engram layers

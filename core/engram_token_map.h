@@ -7,9 +7,12 @@
 //   key  = the raw token string (Tokenizer::TokenString) if text contains U+FFFD, else
 //          Normalize(text), or text itself when that is empty
 //   comp[id] = the index of key among the distinct keys in order of first appearance
-// Normalize is the tokenizers normalizer sequence NFKC, NFD, StripAccents (drop Mn
-// characters), Lowercase, Replace(/[ \t\r\n]+/ → " "), Replace(/^ $/ → U+E000), Strip
-// (both sides, Unicode White_Space), Replace(U+E000 → " ").
+// Normalize is the tokenizers normalizer sequence NFKC, NFD, StripAccents (drop every
+// General_Category=Mark character, Mn, Mc and Me, as the Rust crate's is_combining_mark),
+// Lowercase (each character's full lowercase mapping alone, as Rust's char::to_lowercase:
+// no final sigma), Replace(/[ \t\r\n]+/ → " "), Replace(/^ $/ → U+E000), Strip (both
+// sides, Unicode White_Space), Replace(U+E000 → " "), with the semantics of the Rust
+// `tokenizers` crate that the official code runs (ICU provides the Unicode data).
 #ifndef DSV4_CORE_ENGRAM_TOKEN_MAP_H_
 #define DSV4_CORE_ENGRAM_TOKEN_MAP_H_
 
@@ -28,7 +31,7 @@ struct EngramTokenMap {
   int64_t size = 0;                 // distinct keys = engram_compressed_vocab_size
 };
 
-// The normalizer sequence above, on UTF-8 text.
+// The normalizer sequence above, on UTF-8 text (invalid bytes read as U+FFFD).
 std::string EngramNormalize(absl::string_view text);
 
 EngramTokenMap BuildEngramTokenMap(const Tokenizer& tokenizer);

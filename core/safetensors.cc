@@ -34,8 +34,7 @@ using Json = nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the official reader's limit
 constexpr char kIndexFile[] = "model.safetensors.index.json";
 constexpr char kSingleFile[] = "model.safetensors";
-constexpr int64_t kFp8Block = 128;  // FP8 scales cover 128×128 blocks
-constexpr int64_t kFp4Block = 32;   // FP4 scales cover 1×32 blocks
+constexpr int64_t kFp4Block = 32;  // FP4 scales cover 1×32 blocks
 
 uint64_t ReadLe64(const uint8_t* bytes) {
   uint64_t value = 0;
@@ -415,7 +414,7 @@ std::shared_ptr<const SafetensorsFile> Checkpoint::FileHolding(const std::string
   return file == open_files_.end() ? nullptr : file->second;
 }
 
-absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name) {
+absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name, Fp8Block fp8_block) {
   ASSIGN_OR_RETURN(const TensorView* weight, Get(name));
   const DType dtype = weight->dtype;
   if (dtype != DType::kF8E4M3 && dtype != DType::kI8) return ToF32(*weight);
@@ -432,7 +431,8 @@ absl::StatusOr<Tensor> Checkpoint::LoadF32(const std::string& name) {
     return absl::Status(scale.status().code(), absl::StrCat(scale.status().message(),
                                                             " (the scale of ", Quoted(name), ")"));
   }
-  return dtype == DType::kF8E4M3 ? DequantFp8(*weight, **scale) : DequantFp4(*weight, **scale);
+  return dtype == DType::kF8E4M3 ? DequantFp8(*weight, **scale, fp8_block)
+                                 : DequantFp4(*weight, **scale);
 }
 
 absl::StatusOr<std::vector<int64_t>> Checkpoint::LoadI64(const std::string& name) {
@@ -474,22 +474,27 @@ absl::StatusOr<Tensor> ToF32(const TensorView& view) {
   }
 }
 
-absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale) {
+absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale,
+                                  Fp8Block block) {
   RETURN_IF_ERROR(CheckView(weight, DType::kF8E4M3, 2));
   RETURN_IF_ERROR(CheckView(scale, DType::kF8E8M0, -1));
+  if (block.rows <= 0 || block.cols <= 0) {
+    return TensorError(weight.file, weight.name,
+                       absl::StrCat("FP8 block ", block.rows, "x", block.cols, " is not positive"));
+  }
   const int64_t rows = weight.shape[0];
   const int64_t cols = weight.shape[1];
-  const int64_t block_cols = CeilDiv(cols, kFp8Block);
-  RETURN_IF_ERROR(
-      CheckScaleShape(weight, scale, {CeilDiv(rows, kFp8Block), block_cols}, "128x128"));
+  const int64_t block_cols = CeilDiv(cols, block.cols);
+  RETURN_IF_ERROR(CheckScaleShape(weight, scale, {CeilDiv(rows, block.rows), block_cols},
+                                  absl::StrCat(block.rows, "x", block.cols)));
   const std::vector<float> scales = DecodeScales(scale);
   const std::array<float, 256>& fp8 = E4M3Table();
   Tensor out({rows, cols});
   float* dst = out.data();
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = weight.data + r * cols;
-    const float* row_scales = scales.data() + (r / kFp8Block) * block_cols;
-    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = fp8[src[c]] * row_scales[c / kFp8Block];
+    const float* row_scales = scales.data() + (r / block.rows) * block_cols;
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = fp8[src[c]] * row_scales[c / block.cols];
   }
   return out;
 }

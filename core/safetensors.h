@@ -19,6 +19,14 @@
 
 namespace dsv4 {
 
+// The block an FP8 weight's E8M0 scale covers: V4 releases 128×128, V4.1 32×32 (its
+// `quantization_config.weight_block_size`), and V4.1's Engram tables one scale per 32
+// values of a row (1×32).
+struct Fp8Block {
+  int64_t rows = 128;
+  int64_t cols = 128;
+};
+
 // A zero-copy view of one stored tensor. `data` points into the mapped file and stays
 // valid while the file that owns it is open.
 struct TensorView {
@@ -86,10 +94,11 @@ class Checkpoint {
   std::shared_ptr<const SafetensorsFile> FileHolding(const std::string& name) const;
 
   // Dequantised fp32 weight of a parameter by its full tensor name. For "X.weight":
-  // F8_E4M3 uses "X.scale" (128×128 E8M0 blocks), I8 is packed FP4 with "X.scale"
-  // (1×32 E8M0 blocks); BF16/F16/F32 (and E8M0 scales) are converted directly. A missing
-  // scale, a scale of the wrong shape or dtype, or an integer tensor is an error.
-  absl::StatusOr<Tensor> LoadF32(const std::string& name);
+  // F8_E4M3 uses "X.scale" (E8M0 blocks of `fp8_block`, 128×128 by default), I8 is packed
+  // FP4 with "X.scale" (1×32 E8M0 blocks); BF16/F16/F32 (and E8M0 scales) are converted
+  // directly. A missing scale, a scale of the wrong shape or dtype, or an integer tensor
+  // is an error.
+  absl::StatusOr<Tensor> LoadF32(const std::string& name, Fp8Block fp8_block = {});
   absl::StatusOr<std::vector<int64_t>> LoadI64(const std::string& name);  // I64 only
 
  private:
@@ -99,10 +108,11 @@ class Checkpoint {
 };
 
 // Exact dequantisation of stored views. Each checks dtypes, byte counts and scale shapes
-// (FP8: scale [⌈N/128⌉, ⌈K/128⌉]; FP4 in I8 [N, K/2]: scale [N, ⌈K/32⌉]) and names both
-// tensors on a mismatch.
+// (FP8 with block b: scale [⌈N/b.rows⌉, ⌈K/b.cols⌉]; FP4 in I8 [N, K/2]: scale [N, ⌈K/32⌉])
+// and names both tensors on a mismatch.
 absl::StatusOr<Tensor> ToF32(const TensorView& view);  // BF16, F16, F32, F8_E8M0
-absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale);
+absl::StatusOr<Tensor> DequantFp8(const TensorView& weight, const TensorView& scale,
+                                  Fp8Block block = {});
 absl::StatusOr<Tensor> DequantFp4(const TensorView& weight, const TensorView& scale);
 
 // Writes tensors into one .safetensors file as the official writer does: header keys

@@ -18,7 +18,9 @@ absl::StatusOr<std::unique_ptr<RoutedExperts>> RoutedExperts::Load(const ModelCo
   std::unique_ptr<RoutedExperts> experts(new RoutedExperts(config));
   WeightLoader loader(checkpoint, config.weight_block_size);
   const int main_layers = config.num_hidden_layers;
-  const int layers = main_layers + (include_mtp ? config.num_nextn_predict_layers : 0);
+  // V4.1's DSpark stages are not evaluated, so their experts stay on disk.
+  const bool mtp = include_mtp && !config.is_v41();
+  const int layers = main_layers + (mtp ? config.num_nextn_predict_layers : 0);
   for (int layer = 0; layer < layers; ++layer) {
     const std::string block = layer < main_layers ? absl::StrCat("layers.", layer)
                                                   : absl::StrCat("mtp.", layer - main_layers);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: a whole dsv4-cluster on this machine.
-#   1. generate the v4-mini-engram checkpoint (cached under checkpoints/) and verify it;
+#   1. generate the v41-mini checkpoint (cached under checkpoints/) and verify it;
 #   2. start two Engram memory nodes (dsv4-engram-store, replication 2);
 #   3. start the coordinator, which launches the engine (mpirun: 1 attention + 1 expert
 #      rank, cluster-configs/local-engram.yaml) and supervises it;
@@ -11,7 +11,7 @@
 set -euo pipefail
 BUILD_DIR=${1:-build}
 BIN="$BUILD_DIR/bin"
-CKPT=checkpoints/v4-mini-engram
+CKPT=checkpoints/v41-mini
 CLUSTER=cluster-configs/local-engram.yaml
 SERVER=127.0.0.1:50051
 LOGS=$(mktemp -d)
@@ -36,8 +36,8 @@ wait_for() {
 }
 
 if [ ! -f "$CKPT/model.safetensors.index.json" ]; then
-  echo "== generating the v4-mini-engram checkpoint (seed 0) into $CKPT"
-  "$BIN/dsv4" checkpoint generate --preset v4-mini-engram --seed 0 --out "$CKPT"
+  echo "== generating the v41-mini checkpoint (seed 0) into $CKPT"
+  "$BIN/dsv4" checkpoint generate --preset v41-mini --seed 0 --out "$CKPT"
 else
   echo "== using the cached checkpoint in $CKPT"
 fi

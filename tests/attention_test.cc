@@ -114,7 +114,7 @@ TEST(CompressorTest, MatchesBlockPoolingForOverlappingAndPlainRatios) {
                           Tensor::FromVector({dc}, norm), m, Rope(rope), 1e-6f);
     std::vector<float> kv(tokens * w), score(tokens * w);
     compressor.Project(x.data(), tokens, kv.data(), score.data());
-    CompressorState state = Compressor::FreshState(m, dc);
+    CompressorState state = Compressor::FreshState(m, m == 4, dc);
     std::vector<float> entries;
     for (int64_t t = 0; t < tokens; ++t) {
       compressor.Push(&state, kv.data() + t * w, score.data() + t * w, t, &entries);

@@ -239,10 +239,10 @@ TEST_F(EngineTest, ModelledStepTimeEqualsCostModel) {
   }
 }
 
-// Engram tables on two replicated dsv4-engram-store processes on loopback (v4-tiny-engram).
+// Engram tables on two replicated dsv4-engram-store processes on loopback (v41-tiny).
 class EngineEngramTest : public EngineTest {
  protected:
-  static void SetUpTestSuite() { Generate("v4-tiny-engram"); }
+  static void SetUpTestSuite() { Generate("v41-tiny"); }
   void SetUp() override {
     servers_ = engram::testing::StartServerProcesses(Checkpoint(), 2, 2);
     ASSERT_EQ(servers_.addresses.size(), 2u);

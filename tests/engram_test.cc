@@ -1,9 +1,9 @@
-// Engram in one process: NumPy-exact multipliers, prime table sizes, hashing against hand
-// computations, the fusion (gate, conv) against a plain computation, decode = prefill,
-// and the checkpoint layout and presets.
+// Engram as DeepSeek-V4.1 releases it, in one process: NumPy-exact multipliers, the release's
+// prime table sizes, hashing against a plain re-computation, the fusion (fused wkv, q⊙k
+// gate, signed square root) against a plain double computation, the module over the
+// checkpoint's FP8 tables, and the layout's Engram tensors.
 #include "attention_node/engram.h"
 
-#include <cfloat>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -13,7 +13,10 @@
 #include "absl/strings/str_format.h"
 #include "core/checkpoint_generator.h"
 #include "core/checkpoint_layout.h"
+#include "core/dtype.h"
 #include "core/engram_hash.h"
+#include "core/matmul.h"
+#include "core/weight_loader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -24,6 +27,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
 
 std::string PresetPath(const std::string& name) {
   return std::string(DSV4_SOURCE_DIR) + "/models/" + name + "/config.json";
@@ -35,209 +39,190 @@ ModelConfig Preset(const std::string& name) {
   return *c;
 }
 
-// Spec §6.3 quotes the demo scheme's values for V_comp 99092, seed 0 (N = 4).
+// Spec deepseek-v41-model.md §3.4 (verified there with NumPy): default_rng(10007·ℓ).
 TEST(EngramHashTest, MultipliersMatchNumpy) {
-  EXPECT_THAT(EngramMultipliers(0, 1, 99092, 4),
+  EXPECT_THAT(EngramMultipliers(1, 99092, 4),
               ElementsAre(76632096046245, 4839876093313, 35959672319349, 73987337458391));
-  EXPECT_THAT(EngramMultipliers(0, 14, 99092, 4),
+  EXPECT_THAT(EngramMultipliers(14, 99092, 4),
               ElementsAre(67716810739261, 51510806800915, 30921347202721, 82619226485591));
-  EXPECT_THAT(EngramMultipliers(0, 1, 99092, 3),
+  EXPECT_THAT(EngramMultipliers(1, 99092, 3),
               ElementsAre(76632096046245, 4839876093313, 35959672319349));
-  // All odd, and below 2·B so tok · m cannot overflow for tok < V_comp.
-  for (int64_t m : EngramMultipliers(7, 3, 512, 8)) {
+  // All odd, and below 2·B so c · m cannot overflow for c < V_comp.
+  for (int64_t m : EngramMultipliers(3, 512, 8)) {
     EXPECT_EQ(m % 2, 1);
     EXPECT_LT(m, INT64_MAX / 512);
   }
 }
 
-TEST(EngramHashTest, HeadSizesArePrimesAboveTheBase) {
-  EngramConfig e;
-  e.layer_ids = {1, 3};
-  e.max_ngram_size = 3;
-  e.n_heads = 2;
-  e.vocab_size = {1009, 1009};
-  EXPECT_THAT(EngramHeadSizes(e)[0], ElementsAre(1009, 1013, 1019, 1021));
-  EXPECT_THAT(EngramHeadSizes(e)[1], ElementsAre(1031, 1033, 1039, 1049));
+// The release's tables (spec §3.3): 24 primes per layer from one global set.
+TEST(EngramHashTest, ReleasePrimesAndRows) {
+  const ModelConfig c = Preset("deepseek-v4.1-flash");
+  const std::vector<std::vector<int64_t>> sizes = EngramHeadSizes(c.engram);
+  ASSERT_EQ(sizes.size(), 2u);
+  ASSERT_EQ(sizes[0].size(), 24u);
+  EXPECT_THAT(std::vector<int64_t>(sizes[0].begin(), sizes[0].begin() + 3),
+              ElementsAre(16000057, 16000079, 16000081));
+  EXPECT_EQ(sizes[0][23], 16000463);
+  EXPECT_EQ(sizes[1][0], 16000477);
+  EXPECT_EQ(sizes[1][23], 16000889);
+  for (int i = 0; i < 2; ++i) {
+    int64_t rows = 0;
+    for (int64_t p : sizes[i]) rows += p;
+    EXPECT_EQ(rows, c.engram.num_embeddings[i]);
+  }
+  EXPECT_EQ(c.engram.num_embeddings, (std::vector<int64_t>{384006168, 384016682}));
 }
 
-// Hand-computed rows for tokens [5, 700, 1023] with multipliers (3, 5, 7), the canonical
-// map id mod 512 (so 188, 511), pad 2, and heads 1009, 1013 (n = 2), 1019, 1021 (n = 3)
-// at offsets 0, 1009, 2022, 3041:
-//   t=0: mix2 = 15^10 = 5,        mix3 = 5^14 = 11
-//   t=1: mix2 = 564^25 = 557,     mix3 = 557^14 = 547
-//   t=2: mix2 = 1533^940 = 1617,  mix3 = 1617^35 = 1650
-TEST(EngramHashTest, RowIdsByHand) {
-  const ModelConfig config = Preset("v4-tiny-engram");
-  absl::StatusOr<EngramHasher> h =
-      EngramHasher::Create(config, SyntheticCanonicalMap(config), {{3, 5, 7}});
+// A compressed map for v41-tiny's 1024 ids: id mod 895 for ids < 1000 (so 895 keys), the
+// last 24 ids left to the tokenizer-less fallback (they hash as the pad token).
+std::vector<int64_t> TinyMap() {
+  std::vector<int64_t> map(1000);
+  for (int64_t id = 0; id < 1000; ++id) map[id] = id % 895;
+  return map;
+}
+
+// The rows by the definition, written plainly: for each position the look-backs (pad before
+// the start), the XOR chain of products, the floor modulus and the head offsets.
+std::vector<int64_t> PlainRows(const ModelConfig& c, int index, const std::vector<int64_t>& map,
+                               const std::vector<int32_t>& tokens) {
+  const EngramConfig& e = c.engram;
+  const std::vector<int64_t> m =
+      EngramMultipliers(e.layer_ids[index], e.compressed_vocab_size, e.max_ngram_size);
+  const std::vector<int64_t> sizes = EngramHeadSizes(e)[index];
+  auto comp = [&](int32_t id) { return id < static_cast<int32_t>(map.size()) ? map[id] : map[2]; };
+  std::vector<int64_t> rows;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    int64_t offset = 0, r = 0;
+    std::vector<int64_t> out;
+    for (int n = 1; n <= e.max_ngram_size; ++n) {
+      const int s = n - 1;
+      const int64_t c_s = static_cast<int64_t>(t) >= s ? comp(tokens[t - s]) : map[2];
+      r ^= c_s * m[s];
+      if (n < 2) continue;
+      for (int j = 0; j < e.n_heads; ++j) {
+        const int64_t p = sizes[(n - 2) * e.n_heads + j];
+        out.push_back(offset + r % p);
+        offset += p;
+      }
+    }
+    rows.insert(rows.end(), out.begin(), out.end());
+  }
+  return rows;
+}
+
+TEST(EngramHashTest, RowIdsFollowTheDefinition) {
+  const ModelConfig config = Preset("v41-tiny");
+  absl::StatusOr<EngramHasher> h = EngramHasher::Create(config, TinyMap(), 895);
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->heads(), 4);
   EXPECT_EQ(h->pad_id(), 2);
-  EXPECT_EQ(h->table_rows(0), 1009 + 1013 + 1019 + 1021);
-  EngramState state = h->NewState();
-  const std::vector<int32_t> tokens = {5, 700, 1023};
-  std::vector<int64_t> rows(12);
-  h->RowIds(0, state, tokens, rows.data());
-  EXPECT_THAT(rows,
-              ElementsAre(5, 1009 + 5, 2022 + 11, 3041 + 11,        //
-                          557, 1009 + 557, 2022 + 547, 3041 + 547,  //
-                          1617 % 1009, 1009 + 1617 % 1013, 2022 + 1650 % 1019, 3041 + 1650 % 1021));
-  // Decode: the same rows one token at a time, the history carrying the context.
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    std::vector<int64_t> one(4);
-    h->RowIds(0, state, absl::MakeConstSpan(&tokens[t], 1), one.data());
-    EXPECT_THAT(one, ElementsAreArray(rows.begin() + 4 * t, rows.begin() + 4 * t + 4));
-    h->Advance(&state, absl::MakeConstSpan(&tokens[t], 1));
+  EXPECT_EQ(h->table_rows(1), config.engram.num_embeddings[1]);
+  const std::vector<int32_t> tokens = {5, 700, 1023, 899, 4, 5, 700};
+  for (int index = 0; index < 2; ++index) {
+    const std::vector<int64_t> want = PlainRows(config, index, TinyMap(), tokens);
+    std::vector<int64_t> rows(tokens.size() * 4);
+    EngramState state = h->NewState();
+    h->RowIds(index, state, tokens, rows.data());
+    EXPECT_EQ(rows, want) << index;
+    // Decode: the same rows one token at a time, the history carrying the look-backs.
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      std::vector<int64_t> one(4);
+      h->RowIds(index, state, absl::MakeConstSpan(&tokens[t], 1), one.data());
+      EXPECT_THAT(one, ElementsAreArray(rows.begin() + 4 * t, rows.begin() + 4 * t + 4));
+      h->Advance(&state, absl::MakeConstSpan(&tokens[t], 1));
+    }
   }
+  // 899 and 4 share compressed id 4: same bigram with the same predecessor, same rows.
+  const std::vector<int32_t> a = {7, 899}, b = {7, 4};
+  std::vector<int64_t> ra(8), rb(8);
+  h->RowIds(0, h->NewState(), a, ra.data());
+  h->RowIds(0, h->NewState(), b, rb.data());
+  EXPECT_EQ(ra, rb);
 }
 
-// Products that wrap int64 follow NumPy: wrapped bits, then a non-negative modulus.
-TEST(EngramHashTest, WrappingProductsFollowNumpy) {
-  const ModelConfig config = Preset("v4-tiny-engram");
-  const int64_t big = (int64_t{1} << 62) + 1;
-  absl::StatusOr<EngramHasher> h =
-      EngramHasher::Create(config, SyntheticCanonicalMap(config), {{big, 1, 1}});
-  ASSERT_TRUE(h.ok());
-  std::vector<int64_t> rows(4);
-  const std::vector<int32_t> tokens = {3};
-  h->RowIds(0, h->NewState(), tokens, rows.data());
-  // 3·(2^62 + 1) wraps to −2^62 + 3; XOR 2 (the pad) gives −2^62 + 1.
-  const int64_t mix2 = std::numeric_limits<int64_t>::min() / 2 + 1;
-  const int64_t expected = ((mix2 % 1009) + 1009) % 1009;
-  EXPECT_EQ(rows[0], expected);
+TEST(EngramHashTest, CreateRejectsBadMaps) {
+  const ModelConfig config = Preset("v41-tiny");
+  EXPECT_THAT(EngramHasher::Create(config, TinyMap(), 894).status().message(),
+              HasSubstr("engram_compressed_vocab_size is 895"));
+  std::vector<int64_t> out_of_range = TinyMap();
+  out_of_range[9] = 895;
+  EXPECT_FALSE(EngramHasher::Create(config, out_of_range, 895).ok());
+  EXPECT_FALSE(EngramHasher::Create(config, std::vector<int64_t>(1025, 0), 895).ok());
+  EXPECT_FALSE(EngramHasher::Create(config, {0, 1}, 895).ok());  // no pad token
 }
 
-TEST(EngramHashTest, CreateRejectsBadConstants) {
-  const ModelConfig config = Preset("v4-tiny-engram");
-  EXPECT_FALSE(EngramHasher::Create(config, {1, 2, 3}, {{3, 5, 7}}).ok());
-  EXPECT_FALSE(EngramHasher::Create(config, SyntheticCanonicalMap(config), {{3, 5}}).ok());
-  std::vector<int64_t> negative = SyntheticCanonicalMap(config);
-  negative[9] = -1;
-  EXPECT_FALSE(EngramHasher::Create(config, negative, {{3, 5, 7}}).ok());
-}
-
-// A small Engram layer with random weights (d = 8, n = 2, N = 3, K = 2, d_e = 4).
-struct SmallLayer {
-  ModelConfig config;
-  Tensor value_w, key_w;  // [d, W], [n, d, W]: what w's projections view
-  EngramLayer::Weights w;
-  SmallLayer() {
-    config.hidden_size = 8;
-    config.hc_mult = 2;
-    config.engram.max_ngram_size = 3;
-    config.engram.n_heads = 2;
-    config.engram.head_dim = 4;
-    config.engram.kernel_size = 4;
-    std::mt19937 rng(7);
-    std::normal_distribution<float> g(0.0f, 0.5f);
-    auto random = [&](Shape s, float mean = 0.0f) {
-      Tensor t(s);
-      for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = mean + g(rng);
-      return t;
-    };
-    value_w = random({8, 16});
-    w.value_w = *WeightMatrix::F32(value_w.data(), 8, 16);
-    w.value_b = random({8});
-    key_w = random({2, 8, 16});
-    for (int i = 0; i < 2; ++i)
-      w.key_w.push_back(*WeightMatrix::F32(key_w.data() + i * 8 * 16, 8, 16));
-    w.key_b = random({2, 8});
-    w.norm1 = random({2, 8}, 1.0f);
-    w.norm2 = random({2, 8}, 1.0f);
-    w.conv_norm = random({2, 8}, 1.0f);
-    w.conv_w = random({16, 4});
-  }
-};
-
-double RmsScale(const std::vector<double>& x, double eps) {
-  double ss = 0;
-  for (double v : x) ss += v * v;
-  return 1.0 / std::sqrt(ss / x.size() + eps);
-}
-
-// The demo's Engram.forward for one sequence from position 0, in double, written plainly.
-std::vector<double> PlainEngram(const SmallLayer& s, const std::vector<float>& x,
-                                const std::vector<float>& e, int T) {
-  const int d = 8, n = 2, W = 16, K = 4, dil = 3;
-  const EngramLayer::Weights& w = s.w;
-  std::vector<double> u(T * n * d), un(T * n * d), out(T * n * d);
-  for (int t = 0; t < T; ++t) {
-    std::vector<double> v(d);
+// The official Engram.forward for one token, in double, written plainly.
+std::vector<double> PlainEngram(const std::vector<float>& x, const std::vector<float>& kv,
+                                const std::vector<float>& gate, int n, int d, double eps) {
+  std::vector<double> out(n * d);
+  const float* v = kv.data() + n * d;
+  for (int i = 0; i < n; ++i) {
+    const float* h = x.data() + i * d;
+    const float* key = kv.data() + i * d;
+    double dot = 0, hh = 0, kk = 0;
     for (int c = 0; c < d; ++c) {
-      v[c] = w.value_b.data()[c];
-      for (int k = 0; k < W; ++k) v[c] += s.value_w.data()[c * W + k] * e[t * W + k];
+      dot += double{h[c]} * gate[i * d + c] * key[c];
+      hh += double{h[c]} * h[c];
+      kk += double{key[c]} * key[c];
     }
-    for (int i = 0; i < n; ++i) {
-      std::vector<double> key(d), q(d);
-      for (int c = 0; c < d; ++c) {
-        key[c] = w.key_b.data()[i * d + c];
-        for (int k = 0; k < W; ++k) key[c] += s.key_w.data()[(i * d + c) * W + k] * e[t * W + k];
-        q[c] = x[(t * n + i) * d + c];
-      }
-      const double rk = RmsScale(key, FLT_EPSILON), rq = RmsScale(q, FLT_EPSILON);
-      double z = 0;
-      for (int c = 0; c < d; ++c) {
-        z += key[c] * rk * w.norm1.data()[i * d + c] * q[c] * rq * w.norm2.data()[i * d + c];
-      }
-      z /= std::sqrt(static_cast<double>(d));
-      z = (z > 0 ? 1 : (z < 0 ? -1 : 0)) * std::sqrt(std::max(std::fabs(z), 1e-6));
-      const double alpha = 1.0 / (1.0 + std::exp(-z));
-      std::vector<double> ui(d);
-      for (int c = 0; c < d; ++c) ui[c] = u[(t * n + i) * d + c] = alpha * v[c];
-      const double r = RmsScale(ui, 1e-5);
-      for (int c = 0; c < d; ++c)
-        un[(t * n + i) * d + c] = ui[c] * r * w.conv_norm.data()[i * d + c];
-    }
-  }
-  for (int t = 0; t < T; ++t) {
-    for (int ch = 0; ch < n * d; ++ch) {
-      double y = 0;
-      for (int j = 0; j < K; ++j) {
-        const int at = t - (K - 1 - j) * dil;
-        if (at >= 0) y += w.conv_w.data()[ch * K + j] * un[at * n * d + ch];
-      }
-      const int o = t * n * d + ch;
-      out[o] = x[o] + u[o] + y / (1.0 + std::exp(-y));
-    }
+    dot *= 1.0 / std::sqrt(hh / d + eps) / std::sqrt(kk / d + eps) / std::sqrt(double{d});
+    const double g = 1.0 / (1.0 + std::exp(-std::copysign(std::sqrt(std::max(std::fabs(dot), 1e-6)), dot)));
+    for (int c = 0; c < d; ++c) out[i * d + c] = h[c] + g * v[c];
   }
   return out;
 }
 
-TEST(EngramLayerTest, MatchesPlainComputationAndDecode) {
-  SmallLayer s;
-  EngramLayer layer(s.config, s.w);
-  ASSERT_EQ(layer.width(), 16);
-  const int T = 11;  // beyond the conv's reach of (4 − 1)·3 = 9 positions
-  std::mt19937 rng(3);
-  std::normal_distribution<float> g;
-  std::vector<float> x(T * 2 * 8), e(T * 16);
+TEST(EngramLayerTest, MatchesPlainComputation) {
+  const int n = 3, d = 16, width = 32, T = 5;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> g(0.0f, 0.5f);
+  std::vector<float> wkv((n + 1) * d * width), gate(n * d), x(T * n * d), e(T * width);
+  for (float& v : wkv) v = g(rng);
+  for (float& v : gate) v = 1.0f + g(rng);
   for (float& v : x) v = g(rng);
   for (float& v : e) v = g(rng);
-  const std::vector<double> expected = PlainEngram(s, x, e, T);
-
-  std::vector<float> history(9 * 16, 0.0f), out(x.size());
-  layer.Apply(x.data(), e.data(), T, &history, out.data());
-  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], expected[i], 2e-5) << i;
-
-  // Prefill 4, then decode one token at a time: same outputs.
-  std::vector<float> hist2(9 * 16, 0.0f), out2(x.size());
-  layer.Apply(x.data(), e.data(), 4, &hist2, out2.data());
-  for (int t = 4; t < T; ++t) {
-    layer.Apply(x.data() + t * 16, e.data() + t * 16, 1, &hist2, out2.data() + t * 16);
+  Tensor gate_t({n, d});
+  std::copy(gate.begin(), gate.end(), gate_t.data());
+  const EngramLayer layer(*WeightMatrix::F32(wkv.data(), (n + 1) * d, width), std::move(gate_t),
+                          1e-20f);
+  ASSERT_EQ(layer.width(), width);
+  std::vector<float> out(x.size());
+  layer.Apply(x.data(), e.data(), T, out.data());
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> kv((n + 1) * d), xt(x.begin() + t * n * d, x.begin() + (t + 1) * n * d);
+    for (int r = 0; r < (n + 1) * d; ++r) {
+      double acc = 0;
+      for (int k = 0; k < width; ++k) acc += double{wkv[r * width + k]} * e[t * width + k];
+      kv[r] = static_cast<float>(acc);
+    }
+    const std::vector<double> want = PlainEngram(xt, kv, gate, n, d, 1e-20);
+    for (int i = 0; i < n * d; ++i) EXPECT_NEAR(out[t * n * d + i], want[i], 2e-5) << t << " " << i;
   }
-  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out2[i], out[i], 1e-6) << i;
+  // One token alone gives the same bits as inside the batch.
+  std::vector<float> alone(n * d);
+  layer.Apply(x.data() + 2 * n * d, e.data() + 2 * width, 1, alone.data());
+  EXPECT_THAT(alone, ElementsAreArray(out.begin() + 2 * n * d, out.begin() + 3 * n * d));
+  // At dot = 0 the gate is σ(+√1e−6) for +0 (copysign), not σ(0) = 0.5.
+  std::vector<float> zero_x(n * d, 0.0f), zero_out(n * d);
+  layer.Apply(zero_x.data(), e.data(), 1, zero_out.data());
+  const double g0 = 1.0 / (1.0 + std::exp(-1e-3));
+  std::vector<float> kv0((n + 1) * d);
+  MatMul(e.data(), 1, *WeightMatrix::F32(wkv.data(), (n + 1) * d, width), kv0.data());
+  EXPECT_NEAR(zero_out[0], g0 * kv0[n * d], 1e-6);
 }
 
-// The generated tiny checkpoint: layout, constants and the module over local tables.
+// The generated v41-tiny checkpoint: tables, the module over local tables, checksums.
 class EngramCheckpointTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new testing::TempDir("engram-tiny");
-    config_ = new ModelConfig(Preset("v4-tiny-engram"));
-    std::ifstream in(PresetPath("v4-tiny-engram"));
+    dir_ = new testing::TempDir("engram-v41-tiny");
+    config_ = new ModelConfig(Preset("v41-tiny"));
+    std::ifstream in(PresetPath("v41-tiny"));
     std::stringstream text;
     text << in.rdbuf();
-    ASSERT_TRUE(GenerateCheckpoint(*config_, text.str(), dir_->path(), {}).ok());
+    GenerateOptions options;
+    options.tokenizer_path = std::string(DSV4_SOURCE_DIR) + "/models/v41-tiny/tokenizer.json";
+    ASSERT_TRUE(GenerateCheckpoint(*config_, text.str(), dir_->path(), options).ok());
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -249,19 +234,23 @@ class EngramCheckpointTest : public ::testing::Test {
 testing::TempDir* EngramCheckpointTest::dir_ = nullptr;
 ModelConfig* EngramCheckpointTest::config_ = nullptr;
 
-TEST_F(EngramCheckpointTest, ConstantsAndTables) {
+TEST_F(EngramCheckpointTest, TablesAsReleased) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir_->path());
   ASSERT_TRUE(ckpt.ok());
-  absl::StatusOr<std::vector<int64_t>> m = (*ckpt)->LoadI64("layers.1.engram.multipliers");
-  ASSERT_TRUE(m.ok());
-  EXPECT_EQ(*m, EngramMultipliers(0, 1, 512, 3));
-  absl::StatusOr<std::vector<int64_t>> canon = (*ckpt)->LoadI64(kEngramCanonicalIdsName);
-  ASSERT_TRUE(canon.ok());
-  EXPECT_EQ((*canon)[700], 188);
-  absl::StatusOr<const TensorView*> table = (*ckpt)->Get(EngramTableName(1));
+  absl::StatusOr<const TensorView*> table = (*ckpt)->Get("layers.1.engram.embed.weight");
   ASSERT_TRUE(table.ok());
-  EXPECT_EQ((*table)->shape, (Shape{4062, 16}));
-  EXPECT_EQ((*table)->dtype, DType::kBF16);
+  EXPECT_EQ((*table)->shape, (Shape{4062, 64}));
+  EXPECT_EQ((*table)->dtype, DType::kF8E4M3);
+  absl::StatusOr<const TensorView*> scale = (*ckpt)->Get("layers.5.engram.embed.scale");
+  ASSERT_TRUE(scale.ok());
+  EXPECT_EQ((*scale)->shape, (Shape{4152, 2}));
+  EXPECT_EQ((*scale)->dtype, DType::kF8E8M0);
+  EXPECT_FALSE((*ckpt)->Has("layers.1.engram.multipliers"));  // derived, not stored
+  std::ifstream in(dir_->path() + "/" + kEngramChecksumsFile);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["tensors"]["layers.1.engram.embed.weight"][0].get<std::string>(),
+            absl::StrFormat("%016x", EngramChunkChecksum((*table)->data, (*table)->nbytes)));
+  EXPECT_TRUE(j["tensors"].contains("layers.5.engram.embed.scale"));
 }
 
 TEST_F(EngramCheckpointTest, ModuleMatchesManualLookupAndLayer) {
@@ -270,11 +259,11 @@ TEST_F(EngramCheckpointTest, ModuleMatchesManualLookupAndLayer) {
   absl::StatusOr<std::unique_ptr<EngramModule>> module = EngramModule::Load(*config_, ckpt->get());
   ASSERT_TRUE(module.ok()) << module.status();
   const EngramHasher& h = (*module)->hasher();
-  EXPECT_TRUE((*module)->is_engram_layer(1));
+  EXPECT_TRUE((*module)->is_engram_layer(5));
   EXPECT_FALSE((*module)->is_engram_layer(0));
 
-  // Two sequences of 3 and 2 tokens in one step.
-  const int64_t nd = 4 * 128;
+  // Two sequences of 3 and 2 tokens in one step, at Engram layer 5 (index 1).
+  const int64_t nd = 4 * 128, de = 64;
   std::vector<int32_t> a = {5, 700, 1023}, b = {17, 17};
   EngramState sa = h.NewState(), sb = h.NewState();
   std::vector<EngramModule::Segment> segs = {{&sa, a, 0}, {&sb, b, 3}};
@@ -284,67 +273,46 @@ TEST_F(EngramCheckpointTest, ModuleMatchesManualLookupAndLayer) {
   for (float& v : x) v = g(rng);
   std::vector<float> got = x;
   std::unique_ptr<EngramRowFetch> fetch = (*module)->Begin(segs);
-  ASSERT_TRUE((*module)->Apply(1, fetch.get(), segs, got.data()).ok());
+  ASSERT_TRUE((*module)->Apply(5, fetch.get(), segs, got.data()).ok());
 
-  // By hand: hash, read the BF16 rows, apply the layer per sequence.
-  const TensorView* table = *(*ckpt)->Get(EngramTableName(1));
-  WeightLoader loader(ckpt->get());
-  absl::StatusOr<EngramLayer> layer = EngramLayer::Load(loader, *config_, 1);
+  // By hand: hash, decode the FP8 rows and their E8M0 scales, apply the layer.
+  const TensorView* table = *(*ckpt)->Get("layers.5.engram.embed.weight");
+  const TensorView* scale = *(*ckpt)->Get("layers.5.engram.embed.scale");
+  WeightLoader loader(ckpt->get(), config_->weight_block_size);
+  absl::StatusOr<EngramLayer> layer = EngramLayer::Load(loader, *config_, 5);
   ASSERT_TRUE(layer.ok());
   int64_t row0 = 0;
   for (auto* seq : {&a, &b}) {
     const int64_t T = static_cast<int64_t>(seq->size());
     std::vector<int64_t> rows(T * 4);
-    h.RowIds(0, h.NewState(), *seq, rows.data());
-    std::vector<float> e(T * 64);
+    h.RowIds(1, h.NewState(), *seq, rows.data());
+    std::vector<float> e(T * 4 * de);
     for (int64_t r = 0; r < T * 4; ++r) {
-      ASSERT_TRUE(RowsToF32(DType::kBF16, table->data + rows[r] * 32, 1, 16, &e[r * 16]).ok());
+      for (int64_t i = 0; i < de; ++i) {
+        e[r * de + i] = E4M3ToFloat(table->data[rows[r] * de + i]) *
+                        std::ldexp(1.0f, int{scale->data[rows[r] * 2 + i / 32]} - 127);
+      }
     }
-    std::vector<float> history(9 * nd, 0.0f), want(T * nd);
-    layer->Apply(x.data() + row0 * nd, e.data(), T, &history, want.data());
-    for (int64_t i = 0; i < T * nd; ++i) ASSERT_FLOAT_EQ(got[row0 * nd + i], want[i]);
+    std::vector<float> want(T * nd);
+    layer->Apply(x.data() + row0 * nd, e.data(), T, want.data());
+    for (int64_t i = 0; i < T * nd; ++i) ASSERT_EQ(got[row0 * nd + i], want[i]) << i;
     row0 += T;
   }
   (*module)->Advance(segs);
-  EXPECT_THAT(sa.history, ElementsAre(188, 511));
-  EXPECT_THAT(sb.history, ElementsAre(17, 17));
+  EXPECT_THAT(sa.history, ElementsAre(h.compressed(700), h.compressed(1023)));
+  EXPECT_THAT(sb.history, ElementsAre(h.compressed(17), h.compressed(17)));
 }
 
-TEST_F(EngramCheckpointTest, ChecksumSidecarCoversTheTable) {
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir_->path());
-  ASSERT_TRUE(ckpt.ok());
-  const TensorView* table = *(*ckpt)->Get(EngramTableName(1));
-  std::ifstream in(dir_->path() + "/" + kEngramChecksumsFile);
-  const nlohmann::json j = nlohmann::json::parse(in);
-  EXPECT_EQ(j["algorithm"], kEngramChecksumAlgorithm);
-  EXPECT_EQ(j["tensors"][EngramTableName(1)][0].get<std::string>(),
-            absl::StrFormat("%016x", EngramChunkChecksum(table->data, table->nbytes)));
-}
-
-TEST(EngramLayoutTest, PresetsCountEngramSeparately) {
-  for (const char* name : {"v4-tiny-engram", "v4-mini-engram", "deepseek-v4-pro-engram"}) {
-    const ModelConfig c = Preset(name);
-    ASSERT_TRUE(c.engram.enabled()) << name;
-    int64_t table_bytes = 0, table_params = 0;
-    for (const TensorSpec& t : ExpectedTensors(c)) {
-      if (t.role != TensorRole::kEngramTable) continue;
-      table_bytes += t.nbytes();
-      table_params += NumElements(t.shape);
-    }
-    const ParameterCount p = CountParameters(c);
-    EXPECT_EQ(p.engram, table_params) << name;
-    EXPECT_EQ(table_bytes, 2 * table_params) << name;  // BF16 rows
+TEST(EngramLayoutTest, ReleasedTablesAreCountedSeparately) {
+  const ModelConfig c = Preset("deepseek-v4.1-flash");
+  int64_t table_bytes = 0, scale_bytes = 0;
+  for (const TensorSpec& t : ExpectedTensors(c)) {
+    if (t.role == TensorRole::kEngramTable) table_bytes += t.nbytes();
+    if (t.name.find("engram.embed.scale") != std::string::npos) scale_bytes += t.nbytes();
   }
-  // Pro with Engram: tables at 20–25% of the sparse budget (routed experts + Engram), as
-  // the paper's allocation law suggests; ~0.86 TB of BF16 rows.
-  const ParameterCount pro = CountParameters(Preset("deepseek-v4-pro-engram"));
-  const double share = static_cast<double>(pro.engram) / (pro.engram + pro.routed_expert);
-  EXPECT_GT(share, 0.20);
-  EXPECT_LT(share, 0.25);
-  const ParameterCount plain = CountParameters(Preset("deepseek-v4-pro"));
-  EXPECT_EQ(plain.routed_expert, pro.routed_expert);
-  EXPECT_GT(pro.total, plain.total);  // the Engram projections are dense weights
-  EXPECT_LT(pro.total - plain.total, 1'000'000'000);
+  // Spec §2: 2 × 264 B per row, 202,758,032,400 B; 196.6 B table parameters.
+  EXPECT_EQ(table_bytes + scale_bytes, int64_t{202758032400});
+  EXPECT_EQ(CountParameters(c).engram, (384006168 + int64_t{384016682}) * 256);
 }
 
 }  // namespace

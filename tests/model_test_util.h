@@ -21,6 +21,10 @@
 
 namespace dsv4::testing {
 
+inline std::string PresetDir(const std::string& preset) {
+  return std::string(DSV4_SOURCE_DIR) + "/models/" + preset;
+}
+
 inline std::string PresetJson(const std::string& preset) {
   std::ifstream in(std::string(DSV4_SOURCE_DIR) + "/models/" + preset + "/config.json");
   std::stringstream text;
@@ -55,14 +59,17 @@ inline absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir,
   return m;
 }
 
-// Writes a seeded checkpoint for `json_text` into `dir`, then loads it.
+// Writes a seeded checkpoint for `json_text` into `dir`, then loads it. Engram models need
+// `tokenizer_path` (a tokenizer.json, copied into the checkpoint).
 inline absl::StatusOr<LoadedModel> GenerateAndLoad(const std::string& json_text,
                                                    const std::string& dir, uint64_t seed,
-                                                   const ModelOptions& options = {}) {
+                                                   const ModelOptions& options = {},
+                                                   const std::string& tokenizer_path = "") {
   absl::StatusOr<ModelConfig> config = ParseModelConfig(json_text, "config.json");
   if (!config.ok()) return config.status();
   GenerateOptions gen;
   gen.seed = seed;
+  gen.tokenizer_path = tokenizer_path;
   if (absl::Status s = GenerateCheckpoint(*config, json_text, dir, gen); !s.ok()) return s;
   return LoadModelDir(dir, options);
 }

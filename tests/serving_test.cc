@@ -54,7 +54,7 @@ class ServingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir("serving");
-    for (const char* preset : {"v4-tiny", "v4-tiny-engram"}) {
+    for (const char* preset : {"v4-tiny", "v41-tiny"}) {
       const testing::CommandResult gen =
           testing::RunCommand(absl::StrCat(testing::Dsv4(), " checkpoint generate --preset ",
                                            preset, " --seed 7 --out ", Path(preset)));
@@ -487,12 +487,12 @@ TEST_F(ServingTest, AfterMaxRestartsRequestsAreUnavailableWithTheReason) {
 
 TEST_F(ServingTest, AKilledEngramMemoryNodeNeverReachesTheClient) {
   engram::testing::ServerProcesses stores =
-      engram::testing::StartServerProcesses(Path("v4-tiny-engram"), 2, 2);
+      engram::testing::StartServerProcesses(Path("v41-tiny"), 2, 2);
   ASSERT_EQ(stores.addresses.size(), 2u);
   Start(ClusterYaml(1, 1,
                     absl::StrCat("engram:\n  servers: [", absl::StrJoin(stores.addresses, ", "),
                                  "]\n  replication: 2\n")),
-        2, "v4-tiny-engram");
+        2, "v41-tiny");
   std::vector<std::future<Streamed>> futures;
   std::atomic<int> received{0};
   for (int i = 0; i < 4; ++i)
