@@ -16,9 +16,9 @@
 // End to end: v41-mini (FP8 tables, 66-B records) with its tables in this process vs on a
 // memory node, same checkpoint, prefill and decode step times.
 //
-// --quick: ~16k-row tables, batches up to 16 tokens, a short end-to-end run (seconds; for
-// checking the harness, not for numbers); writes to $TMPDIR/dsv4-bench-engram-quick.json
-// unless --out is given.
+// --quick: ~16k-row tables, batches up to 16 tokens, a short end-to-end run on v41-tiny
+// (seconds; for checking the harness, not for numbers); writes to
+// $TMPDIR/dsv4-bench-engram-quick.json unless --out is given.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -481,13 +481,14 @@ double Median(std::vector<double> v) {
 // Step time of v41-mini with its Engram tables in this process vs on a memory node
 // (dsv4-engram-store on loopback), same checkpoint, alternating runs.
 json EndToEnd(const Settings& settings, const std::string& store_binary) {
+  const std::string preset = settings.quick ? "v41-tiny" : "v41-mini";
   const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / "dsv4-bench-engram-v41-mini";
-  const std::string text = PresetText("v41-mini");
+      std::filesystem::temp_directory_path() / ("dsv4-bench-engram-" + preset);
+  const std::string text = PresetText(preset);
   absl::StatusOr<ModelConfig> config = ParseModelConfig(text, dir.string());
   if (!config.ok()) Die(std::string(config.status().message()));
-  std::printf("generating a v41-mini checkpoint in %s ...\n", dir.c_str());
-  if (absl::Status s = Generate(*config, text, dir, "v41-mini"); !s.ok()) {
+  std::printf("generating a %s checkpoint in %s ...\n", preset.c_str(), dir.c_str());
+  if (absl::Status s = Generate(*config, text, dir, preset); !s.ok()) {
     Die(std::string(s.message()));
   }
   Child store =
@@ -512,8 +513,8 @@ json EndToEnd(const Settings& settings, const std::string& store_binary) {
   absl::StatusOr<std::unique_ptr<Model>> local = Model::Load(*config, ckpt->get(), local_options);
   absl::StatusOr<std::unique_ptr<Model>> remote = Model::Load(*config, ckpt->get(), remote_options);
   if (!local.ok() || !remote.ok()) {
-    Die("loading v41-mini failed: " +
-        std::string((local.ok() ? remote.status() : local.status()).message()));
+    Die("loading " + preset +
+        " failed: " + std::string((local.ok() ? remote.status() : local.status()).message()));
   }
 
   const int kPrompt = settings.quick ? 16 : 128, kDecode = settings.quick ? 4 : 32,
@@ -535,7 +536,7 @@ json EndToEnd(const Settings& settings, const std::string& store_binary) {
   const double local_step = Median(decode[0]), remote_step = Median(decode[1]);
   const double local_prefill = Median(prefill[0]), remote_prefill = Median(prefill[1]);
   json result = {
-      {"model", "v41-mini"},
+      {"model", preset},
       {"engram_record_bytes", EngramRecordBytes(config->engram.head_dim)},
       {"prompt_tokens", kPrompt},
       {"decode_steps_per_run", kDecode},
@@ -551,9 +552,9 @@ json EndToEnd(const Settings& settings, const std::string& store_binary) {
                                     std::max<uint64_t>(1, stats.cache_hits + stats.rows_fetched)},
       {"client_rpcs", stats.rpcs}};
   std::printf(
-      "v41-mini: prefill %d tokens %.1f ms local, %.1f ms remote (%+.1f%%); decode step "
+      "%s: prefill %d tokens %.1f ms local, %.1f ms remote (%+.1f%%); decode step "
       "%.2f ms local, %.2f ms remote (%+.1f%%); stall %.3f ms/step\n",
-      kPrompt, local_prefill * 1e3, remote_prefill * 1e3,
+      preset.c_str(), kPrompt, local_prefill * 1e3, remote_prefill * 1e3,
       100 * (remote_prefill / local_prefill - 1), local_step * 1e3, remote_step * 1e3,
       100 * (remote_step / local_step - 1), result["client_stall_ms_per_step"].get<double>());
   return result;
