@@ -1,14 +1,24 @@
-// Engram memory-node lookups on loopback against Redis holding the same rows.
+// Engram memory-node lookups on loopback against Redis holding the same rows, and a V4.1
+// model's step time with its Engram tables local vs on a memory node.
 //
-//   bench_engram [--out bench/results/engram.json] [--no_end_to_end]
+//   bench_engram [--out bench/results/engram.json] [--no_end_to_end] [--quick]
 //
-// For the demo's row width (d_e 64 → 128 B in BF16) and the V4.1 width (d_e 256 → 512 B)
-// it generates a checkpoint whose Engram table has ~262k rows, starts dsv4-engram-store
-// (next to this binary) and redis-server (Debian's, on a free loopback port, no
-// persistence) loaded with the same rows as one key per row, and times batches of 1–4096
-// uniformly random rows with one request in flight: Engram unary Lookup vs Redis MGET
-// vs pipelined GETs (RESP over a plain socket). Reports rows/s, GB/s of row data and
-// p50/p99 request latency; both servers are stopped at the end.
+// Lookups: records as DeepSeek-V4.1-Flash releases them (d_e = 256 F8_E4M3 values + 8 E8M0
+// scales = 264 B a row). It generates a v41-tiny-shaped checkpoint whose two Engram tables
+// have d_e = 256 and ~262k rows each, starts dsv4-engram-store (next to this binary) and
+// redis-server (Debian's, on a free loopback port, no persistence) loaded with the same
+// records as one key per row, and times batches shaped like V4.1-Flash's lookups (one
+// Engram layer: 3 n-gram orders × 8 heads = 24 rows per token; 1 to 256 tokens, plus a
+// single row) with one request in flight: Engram unary Lookup vs Redis MGET vs pipelined
+// GETs (RESP over a plain socket). Reports rows/s, GB/s of record data and p50/p99 request
+// latency; both servers are stopped at the end.
+//
+// End to end: v41-mini (FP8 tables, 66-B records) with its tables in this process vs on a
+// memory node, same checkpoint, prefill and decode step times.
+//
+// --quick: ~16k-row tables, batches up to 16 tokens, a short end-to-end run on v41-tiny
+// (seconds; for checking the harness, not for numbers); writes to
+// $TMPDIR/dsv4-bench-engram-quick.json unless --out is given.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -32,6 +42,8 @@
 #include "bench/bench_util.h"
 #include "core/checkpoint_generator.h"
 #include "core/checkpoint_layout.h"
+#include "core/engram_hash.h"
+#include "core/engram_rows.h"
 #include "core/safetensors.h"
 #include "engram_store/client.h"
 #include "engram_store/server.h"
@@ -46,9 +58,7 @@ namespace {
 using json = nlohmann::json;
 using bench::Clock;
 
-std::filesystem::path SourceRoot() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
+using bench::SourceRoot;
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "bench_engram: %s\n", what.c_str());
@@ -217,32 +227,81 @@ void Time(int from, int to, int batch, F& request, Series* s) {
   s->rows += static_cast<int64_t>(to - from) * batch;
 }
 
-// A checkpoint of v4-tiny-engram with head dim `d_e` and 65536-row base tables (4 heads).
-std::string MakeCheckpoint(int d_e) {
+// Bench settings: full (the committed results) or --quick (a few seconds).
+struct Settings {
+  bool quick = false;
+  int64_t vocab() const { return quick ? 4096 : 65536; }  // ~4× this many rows per table
+  std::vector<int> batch_rows() const {
+    if (quick) return {1, 24, 96, 384};
+    return {1, 24, 96, 384, 1536, 6144};  // 1 row, then 1..256 tokens × 24 rows
+  }
+  int iterations(int batch) const { return quick ? 20 : std::clamp(400000 / batch, 100, 4000); }
+};
+
+constexpr int kRowsPerToken = 24;  // V4.1-Flash: (max_ngram_size − 1) · n_heads = 3 · 8
+
+// The V4.1 config text `name` (a preset under models/) with its Engram tables reshaped.
+std::string PresetText(const std::string& name) {
+  std::ifstream in(SourceRoot() / "models" / name / "config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::Status Generate(const ModelConfig& config, const std::string& text,
+                      const std::filesystem::path& dir, const std::string& preset) {
+  std::filesystem::remove_all(dir);
+  GenerateOptions options;
+  options.tokenizer_path = (SourceRoot() / "models" / preset / "tokenizer.json").string();
+  return GenerateCheckpoint(config, text, dir.string(), options);
+}
+
+// A v41-tiny checkpoint whose Engram tables have rows of `d_e` values (records of
+// EngramRecordBytes(d_e) bytes) and about 4·vocab rows each.
+std::string MakeCheckpoint(int d_e, int64_t vocab) {
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("dsv4-bench-engram-" + std::to_string(d_e));
-  std::ifstream in(SourceRoot() / "models/v4-tiny-engram/config.json");
-  json config = json::parse(in);
-  config["engram_head_dim"] = d_e;
-  config["engram_vocab_size"] = {65536, 65536};
+  json config = json::parse(PresetText("v41-tiny"));
+  json& text_config = config.contains("text_config") ? config["text_config"] : config;
+  absl::StatusOr<ModelConfig> preset = ParseModelConfig(config.dump(), dir.string());
+  if (!preset.ok()) Die(std::string(preset.status().message()));
+  EngramConfig e = preset->engram;
+  e.head_dim = d_e;
+  e.vocab_size.assign(e.vocab_size.size(), vocab);
+  std::vector<int64_t> rows;
+  for (const std::vector<int64_t>& heads : EngramHeadSizes(e)) {
+    rows.push_back(0);
+    for (int64_t p : heads) rows.back() += p;
+  }
+  text_config["engram_head_dim"] = d_e;
+  text_config["engram_vocab_size"] = vocab;
+  text_config["engram_num_embeddings"] = rows;
   const std::string text = config.dump(2);
   absl::StatusOr<ModelConfig> parsed = ParseModelConfig(text, dir.string());
   if (!parsed.ok()) Die(std::string(parsed.status().message()));
-  std::filesystem::remove_all(dir);
-  if (absl::Status s = GenerateCheckpoint(*parsed, text, dir.string(), {}); !s.ok()) {
+  if (absl::Status s = Generate(*parsed, text, dir, "v41-tiny"); !s.ok()) {
     Die(std::string(s.message()));
   }
   return dir.string();
 }
 
-json RunWidth(int d_e, const std::string& store_binary) {
-  const std::string dir = MakeCheckpoint(d_e);
+json RunWidth(int d_e, const Settings& settings, const std::string& store_binary) {
+  const std::string dir = MakeCheckpoint(d_e, settings.vocab());
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
   if (!ckpt.ok()) Die(std::string(ckpt.status().message()));
-  const TensorView* table = *(*ckpt)->Get(EngramTableName(1));
-  const int64_t rows = table->shape[0], row_bytes = table->nbytes / rows;
-  std::printf("row width %lld B, %lld rows (%.0f MB)\n", static_cast<long long>(row_bytes),
-              static_cast<long long>(rows), table->nbytes / 1e6);
+  const TensorView* values = *(*ckpt)->Get(EngramTableName(1));
+  const TensorView* scales = *(*ckpt)->Get(EngramScaleName(1));
+  const int64_t rows = values->shape[0], row_bytes = EngramRecordBytes(d_e);
+  const int64_t scale_bytes = d_e / kEngramScaleBlock;
+  // The records the store serves: values then scales of each row.
+  auto record = [&](int64_t row) {
+    std::string r(reinterpret_cast<const char*>(values->data) + row * d_e, d_e);
+    r.append(reinterpret_cast<const char*>(scales->data) + row * scale_bytes, scale_bytes);
+    return r;
+  };
+  std::printf("records of %lld B (%d F8_E4M3 values + %lld E8M0 scales), %lld rows (%.0f MB)\n",
+              static_cast<long long>(row_bytes), d_e, static_cast<long long>(scale_bytes),
+              static_cast<long long>(rows), rows * row_bytes / 1e6);
 
   Child store = Child::Spawn({store_binary, "--checkpoint", dir, "--listen", "127.0.0.1:0"});
   std::string address = store.WaitFor("listening on ");
@@ -259,14 +318,16 @@ json RunWidth(int d_e, const std::string& store_binary) {
   }
   // Load the same rows: one key per row, pipelined MSETs of 1000 keys.
   for (int64_t from = 0; from < rows; from += 1000) {
-    std::vector<std::string> keys;
+    std::vector<std::string> keys, records;
     std::vector<std::string_view> args = {"MSET"};
     const int64_t to = std::min(rows, from + 1000);
-    for (int64_t row = from; row < to; ++row) keys.push_back(Key(row));
+    for (int64_t row = from; row < to; ++row) {
+      keys.push_back(Key(row));
+      records.push_back(record(row));
+    }
     for (int64_t row = from; row < to; ++row) {
       args.push_back(keys[row - from]);
-      args.push_back(std::string_view(reinterpret_cast<const char*>(table->data) + row * row_bytes,
-                                      row_bytes));
+      args.push_back(records[row - from]);
     }
     std::string cmd;
     Resp::AppendCommand(&cmd, args);
@@ -283,8 +344,8 @@ json RunWidth(int d_e, const std::string& store_binary) {
 
   json out = json::array();
   std::mt19937_64 rng(42);
-  for (int batch : {1, 4, 16, 64, 256, 1024, 4096}) {
-    const int iterations = std::clamp(400000 / batch, 100, 4000), warmup = 10;
+  for (int batch : settings.batch_rows()) {
+    const int iterations = settings.iterations(batch), warmup = 10;
     std::vector<std::vector<int64_t>> sets(iterations + warmup, std::vector<int64_t>(batch));
     for (auto& set : sets) {
       for (int64_t& row : set) row = static_cast<int64_t>(rng() % rows);
@@ -346,8 +407,13 @@ json RunWidth(int d_e, const std::string& store_binary) {
       Time(from, to, batch, get_request, &redis_get);
     }
     if (engram_first != redis_first) Die("Engram and Redis returned different rows");
-    json row = {{"row_bytes", row_bytes},
+    if (engram_first.substr(0, row_bytes) != record(sets[0][0])) {
+      Die("Engram returned a record that is not the checkpoint's");
+    }
+    json row = {{"record_bytes", row_bytes},
+                {"format", "F8_E4M3+E8M0/32"},
                 {"batch_rows", batch},
+                {"batch_tokens", batch >= kRowsPerToken ? batch / kRowsPerToken : 0},
                 {"engram_lookup", engram.ToJson(batch)},
                 {"redis_mget", redis_mget.ToJson(batch)},
                 {"redis_pipelined_get", redis_get.ToJson(batch)}};
@@ -363,7 +429,8 @@ json RunWidth(int d_e, const std::string& store_binary) {
         row["engram_lookup"]["rows_per_s_at_p50"].get<double>() / best_redis_p50;
     row["p99_below_best_redis"] = row["engram_lookup"]["p99_us"].get<double>() < best_redis_p99;
     std::printf(
-        "  batch %4d: engram %9.0f rows/s %6.3f GB/s p50 %7.1f p99 %7.1f us | redis MGET %9.0f "
+        "  batch %4d rows: engram %9.0f rows/s %6.3f GB/s p50 %7.1f p99 %7.1f us | redis MGET "
+        "%9.0f "
         "rows/s p99 %7.1f | GETs %9.0f rows/s p99 %7.1f | x%.2f (x%.2f at p50)\n",
         batch, row["engram_lookup"]["rows_per_s"].get<double>(),
         row["engram_lookup"]["gb_per_s"].get<double>(),
@@ -411,19 +478,17 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Step time of v4-mini-engram with its tables in this process vs on a memory node
+// Step time of v41-mini with its Engram tables in this process vs on a memory node
 // (dsv4-engram-store on loopback), same checkpoint, alternating runs.
-json EndToEnd(const std::string& store_binary) {
+json EndToEnd(const Settings& settings, const std::string& store_binary) {
+  const std::string preset = settings.quick ? "v41-tiny" : "v41-mini";
   const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / "dsv4-bench-engram-v4-mini-engram";
-  std::ifstream in(SourceRoot() / "models/v4-mini-engram/config.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(text.str(), dir.string());
+      std::filesystem::temp_directory_path() / ("dsv4-bench-engram-" + preset);
+  const std::string text = PresetText(preset);
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(text, dir.string());
   if (!config.ok()) Die(std::string(config.status().message()));
-  std::printf("generating a v4-mini-engram checkpoint in %s ...\n", dir.c_str());
-  std::filesystem::remove_all(dir);
-  if (absl::Status s = GenerateCheckpoint(*config, text.str(), dir.string(), {}); !s.ok()) {
+  std::printf("generating a %s checkpoint in %s ...\n", preset.c_str(), dir.c_str());
+  if (absl::Status s = Generate(*config, text, dir, preset); !s.ok()) {
     Die(std::string(s.message()));
   }
   Child store =
@@ -447,9 +512,13 @@ json EndToEnd(const std::string& store_binary) {
   remote_options.engram_rows = client->get();
   absl::StatusOr<std::unique_ptr<Model>> local = Model::Load(*config, ckpt->get(), local_options);
   absl::StatusOr<std::unique_ptr<Model>> remote = Model::Load(*config, ckpt->get(), remote_options);
-  if (!local.ok() || !remote.ok()) Die("loading v4-mini-engram failed");
+  if (!local.ok() || !remote.ok()) {
+    Die("loading " + preset +
+        " failed: " + std::string((local.ok() ? remote.status() : local.status()).message()));
+  }
 
-  constexpr int kPrompt = 128, kDecode = 32, kReps = 5;
+  const int kPrompt = settings.quick ? 16 : 128, kDecode = settings.quick ? 4 : 32,
+            kReps = settings.quick ? 1 : 5;
   std::vector<double> prefill[2], decode[2];
   std::mt19937 rng(5);
   for (int rep = 0; rep < kReps; ++rep) {
@@ -467,7 +536,8 @@ json EndToEnd(const std::string& store_binary) {
   const double local_step = Median(decode[0]), remote_step = Median(decode[1]);
   const double local_prefill = Median(prefill[0]), remote_prefill = Median(prefill[1]);
   json result = {
-      {"model", "v4-mini-engram"},
+      {"model", preset},
+      {"engram_record_bytes", EngramRecordBytes(config->engram.head_dim)},
       {"prompt_tokens", kPrompt},
       {"decode_steps_per_run", kDecode},
       {"runs_each", kReps},
@@ -482,9 +552,9 @@ json EndToEnd(const std::string& store_binary) {
                                     std::max<uint64_t>(1, stats.cache_hits + stats.rows_fetched)},
       {"client_rpcs", stats.rpcs}};
   std::printf(
-      "v4-mini-engram: prefill %d tokens %.1f ms local, %.1f ms remote (%+.1f%%); decode step "
+      "%s: prefill %d tokens %.1f ms local, %.1f ms remote (%+.1f%%); decode step "
       "%.2f ms local, %.2f ms remote (%+.1f%%); stall %.3f ms/step\n",
-      kPrompt, local_prefill * 1e3, remote_prefill * 1e3,
+      preset.c_str(), kPrompt, local_prefill * 1e3, remote_prefill * 1e3,
       100 * (remote_prefill / local_prefill - 1), local_step * 1e3, remote_step * 1e3,
       100 * (remote_step / local_step - 1), result["client_stall_ms_per_step"].get<double>());
   return result;
@@ -493,15 +563,24 @@ json EndToEnd(const std::string& store_binary) {
 int Main(int argc, char** argv) {
   std::filesystem::path out = SourceRoot() / "bench/results/engram.json";
   bool end_to_end = true;
+  Settings settings;
+  bool out_given = false;
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--out" && i + 1 < argc) {
       out = argv[++i];
+      out_given = true;
     } else if (std::string(argv[i]) == "--no_end_to_end") {
       end_to_end = false;
+    } else if (std::string(argv[i]) == "--quick") {
+      settings.quick = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--out PATH] [--no_end_to_end]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--out PATH] [--no_end_to_end] [--quick]\n", argv[0]);
       return 2;
     }
+  }
+  // A quick run never overwrites the committed results unless asked to.
+  if (settings.quick && !out_given) {
+    out = std::filesystem::temp_directory_path() / "dsv4-bench-engram-quick.json";
   }
   engram::TuneMallocForLargeMessages();  // the client side of the lookups
   const std::string store_binary =
@@ -512,15 +591,16 @@ int Main(int argc, char** argv) {
   result["machine"]["load_average_1m_at_start"] = LoadAverage();
   result["setup"] =
       "loopback, one connection per system, one request in flight, random rows; "
-      "dsv4-engram-store (gRPC unary Lookup from mmap'ed tables) vs redis-server (Debian, no "
-      "persistence, one key per row) via MGET and pipelined GETs; 5 interleaved rounds per "
-      "batch size so background load hits all systems alike";
-  json widths = json::array();
-  for (int d_e : {64, 256}) {
-    for (const json& row : RunWidth(d_e, store_binary)) widths.push_back(row);
-  }
-  result["lookups"] = widths;
-  if (end_to_end) result["end_to_end"] = EndToEnd(store_binary);
+      "dsv4-engram-store (gRPC unary Lookup of FP8+E8M0 records from mmap'ed tables) vs "
+      "redis-server (Debian, no persistence, one key per row holding the same record) via MGET "
+      "and pipelined GETs; 5 interleaved rounds per batch size so background load hits all "
+      "systems alike";
+  result["quick"] = settings.quick;
+  result["lookup_shape"] =
+      "deepseek-v4.1-flash records (d_e 256: 264 B = 256 F8_E4M3 + 8 E8M0), 24 rows per token "
+      "per Engram layer; batch_tokens = batch_rows / 24";
+  result["lookups"] = RunWidth(256, settings, store_binary);
+  if (end_to_end) result["end_to_end"] = EndToEnd(settings, store_binary);
   result["machine"]["load_average_1m_at_end"] = LoadAverage();
   std::filesystem::create_directories(out.parent_path());
   std::ofstream(out) << result.dump(2) << "\n";

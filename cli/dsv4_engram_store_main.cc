@@ -158,6 +158,11 @@ int Run() {
     return 2;
   }
 
+  if (!plan_only && !absl::GetFlag(FLAGS_config).empty()) {
+    std::cerr << "dsv4-engram-store: --config goes with --plan; a serving node reads "
+                 "--checkpoint's config.json\n";
+    return 2;
+  }
   // The config (and so the sizing) first: nothing is mapped yet.
   std::string config_path = dir + "/config.json";
   if (!absl::GetFlag(FLAGS_config).empty()) {

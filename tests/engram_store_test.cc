@@ -1,21 +1,31 @@
-// Engram memory nodes on loopback: shard arithmetic, table loading refusals (shape,
-// checksum), request validation, streaming, health, and the client: remote rows give the
-// same Engram output as local tables, also with a replica killed mid-run.
+// Engram memory nodes on loopback, serving a generated v41-tiny checkpoint in the released
+// V4.1 layout (FP8 E4M3 tables with one E8M0 scale per 32 values): shard arithmetic and
+// sizing, table loading refusals (dtype, shape, checksums of values and of scales, each
+// naming the tensor), value and scale tensors in different shard files, request
+// validation, streaming, health, and the client: the fp32 rows it returns equal the
+// checkpoint's rows dequantised here with straight code, also with a replica killed
+// mid-run, and it refuses another model's store.
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <future>
+#include <limits>
 #include <random>
-#include <sstream>
+#include <set>
 
-#include "attention_node/engram.h"
+#include "absl/strings/str_format.h"
 #include "core/checkpoint_generator.h"
 #include "core/checkpoint_layout.h"
+#include "core/safetensors.h"
 #include "engram_store/client.h"
 #include "engram_store/server.h"
+#include "engram_store/table_shards.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/engram_test_util.h"
 #include "tests/test_util.h"
 
@@ -24,10 +34,35 @@ namespace {
 
 using ::dsv4::testing::ReadFile;
 using ::dsv4::testing::WriteFile;
-
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using testing::Options;
+
+// Straight decoders, independent of core/dtype.h and core/engram_rows.h.
+// e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; S.1111.111 is NaN.
+float DecodeE4M3(uint8_t b) {
+  const int sign = b >> 7, exponent = (b >> 3) & 0xF, mantissa = b & 0x7;
+  if (exponent == 0xF && mantissa == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  const float magnitude = exponent == 0 ? std::ldexp(mantissa / 8.0f, -6)
+                                        : std::ldexp(1.0f + mantissa / 8.0f, exponent - 7);
+  return sign ? -magnitude : magnitude;
+}
+// ue8m0: 2^(e − 127); 255 is NaN.
+float DecodeE8M0(uint8_t e) {
+  if (e == 0xFF) return std::numeric_limits<float>::quiet_NaN();
+  return std::ldexp(1.0f, static_cast<int>(e) - 127);
+}
+
+TEST(DecodersTest, KnownCodes) {
+  EXPECT_EQ(DecodeE4M3(0x00), 0.0f);
+  EXPECT_EQ(DecodeE4M3(0x38), 1.0f);          // e = 7, m = 0
+  EXPECT_EQ(DecodeE4M3(0x7E), 448.0f);        // e = 15, m = 6
+  EXPECT_EQ(DecodeE4M3(0xC4), -3.0f);         // e = 8, m = 4 (1.5 · 2)
+  EXPECT_EQ(DecodeE4M3(0x01), 0.001953125f);  // subnormal 2^-9
+  EXPECT_EQ(DecodeE8M0(127), 1.0f);
+  EXPECT_EQ(DecodeE8M0(120), 1.0f / 128);
+}
 
 TEST(ShardPlanTest, RangesReplicasAndOwners) {
   const ShardPlan plan{3, 2};
@@ -46,18 +81,179 @@ TEST(ShardPlanTest, RangesReplicasAndOwners) {
   EXPECT_FALSE((ShardPlan{0, 1}).Validate().ok());
 }
 
-// A generated v4-tiny-engram checkpoint shared by the tests (read-only).
+ModelConfig Preset(const std::string& name) {
+  absl::StatusOr<ModelConfig> c =
+      LoadModelConfig(std::string(DSV4_SOURCE_DIR) + "/models/" + name + "/config.json");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+// V4.1-Flash: 2 × 264 B × (384006168 + 384016682) rows = 202,758,032,400 B; with N nodes
+// and replication R every row is held R times, and a node holds R/N of each table.
+TEST(SizingTest, DeepSeekV41Flash) {
+  const ModelConfig flash = Preset("deepseek-v4.1-flash");
+  ASSERT_THAT(flash.engram.num_embeddings, ElementsAre(384006168, 384016682));
+  for (const ShardPlan plan :
+       {ShardPlan{1, 1}, ShardPlan{4, 2}, ShardPlan{3, 2}, ShardPlan{8, 1}}) {
+    uint64_t all = 0, values = 0, scales = 0;
+    for (int server = 0; server < plan.num_servers; ++server) {
+      absl::StatusOr<std::vector<LayerSizing>> layers = SizeServer(flash, plan, server);
+      ASSERT_TRUE(layers.ok()) << layers.status();
+      ASSERT_EQ(layers->size(), 2u);
+      EXPECT_EQ((*layers)[0].layer, 1);
+      EXPECT_EQ((*layers)[1].layer, 14);
+      for (const LayerSizing& l : *layers) {
+        EXPECT_EQ(l.value_bytes, static_cast<uint64_t>(l.held_rows) * 256);
+        EXPECT_EQ(l.scale_bytes, static_cast<uint64_t>(l.held_rows) * 8);
+        all += l.bytes();
+        values += l.value_bytes;
+        scales += l.scale_bytes;
+      }
+    }
+    EXPECT_EQ(all, 202758032400ull * plan.replication);
+    EXPECT_EQ(values, 768022850ull * 256 * plan.replication);
+    EXPECT_EQ(scales, 768022850ull * 8 * plan.replication);
+  }
+  absl::StatusOr<std::string> text = FormatSizing(flash, {4, 2});
+  ASSERT_TRUE(text.ok());
+  EXPECT_THAT(*text, AllOf(HasSubstr("264 B a row"), HasSubstr("layer 1: 384006168 rows"),
+                           HasSubstr("layer 14: 384016682 rows"),
+                           HasSubstr("all layers: 768022850 rows, 202.758 GB (202,758,032,400 B)"),
+                           HasSubstr("server 3 (shards 2, 3): 101.379 GB"),
+                           HasSubstr("largest node: 101.379 GB")));
+  EXPECT_FALSE(SizeServer(flash, {4, 2}, 4).ok());
+  EXPECT_FALSE(SizeServer(Preset("v4-tiny"), {1, 1}, 0).ok());  // no Engram layers
+}
+
+// Reads a safetensors header: (length, JSON).
+std::pair<uint64_t, nlohmann::json> ReadHeader(const std::string& bytes) {
+  uint64_t length = 0;
+  std::memcpy(&length, bytes.data(), 8);
+  return {length, nlohmann::json::parse(bytes.substr(8, length))};
+}
+
+// The shard file holding `tensor` in checkpoint `dir`.
+std::string FileOf(const std::string& dir, const std::string& tensor) {
+  const nlohmann::json index =
+      nlohmann::json::parse(ReadFile(dir + "/model.safetensors.index.json"));
+  return dir + "/" + index["weight_map"][tensor].get<std::string>();
+}
+
+// Offset of `tensor`'s first data byte in its shard file.
+size_t DataOffset(const std::string& dir, const std::string& tensor) {
+  const auto [length, header] = ReadHeader(ReadFile(FileOf(dir, tensor)));
+  return 8 + length + header[tensor]["data_offsets"][0].get<size_t>();
+}
+
+// Rewrites the header of the file holding `tensor` with `edit(header[tensor])`.
+void EditHeader(const std::string& dir, const std::string& tensor,
+                const std::function<void(nlohmann::json&)>& edit) {
+  const std::string file = FileOf(dir, tensor);
+  const std::string bytes = ReadFile(file);
+  auto [length, header] = ReadHeader(bytes);
+  edit(header[tensor]);
+  const std::string text = header.dump();
+  const uint64_t new_length = text.size();
+  std::string out(reinterpret_cast<const char*>(&new_length), 8);
+  out += text;
+  out += bytes.substr(8 + length);
+  WriteFile(file, out);
+}
+
+// A generated v41-tiny checkpoint shared by the tests (read-only): layers 1 and 5, 4062
+// and 4152 rows of 64 values (66-byte records).
 class EngramStoreTest : public ::testing::Test {
  protected:
+  static constexpr int64_t kDim = 64, kRecord = 66;
+
   static void SetUpTestSuite() {
     dir_ = new dsv4::testing::TempDir("engram-store");
-    const std::string preset = std::string(DSV4_SOURCE_DIR) + "/models/v4-tiny-engram/config.json";
-    config_ = new ModelConfig(*LoadModelConfig(preset));
-    ASSERT_TRUE(GenerateCheckpoint(*config_, ReadFile(preset), dir_->path(), {}).ok());
+    const std::string preset = std::string(DSV4_SOURCE_DIR) + "/models/v41-tiny";
+    config_ = new ModelConfig(*LoadModelConfig(preset + "/config.json"));
+    GenerateOptions options;
+    options.tokenizer_path = preset + "/tokenizer.json";
+    const absl::Status s =
+        GenerateCheckpoint(*config_, ReadFile(preset + "/config.json"), dir_->path(), options);
+    ASSERT_TRUE(s.ok()) << s;
+    VaryScales(dir_->path());
+    absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir_->path());
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    records_ = new std::vector<std::string>();
+    for (int layer : config_->engram.layer_ids) {
+      const TensorView* values = *(*ckpt)->Get(EngramTableName(layer));
+      const TensorView* scales = *(*ckpt)->Get(EngramScaleName(layer));
+      ASSERT_EQ(values->dtype, DType::kF8E4M3);
+      ASSERT_EQ(scales->dtype, DType::kF8E8M0);
+      std::string records;
+      for (int64_t r = 0; r < values->shape[0]; ++r) {
+        records.append(reinterpret_cast<const char*>(values->data) + r * kDim, kDim);
+        records.append(reinterpret_cast<const char*>(scales->data) + r * kDim / 32, kDim / 32);
+      }
+      records_->push_back(std::move(records));
+    }
   }
   static void TearDownTestSuite() {
     delete dir_;
     delete config_;
+    delete records_;
+  }
+
+  // The generator gives every block of these unit-variance tables the same scale; spread
+  // them over 2^-9 … 2^9 (and re-sum the sidecar) so that a scale applied to the wrong
+  // block or row shows.
+  static void VaryScales(const std::string& dir) {
+    const std::string sums_path = dir + "/" + kEngramChecksumsFile;
+    nlohmann::json sums = nlohmann::json::parse(ReadFile(sums_path));
+    const int64_t chunk_rows = sums["chunk_rows"].get<int64_t>();
+    for (size_t i = 0; i < config_->engram.layer_ids.size(); ++i) {
+      const std::string name = EngramScaleName(config_->engram.layer_ids[i]);
+      const std::string file = FileOf(dir, name);
+      const size_t at = DataOffset(dir, name);
+      const int64_t rows = config_->engram.num_embeddings[i];
+      const int64_t per_row = kDim / 32, size = rows * per_row;
+      std::string bytes = ReadFile(file);
+      for (int64_t k = 0; k < size; ++k) bytes[at + k] = static_cast<char>(118 + (k * 7) % 19);
+      WriteFile(file, bytes);
+      nlohmann::json list = nlohmann::json::array();
+      for (int64_t first = 0; first < rows; first += chunk_rows) {
+        const int64_t count = std::min(chunk_rows, rows - first);
+        list.push_back(absl::StrFormat(
+            "%016x", EngramChunkChecksum(
+                         reinterpret_cast<const uint8_t*>(bytes.data()) + at + first * per_row,
+                         count * per_row)));
+      }
+      sums["tensors"][name] = list;
+    }
+    WriteFile(sums_path, sums.dump(2));
+  }
+
+  // The record of `row` of Engram layer index `index`, as the checkpoint holds it.
+  static std::string Record(int index, int64_t row) {
+    return (*records_)[index].substr(row * kRecord, kRecord);
+  }
+  // The fp32 row, decoded here: value · 2^(scale − 127) per block of 32.
+  static std::vector<float> Row(int index, int64_t row) {
+    const std::string r = Record(index, row);
+    std::vector<float> out(kDim);
+    for (int64_t i = 0; i < kDim; ++i) {
+      out[i] = DecodeE4M3(static_cast<uint8_t>(r[i])) *
+               DecodeE8M0(static_cast<uint8_t>(r[kDim + i / 32]));
+    }
+    return out;
+  }
+  // Waits for every layer of a Prefetch of `rows` and checks each row against Row().
+  static void ExpectRows(EngramClient& client, const std::vector<std::vector<int64_t>>& rows) {
+    std::unique_ptr<EngramRowFetch> fetch = client.Prefetch(rows);
+    for (size_t index = 0; index < rows.size(); ++index) {
+      std::vector<float> out(rows[index].size() * kDim, -1.0f);
+      const absl::Status s = fetch->Wait(static_cast<int>(index), out.data());
+      ASSERT_TRUE(s.ok()) << s;
+      for (size_t i = 0; i < rows[index].size(); ++i) {
+        const std::vector<float> want = Row(static_cast<int>(index), rows[index][i]);
+        ASSERT_TRUE(std::equal(want.begin(), want.end(), out.begin() + i * kDim))
+            << "layer index " << index << " row " << rows[index][i];
+      }
+    }
   }
 
   std::vector<std::unique_ptr<EngramStoreServer>> StartServers(int n, int r,
@@ -67,9 +263,11 @@ class EngramStoreTest : public ::testing::Test {
 
   static dsv4::testing::TempDir* dir_;
   static ModelConfig* config_;
+  static std::vector<std::string>* records_;  // per Engram layer: every record
 };
 dsv4::testing::TempDir* EngramStoreTest::dir_ = nullptr;
 ModelConfig* EngramStoreTest::config_ = nullptr;
+std::vector<std::string>* EngramStoreTest::records_ = nullptr;
 
 // A copy of the checkpoint that a test may damage.
 std::string CopyCheckpoint(const std::string& from, const std::string& to) {
@@ -77,48 +275,147 @@ std::string CopyCheckpoint(const std::string& from, const std::string& to) {
   return to;
 }
 
-TEST_F(EngramStoreTest, RefusesMismatchedOrCorruptTables) {
-  dsv4::testing::TempDir tmp("engram-bad");
-  TableShardOptions o;
-  {  // config.json implies other table sizes
-    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/shape");
-    std::string config = ReadFile(dir + "/config.json");
-    config.replace(config.find("[1009, 1009]"), 12, "[1009, 2003]");
-    WriteFile(dir + "/config.json", config);
-    absl::StatusOr<std::unique_ptr<TableShards>> t = TableShards::Load(dir, o);
-    EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(t.status().message(), HasSubstr("has shape [4062, 16], but config.json implies"));
+// The comparisons below mean something only if rows differ and scales vary.
+TEST_F(EngramStoreTest, GeneratedTablesAreNotTrivial) {
+  std::set<char> scales;
+  int64_t nonzero = 0;
+  for (int64_t row = 0; row < 4062; ++row) {
+    const std::string r = Record(0, row);
+    scales.insert(r[kDim]);
+    scales.insert(r[kDim + 1]);
+    for (float v : Row(0, row)) nonzero += v != 0.0f;
   }
-  {  // one flipped byte inside the table
-    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/flip");
-    absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
-    const TensorView* table = *(*ckpt)->Get(EngramTableName(1));
-    const std::string head(reinterpret_cast<const char*>(table->data), 64);
-    const std::string file = table->file;
-    ckpt->reset();
+  EXPECT_EQ(scales.size(), 19u);  // VaryScales
+  EXPECT_GT(nonzero, 4062 * kDim * 9 / 10);
+  EXPECT_NE(Row(0, 0), Row(0, 1));
+}
+
+TEST_F(EngramStoreTest, RefusesCorruptValuesOrScalesNamingTheTensor) {
+  dsv4::testing::TempDir tmp("engram-bad");
+  const TableShardOptions o;
+  for (const std::string& tensor : {EngramTableName(1), EngramScaleName(1)}) {
+    SCOPED_TRACE(tensor);
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/" + tensor);
+    const std::string file = FileOf(dir, tensor);
     std::string bytes = ReadFile(file);
-    const size_t at = bytes.find(head);
-    ASSERT_NE(at, std::string::npos);
-    bytes[at + 1000] ^= 0x40;
+    bytes[DataOffset(dir, tensor) + 101] ^= 0x40;  // one bit of row 1 (values) or 50 (scales)
     WriteFile(file, bytes);
     absl::StatusOr<std::unique_ptr<TableShards>> t = TableShards::Load(dir, o);
     EXPECT_EQ(t.status().code(), absl::StatusCode::kDataLoss);
-    EXPECT_THAT(t.status().message(), HasSubstr("fail their checksum"));
+    EXPECT_THAT(t.status().message(),
+                AllOf(HasSubstr("Engram tensor " + tensor + " rows [0, 4062) fail their checksum"),
+                      HasSubstr("corrupt or replaced shard file")));
+    // Unverified, it loads: the check is what refused it.
+    TableShardOptions unverified;
+    unverified.verify_checksums = false;
+    EXPECT_TRUE(TableShards::Load(dir, unverified).ok());
   }
   {  // no sidecar: refused unless verification is switched off
     const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/nosidecar");
     std::filesystem::remove(dir + "/" + kEngramChecksumsFile);
     EXPECT_THAT(TableShards::Load(dir, o).status().message(), HasSubstr("is missing"));
-    o.verify_checksums = false;
-    EXPECT_TRUE(TableShards::Load(dir, o).ok());
+    TableShardOptions unverified;
+    unverified.verify_checksums = false;
+    EXPECT_TRUE(TableShards::Load(dir, unverified).ok());
+  }
+  {  // a sidecar without the scale's checksums
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/noscalesums");
+    nlohmann::json sums = nlohmann::json::parse(ReadFile(dir + "/" + kEngramChecksumsFile));
+    sums["tensors"].erase(EngramScaleName(5));
+    WriteFile(dir + "/" + kEngramChecksumsFile, sums.dump());
+    EXPECT_THAT(TableShards::Load(dir, o).status().message(),
+                HasSubstr("no list of 1 chunk checksums for layers.5.engram.embed.scale"));
   }
 }
 
-TEST_F(EngramStoreTest, ValidatesRequests) {
+TEST_F(EngramStoreTest, RefusesWrongDTypesAndShapesNamingTheTensor) {
+  dsv4::testing::TempDir tmp("engram-shape");
+  const TableShardOptions o;
+  {  // values must be F8_E4M3
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/u8values");
+    EditHeader(dir, EngramTableName(5), [](nlohmann::json& t) { t["dtype"] = "U8"; });
+    const absl::Status s = TableShards::Load(dir, o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(s.message(),
+                HasSubstr("Engram table layers.5.engram.embed.weight is U8, expected F8_E4M3"));
+  }
+  {  // values [64, 4062] instead of [4062, 64]
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/valueshape");
+    EditHeader(dir, EngramTableName(1), [](nlohmann::json& t) {
+      t["shape"] = nlohmann::json::array({64, 4062});
+    });
+    EXPECT_THAT(TableShards::Load(dir, o).status().message(),
+                HasSubstr("Engram table layers.1.engram.embed.weight has shape [64, 4062], but "
+                          "config.json implies [4062, 64]"));
+  }
+  {  // scales [2, 4062] instead of [4062, 2]
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/scaleshape");
+    EditHeader(dir, EngramScaleName(1), [](nlohmann::json& t) {
+      t["shape"] = nlohmann::json::array({2, 4062});
+    });
+    EXPECT_THAT(TableShards::Load(dir, o).status().message(),
+                HasSubstr("Engram scale layers.1.engram.embed.scale has shape [2, 4062], but "
+                          "config.json implies [4062, 2]"));
+  }
+  {  // scales must be F8_E8M0 or U8
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/i8scales");
+    EditHeader(dir, EngramScaleName(5), [](nlohmann::json& t) { t["dtype"] = "I8"; });
+    EXPECT_THAT(TableShards::Load(dir, o).status().message(),
+                HasSubstr("Engram scale layers.5.engram.embed.scale is I8, expected F8_E8M0 (or "
+                          "U8)"));
+  }
+  {  // U8 scales are accepted (as vLLM does) and serve the same records
+    const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/u8scales");
+    EditHeader(dir, EngramScaleName(1), [](nlohmann::json& t) { t["dtype"] = "U8"; });
+    absl::StatusOr<std::unique_ptr<TableShards>> t = TableShards::Load(dir, o);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const TableShards::Table* table = (*t)->Find(1);
+    ASSERT_NE(table, nullptr);
+    EXPECT_EQ(table->scale_dtype, DType::kU8);
+    std::string record;
+    table->AppendRecord(4061, &record);
+    EXPECT_EQ(record, Record(0, 4061));
+  }
+}
+
+// The scales of layer 1 moved into a shard file of their own: found through the index.
+TEST_F(EngramStoreTest, ValuesAndScalesInDifferentFiles) {
+  dsv4::testing::TempDir tmp("engram-split");
+  const std::string dir = CopyCheckpoint(dir_->path(), tmp.path() + "/split");
+  const std::string scale = EngramScaleName(1);
+  {
+    absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
+    const TensorView* view = *(*ckpt)->Get(scale);
+    SafetensorsWriter writer;
+    writer.Add(scale, view->dtype, view->shape,
+               std::vector<uint8_t>(view->data, view->data + view->nbytes));
+    ASSERT_TRUE(writer.Write(dir + "/engram-scales.safetensors").ok());
+  }
+  nlohmann::json index = nlohmann::json::parse(ReadFile(dir + "/model.safetensors.index.json"));
+  ASSERT_NE(index["weight_map"][scale], "engram-scales.safetensors");
+  index["weight_map"][scale] = "engram-scales.safetensors";
+  WriteFile(dir + "/model.safetensors.index.json", index.dump());
+  {  // and the old copy damaged, so that only the new file can give the right rows
+    const std::string file = FileOf(dir_->path(), scale);
+    const std::string copy = dir + "/" + std::filesystem::path(file).filename().string();
+    std::string bytes = ReadFile(copy);
+    bytes[DataOffset(dir_->path(), scale)] ^= 0x01;
+    WriteFile(copy, bytes);
+  }
+  auto servers = testing::StartServers(dir, 1, 1);
+  ASSERT_EQ(servers.size(), 1u);
+  absl::StatusOr<std::unique_ptr<EngramClient>> client =
+      EngramClient::Create(*config_, Options(servers, 1));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, {{0, 1, 4061}, {0, 4151}});
+}
+
+TEST_F(EngramStoreTest, ServesRecordsAndValidatesRequests) {
   ServerOptions limits;
   limits.max_batch_rows = 100;
-  limits.max_chunk_bytes = 64;                // 2 rows of 32 bytes per streamed response
-  auto servers = StartServers(2, 1, limits);  // server 0 holds rows [0, 2031)
+  limits.max_chunk_bytes = 2 * kRecord;       // 2 records per streamed response
+  auto servers = StartServers(2, 1, limits);  // server 0 holds rows [0, 2031) of layer 1
+  ASSERT_EQ(servers.size(), 2u);
   auto channel = grpc::CreateChannel(servers[0]->address(), grpc::InsecureChannelCredentials());
   auto stub = v1::EngramStore::NewStub(channel);
   auto lookup = [&](int layer, std::vector<int64_t> rows, v1::LookupResponse* response) {
@@ -131,14 +428,16 @@ TEST_F(EngramStoreTest, ValidatesRequests) {
   v1::LookupResponse response;
   grpc::Status s = lookup(1, {5, 2030, 5}, &response);
   ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(response.dtype(), "BF16");
-  EXPECT_EQ(response.row_bytes(), 32);
-  EXPECT_EQ(response.data().size(), 96u);
-  EXPECT_EQ(response.data().substr(0, 32), response.data().substr(64, 32));
+  EXPECT_EQ(response.format(), "F8_E4M3+E8M0/32");
+  EXPECT_EQ(response.record_bytes(), kRecord);
+  EXPECT_EQ(response.data(), Record(0, 5) + Record(0, 2030) + Record(0, 5));
+  s = lookup(5, {2075}, &response);  // layer 5: 4152 rows, server 0 holds [0, 2076)
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(response.data(), Record(1, 2075));
 
   s = lookup(3, {1}, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("Engram layers: 1"));
+  EXPECT_THAT(s.error_message(), HasSubstr("Engram layers: 1, 5"));
   s = lookup(1, {4, 2031}, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("holds rows [0, 2031) of 4062"));
@@ -148,8 +447,9 @@ TEST_F(EngramStoreTest, ValidatesRequests) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(s.error_message(), HasSubstr("limit of 100 rows"));
   EXPECT_TRUE(lookup(1, {}, &response).ok());
+  EXPECT_EQ(response.data(), "");
 
-  // Streaming: the same rows in 2-row chunks.
+  // Streaming: the same records in 2-record chunks.
   v1::LookupRequest request;
   request.set_layer(1);
   for (int64_t r : {7, 8, 9, 10, 11}) request.add_rows(r);
@@ -160,6 +460,7 @@ TEST_F(EngramStoreTest, ValidatesRequests) {
   v1::LookupResponse chunk;
   while (reader->Read(&chunk)) {
     firsts.push_back(chunk.first_index());
+    EXPECT_EQ(chunk.record_bytes(), kRecord);
     streamed += chunk.data();
   }
   ASSERT_TRUE(reader->Finish().ok());
@@ -171,15 +472,25 @@ TEST_F(EngramStoreTest, ValidatesRequests) {
   v1::StatsResponse stats;
   ASSERT_TRUE(stub->Stats(&stats_context, v1::StatsRequest(), &stats).ok());
   EXPECT_EQ(stats.num_servers(), 2);
-  ASSERT_EQ(stats.shards_size(), 1);
+  ASSERT_EQ(stats.shards_size(), 2);
+  EXPECT_EQ(stats.shards(0).layer(), 1);
   EXPECT_EQ(stats.shards(0).row_end(), 2031);
+  EXPECT_EQ(stats.shards(0).table_rows(), 4062);
+  EXPECT_EQ(stats.shards(0).head_dim(), kDim);
+  EXPECT_EQ(stats.shards(0).format(), "F8_E4M3+E8M0/32");
+  EXPECT_EQ(stats.shards(0).record_bytes(), kRecord);
+  EXPECT_EQ(stats.shards(1).layer(), 5);
+  EXPECT_EQ(stats.shards(1).row_end(), 2076);
   EXPECT_EQ(stats.rejected(), 4u);
-  EXPECT_EQ(stats.resident_bytes(), 2031u * 32);
+  EXPECT_EQ(stats.resident_value_bytes(), (2031u + 2076u) * 64);
+  EXPECT_EQ(stats.resident_scale_bytes(), (2031u + 2076u) * 2);
+  EXPECT_EQ(stats.resident_bytes(), (2031u + 2076u) * kRecord);
 }
 
 // grpc.health.v1.Health/Check with an empty request answers SERVING (field 1 = 1).
 TEST_F(EngramStoreTest, AnswersHealthChecks) {
   auto servers = StartServers(1, 1);
+  ASSERT_EQ(servers.size(), 1u);
   grpc::GenericStub stub(
       grpc::CreateChannel(servers[0]->address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
@@ -198,89 +509,59 @@ TEST_F(EngramStoreTest, AnswersHealthChecks) {
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
 }
 
-// Runs the Engram module over `steps` (each a list of token chunks, one per sequence)
-// and returns every step's streams after Apply.
-std::vector<std::vector<float>> RunSteps(
-    const ModelConfig& config, Checkpoint* ckpt, EngramRowSource* source,
-    const std::vector<std::vector<std::vector<int32_t>>>& steps,
-    const std::function<void(int)>& before_step = nullptr) {
-  absl::StatusOr<std::unique_ptr<EngramModule>> module = EngramModule::Load(config, ckpt, source);
-  EXPECT_TRUE(module.ok()) << module.status();
-  const int64_t nd = config.hc_mult * config.hidden_size;
-  std::vector<EngramState> states(steps[0].size(), (*module)->hasher().NewState());
-  std::vector<std::vector<float>> outputs;
-  std::mt19937 rng(11);
-  std::normal_distribution<float> g;
-  for (size_t step = 0; step < steps.size(); ++step) {
-    if (before_step) before_step(static_cast<int>(step));
-    std::vector<EngramModule::Segment> segs;
-    int64_t rows = 0;
-    for (size_t i = 0; i < steps[step].size(); ++i) {
-      segs.push_back({&states[i], steps[step][i], rows});
-      rows += static_cast<int64_t>(steps[step][i].size());
-    }
-    std::vector<float> x(rows * nd);
-    for (float& v : x) v = g(rng);
-    std::unique_ptr<EngramRowFetch> fetch = (*module)->Begin(segs);
-    const absl::Status s = (*module)->Apply(1, fetch.get(), segs, x.data());
-    EXPECT_TRUE(s.ok()) << s;
-    (*module)->Advance(segs);
-    outputs.push_back(std::move(x));
+// Rows of both layers, spread over the whole tables, with repeats.
+std::vector<std::vector<int64_t>> SomeRows(uint32_t seed, int count) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<int64_t>> rows(2);
+  for (int i = 0; i < count; ++i) {
+    rows[0].push_back(rng() % 4062);
+    rows[1].push_back(rng() % 4152);
   }
-  return outputs;
+  rows[0].push_back(rows[0][0]);
+  rows[1].push_back(4151);
+  return rows;
 }
 
-// Prefill chunks for two sequences, then decode steps.
-std::vector<std::vector<std::vector<int32_t>>> Steps() {
-  std::vector<std::vector<std::vector<int32_t>>> steps = {
-      {{1, 5, 700, 1023, 17, 17, 300}, {900, 2, 2}}};
-  for (int t = 0; t < 6; ++t) steps.push_back({{(t * 97) % 1024}, {(t * 31 + 5) % 1024}});
-  return steps;
-}
-
-TEST_F(EngramStoreTest, RemoteRowsGiveTheLocalOutput) {
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir_->path());
-  ASSERT_TRUE(ckpt.ok());
-  const auto local = RunSteps(*config_, ckpt->get(), nullptr, Steps());
-
+TEST_F(EngramStoreTest, ClientRowsAreTheCheckpointRowsDequantised) {
   auto servers = StartServers(2, 1);
+  ASSERT_EQ(servers.size(), 2u);
   ClientOptions options = Options(servers, 1);
   options.max_batch_rows = 8;  // several calls per shard
   absl::StatusOr<std::unique_ptr<EngramClient>> client = EngramClient::Create(*config_, options);
   ASSERT_TRUE(client.ok()) << client.status();
-  const auto remote = RunSteps(*config_, ckpt->get(), client->get(), Steps());
-  EXPECT_EQ(remote, local);
-  const ClientStats stats = (*client)->stats();
-  EXPECT_EQ(stats.fetches, 7u);
-  EXPECT_EQ(stats.waits, 7u);
-  EXPECT_EQ(stats.rows_requested, (10u + 12u) * 4);
+  for (uint32_t step = 0; step < 4; ++step) ExpectRows(**client, SomeRows(step, 40));
+  ClientStats stats = (*client)->stats();
+  EXPECT_EQ(stats.fetches, 4u);
+  EXPECT_EQ(stats.waits, 8u);
+  EXPECT_EQ(stats.rows_requested, 4u * 2 * 41);
   EXPECT_EQ(stats.failures, 0u);
-  EXPECT_GE(stats.stall_ns, 0);
+  EXPECT_GT(stats.rows_fetched, 0u);
 
   // Hot rows come from the cache: asking again sends no RPC.
-  std::vector<float> first(3 * 16), second(3 * 16);
-  ASSERT_TRUE((*client)->Prefetch({{9, 3000, 9}})->Wait(0, first.data()).ok());
+  ExpectRows(**client, {{9, 3000, 9}, {}});
   const uint64_t rpcs = (*client)->stats().rpcs, hits = (*client)->stats().cache_hits;
-  ASSERT_TRUE((*client)->Prefetch({{3000, 9}})->Wait(0, second.data()).ok());
+  ExpectRows(**client, {{3000, 9}, {}});
   EXPECT_EQ((*client)->stats().rpcs, rpcs);
   EXPECT_EQ((*client)->stats().cache_hits, hits + 2);
-  EXPECT_TRUE(std::equal(second.begin(), second.begin() + 16, first.begin() + 16));
+
+  // A row outside the table is an error of that layer only.
+  std::unique_ptr<EngramRowFetch> fetch = (*client)->Prefetch({{4062}, {1}});
+  std::vector<float> out(kDim);
+  EXPECT_EQ(fetch->Wait(0, out.data()).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(fetch->Wait(1, out.data()).ok());
 }
 
 TEST_F(EngramStoreTest, KilledReplicaChangesNothing) {
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir_->path());
-  ASSERT_TRUE(ckpt.ok());
-  const auto local = RunSteps(*config_, ckpt->get(), nullptr, Steps());
-
   auto servers = StartServers(2, 2);
+  ASSERT_EQ(servers.size(), 2u);
   ClientOptions options = Options(servers, 2);
   options.cache_rows = 0;  // every step goes to the servers
   absl::StatusOr<std::unique_ptr<EngramClient>> client = EngramClient::Create(*config_, options);
   ASSERT_TRUE(client.ok()) << client.status();
-  const auto remote = RunSteps(*config_, ckpt->get(), client->get(), Steps(), [&](int step) {
+  for (uint32_t step = 0; step < 6; ++step) {
     if (step == 3) servers[0]->Shutdown();  // shard 0's primary dies mid-run
-  });
-  EXPECT_EQ(remote, local);
+    ExpectRows(**client, SomeRows(100 + step, 30));
+  }
   const ClientStats stats = (*client)->stats();
   EXPECT_GE(stats.retries, 1u);
   EXPECT_EQ(stats.failures, 0u);
@@ -288,26 +569,41 @@ TEST_F(EngramStoreTest, KilledReplicaChangesNothing) {
 
 TEST_F(EngramStoreTest, AllReplicasDownIsAnErrorNamingTheShard) {
   auto servers = StartServers(2, 1);
+  ASSERT_EQ(servers.size(), 2u);
   ClientOptions options = Options(servers, 1);
   options.cache_rows = 0;
   absl::StatusOr<std::unique_ptr<EngramClient>> client = EngramClient::Create(*config_, options);
   ASSERT_TRUE(client.ok()) << client.status();
   servers[1]->Shutdown();
-  std::unique_ptr<EngramRowFetch> fetch = (*client)->Prefetch({{1, 4000}});
-  std::vector<float> out(2 * 16);
+  std::unique_ptr<EngramRowFetch> fetch = (*client)->Prefetch({{1, 4000}, {}});
+  std::vector<float> out(2 * kDim);
   const absl::Status s = fetch->Wait(0, out.data());
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(s.message(), HasSubstr("shard 1: every replica failed"));
+  EXPECT_THAT(s.message(), HasSubstr("Engram layer 1 shard 1: every replica failed"));
   EXPECT_EQ((*client)->stats().failures, 1u);
 }
 
 TEST_F(EngramStoreTest, ClientRefusesAnotherModelsStore) {
   auto servers = StartServers(1, 1);
-  ModelConfig other = *config_;
-  other.engram.vocab_size = {2003, 2003};
-  absl::StatusOr<std::unique_ptr<EngramClient>> client =
-      EngramClient::Create(other, Options(servers, 1));
-  EXPECT_EQ(client.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_EQ(servers.size(), 1u);
+  ModelConfig rows = *config_;
+  rows.engram.num_embeddings = {4062, 4153};
+  absl::Status s = EngramClient::Create(rows, Options(servers, 1)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("serves layer 5 with 4152 rows"));
+  ModelConfig dim = *config_;
+  dim.engram.head_dim = 32;
+  s = EngramClient::Create(dim, Options(servers, 1)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("of 64 values as \"F8_E4M3+E8M0/32\" records of 66 B"));
+  ModelConfig layers = *config_;
+  layers.engram.layer_ids = {1, 6};
+  EXPECT_EQ(EngramClient::Create(layers, Options(servers, 1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ModelConfig odd = *config_;
+  odd.engram.head_dim = 48;  // not a multiple of 32: not the released format
+  EXPECT_EQ(EngramClient::Create(odd, Options(servers, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
   ClientOptions two = Options(servers, 1);
   two.servers.push_back(two.servers[0]);  // the same server listed as server 1 of 2
   EXPECT_THAT(EngramClient::Create(*config_, two).status().message(),
@@ -325,6 +621,53 @@ TEST(EngramStoreBinaryTest, RefusesBadSetupsWithAClearMessage) {
   r = dsv4::testing::RunCommand(bin + " --checkpoint " + dir.path() + " --listen 127.0.0.1:0");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("has no Engram layers"));
+  r = dsv4::testing::RunCommand(bin + " --checkpoint " + dir.path() +
+                                " --listen 127.0.0.1:0 --num_servers 2 --replication 3");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("replication must be in [1, 2], got 3"));
+}
+
+// The RAM a node needs is printed before anything is mapped: here the shards are absent,
+// so loading fails after the sizing.
+TEST(EngramStoreBinaryTest, PrintsItsRamBeforeMapping) {
+  const std::string bin = std::string(DSV4_BIN_DIR) + "/dsv4-engram-store";
+  dsv4::testing::TempDir dir("engram-sizing");
+  std::filesystem::copy_file(std::string(DSV4_SOURCE_DIR) + "/models/v41-tiny/config.json",
+                             dir.path() + "/config.json");
+  const dsv4::testing::CommandResult r =
+      dsv4::testing::RunCommand(bin + " --checkpoint " + dir.path() +
+                                " --listen 127.0.0.1:0 --num_servers 2 --replication 1 --index 1");
+  EXPECT_EQ(r.exit_code, 1);
+  // Server 1 of 2: rows [2031, 4062) of layer 1 and [2076, 4152) of layer 5, 66 B each.
+  const size_t sizing = r.output.find("[server 1/2] RAM needed for this node's Engram rows");
+  ASSERT_NE(sizing, std::string::npos) << r.output;
+  EXPECT_THAT(r.output, AllOf(HasSubstr("layer 1: 2031 rows [2031, 4062)"),
+                              HasSubstr("layer 5: 2076 rows [2076, 4152)"),
+                              HasSubstr("server 1 (shards 1): 0.000 GB = 0.00 GiB (271,062 B)")));
+  EXPECT_EQ(r.output.find("server 0 ("), std::string::npos);  // only this node
+}
+
+TEST(EngramStoreBinaryTest, PlansDeepSeekV41FlashWithoutTables) {
+  const std::string bin = std::string(DSV4_BIN_DIR) + "/dsv4-engram-store";
+  const dsv4::testing::CommandResult r = dsv4::testing::RunCommand(
+      bin + " --config " + DSV4_SOURCE_DIR +
+      "/models/deepseek-v4.1-flash/config.json --servers 4 --replication 2 --plan");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output,
+              AllOf(HasSubstr("rows of 256 F8_E4M3 values + 8 E8M0 scales = 264 B a row"),
+                    HasSubstr("layer 1: 384006168 rows"), HasSubstr("layer 14: 384016682 rows"),
+                    HasSubstr("all layers: 768022850 rows, 202.758 GB (202,758,032,400 B)"),
+                    HasSubstr("4 memory nodes, replication 2"),
+                    HasSubstr("405.516 GB of table RAM over all nodes"),
+                    HasSubstr("server 0 (shards 0, 3): 101.379 GB"),
+                    HasSubstr("largest node: 101.379 GB")));
+  const dsv4::testing::CommandResult one =
+      dsv4::testing::RunCommand(bin + " --config deepseek-v4.1-flash --plan");
+  EXPECT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_THAT(one.output, HasSubstr("server 0 (shards 0): 202.758 GB = 188.83 GiB"));
+  const dsv4::testing::CommandResult help = dsv4::testing::RunCommand(bin + " --help");
+  EXPECT_THAT(help.output,
+              AllOf(HasSubstr("--plan"), HasSubstr("F8_E4M3"), HasSubstr("replication")));
 }
 
 }  // namespace
