@@ -32,8 +32,7 @@ absl::StatusOr<Compressor> Compressor::Load(WeightLoader& loader, const std::str
                    loader.LoadMatrix(prefix + ".wkv.weight", width, config.hidden_size));
   WeightMatrix wgate;  // V4.1's ratio 1 pools nothing, so it has no gate
   if (!config.is_v41() || ratio > 1) {
-    ASSIGN_OR_RETURN(wgate,
-                     loader.LoadMatrix(prefix + ".wgate.weight", width, config.hidden_size));
+    ASSIGN_OR_RETURN(wgate, loader.LoadMatrix(prefix + ".wgate.weight", width, config.hidden_size));
   }
   Tensor ape;  // V4.1 has no positional bias
   if (!config.is_v41()) {
@@ -67,6 +66,11 @@ bool Compressor::Push(CompressorState* state, const float* kv, const float* scor
   const int m = ratio_;
   const int64_t w = width();
   const int64_t dc = head_dim();
+  if (m == 1 && !overlap()) {  // a one-token block: softmax weight 1, no partial block to keep
+    const size_t first = entries->size();
+    entries->insert(entries->end(), kv, kv + dc);
+    return Finish(entries->data() + first, pos, latent);
+  }
   const int64_t slot = (overlap() ? m : 0) + pos % m;
   std::memcpy(state->kv.data() + slot * w, kv, w * sizeof(float));
   float* score_row = state->score.data() + slot * w;
@@ -96,15 +100,19 @@ bool Compressor::Push(CompressorState* state, const float* kv, const float* scor
     for (int i = 0; i < candidates; ++i) acc += p[i] / sum * state->kv[i * w + column(i, j)];
     entry[j] = acc;
   }
-  RmsNorm(entry, norm_.data(), 1, dc, norm_eps_, entry);
-  if (latent != nullptr) std::memcpy(latent, entry, dc * sizeof(float));
-  const int64_t r = rope_.params().dim;
-  rope_.Apply(entry + dc - r, pos + 1 - m);
-
   if (overlap()) {  // the current block becomes the next block's lookahead half
     std::memcpy(state->kv.data(), state->kv.data() + m * w, m * w * sizeof(float));
     std::memcpy(state->score.data(), state->score.data() + m * w, m * w * sizeof(float));
   }
+  return Finish(entry, pos, latent);
+}
+
+bool Compressor::Finish(float* entry, int64_t pos, float* latent) const {
+  const int64_t dc = head_dim();
+  RmsNorm(entry, norm_.data(), 1, dc, norm_eps_, entry);
+  if (latent != nullptr) std::memcpy(latent, entry, dc * sizeof(float));
+  const int64_t r = rope_.params().dim;
+  rope_.Apply(entry + dc - r, pos + 1 - ratio_);
   return true;
 }
 

@@ -11,7 +11,7 @@
 // Then entry_s = RoPE(RMSNorm(C_s; norm), position s·m) on its last r dims.
 //
 // V4.1 (CSA2) compressors never overlap and have no APE; at m = 1 there is no gate (the
-// one-token softmax weighs 1), so the entry is RoPE(RMSNorm(wkv·x_t)).
+// one-token softmax weighs 1) and no partial block: the entry is RoPE(RMSNorm(wkv·x_t)).
 //
 // The per-sequence state (CompressorState) holds the partial block as the reference
 // does: rows [0, m) the previous block (overlap only), rows [off, off+m) the current one.
@@ -67,6 +67,9 @@ class Compressor {
             std::vector<float>* entries, float* latent = nullptr) const;
 
  private:
+  // Norm, latent copy and RoPE of a pooled block ending at `pos`; returns true.
+  bool Finish(float* entry, int64_t pos, float* latent) const;
+
   WeightMatrix wkv_, wgate_;
   Tensor ape_, norm_;
   int ratio_;

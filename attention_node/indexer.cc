@@ -13,6 +13,15 @@
 
 namespace dsv4 {
 
+Indexer::Indexer(WeightMatrix wq_b, WeightMatrix weights_proj, Compressor compressor, int64_t topk,
+                 const Rope& rope)
+    : wq_b_(wq_b),
+      weights_proj_(weights_proj),
+      compressor_(std::move(compressor)),
+      head_dim_(compressor_->head_dim()),
+      topk_(topk),
+      rope_(rope) {}
+
 absl::StatusOr<Indexer> Indexer::Load(WeightLoader& loader, const std::string& prefix,
                                       const ModelConfig& config, const Rope& rope, int layer) {
   const int64_t heads = config.index_n_heads;
@@ -97,7 +106,8 @@ void CandidateBlocks(const float* scores, int64_t n, int64_t block, int64_t topk
   std::vector<float> best(count, -std::numeric_limits<float>::infinity());
   for (int64_t s = 0; s < n; ++s) best[s / block] = std::max(best[s / block], scores[s]);
   best[count - 1] = std::numeric_limits<float>::infinity();  // the newest, partly filled block
-  const std::vector<int> top = TopK(best.data(), count, static_cast<int>(std::min(topk_blocks, count)));
+  const std::vector<int> top =
+      TopK(best.data(), count, static_cast<int>(std::min(topk_blocks, count)));
   blocks->assign(top.begin(), top.end());
   std::sort(blocks->begin(), blocks->end());
 }

@@ -36,13 +36,16 @@ namespace dsv4 {
 
 class Indexer {
  public:
+  // V4: wq_b [HI·DI, Q], weights_proj [HI, d] and the indexer's compressor (D_c = DI).
+  Indexer(WeightMatrix wq_b, WeightMatrix weights_proj, Compressor compressor, int64_t topk,
+          const Rope& rope);
   // Loads "<prefix>.wq_b.weight", ".weights_proj.weight" and, for V4, "<prefix>.compressor.*";
   // for a V4.1 kv source, ".wk.weight" and ".k_norm.weight".
   static absl::StatusOr<Indexer> Load(WeightLoader& loader, const std::string& prefix,
                                       const ModelConfig& config, const Rope& rope, int layer);
 
   const Compressor& compressor() const { return *compressor_; }  // V4 only
-  bool owns_keys() const { return wk_.rows > 0; }                   // V4.1 kv sources
+  bool owns_keys() const { return wk_.rows > 0; }                // V4.1 kv sources
   int heads() const { return static_cast<int>(weights_proj_.rows); }
   int64_t head_dim() const { return head_dim_; }
   int64_t topk() const { return topk_; }
@@ -70,8 +73,8 @@ class Indexer {
   Indexer() = default;
   WeightMatrix wq_b_, weights_proj_;
   std::optional<Compressor> compressor_;  // V4
-  WeightMatrix wk_;                        // V4.1 kv sources: [DI, D]
-  Tensor k_norm_;                          // [DI]
+  WeightMatrix wk_;                       // V4.1 kv sources: [DI, D]
+  Tensor k_norm_;                         // [DI]
   int64_t head_dim_ = 0, topk_ = 0;
   float norm_eps_ = 0;
   Rope rope_{RopeParams{}};

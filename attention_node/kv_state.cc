@@ -17,8 +17,9 @@ void SequenceState::Reset() {
     LayerKvState& layer = layers_[i];
     layer.window.assign(static_cast<size_t>(config_.sliding_window * config_.head_dim), 0.0f);
     const int m = config_.ratio(i);
-    // V4: every compressed layer compresses; V4.1: only the kv sources.
-    if (m > 0 && config_.kv_source_of(i) == i) {
+    // V4: every compressed layer compresses; V4.1: only the kv sources, and at m = 1 there
+    // is no partial block to keep.
+    if (m > 0 && config_.kv_source_of(i) == i && !(config_.is_v41() && m == 1)) {
       layer.compressor = Compressor::FreshState(m, config_.is_csa(i), config_.head_dim);
     }
     if (config_.is_csa(i)) {

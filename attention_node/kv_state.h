@@ -2,7 +2,7 @@
 //   every layer      window ring [W, D]: kv of position p in slot p mod W
 //   V4, m > 0        compressed entries [⌊P/m⌋, D] and the compressor's partial block
 //   V4, m = 4        indexer keys [⌊P/4⌋, DI] and the indexer compressor's partial block
-//   V4.1 kv source   compressed entries [⌊P/m⌋, D], the partial block [m, D] and the
+//   V4.1 kv source   compressed entries [⌊P/m⌋, D], the partial block (m > 1) and the
 //                    indexer keys [⌊P/m⌋, DI]; the layers that reuse them hold only the window
 // where P = position() tokens have been processed. mHC is stateless.
 //

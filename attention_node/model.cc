@@ -20,7 +20,8 @@ absl::Status CheckConfig(const ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", what));
   };
   if (!c.is_v4()) {
-    return bad(absl::StrCat("model_type \"", c.model_type, "\" is not deepseek_v4 or deepseek_v41"));
+    return bad(
+        absl::StrCat("model_type \"", c.model_type, "\" is not deepseek_v4 or deepseek_v41"));
   }
   if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_hidden_layers <= 0 ||
       c.num_attention_heads <= 0 || c.head_dim <= 0 || c.q_lora_rank <= 0 || c.o_lora_rank <= 0 ||
@@ -181,6 +182,11 @@ absl::StatusOr<Step> Model::BeginStep(absl::Span<const StepInput> inputs) const 
         return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": token id ", in.tokens[j],
                                                        " at index ", j, " is outside [0, ",
                                                        config_.vocab_size, ")"));
+      }
+      if (in.tokens[j] == config_.image_token_id) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", i, ": token ", j, " is the image token ",
+                         config_.image_token_id, "; this runtime serves text only"));
       }
     }
     step.states_.push_back(in.state);

@@ -9,6 +9,7 @@
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "core/checkpoint_layout.h"
+#include "core/engram_rows.h"
 #include "core/model_config.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
@@ -22,6 +23,25 @@ namespace dsv4::cli {
 namespace {
 
 std::string LayerSchedule(const ModelConfig& c) {
+  if (c.is_v41()) {  // CSA2 roles: Full (kv source), Reindex (index source), Reuse
+    int window = 0, full = 0, reindex = 0, reuse = 0;
+    for (int i = 0; i < c.num_hidden_layers; ++i) {
+      if (c.ratio(i) == 0) {
+        ++window;
+      } else if (c.is_kv_source(i)) {
+        ++full;
+      } else if (c.is_index_source(i)) {
+        ++reindex;
+      } else {
+        ++reuse;
+      }
+    }
+    return absl::StrFormat(
+        "%d layers (%d window-only, CSA2: %d Full, %d Reindex, %d Reuse), %d Engram, %d DSpark "
+        "stages (not evaluated)",
+        c.num_hidden_layers, window, full, reindex, reuse, c.engram.layer_ids.size(),
+        c.num_nextn_predict_layers);
+  }
   int window = 0, csa = 0, hca = 0;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     if (c.ratio(i) == 0)
@@ -37,9 +57,12 @@ std::string LayerSchedule(const ModelConfig& c) {
 }
 
 // Dequantises a tensor and reports the first non-finite value, naming the tensor.
-absl::Status CheckFinite(Checkpoint& ckpt, const TensorSpec& spec) {
+absl::Status CheckFinite(Checkpoint& ckpt, const ModelConfig& c, const TensorSpec& spec) {
   if (spec.role == TensorRole::kScale || spec.dtype == DType::kI64) return absl::OkStatus();
-  ASSIGN_OR_RETURN(Tensor t, ckpt.LoadF32(spec.name));
+  const Fp8Block block = spec.role == TensorRole::kEngramTable
+                             ? Fp8Block{1, kEngramScaleBlock}
+                             : Fp8Block{c.weight_block_size, c.weight_block_size};
+  ASSIGN_OR_RETURN(Tensor t, ckpt.LoadF32(spec.name, block));
   const float* p = t.data();
   for (int64_t i = 0; i < t.numel(); ++i) {
     if (!std::isfinite(p[i]))
@@ -111,7 +134,7 @@ absl::Status Inspect(const std::string& dir) {
   if (problems.empty() && absl::GetFlag(FLAGS_verify_values)) {
     ProgressBar bar("verifying", static_cast<int64_t>(expected.size()), "tensors");
     for (size_t i = 0; i < expected.size(); ++i) {
-      if (absl::Status s = CheckFinite(*ckpt, expected[i]); !s.ok())
+      if (absl::Status s = CheckFinite(*ckpt, c, expected[i]); !s.ok())
         problems.push_back(std::string(s.message()));
       bar.Update(static_cast<int64_t>(i + 1));
     }

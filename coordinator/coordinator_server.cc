@@ -77,6 +77,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       std::min<int64_t>(options.max_context, server->config_.max_position_embeddings));
   server->limits_ = MakeRequestLimits(ModelNameFromDir(options.checkpoint_dir),
                                       static_cast<int>(server->config_.vocab_size), max_context);
+  server->limits_.image_token_id = static_cast<int>(server->config_.image_token_id);
   const std::shared_ptr<spdlog::logger> logger = Logger();
   ASSIGN_OR_RETURN(server->metrics_, Metrics::Start(options.metrics_listen));
   SchedulerOptions scheduler_options;

@@ -39,11 +39,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   GenerationSpec spec;
   if (request->has_text()) {
     const std::vector<int> ids = tokenizer_.Encode(request->text());
-    if (absl::Status s =
-            ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(), limits_);
-        !s.ok()) {
-      return refuse(rpc::ToGrpc(s));
-    }
+    absl::Status s =
+        ValidatePromptLength(static_cast<int>(ids.size()), request->max_tokens(), limits_);
+    if (s.ok()) s = ValidateTextOnly("text", ids, limits_);
+    if (!s.ok()) return refuse(rpc::ToGrpc(s));
     spec.prompt_token_ids.assign(ids.begin(), ids.end());
   } else {
     spec.prompt_token_ids.assign(request->token_ids().ids().begin(),

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/status_macros.h"
 
 namespace dsv4::coordinator {
@@ -31,6 +32,19 @@ absl::Status CheckTokenIds(absl::string_view field, const google::protobuf::Repe
 }
 
 }  // namespace
+
+absl::Status ValidateTextOnly(absl::string_view field, absl::Span<const int> ids,
+                              const RequestLimits& limits) {
+  if (limits.image_token_id < 0) return absl::OkStatus();
+  std::vector<std::string> at;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] == limits.image_token_id && at.size() < 8) at.push_back(absl::StrCat(i));
+  }
+  if (at.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " holds the image token ", limits.image_token_id, " at position(s) ",
+      absl::StrJoin(at, ", "), ": this deployment serves text only (no vision tower)"));
+}
 
 RequestLimits MakeRequestLimits(const std::string& model, int vocab_size, int max_context) {
   RequestLimits limits;
@@ -63,6 +77,7 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                           absl::StrCat("[1, ", limits.max_prompt_tokens, "]"), absl::StrCat(n));
       }
       RETURN_IF_ERROR(CheckTokenIds("token_ids.ids", request.token_ids().ids(), limits));
+      RETURN_IF_ERROR(ValidateTextOnly("token_ids.ids", request.token_ids().ids(), limits));
       break;
     }
     case v1::GenerateRequest::PROMPT_NOT_SET:

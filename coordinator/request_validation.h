@@ -8,6 +8,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "proto/inference.pb.h"
 
 namespace dsv4::coordinator {
@@ -16,6 +18,7 @@ namespace dsv4::coordinator {
 struct RequestLimits {
   std::string model;             // served model name; requests may leave `model` empty
   int vocab_size = 0;            // token ids must be in [0, vocab_size)
+  int image_token_id = -1;       // V4.1's image token: refused (text only); -1 = none
   int max_context = 4096;        // prompt tokens + max_tokens must fit
   int max_tokens = 32768;        // upper bound of max_tokens
   int max_prompt_tokens = 4095;  // prompt length in tokens
@@ -39,6 +42,10 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
 // Checks the tokenized prompt length against the limits: called after a text prompt is
 // encoded (a token-id prompt is fully checked by ValidateGenerateRequest).
 absl::Status ValidatePromptLength(int prompt_tokens, int max_tokens, const RequestLimits& limits);
+// INVALID_ARGUMENT naming the positions of image tokens in `ids` (field "text" or
+// "token_ids.ids"): this runtime serves V4.1 text only.
+absl::Status ValidateTextOnly(absl::string_view field, absl::Span<const int> ids,
+                              const RequestLimits& limits);
 
 absl::Status ValidateTokenizeRequest(const v1::TokenizeRequest& request,
                                      const RequestLimits& limits);

@@ -100,8 +100,11 @@ std::vector<float> SampleValues(const ModelConfig& config, const TensorSpec& spe
     case TensorRole::kGateBias:
       fill(0.0f, 0.1f);
       break;
-    case TensorRole::kEngramTable:
-      fill(0.0f, 1.0f);
+    case TensorRole::kEngramTable:  // rows of magnitudes 2^−3 … 2^3, so their scales differ
+      for (int64_t r = 0; r < rows; ++r) {
+        const float magnitude = std::ldexp(1.0f, static_cast<int>(rng.Uniform() * 7) - 3);
+        for (int64_t c = 0; c < cols; ++c) v[r * cols + c] = magnitude * rng.Sample(0.0f, 1.0f);
+      }
       break;
     case TensorRole::kScale:
     case TensorRole::kTid2Eid:
@@ -121,8 +124,7 @@ void Append(std::vector<uint8_t>& out, T value) {
 // that brings the block's largest magnitude within ±448.
 void EncodeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t block_rows,
                int64_t block, std::vector<uint8_t>& weight, std::vector<uint8_t>& scale) {
-  const int64_t brows = (rows + block_rows - 1) / block_rows,
-                bcols = (cols + block - 1) / block;
+  const int64_t brows = (rows + block_rows - 1) / block_rows, bcols = (cols + block - 1) / block;
   std::vector<float> block_scale(brows * bcols);
   scale.resize(brows * bcols);
   for (int64_t br = 0; br < brows; ++br) {
@@ -302,8 +304,8 @@ absl::Status GenerateCheckpoint(const ModelConfig& config, const std::string& co
     std::filesystem::copy_file(options.tokenizer_path, out_dir + "/tokenizer.json",
                                std::filesystem::copy_options::overwrite_existing, ec);
     if (ec) {
-      return absl::InternalError("cannot copy " + options.tokenizer_path + " to " + out_dir +
-                                 ": " + ec.message());
+      return absl::InternalError("cannot copy " + options.tokenizer_path + " to " + out_dir + ": " +
+                                 ec.message());
     }
   }
 

@@ -340,8 +340,7 @@ void ValidateCsa2(const ModelConfig& c, Checker& check) {
                   c.ratio(source), ")");
   }
   for (int i = c.num_hidden_layers; i < static_cast<int>(c.compress_ratios.size()); ++i) {
-    check.Require(c.compress_ratios[i] == 0, "compress_ratios[", i,
-                  "] (a DSpark stage) must be 0");
+    check.Require(c.compress_ratios[i] == 0, "compress_ratios[", i, "] (a DSpark stage) must be 0");
   }
   check.Positive("index_topk", static_cast<double>(c.index_topk));
   if (c.candidate_source_layer < 0) return;
@@ -402,8 +401,7 @@ void ValidateV4(const ModelConfig& c, Checker& check) {
                 c.swiglu_limit);
   check.Positive("compress_rope_theta", c.compress_rope_theta);
   check.Require(c.num_key_value_heads == 1, "num_key_value_heads must be 1 for ", c.model_type,
-                ", got ",
-                c.num_key_value_heads);
+                ", got ", c.num_key_value_heads);
   if (c.o_groups > 0) {
     check.Require(c.num_attention_heads % c.o_groups == 0, "num_attention_heads (",
                   c.num_attention_heads, ") must be a multiple of o_groups (", c.o_groups, ")");
@@ -416,8 +414,8 @@ void ValidateV4(const ModelConfig& c, Checker& check) {
                 ") must be ≤ index_head_dim (", c.index_head_dim, ")");
   check.Require(IsPowerOfTwo(c.index_head_dim), "index_head_dim (", c.index_head_dim,
                 ") must be a power of two (Hadamard transform)");
-  check.Require(c.n_shared_experts == 1, "n_shared_experts must be 1 for ", c.model_type,
-                ", got ", c.n_shared_experts);
+  check.Require(c.n_shared_experts == 1, "n_shared_experts must be 1 for ", c.model_type, ", got ",
+                c.n_shared_experts);
   check.Require(c.num_hash_layers >= 0 && c.num_hash_layers <= c.num_hidden_layers,
                 "num_hash_layers (", c.num_hash_layers,
                 ") must be in [0, num_hidden_layers = ", c.num_hidden_layers, "]");
@@ -491,10 +489,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   if (v41) {
     top.Int("image_token_id", &c.image_token_id);
     ReadQuantization(top, source, &c);
-    top.Find("architectures", kOptional);
-    top.Find("vision_config", kOptional);  // text only: the vision tower is not served
-    top.Find("torch_dtype", kOptional);
-    RETURN_IF_ERROR(top.status());
+    RETURN_IF_ERROR(top.status());  // vision_config stays in `extra`: text only
     std::string text_type;
     r.String("model_type", &text_type);
   }

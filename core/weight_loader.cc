@@ -101,7 +101,7 @@ absl::StatusOr<WeightMatrix> WeightLoader::LoadMatrix(const std::string& name, i
 
 absl::StatusOr<Tensor> WeightLoader::Load(const std::string& name, const Shape& shape) {
   if (!checkpoint_->Has(name)) return Missing(name);
-  absl::StatusOr<Tensor> tensor = checkpoint_->LoadF32(name);
+  absl::StatusOr<Tensor> tensor = checkpoint_->LoadF32(name, {fp8_block_, fp8_block_});
   if (!tensor.ok()) {
     return absl::Status(tensor.status().code(),
                         absl::StrCat("checkpoint ", checkpoint_->dir(), ": loading ", name, ": ",

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -161,6 +162,42 @@ TEST(IndexerTest, SelectsTheTopScoringEntriesInAscendingOrder) {
 
   indexer.Select(q.data(), w.data(), keys.data(), topk, &selected, &scratch);
   EXPECT_EQ(selected, (std::vector<int32_t>{0, 1, 2, 3, 4}));  // at most topk visible: all
+}
+
+// V4.1's selection never reaches outside the pool (−∞ scores), and level one keeps the
+// best blocks by their best entry, the newest block pinned.
+TEST(IndexerTest, V41PoolAndBlocks) {
+  RopeParams rope;
+  rope.dim = 4;
+  const std::vector<float> zeros(2 * 8 * 4, 0.0f);
+  Compressor compressor(*WeightMatrix::F32(zeros.data(), 2 * 8, 4),
+                        *WeightMatrix::F32(zeros.data(), 2 * 8, 4), Tensor({4, 2 * 8}),
+                        Tensor({8}, 1.0f), 4, Rope(rope), 1e-6f);
+  const Indexer indexer(*WeightMatrix::F32(zeros.data(), 8, 4),
+                        *WeightMatrix::F32(zeros.data(), 1, 4), compressor, /*topk=*/3, Rope(rope));
+  const float inf = std::numeric_limits<float>::infinity();
+  // entries:            0    1     2     3    4    5     6    7    8    9
+  std::vector<float> s = {0.5f, 2.0f, -1.0f, 3.0f, 0.1f, 0.2f, 2.5f, 0.0f, 0.0f, 1.0f};
+  std::vector<int32_t> blocks;
+  // Blocks of 3: {0.5,2,−1} → 2, {3,.1,.2} → 3, {2.5,0,0} → 2.5, {1} pinned (newest).
+  CandidateBlocks(s.data(), 10, 3, 2, &blocks);
+  EXPECT_EQ(blocks, (std::vector<int32_t>{1, 3}));
+  CandidateBlocks(s.data(), 10, 3, 3, &blocks);
+  EXPECT_EQ(blocks, (std::vector<int32_t>{1, 2, 3}));
+  CandidateBlocks(s.data(), 9, 3, 1, &blocks);  // newest block is 2 now
+  EXPECT_EQ(blocks, (std::vector<int32_t>{2}));
+  std::vector<int32_t> selected;
+  indexer.SelectTop(s.data(), 10, &selected);
+  EXPECT_EQ(selected, (std::vector<int32_t>{1, 3, 6}));
+  for (int e : {1, 3}) s[e] = -inf;  // outside the pool
+  indexer.SelectTop(s.data(), 10, &selected);
+  EXPECT_EQ(selected, (std::vector<int32_t>{0, 6, 9}));
+  std::vector<float> few = {-inf, 1.0f, -inf, -inf};
+  indexer.SelectTop(few.data(), 4, &selected);
+  EXPECT_EQ(selected, (std::vector<int32_t>{1}));  // never an entry outside the pool
+  std::vector<float> ties = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  indexer.SelectTop(ties.data(), 5, &selected);
+  EXPECT_EQ(selected, (std::vector<int32_t>{0, 1, 2}));  // ties: the lower entry
 }
 
 TEST(LayerRopeTest, WindowLayersUseRopeThetaAndCompressedLayersYarn) {

@@ -1,7 +1,9 @@
 // Batch-, chunk-, decode- and thread-invariance of the forward pass (issue 12): a sequence's
 // logits are bitwise the same whatever shares its step, at whatever row, however its
 // prompt is chunked, decoded token by token or prefilled, on any thread count. Checked on
-// v4-tiny and on a config whose dims are not multiples of any SIMD width.
+// v4-tiny, on a config whose dims are not multiples of any SIMD width, and on v41-tiny
+// (CSA2 selections and the candidate pool carried across layers, Engram).
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -47,8 +49,8 @@ class ThreadsScope {
 class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
-    for (const std::string& name : {std::string("v4-tiny"), std::string("odd-dims")}) {
-      nlohmann::json j = nlohmann::json::parse(PresetJson("v4-tiny"));
+    for (const std::string name : kConfigs) {
+      nlohmann::json j = nlohmann::json::parse(PresetJson(name == "v41-tiny" ? name : "v4-tiny"));
       if (name == "odd-dims") {  // widths ≢ 0 mod 16 (index_head_dim stays a power of two for its
                                  // Hadamard transform), partial FP8 blocks
         j.update({{"vocab_size", 1000},
@@ -64,7 +66,9 @@ class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
                   {"expert_dtype", "fp8"}});  // FP4 needs widths ≡ 0 mod 32
       }
       dirs_.push_back(std::make_unique<TempDir>("v4inv"));
-      absl::StatusOr<LoadedModel> m = GenerateAndLoad(j.dump(), dirs_.back()->path(), 11);
+      absl::StatusOr<LoadedModel> m =
+          GenerateAndLoad(j.dump(), dirs_.back()->path(), 11, {},
+                          testing::PresetDir("v41-tiny") + "/tokenizer.json");
       ASSERT_TRUE(m.ok()) << m.status();
       models_.push_back(std::make_unique<LoadedModel>(std::move(*m)));
     }
@@ -74,7 +78,11 @@ class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
     dirs_.clear();
   }
 
-  const LoadedModel& model() const { return *models_[GetParam() == "v4-tiny" ? 0 : 1]; }
+  static constexpr const char* kConfigs[] = {"v4-tiny", "odd-dims", "v41-tiny"};
+  const LoadedModel& model() const {
+    return *models_[std::find(std::begin(kConfigs), std::end(kConfigs), GetParam()) -
+                    std::begin(kConfigs)];
+  }
 
   // Runs each step (one token list per sequence, empty = not in this step) and returns
   // every logits row of sequence `watch`, in order.
@@ -174,7 +182,8 @@ TEST_P(BatchInvarianceTest, RowsDoNotDependOnTheThreadCount) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, BatchInvarianceTest, ::testing::Values("v4-tiny", "odd-dims"),
+INSTANTIATE_TEST_SUITE_P(Configs, BatchInvarianceTest,
+                         ::testing::Values("v4-tiny", "odd-dims", "v41-tiny"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name) c = c == '-' ? '_' : c;

@@ -246,6 +246,7 @@ TEST(CheckpointLayoutTest, EngramTableSizes) {
   c.engram.n_heads = 8;
   c.engram.head_dim = 256;
   c.engram.vocab_size = {16000000, 16000000, 16000000};
+  c.engram.num_embeddings = {384006168, 384016682};
   EXPECT_EQ(CountParameters(c).engram, (384006168LL + 384016682LL) * 256);
 }
 

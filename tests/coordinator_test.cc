@@ -157,6 +157,24 @@ TEST_F(ValidationTest, RefusesEveryBadFieldNamingItAndItsRange) {
   }
 }
 
+// V4.1 is served text only: image tokens are refused, by position, in ids and in text.
+TEST_F(ValidationTest, RefusesImageTokens) {
+  RequestLimits limits = limits_;
+  limits.image_token_id = 999;
+  v1::GenerateRequest r = ValidRequest();
+  r.mutable_token_ids()->Clear();
+  for (int id : {5, 999, 7, 999}) r.mutable_token_ids()->add_ids(id);
+  const absl::Status s = ValidateGenerateRequest(r, limits);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("token_ids.ids holds the image token 999 at position(s) 1, 3"));
+  EXPECT_TRUE(ValidateGenerateRequest(r, limits_).ok());  // no image token configured
+  const std::vector<int> text_ids = {3, 4};
+  EXPECT_TRUE(ValidateTextOnly("text", text_ids, limits).ok());
+  EXPECT_THAT(std::string(ValidateTextOnly("text", {999}, limits).message()),
+              HasSubstr("text holds the image token 999"));
+}
+
 TEST_F(ValidationTest, ChecksTokenizedPromptLength) {
   EXPECT_TRUE(ValidatePromptLength(10, 54, limits_).ok());
   EXPECT_THAT(std::string(ValidatePromptLength(64, 1, limits_).message()),

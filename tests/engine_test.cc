@@ -239,6 +239,22 @@ TEST_F(EngineTest, ModelledStepTimeEqualsCostModel) {
   }
 }
 
+// DeepSeek-V4.1 (v41-tiny: CSA2, lagged mHC, Engram on local tables) in other rank layouts.
+class EngineV41Test : public EngineTest {
+ protected:
+  static void SetUpTestSuite() { Generate("v41-tiny"); }
+};
+
+TEST_F(EngineV41Test, OneAttentionTwoExperts) {
+  ExpectMatchesRun(WriteYaml("v41-1+2.yaml", OneNodeYaml(1, 2, 0)), 3,
+                   {Tokens(150, 0), Tokens(90, 2)}, 80, "v41-1+2");
+}
+
+TEST_F(EngineV41Test, TwoAttentionTwoExpertsChunkedPrefill) {
+  ExpectMatchesRun(WriteYaml("v41-2+2c.yaml", OneNodeYaml(2, 2, 0, 48)), 4,
+                   {Tokens(150, 0), Tokens(130, 4), Tokens(100, 5)}, 90, "v41-2+2c");
+}
+
 // Engram tables on two replicated dsv4-engram-store processes on loopback (v41-tiny).
 class EngineEngramTest : public EngineTest {
  protected:

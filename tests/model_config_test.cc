@@ -218,32 +218,92 @@ TEST(ModelConfigTest, QuantizationOptional) {
               HasSubstr("quantization_config.quant_method"));
 }
 
-TEST(ModelConfigTest, Engram) {
-  nlohmann::json root = nlohmann::json::parse(TinyWith("engram_layer_ids", {1}));
-  root["engram_max_ngram_size"] = 3;
-  root["engram_n_heads"] = 2;
-  root["engram_head_dim"] = 16;
-  root["engram_vocab_size"] = 1009;
-  auto config = ParseModelConfig(root.dump(), "x.json");
+// models/v41-tiny with text_config.<key> = value (null removes it).
+std::string V41With(const std::string& key, const nlohmann::json& value) {
+  std::ifstream in(std::string(DSV4_SOURCE_DIR) + "/models/v41-tiny/config.json");
+  nlohmann::json root = nlohmann::json::parse(in);
+  if (value.is_null()) {
+    root["text_config"].erase(key);
+  } else {
+    root["text_config"][key] = value;
+  }
+  return root.dump();
+}
+
+// The released config (models/deepseek-v4.1-flash, spec deepseek-v41-model.md §1).
+TEST(ModelConfigTest, V41ReleaseValues) {
+  const auto c =
+      LoadModelConfig(std::string(DSV4_SOURCE_DIR) + "/models/deepseek-v4.1-flash/config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->is_v41());
+  EXPECT_TRUE(c->is_v4());  // the runnable family
+  EXPECT_EQ(c->hidden_size, 5120);
+  EXPECT_EQ(c->num_hidden_layers, 40);
+  EXPECT_EQ(c->q_lora_rank, 1280);
+  EXPECT_EQ(c->n_routed_experts, 384);
+  EXPECT_EQ(c->moe_intermediate_size, 2304);
+  EXPECT_EQ(c->rms_norm_eps, 1e-20);
+  EXPECT_TRUE(c->fp8_weights);
+  EXPECT_EQ(c->weight_block_size, 32);
+  EXPECT_EQ(c->expert_dtype, "fp4");  // from quantization_config
+  EXPECT_EQ(c->image_token_id, 129264);
+  EXPECT_EQ(c->num_hash_layers, 0);
+  EXPECT_EQ(c->compress_ratios.size(), 43u);
+  EXPECT_EQ(c->kv_source_layers, (std::vector<int>{2, 8, 14, 20}));
+  EXPECT_EQ(c->candidate_source_layer, 20);
+  EXPECT_EQ(c->kv_source_of(7), 2);
+  EXPECT_EQ(c->kv_source_of(19), 14);
+  EXPECT_EQ(c->kv_source_of(39), 20);
+  EXPECT_EQ(c->kv_source_of(1), -1);
+  EXPECT_EQ(c->index_source_of(27), 24);
+  EXPECT_TRUE(c->uses_candidates(24));
+  EXPECT_FALSE(c->uses_candidates(20));
+  EXPECT_FALSE(c->is_csa(2));
+  EXPECT_FALSE(c->is_hca(20));
+  EXPECT_EQ(c->routed_experts(40), 128);  // DSpark stage 0
+  EXPECT_EQ(c->routed_experts(39), 384);
+  EXPECT_EQ(c->engram.layer_ids, (std::vector<int>{1, 14}));
+  EXPECT_EQ(c->engram.vocab_size, (std::vector<int64_t>{16000000, 16000000, 16000000}));
+  EXPECT_EQ(c->engram.compressed_vocab_size, 99092);
+  EXPECT_EQ(c->engram.columns(), 24);
+  EXPECT_TRUE(c->extra.contains("vision_config"));  // kept, not served
+}
+
+TEST(ModelConfigTest, V41ErrorsNameTheKey) {
+  EXPECT_THAT(ErrorOf(V41With("kv_source_layer_ids", nullptr), "models/x/config.json"),
+              AllOf(HasSubstr("models/x/config.json"),
+                    HasSubstr("text_config.kv_source_layer_ids is missing")));
+  EXPECT_THAT(ErrorOf(V41With("hidden_size", "wide")), HasSubstr("text_config.hidden_size"));
+  // A compressed layer without a kv source at or before it; a source of another ratio.
+  EXPECT_THAT(ErrorOf(V41With("kv_source_layer_ids", {4})),
+              HasSubstr("layer 2 has compress_ratio"));
+  EXPECT_THAT(ErrorOf(V41With("compress_ratios", {0, 0, 2, 1, 1, 1, 1, 1, 0})),
+              HasSubstr("reads kv source layer 2"));
+  EXPECT_THAT(ErrorOf(V41With("index_source_layer_ids", {4, 6})),
+              HasSubstr("must also be in index_source_layer_ids"));
+  EXPECT_THAT(ErrorOf(V41With("candidate_topk_blocks", 2)), HasSubstr("must cover index_topk"));
+  EXPECT_THAT(ErrorOf(V41With("engram_num_embeddings", {4062, 4153})),
+              HasSubstr("engram_num_embeddings[1] is 4153, but the primes"));
+  EXPECT_THAT(ErrorOf(V41With("engram_compressed_vocab_size", nullptr)),
+              HasSubstr("engram_compressed_vocab_size is missing"));
+  nlohmann::json root = nlohmann::json::parse(V41With("hidden_size", 128));
+  root.erase("text_config");
+  EXPECT_THAT(ErrorOf(root.dump()), HasSubstr("text_config is missing"));
+  root = nlohmann::json::parse(V41With("hidden_size", 128));
+  root["quantization_config"]["weight_block_size"] = {32, 64};
+  EXPECT_THAT(ErrorOf(root.dump()), HasSubstr("quantization_config.weight_block_size"));
+}
+
+TEST(ModelConfigTest, EngramVocabSizeForms) {
+  auto config = ParseModelConfig(V41With("engram_vocab_size", {1009, 1009}), "x.json");
   ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_TRUE(config->engram.enabled());
   EXPECT_EQ(config->engram.vocab_size, (std::vector<int64_t>{1009, 1009}));
   EXPECT_EQ(config->engram.pad_token_id, 2);
-  EXPECT_EQ(config->engram.kernel_size, 4);
-
-  root["engram_vocab_size"] = {1009, 2003};
-  config = ParseModelConfig(root.dump(), "x.json");
-  ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(config->engram.vocab_size, (std::vector<int64_t>{1009, 2003}));
-
-  root["engram_vocab_size"] = {1009};
-  EXPECT_THAT(ErrorOf(root.dump()), HasSubstr("engram_vocab_size has 1 entries"));
-  root["engram_vocab_size"] = 1009;
-  root["engram_layer_ids"] = {6};
-  EXPECT_THAT(ErrorOf(root.dump()), HasSubstr("engram_layer_ids"));
-  root["engram_layer_ids"] = {1};
-  root.erase("engram_head_dim");
-  EXPECT_THAT(ErrorOf(root.dump()), AllOf(HasSubstr("engram_head_dim"), HasSubstr("missing")));
+  EXPECT_THAT(ErrorOf(V41With("engram_vocab_size", {1009})),
+              HasSubstr("engram_vocab_size has 1 entries"));
+  EXPECT_THAT(ErrorOf(V41With("engram_layer_ids", {1, 8})), HasSubstr("engram_layer_ids"));
+  EXPECT_THAT(ErrorOf(V41With("engram_head_dim", nullptr)),
+              AllOf(HasSubstr("engram_head_dim"), HasSubstr("missing")));
 }
 
 TEST(ModelConfigTest, LoadErrors) {
