@@ -1,15 +1,16 @@
-// Forward-pass benchmark on v4-mini, on 1 thread and on --threads threads: prefill and
-// decode tokens/s for batches of 1, 8 and 64 sequences, against two ceilings measured in
-// the same run at the same thread count (bench/limits.h):
+// Forward-pass benchmark on v4-mini (or --preset v41-mini), on 1 thread and on --threads threads:
+// prefill and decode tokens/s for batches of 1, 8 and 64 sequences, against two ceilings measured
+// in the same run at the same thread count (bench/limits.h):
 //   (a) the decode roofline: streaming-read bandwidth ÷ bytes read per decode step, weights
 //       counted in their released formats (the experts actually routed to are counted);
 //   (b) the fp32 FMA peak of the widest vector unit, for prefill FLOP/s.
 // Targets (issue 12): batch-1 decode ≥ 80% of its roofline; prefill ≥ 60% of the FMA peak.
 //
-//   bench_forward [--checkpoint DIR] [--prompt 256] [--threads T]
-//                 [--out bench/results/forward.json]
+//   bench_forward [--preset v4-mini|v41-mini] [--checkpoint DIR] [--prompt 256] [--threads T]
+//                 [--out bench/results/forward.json (v4-mini), forward-<preset>.json (others)]
 //
-// Without --checkpoint it generates a seeded v4-mini checkpoint in a temporary directory.
+// Without --checkpoint it generates a seeded checkpoint of the preset in a temporary
+// directory.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include "bench/bench_util.h"
 #include "bench/limits.h"
 #include "core/checkpoint_generator.h"
+#include "core/engram_rows.h"
 #include "core/model_config.h"
 #include "core/parallel.h"
 #include "core/safetensors.h"
@@ -68,7 +70,9 @@ class CountingExecutor : public ExpertExecutor {
 };
 
 // Multiply-adds of one token's projections, shared and routed experts (the GEMM work),
-// summed over the main layers.
+// summed over the main layers. V4: every compressed layer compresses, CSA layers (m = 4)
+// index with their own compressor. V4.1: kv sources compress (and project indexer keys
+// once per entry), index sources project indexer queries, Engram layers run wkv.
 double MatmulMacsPerToken(const ModelConfig& c) {
   const double d = c.hidden_size, hd = c.num_attention_heads * c.head_dim, q = c.q_lora_rank;
   const double gr = c.o_groups * c.o_lora_rank, f = c.moe_intermediate_size;
@@ -78,11 +82,20 @@ double MatmulMacsPerToken(const ModelConfig& c) {
     macs += 2.0 * c.mix_dim() * c.hc_mult * d + c.n_routed_experts * d;       // mHC, gate
     macs += 3 * f * d * (1 + c.num_experts_per_tok);                          // experts
     const int m = c.ratio(l);
-    if (m > 0) macs += 2.0 * (m == 4 ? 2 : 1) * c.head_dim * d;  // compressor
-    if (m == 4) {                                                // indexer
-      macs += c.index_n_heads * c.index_head_dim * q + c.index_n_heads * d +
-              2.0 * 2 * c.index_head_dim * d;
+    const double index_query = c.index_n_heads * c.index_head_dim * q + c.index_n_heads * d;
+    if (c.is_v41()) {
+      if (c.is_kv_source(l)) {
+        macs += (m > 1 ? 2.0 : 1.0) * c.head_dim * d +
+                static_cast<double>(c.index_head_dim) * c.head_dim / m;
+      }
+      if (c.is_index_source(l)) macs += index_query;
+      if (std::count(c.engram.layer_ids.begin(), c.engram.layer_ids.end(), l) > 0) {
+        macs += (c.hc_mult + 1) * d * c.engram.columns() * c.engram.head_dim;
+      }
+      continue;
     }
+    if (m > 0) macs += 2.0 * (m == 4 ? 2 : 1) * c.head_dim * d;        // compressor
+    if (m == 4) macs += index_query + 2.0 * 2 * c.index_head_dim * d;  // indexer
   }
   return macs;
 }
@@ -100,12 +113,18 @@ AttentionCost AttentionAt(const ModelConfig& c, int64_t t) {
     const int m = c.ratio(l);
     double rows = std::min<int64_t>(t + 1, c.sliding_window);
     const int64_t visible = m > 0 ? (t + 1) / m : 0;
-    if (m > 0) rows += m == 4 ? std::min<int64_t>(visible, c.index_topk) : visible;
+    const bool selects = c.is_v41() || m == 4;
+    if (m > 0) rows += selects ? std::min<int64_t>(visible, c.index_topk) : visible;
     cost.macs += 2.0 * c.num_attention_heads * c.head_dim * rows;
     cost.kv_bytes += 4.0 * c.head_dim * rows;
-    if (m == 4 && visible > c.index_topk) {
-      cost.macs += static_cast<double>(c.index_n_heads) * c.index_head_dim * visible;
-      cost.kv_bytes += 4.0 * c.index_head_dim * visible;
+    const bool scores = c.is_v41() ? c.is_index_source(l) : m == 4;
+    if (scores && visible > c.index_topk) {
+      // V4.1's Reindex layers score only inside the candidate pool.
+      const int64_t scored =
+          c.uses_candidates(l) ? std::min(visible, c.candidate_topk_blocks * c.candidate_block_size)
+                               : visible;
+      cost.macs += static_cast<double>(c.index_n_heads) * c.index_head_dim * scored;
+      cost.kv_bytes += 4.0 * c.index_head_dim * scored;
     }
   }
   return cost;
@@ -124,14 +143,16 @@ std::vector<int32_t> Prompt(int64_t count, int64_t vocab, uint64_t seed) {
 }
 
 int Main(int argc, char** argv) {
-  std::string checkpoint_dir;
-  std::filesystem::path out = bench::SourceRoot() / "bench/results/forward.json";
+  std::string checkpoint_dir, preset = "v4-mini";
+  std::filesystem::path out;
   int64_t prompt = 256;
   int max_threads = AvailableCores();
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (i + 1 < argc && arg == "--checkpoint") {
       checkpoint_dir = argv[++i];
+    } else if (i + 1 < argc && arg == "--preset") {
+      preset = argv[++i];
     } else if (i + 1 < argc && arg == "--out") {
       out = argv[++i];
     } else if (i + 1 < argc && arg == "--prompt") {
@@ -139,10 +160,16 @@ int Main(int argc, char** argv) {
     } else if (i + 1 < argc && arg == "--threads") {
       max_threads = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--checkpoint DIR] [--prompt N] [--threads T] [--out PATH]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--preset NAME] [--checkpoint DIR] [--prompt N] [--threads T] "
+                   "[--out PATH]\n",
                    argv[0]);
       return 2;
     }
+  }
+  if (out.empty()) {
+    out = bench::SourceRoot() / (preset == "v4-mini" ? "bench/results/forward.json"
+                                                     : "bench/results/forward-" + preset + ".json");
   }
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
@@ -166,9 +193,10 @@ int Main(int argc, char** argv) {
 
   std::filesystem::path temp;
   if (checkpoint_dir.empty()) {
-    temp = std::filesystem::temp_directory_path() / "dsv4-bench-forward-v4-mini";
+    temp = std::filesystem::temp_directory_path() / ("dsv4-bench-forward-" + preset);
     checkpoint_dir = temp.string();
-    const std::string config_path = (bench::SourceRoot() / "models/v4-mini/config.json").string();
+    const std::filesystem::path preset_dir = bench::SourceRoot() / "models" / preset;
+    const std::string config_path = (preset_dir / "config.json").string();
     std::ifstream in(config_path);
     std::stringstream text;
     text << in.rdbuf();
@@ -177,9 +205,12 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
       return 1;
     }
-    std::printf("generating a v4-mini checkpoint in %s ...\n", checkpoint_dir.c_str());
+    std::printf("generating a %s checkpoint in %s ...\n", preset.c_str(), checkpoint_dir.c_str());
     GenerateOptions gen;
     gen.seed = 1;
+    if (std::filesystem::exists(preset_dir / "tokenizer.json")) {
+      gen.tokenizer_path = (preset_dir / "tokenizer.json").string();
+    }
     if (absl::Status s = GenerateCheckpoint(*config, text.str(), checkpoint_dir, gen); !s.ok()) {
       std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
       return 1;
@@ -214,9 +245,15 @@ int Main(int argc, char** argv) {
   // uses.
   const int64_t dense_bytes = model_bytes.released - c.vocab_size * d * 2 -
                               int64_t{c.num_hash_layers} * c.vocab_size * c.num_experts_per_tok * 8;
+  // Engram rows each token reads (local tables here): (N−1)·K records per Engram layer.
+  const int64_t engram_bytes_per_token =
+      static_cast<int64_t>(c.engram.layer_ids.size()) * c.engram.columns() *
+      (c.engram.enabled() ? EngramRecordBytes(c.engram.head_dim) : 0);
   CountingExecutor counting(**experts, expert_bytes);
   const double macs_per_token = MatmulMacsPerToken(c);
-  result["model"] = {{"checkpoint", temp.empty() ? checkpoint_dir : "generated v4-mini, seed 1"},
+  result["model"] = {{"preset", preset},
+                     {"checkpoint", temp.empty() ? checkpoint_dir : "generated, seed 1"},
+                     {"engram_bytes_per_token", engram_bytes_per_token},
                      {"weights_released_bytes", model_bytes.released + expert_total.released},
                      {"weights_resident_bytes", model_bytes.resident + expert_total.resident},
                      {"attention_side_released_bytes", model_bytes.released},
@@ -224,9 +261,9 @@ int Main(int argc, char** argv) {
                      {"dense_bytes_read_per_decode_step", dense_bytes},
                      {"matmul_flops_per_token", 2 * macs_per_token}};
   std::printf(
-      "v4-mini: %.3f GB weights as released, %.3f GB resident (attention side %.3f GB, "
+      "%s: %.3f GB weights as released, %.3f GB resident (attention side %.3f GB, "
       "experts %.3f GB released)\n\n",
-      (model_bytes.released + expert_total.released) / 1e9,
+      preset.c_str(), (model_bytes.released + expert_total.released) / 1e9,
       (model_bytes.resident + expert_total.resident) / 1e9, model_bytes.released / 1e9,
       expert_total.released / 1e9);
   std::printf("%7s %5s %8s %12s %9s %8s | %11s %12s %9s %11s %8s\n", "threads", "batch", "prompt",
@@ -283,8 +320,8 @@ int Main(int argc, char** argv) {
       const double decode_s = decode_watch.wall(), decode_cpu = decode_watch.cpu();
       const double decode_tps = batch * decode_steps / decode_s;
       const double decode_cpu_tps = batch * decode_steps / decode_cpu;
-      const double bytes_per_step =
-          dense_bytes + batch * d * 2.0 + (counting.bytes() + kv_bytes) / decode_steps;
+      const double bytes_per_step = dense_bytes + batch * (d * 2.0 + engram_bytes_per_token) +
+                                    (counting.bytes() + kv_bytes) / decode_steps;
       const double roofline_tps = batch * bw.best_gbs * 1e9 / bytes_per_step;
       // At larger batches a step is bound by arithmetic rather than by reading weights.
       const double compute_ceiling_tps = peak * 1e9 / (2 * decode_macs / (batch * decode_steps));
@@ -313,6 +350,7 @@ int Main(int argc, char** argv) {
             {"tokens_per_cpu_s", decode_cpu_tps},
             {"bytes_per_step",
              {{"dense_weights", dense_bytes + batch * d * 2},
+              {"engram_rows", batch * engram_bytes_per_token},
               {"routed_experts", counting.bytes() / decode_steps},
               {"kv_state", kv_bytes / decode_steps}}},
             {"roofline_tokens_per_s", roofline_tps},

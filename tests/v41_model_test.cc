@@ -14,6 +14,7 @@
 #include "core/engram_hash.h"
 #include "core/engram_token_map.h"
 #include "core/tokenizer.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/model_test_util.h"
@@ -329,6 +330,21 @@ TEST_F(V41TinyModelTest, ChunkedPrefillMatchesOneShot) {
     }
     EXPECT_EQ(state.position(), kPromptLength);
   }
+}
+
+// Text only: with an image token configured, a step holding it is refused by position.
+TEST_F(V41TinyModelTest, RefusesTheImageToken) {
+  ModelConfig config = tiny_->config;
+  config.image_token_id = 1023;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(config, tiny_->checkpoint.get());
+  ASSERT_TRUE(model.ok()) << model.status();
+  SequenceState state = (*model)->NewSequence();
+  const std::vector<int32_t> tokens = {5, 6, 1023};
+  StepInput in{&state, tokens};
+  absl::StatusOr<Tensor> logits = (*model)->Forward({&in, 1}, *tiny_->experts);
+  EXPECT_EQ(logits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(logits.status().message()),
+              ::testing::HasSubstr("token 2 is the image token 1023"));
 }
 
 }  // namespace
