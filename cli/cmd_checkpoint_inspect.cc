@@ -129,8 +129,19 @@ absl::Status Inspect(const std::string& dir) {
       problems.push_back(absl::StrFormat("%s: dtype %s, expected %s", spec.name,
                                          DTypeName((*view)->dtype), DTypeName(spec.dtype)));
   }
-  for (const std::string& name : names)
-    if (!expected_names.count(name)) problems.push_back(name + ": not part of the layout");
+  int vision = 0;
+  for (const std::string& name : names) {
+    if (expected_names.count(name)) continue;
+    if (IsVisionTensor(c, name)) {
+      ++vision;
+    } else {
+      problems.push_back(name + ": not part of the layout");
+    }
+  }
+  if (vision > 0) {
+    std::cout << absl::StrFormat("ignored      %d vision-tower tensors (served text only)\n",
+                                 vision);
+  }
   if (problems.empty() && absl::GetFlag(FLAGS_verify_values)) {
     ProgressBar bar("verifying", static_cast<int64_t>(expected.size()), "tensors");
     for (size_t i = 0; i < expected.size(); ++i) {

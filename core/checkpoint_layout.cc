@@ -258,6 +258,17 @@ std::string EngramPrefix(int layer) { return absl::StrCat("layers.", layer, ".en
 std::string EngramTableName(int layer) { return EngramPrefix(layer) + "embed.weight"; }
 std::string EngramScaleName(int layer) { return EngramPrefix(layer) + "embed.scale"; }
 
+bool IsVisionTensor(const ModelConfig& config, const std::string& name) {
+  if (!config.is_v41()) return false;
+  for (const char* prefix : {"vision.", "aligner."}) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  const std::string suffix = ".ffn.gate.bias_vl";
+  return name == "image_start" || name == "image_end" || name == "image_newline" ||
+         (name.size() > suffix.size() &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+}
+
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
   if (!config.is_v4()) return {};
   return LayoutBuilder(config).Build();

@@ -69,6 +69,10 @@ struct ParameterCount {
 };
 ParameterCount CountParameters(const ModelConfig& config);
 
+// V4.1's vision tower (vision.*, aligner.*, image_start/end/newline, the gates' bias_vl):
+// present in the release, absent from small checkpoints, never read (text-only serving).
+bool IsVisionTensor(const ModelConfig& config, const std::string& name);
+
 // Names of the Engram tensors of main layer `layer` (spec deepseek-v41-model.md §2):
 //   <p>embed.weight F8_E4M3 [rows, d_e], <p>embed.scale F8_E8M0 [rows, d_e/32]
 //   <p>wkv.{weight,scale} FP8 [(n+1)·d, (N−1)·K·d_e], <p>q_weight, <p>k_weight BF16 [n, d]

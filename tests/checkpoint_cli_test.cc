@@ -1,6 +1,7 @@
 // `dsv4 checkpoint generate` and `inspect`, driven as a user would, including the
 // corrupt-checkpoint cases whose errors must name the file and tensor.
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -166,6 +167,35 @@ TEST_F(CheckpointCliTest, CorruptScaleIsFoundByValueVerification) {
   const auto r = RunCommand(Dsv4() + " checkpoint inspect --verify_values " + d);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("layers.0.attn.wq_a.weight"));
+}
+
+// V4.1 as released: generated, inspected with value verification (FP8 32×32 blocks, Engram
+// tables with per-32 scales), and a vision tower the text-only runtime ignores.
+TEST(CheckpointCli, V41CheckpointInspectsAndIgnoresTheVisionTower) {
+  TempDir dir("dsv4-ckpt-v41");
+  const std::string ckpt = dir.path() + "/v41";
+  auto r = RunCommand(Dsv4() + " checkpoint generate --preset v41-tiny --seed 3 --out " + ckpt);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(ckpt + "/tokenizer.json"));
+  r = RunCommand(Dsv4() + " checkpoint inspect --verify_values " + ckpt);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("CSA2: 2 Full, 1 Reindex, 3 Reuse"));
+  EXPECT_THAT(r.output, HasSubstr("verify       OK"));
+
+  // A shard with two vision-tower tensors, listed in the index.
+  SafetensorsWriter vision;
+  vision.Add("vision.norm.weight", DType::kF32, {4}, std::vector<uint8_t>(16, 0));
+  vision.Add("layers.3.ffn.gate.bias_vl", DType::kF32, {8}, std::vector<uint8_t>(32, 0));
+  ASSERT_TRUE(vision.Write(ckpt + "/model-vision.safetensors").ok());
+  nlohmann::json index = nlohmann::json::parse(ReadFile(ckpt + "/model.safetensors.index.json"));
+  for (const std::string& name : vision.names())
+    index["weight_map"][name] = "model-vision.safetensors";
+  std::ofstream(ckpt + "/model.safetensors.index.json") << index.dump();
+  r = RunCommand(Dsv4() + " checkpoint inspect " + ckpt);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("ignored      2 vision-tower tensors"));
+  r = RunCommand(Dsv4() + " run --checkpoint " + ckpt + " --tokens 5,6,7,8");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
 TEST(CheckpointCli, BadArgumentsGiveClearErrors) {
