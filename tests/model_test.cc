@@ -19,36 +19,12 @@ namespace {
 
 using testing::GenerateAndLoad;
 using testing::LoadedModel;
+using testing::Prefill;
 using testing::PresetJson;
 using testing::RelativeError;
+using testing::RunChunks;
 using testing::TempDir;
 using testing::TestTokens;
-
-// Logits [T, V] of a one-shot prefill from position 0 in a fresh sequence.
-Tensor Prefill(const LoadedModel& m, const std::vector<int32_t>& tokens) {
-  SequenceState state = m.model->NewSequence();
-  StepInput in{&state, tokens};
-  absl::StatusOr<Tensor> logits = m.model->Forward({&in, 1}, *m.experts);
-  EXPECT_TRUE(logits.ok()) << logits.status();
-  return logits.ok() ? *logits : Tensor();
-}
-
-// Feeds `tokens` to `state` in chunks of the given sizes; returns all logits rows.
-std::vector<float> RunChunks(const LoadedModel& m, SequenceState* state,
-                             const std::vector<int32_t>& tokens, const std::vector<int>& chunks) {
-  std::vector<float> out;
-  size_t at = 0;
-  for (int size : chunks) {
-    StepInput in{state, absl::MakeConstSpan(tokens.data() + at, size)};
-    absl::StatusOr<Tensor> logits = m.model->Forward({&in, 1}, *m.experts);
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    if (!logits.ok()) return out;
-    out.insert(out.end(), logits->data(), logits->data() + logits->numel());
-    at += size;
-  }
-  EXPECT_EQ(at, tokens.size());
-  return out;
-}
 
 class TinyModelTest : public ::testing::Test {
  protected:

@@ -17,6 +17,7 @@
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "expert_node/in_process_executor.h"
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv4::testing {
@@ -72,6 +73,33 @@ inline absl::StatusOr<LoadedModel> GenerateAndLoad(const std::string& json_text,
   gen.tokenizer_path = tokenizer_path;
   if (absl::Status s = GenerateCheckpoint(*config, json_text, dir, gen); !s.ok()) return s;
   return LoadModelDir(dir, options);
+}
+
+// Logits [T, V] of a one-shot prefill from position 0 in a fresh sequence.
+inline Tensor Prefill(const LoadedModel& m, const std::vector<int32_t>& tokens) {
+  SequenceState state = m.model->NewSequence();
+  StepInput in{&state, tokens};
+  absl::StatusOr<Tensor> logits = m.model->Forward({&in, 1}, *m.experts);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *logits : Tensor();
+}
+
+// Feeds `tokens` to `state` in chunks of the given sizes; returns all logits rows.
+inline std::vector<float> RunChunks(const LoadedModel& m, SequenceState* state,
+                                    const std::vector<int32_t>& tokens,
+                                    const std::vector<int>& chunks) {
+  std::vector<float> out;
+  size_t at = 0;
+  for (int size : chunks) {
+    StepInput in{state, absl::MakeConstSpan(tokens.data() + at, size)};
+    absl::StatusOr<Tensor> logits = m.model->Forward({&in, 1}, *m.experts);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    if (!logits.ok()) return out;
+    out.insert(out.end(), logits->data(), logits->data() + logits->numel());
+    at += size;
+  }
+  EXPECT_EQ(at, tokens.size());
+  return out;
 }
 
 // n samples of N(0, stddev²).

@@ -114,6 +114,45 @@ inline Vec HcMix(const Vec& fn, int64_t rows, const float* x, int64_t width, dou
 }
 
 // The top `k` indices of `score` (largest first, ties to the lower index).
+// One query's attention output, projected back to d: per head a softmax with the sink
+// logit over the candidate KV rows (K = V, scale D^−½), the head's last r dims de-rotated at
+// position t, then wo_a [G·R, H·D/G] block-diagonal (group g projects its heads only) and
+// wo_b [d, G·R].
+inline Vec AttendAndProject(const float* q, const std::vector<const float*>& cand,
+                            const float* sink, int H, int64_t D, int64_t r,
+                            const std::vector<float>& freqs, int64_t t, const Vec& wo_a,
+                            const Vec& wo_b, int G, int64_t R, int64_t d) {
+  Vec o(H * D);
+  for (int h = 0; h < H; ++h) {
+    std::vector<double> z(cand.size());
+    double mx = sink[h];
+    for (size_t j = 0; j < cand.size(); ++j) {
+      double dot = 0;
+      for (int64_t i = 0; i < D; ++i) dot += double(q[h * D + i]) * cand[j][i];
+      z[j] = dot / std::sqrt(double(D));
+      mx = std::max(mx, z[j]);
+    }
+    double den = std::exp(sink[h] - mx);
+    for (double& v : z) den += (v = std::exp(v - mx));
+    for (int64_t i = 0; i < D; ++i) {
+      double acc = 0;
+      for (size_t j = 0; j < cand.size(); ++j) acc += z[j] * cand[j][i];
+      o[h * D + i] = static_cast<float>(acc / den);
+    }
+    RopeInPlace(&o[h * D + D - r], freqs, t, true);
+  }
+  const int64_t gin = H * D / G;
+  Vec zcat(G * R);
+  for (int g = 0; g < G; ++g) {
+    for (int64_t k = 0; k < R; ++k) {
+      double acc = 0;
+      for (int64_t i = 0; i < gin; ++i) acc += double(wo_a[(g * R + k) * gin + i]) * o[g * gin + i];
+      zcat[g * R + k] = static_cast<float>(acc);
+    }
+  }
+  return MatVec(wo_b, d, G * R, zcat.data());
+}
+
 inline std::vector<int> TopIndices(const std::vector<double>& score, int k) {
   std::vector<int> idx(score.size());
   std::iota(idx.begin(), idx.end(), 0);
@@ -317,37 +356,8 @@ class NaiveV4 {
         }
         for (int s : chosen) cand.push_back(comp[s].data());
       }
-      Vec o(H * D, 0.0f);
-      for (int h = 0; h < H; ++h) {
-        std::vector<double> z(cand.size());
-        double mx = -1e300;
-        for (size_t j = 0; j < cand.size(); ++j) {
-          double dot = 0;
-          for (int64_t i = 0; i < D; ++i) dot += double(q[t][h * D + i]) * cand[j][i];
-          z[j] = dot / std::sqrt(double(D));
-          mx = std::max(mx, z[j]);
-        }
-        double den = std::exp(sink[h] - mx);
-        for (double& v : z) den += (v = std::exp(v - mx));
-        for (int64_t i = 0; i < D; ++i) {
-          double acc = 0;
-          for (size_t j = 0; j < cand.size(); ++j) acc += z[j] * cand[j][i];
-          o[h * D + i] = static_cast<float>(acc / den);
-        }
-        RopeInPlace(&o[h * D + D - r], freqs, t, true);
-      }
-      const int64_t R = c_.o_lora_rank, gin = H * D / G;
-      const Vec& wo_a = W(p + ".wo_a.weight");
-      Vec zcat(G * R);
-      for (int g = 0; g < G; ++g) {
-        for (int64_t k = 0; k < R; ++k) {
-          double acc = 0;
-          for (int64_t i = 0; i < gin; ++i)
-            acc += double(wo_a[(g * R + k) * gin + i]) * o[g * gin + i];
-          zcat[g * R + k] = static_cast<float>(acc);
-        }
-      }
-      out[t] = MatVec(W(p + ".wo_b.weight"), d, G * R, zcat.data());
+      out[t] = AttendAndProject(q[t].data(), cand, sink.data(), H, D, r, freqs, t,
+                                W(p + ".wo_a.weight"), W(p + ".wo_b.weight"), G, c_.o_lora_rank, d);
     }
     return out;
   }

@@ -461,39 +461,8 @@ class NaiveV41 {
           cand.push_back((*entries)[j].data());
         }
       }
-      Vec o(H * D);
-      for (int h = 0; h < H; ++h) {
-        std::vector<double> z(cand.size());
-        double mx = sink[h];
-        for (size_t j = 0; j < cand.size(); ++j) {
-          double dot = 0;
-          for (int64_t i = 0; i < D; ++i) dot += double(q[t][h * D + i]) * cand[j][i];
-          z[j] = dot / std::sqrt(double(D));
-          mx = std::max(mx, z[j]);
-        }
-        double den = std::exp(sink[h] - mx);
-        for (double& v : z) den += (v = std::exp(v - mx));
-        for (int64_t i = 0; i < D; ++i) {
-          double acc = 0;
-          for (size_t j = 0; j < cand.size(); ++j) acc += z[j] * cand[j][i];
-          o[h * D + i] = static_cast<float>(acc / den);
-        }
-        RopeInPlace(&o[h * D + D - r], freqs, t, true);
-      }
-      // wo_a is block-diagonal: group g projects its own heads' outputs.
-      const int64_t R = c_.o_lora_rank, gin = H * D / G;
-      const Vec& wo_a = W(p + "wo_a.weight");
-      Vec zcat(G * R);
-      for (int g = 0; g < G; ++g) {
-        for (int64_t k = 0; k < R; ++k) {
-          double acc = 0;
-          for (int64_t i = 0; i < gin; ++i) {
-            acc += double(wo_a[(g * R + k) * gin + i]) * o[g * gin + i];
-          }
-          zcat[g * R + k] = static_cast<float>(acc);
-        }
-      }
-      out[t] = MatVec(W(p + "wo_b.weight"), d, G * R, zcat.data());
+      out[t] = AttendAndProject(q[t].data(), cand, sink.data(), H, D, r, freqs, t,
+                                W(p + "wo_a.weight"), W(p + "wo_b.weight"), G, c_.o_lora_rank, d);
     }
     return out;
   }
