@@ -51,7 +51,7 @@ absl::Status Generate() {
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, config_path));
   if (!config.is_v4())
     return absl::InvalidArgumentError(config_path + ": model_type '" + config.model_type +
-                                      "' has no runnable checkpoint layout (deepseek_v4 only)");
+                                      "' has no runnable checkpoint layout (deepseek_v4 or deepseek_v41 only)");
 
   GenerateOptions options;
   options.seed = absl::GetFlag(FLAGS_seed);

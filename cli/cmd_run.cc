@@ -96,11 +96,14 @@ void PrintKvReport(const ModelConfig& config, const std::string& name, int64_t c
   absl::StatusOr<ModelConfig> v3 = LoadConfigByName("deepseek-v3");
   if (v3.ok()) {
     const double v32 = V32KvBytesPerToken(*v3);
+    // The V4 report compares with V3.2 (10% for Pro, 7% for Flash); V4.1's states 890 B/token.
     std::cout << absl::StrFormat(
         "kv %s vs DeepSeek-V3.2 (FP8 MLA cache + FP8 indexer keys, %s): %.1f%% "
-        "(%.1f%% with KV-entry scales); published: Pro 10%%, Flash 7%%\n",
+        "(%.1f%% with KV-entry scales)%s\n",
         name, PerToken(v32), 100 * prod.PerTokenAt(context) / v32,
-        100 * prod_scaled.PerTokenAt(context) / v32);
+        100 * prod_scaled.PerTokenAt(context) / v32,
+        config.is_v41() ? "; published: 890 B/token of compressed KV"
+                        : "; published: Pro 10%, Flash 7%");
   }
 }
 
@@ -109,7 +112,7 @@ absl::Status KvReportOnly() {
        absl::StrSplit(absl::GetFlag(FLAGS_kv_report), ',', absl::SkipWhitespace())) {
     ASSIGN_OR_RETURN(ModelConfig config, LoadConfigByName(std::string(name)));
     if (!config.is_v4()) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": not a deepseek_v4 config"));
+      return absl::InvalidArgumentError(absl::StrCat(name, ": not a deepseek_v4 or deepseek_v41 config"));
     }
     PrintKvReport(config, std::string(name), absl::GetFlag(FLAGS_kv_context), true);
   }
@@ -263,7 +266,7 @@ int RunMain(int argc, char** argv) {
       "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
       "         [--engram-servers HOST:PORT,... --engram-replication R]\n"
       "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"
-      "Runs the DeepSeek-V4 forward pass in this process (fp32, exact dequantisation): the\n"
+      "Runs the DeepSeek-V4 or V4.1 forward pass in this process (fp32, exact dequantisation): the\n"
       "prompt's logits from position 0 (one prefill, or a prefill of K tokens then one token at\n"
       "a time), optional sampling, tokens/s for prefill and decode, resident weight bytes and\n"
       "KV-state bytes per token.",
