@@ -133,7 +133,8 @@ void Attention::Compress(const AttentionSequence& s, AttentionWorkspace* ws) con
     const bool done = compressor_->Push(&s.state->compressor, ws->ckv.data() + row * width,
                                         ws->cscore.data() + row * width, pos, &s.state->entries,
                                         owns_keys ? ws->latent.data() : nullptr);
-    if (done && owns_keys) indexer_->AppendKey(ws->latent.data(), pos + 1 - ratio_, &s.state->index_keys);
+    if (done && owns_keys)
+      indexer_->AppendKey(ws->latent.data(), pos + 1 - ratio_, &s.state->index_keys);
   }
 }
 

@@ -10,10 +10,10 @@
 #include "core/checkpoint_layout.h"
 #include "core/engram_hash.h"
 #include "core/engram_token_map.h"
-#include "core/tokenizer.h"
 #include "core/kernels.h"
 #include "core/matmul.h"
 #include "core/status_macros.h"
+#include "core/tokenizer.h"
 
 namespace dsv4 {
 namespace {
@@ -40,8 +40,8 @@ class LocalFetch : public EngramRowFetch {
     for (size_t i = 0; i < rows_[index].size(); ++i) {
       const int64_t row = rows_[index][i];
       if (row < 0 || row >= t.values->shape[0]) {
-        return absl::OutOfRangeError(absl::StrCat(t.values->name, ": row ", row, " outside [0, ",
-                                                  t.values->shape[0], ")"));
+        return absl::OutOfRangeError(
+            absl::StrCat(t.values->name, ": row ", row, " outside [0, ", t.values->shape[0], ")"));
       }
       DequantizeEngramRow(t.values->data + row * dim, t.scales->data + row * blocks, dim,
                           out + i * dim);
@@ -62,17 +62,16 @@ absl::StatusOr<EngramHasher> EngramHasher::Create(const ModelConfig& config,
   const EngramConfig& e = config.engram;
   if (!e.enabled()) return absl::InvalidArgumentError("the model config has no Engram layers");
   if (compressed_size != e.compressed_vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        config.source, ": the tokenizer gives ", compressed_size,
-        " compressed Engram token ids, engram_compressed_vocab_size is ", e.compressed_vocab_size,
-        " (the hash multipliers depend on it)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.source, ": the tokenizer gives ", compressed_size,
+                     " compressed Engram token ids, engram_compressed_vocab_size is ",
+                     e.compressed_vocab_size, " (the hash multipliers depend on it)"));
   }
   if (static_cast<int64_t>(compressed.size()) > config.vocab_size ||
       e.pad_token_id >= static_cast<int64_t>(compressed.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the Engram token map covers ", compressed.size(),
-                     " ids; it must cover the pad token ", e.pad_token_id,
-                     " and at most vocab_size = ", config.vocab_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the Engram token map covers ", compressed.size(), " ids; it must cover the pad token ",
+        e.pad_token_id, " and at most vocab_size = ", config.vocab_size));
   }
   for (size_t id = 0; id < compressed.size(); ++id) {
     if (compressed[id] < 0 || compressed[id] >= compressed_size) {
@@ -143,7 +142,7 @@ void EngramHasher::RowIds(int index, const EngramState& state, absl::Span<const 
   const int64_t hist = static_cast<int64_t>(state.history.size());
   const std::vector<int64_t>& m = multipliers_[index];
   for (int64_t t = 0; t < static_cast<int64_t>(tokens.size()); ++t) {
-    // tok_k = canonical id k positions back; the history supplies positions before t = 0.
+    // tok_k = compressed id k positions back; the history supplies positions before t = 0.
     auto tok = [&](int k) {
       const int64_t at = t - k;
       return at >= 0 ? compressed(tokens[at]) : state.history[hist + at];
@@ -180,7 +179,8 @@ absl::StatusOr<std::unique_ptr<LocalEngramTables>> LocalEngramTables::Load(
     for (auto [view, dtype, shape] :
          {std::tuple{table.values, DType::kF8E4M3, Shape{rows, e.head_dim}},
           std::tuple{table.scales, DType::kF8E8M0, Shape{rows, e.head_dim / kEngramScaleBlock}}}) {
-      const bool dtype_ok = view->dtype == dtype || (dtype == DType::kF8E8M0 && view->dtype == DType::kU8);
+      const bool dtype_ok =
+          view->dtype == dtype || (dtype == DType::kF8E8M0 && view->dtype == DType::kU8);
       if (view->shape != shape || !dtype_ok) {
         return absl::InvalidArgumentError(absl::StrCat(
             "checkpoint ", checkpoint->dir(), ": tensor ", view->name, " is ",
@@ -290,7 +290,8 @@ absl::Status EngramModule::Apply(int layer, EngramRowFetch* fetch,
   std::vector<float> e(tokens * l.width());
   RETURN_IF_ERROR(fetch->Wait(index, e.data()));
   // The segments' rows are the step's rows in order, so one call covers them all.
-  l.Apply(x + segments.front().row_begin * stride_, e.data(), tokens, x + segments.front().row_begin * stride_);
+  l.Apply(x + segments.front().row_begin * stride_, e.data(), tokens,
+          x + segments.front().row_begin * stride_);
   return absl::OkStatus();
 }
 

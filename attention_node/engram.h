@@ -155,7 +155,7 @@ class EngramModule {
  private:
   EngramModule(EngramHasher hasher, int64_t stride) : hasher_(std::move(hasher)), stride_(stride) {}
   EngramHasher hasher_;
-  int64_t stride_;  // n·d floats per step row
+  int64_t stride_;                   // n·d floats per step row
   std::vector<EngramLayer> layers_;  // per Engram layer index
   WeightBytes weight_bytes_;
   WeightMappings mappings_;  // keeps the views in layers_ valid

@@ -129,8 +129,8 @@ void HyperConnection::Mixes(const float* x, int64_t tokens, float* pre, float* p
   });
 }
 
-void HyperConnection::Collapse(const float* x, const float* pre, int64_t tokens, int n,
-                               int64_t d, float* y) {
+void HyperConnection::Collapse(const float* x, const float* pre, int64_t tokens, int n, int64_t d,
+                               float* y) {
   ParallelFor(tokens, 4, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       WeightedStreamSum(x + t * n * d, pre + t * n, n, d, y + t * d);

@@ -172,8 +172,8 @@ class Model {
 
   ModelConfig config_;
   int64_t max_seq_len_ = 0;
-  WeightMatrix embed_, head_;  // [V, d]
-  Tensor norm_;                // [d]
+  WeightMatrix embed_, head_;      // [V, d]
+  Tensor norm_;                    // [d]
   std::optional<HcHead> hc_head_;  // V4 (V4.1 collapses with the last FFN's pre-mix)
   std::vector<Block> layers_;
   std::vector<MtpBlock> mtp_;

@@ -50,8 +50,9 @@ absl::Status Generate() {
   ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, config_path));
   if (!config.is_v4())
-    return absl::InvalidArgumentError(config_path + ": model_type '" + config.model_type +
-                                      "' has no runnable checkpoint layout (deepseek_v4 or deepseek_v41 only)");
+    return absl::InvalidArgumentError(
+        config_path + ": model_type '" + config.model_type +
+        "' has no runnable checkpoint layout (deepseek_v4 or deepseek_v41 only)");
 
   GenerateOptions options;
   options.seed = absl::GetFlag(FLAGS_seed);

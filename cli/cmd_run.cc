@@ -112,7 +112,8 @@ absl::Status KvReportOnly() {
        absl::StrSplit(absl::GetFlag(FLAGS_kv_report), ',', absl::SkipWhitespace())) {
     ASSIGN_OR_RETURN(ModelConfig config, LoadConfigByName(std::string(name)));
     if (!config.is_v4()) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": not a deepseek_v4 or deepseek_v41 config"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": not a deepseek_v4 or deepseek_v41 config"));
     }
     PrintKvReport(config, std::string(name), absl::GetFlag(FLAGS_kv_context), true);
   }
@@ -266,7 +267,8 @@ int RunMain(int argc, char** argv) {
       "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
       "         [--engram-servers HOST:PORT,... --engram-replication R]\n"
       "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"
-      "Runs the DeepSeek-V4 or V4.1 forward pass in this process (fp32, exact dequantisation): the\n"
+      "Runs the DeepSeek-V4 or V4.1 forward pass in this process (fp32, exact dequantisation): "
+      "the\n"
       "prompt's logits from position 0 (one prefill, or a prefill of K tokens then one token at\n"
       "a time), optional sampling, tokens/s for prefill and decode, resident weight bytes and\n"
       "KV-state bytes per token.",

@@ -216,7 +216,7 @@ class LayoutBuilder {
 };
 
 // A tensor's parameter count; FP4 expert bytes hold two parameters each. Scales and the
-// integer tables (tid2eid, Engram multipliers and canonical ids) are not parameters.
+// integer tables (tid2eid) are not parameters.
 int64_t Params(const TensorSpec& t) {
   if (t.role == TensorRole::kScale || t.dtype == DType::kI64) return 0;
   return NumElements(t.shape) * (t.dtype == DType::kI8 ? 2 : 1);

@@ -56,10 +56,10 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 //   in full);
 // - routed_expert: all routed experts of the main layers;
 // - mtp: the MTP blocks (V3: including their embedding/head copies);
-// - engram: Engram table rows × engram_head_dim. The Engram projections, norms and conv
-//   run for every token and count in total and active_per_token like other dense weights.
-// Scales, tid2eid and the Engram multipliers and canonical map are not parameters; an FP4
-// byte holds two.
+// - engram: Engram table rows × engram_head_dim. The Engram projection (wkv) and gate
+//   weights run for every token and count in total and active_per_token like other dense
+//   weights.
+// Scales and tid2eid are not parameters; an FP4 byte holds two.
 struct ParameterCount {
   int64_t total = 0;
   int64_t active_per_token = 0;

@@ -14,8 +14,7 @@ void DequantizeEngramRow(const uint8_t* values, const uint8_t* scales, int64_t h
   }
 }
 
-void DequantizeEngramRecords(const uint8_t* records, int64_t count, int64_t head_dim,
-                             float* out) {
+void DequantizeEngramRecords(const uint8_t* records, int64_t count, int64_t head_dim, float* out) {
   const int64_t bytes = EngramRecordBytes(head_dim);
   for (int64_t r = 0; r < count; ++r) {
     const uint8_t* record = records + r * bytes;

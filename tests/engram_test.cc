@@ -165,8 +165,10 @@ std::vector<double> PlainEngram(const std::vector<float>& x, const std::vector<f
       hh += double{h[c]} * h[c];
       kk += double{key[c]} * key[c];
     }
-    dot *= 1.0 / std::sqrt(hh / d + eps) / std::sqrt(kk / d + eps) / std::sqrt(static_cast<double>(d));
-    const double g = 1.0 / (1.0 + std::exp(-std::copysign(std::sqrt(std::max(std::fabs(dot), 1e-6)), dot)));
+    dot *=
+        1.0 / std::sqrt(hh / d + eps) / std::sqrt(kk / d + eps) / std::sqrt(static_cast<double>(d));
+    const double g =
+        1.0 / (1.0 + std::exp(-std::copysign(std::sqrt(std::max(std::fabs(dot), 1e-6)), dot)));
     for (int c = 0; c < d; ++c) out[i * d + c] = h[c] + g * v[c];
   }
   return out;
