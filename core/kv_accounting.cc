@@ -85,12 +85,14 @@ KvCost ModelKvCost(const ModelConfig& config, const KvLayoutOptions& options) {
 
 int64_t SequenceKvBytes(const ModelConfig& config, const KvLayoutOptions& options,
                         int64_t positions) {
+  // The planner calls this per candidate layout: per-config sizes are computed once.
+  const int64_t entry = CompressedEntryBytes(config, options);
+  const int64_t key = IndexKeyBytes(config, options);
   int64_t bytes = ModelKvCost(config, options).fixed_bytes();
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     if (!HoldsCompressed(config, layer)) continue;
-    const int m = config.ratio(layer);
-    bytes += positions / m * CompressedEntryBytes(config, options);
-    if (HoldsIndexKeys(config, layer)) bytes += positions / m * IndexKeyBytes(config, options);
+    const int64_t entries = positions / config.ratio(layer);
+    bytes += entries * (entry + (HoldsIndexKeys(config, layer) ? key : 0));
   }
   return bytes;
 }

@@ -476,6 +476,7 @@ absl::StatusOr<ModelConfig> Parse(const std::string& json_text, const std::strin
   RETURN_IF_ERROR(top.status());
   const bool v41 = c.model_type == "deepseek_v41";
   const bool v4 = c.model_type == "deepseek_v4" || v41;
+  c.family = v41 ? ModelFamily::kV41 : v4 ? ModelFamily::kV4 : ModelFamily::kV3;
   if (!v4 && c.model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": model_type \"", c.model_type,

@@ -38,9 +38,14 @@ struct EngramConfig {
   int columns() const { return (max_ngram_size - 1) * n_heads; }  // hashed rows per token
 };
 
+// The model families, from model_type (a field so that the per-layer predicates below,
+// which the planner evaluates millions of times, compare no strings).
+enum class ModelFamily { kUnknown, kV3, kV4, kV41 };
+
 struct ModelConfig {
-  std::string source;      // file the config came from, for error messages
-  std::string model_type;  // "deepseek_v4", "deepseek_v41" or "deepseek_v3"
+  std::string source;                          // file the config came from, for error messages
+  std::string model_type;                      // "deepseek_v4", "deepseek_v41" or "deepseek_v3"
+  ModelFamily family = ModelFamily::kUnknown;  // set with model_type by the parser
 
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;           // d
@@ -120,8 +125,8 @@ struct ModelConfig {
   nlohmann::json extra;  // keys this struct does not model, kept verbatim
 
   // The runnable family: V4 and V4.1.
-  bool is_v4() const { return model_type == "deepseek_v4" || is_v41(); }
-  bool is_v41() const { return model_type == "deepseek_v41"; }
+  bool is_v4() const { return family == ModelFamily::kV4 || is_v41(); }
+  bool is_v41() const { return family == ModelFamily::kV41; }
   // Compress ratio of main layer `layer` (0 ≤ layer < L) or of MTP block i at L + i.
   int ratio(int layer) const { return compress_ratios[layer]; }
   // V4's layer kinds.
