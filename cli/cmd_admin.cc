@@ -11,8 +11,10 @@
 #include "absl/strings/str_format.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "cli/common_flags.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
+#include "rpc/security.h"
 #include "rpc/status.h"
 
 ABSL_FLAG(std::string, admin, "127.0.0.1:50052", "admin: the coordinator's admin address");
@@ -23,7 +25,11 @@ namespace dsv4::cli {
 int AdminMain(int argc, char** argv) {
   const std::vector<std::string> args = ParseFlags(
       argc, argv,
-      "dsv4 admin rebalance|drain|shutdown ENGINE_ID [--admin HOST:PORT] [--reason TEXT]\n\n"
+      "dsv4 admin rebalance|drain|shutdown ENGINE_ID --token-file FILE [--admin HOST:PORT]\n"
+      "           [--reason TEXT]\n\n"
+      "--token-file: the coordinator's admin token (coordinator.admin_token_file; by default\n"
+      "           <cluster yaml stem>.admin-token next to the YAML, created by the "
+      "coordinator).\n\n"
       "rebalance: recompute the engine's expert placement (EPLB) from the expert load it\n"
       "           reported and apply it at a step boundary; no request is dropped.\n"
       "drain:     the engine admits nothing new, finishes what it runs and leaves.\n"
@@ -35,10 +41,19 @@ int AdminMain(int argc, char** argv) {
                     "admin");
   }
   const std::string& action = args[0];
+  if (absl::GetFlag(FLAGS_token_file).empty()) {
+    return ExitCode(absl::InvalidArgumentError(
+                        "give the admin token with --token-file (coordinator.admin_token_file; "
+                        "by default <cluster yaml stem>.admin-token next to the cluster YAML)"),
+                    "admin");
+  }
+  absl::StatusOr<std::string> token = rpc::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return ExitCode(token.status(), "admin");
   auto stub = admin::v1::Admin::NewStub(
       grpc::CreateChannel(absl::GetFlag(FLAGS_admin), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+  rpc::AddBearerToken(&context, *token);
   grpc::Status s;
   if (action == "rebalance") {
     admin::v1::RebalanceRequest request;

@@ -15,5 +15,5 @@ ABSL_FLAG(std::string, tls_ca, "",
           "generate, status: PEM certificate to trust for a coordinator serving TLS "
           "(coordinator.tls.cert); empty: plaintext");
 ABSL_FLAG(std::string, token_file, "",
-          "generate, status: file holding the bearer token a coordinator with "
-          "coordinator.auth_token_file expects");
+          "generate, status: file holding your API key's token (a token of the coordinator's "
+          "coordinator.api_keys_file); admin: the admin token (coordinator.admin_token_file)");

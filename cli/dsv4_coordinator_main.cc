@@ -34,6 +34,11 @@ ABSL_FLAG(std::string, mpirun_args, "",
 ABSL_FLAG(std::string, advertise, "",
           "launch mode: the address engines dial (default: the bound address; a wildcard host "
           "becomes 127.0.0.1)");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "override coordinator.api_keys_file (API keys, \"<name> <token>\" a line, mode 0600)");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "override coordinator.admin_token_file (the admin credential; created with a fresh "
+          "token, mode 0600, when missing)");
 ABSL_FLAG(int32_t, heartbeat_ms, 1000,
           "engines heartbeat this often; 3 missed heartbeats mark an engine dead");
 
@@ -77,6 +82,10 @@ int main(int argc, char** argv) {
   options.tls_cert = cluster->coordinator.tls_cert;
   options.tls_key = cluster->coordinator.tls_key;
   options.auth_token_file = cluster->coordinator.auth_token_file;
+  options.api_keys_file =
+      pick(absl::GetFlag(FLAGS_api_keys_file), cluster->coordinator.api_keys_file);
+  options.admin_token_file =
+      pick(absl::GetFlag(FLAGS_admin_token_file), cluster->coordinator.admin_token_file);
   if (engines == "launch") {
     dsv4::coordinator::EngineLaunch launch;
     launch.engine_binary =

@@ -4,9 +4,27 @@
 
 namespace dsv4::coordinator {
 
+grpc::Status AdminService::Authorize(const grpc::ServerContext& context) const {
+  if (admin_token_.empty()) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "no admin credential is configured on this coordinator "
+                        "(coordinator.admin_token_file)");
+  }
+  grpc::Status s = rpc::CheckBearerToken(context, admin_token_);
+  if (s.ok()) return s;
+  std::string caller;
+  if (!api_keys_.empty() && api_keys_.Authenticate(context, &caller).ok()) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "an API key is not an admin credential: use the admin token "
+                        "(dsv4 admin --token-file)");
+  }
+  return s;
+}
+
 grpc::Status AdminService::DrainEngine(grpc::ServerContext* context,
                                        const admin::v1::DrainEngineRequest* request,
                                        admin::v1::DrainEngineResponse* /*response*/) {
+  if (grpc::Status s = Authorize(*context); !s.ok()) return s;
   engine::v1::CoordinatorMessage message;
   message.mutable_drain();
   const absl::Status status = registry_.Send(request->engine_id(), message);
@@ -18,6 +36,7 @@ grpc::Status AdminService::DrainEngine(grpc::ServerContext* context,
 grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
                                           const admin::v1::ShutdownEngineRequest* request,
                                           admin::v1::ShutdownEngineResponse* /*response*/) {
+  if (grpc::Status s = Authorize(*context); !s.ok()) return s;
   engine::v1::CoordinatorMessage message;
   message.mutable_shutdown()->set_reason(request->reason());
   const absl::Status status = registry_.Send(request->engine_id(), message);
@@ -31,6 +50,7 @@ grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
 grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
                                      const admin::v1::RebalanceRequest* request,
                                      admin::v1::RebalanceResponse* response) {
+  if (grpc::Status s = Authorize(*context); !s.ok()) return s;
   const std::string& id = request->engine_id();
   absl::StatusOr<std::vector<engine::v1::LayerExpertLoad>> load = registry_.ExpertLoad(id);
   if (!load.ok()) return rpc::ToGrpc(load.status());

@@ -71,6 +71,30 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (!options.auth_token_file.empty()) {
     ASSIGN_OR_RETURN(token, rpc::ReadTokenFile(options.auth_token_file));
   }
+  rpc::ApiKeys keys;
+  if (!options.api_keys_file.empty()) {
+    ASSIGN_OR_RETURN(keys, rpc::ApiKeys::LoadFile(options.api_keys_file));
+  }
+  if (!token.empty()) {
+    if (absl::Status s = keys.Add("default", token); !s.ok())
+      return absl::InvalidArgumentError(absl::StrCat("coordinator.auth_token_file: ", s.message()));
+  }
+  std::string admin_token;
+  bool admin_token_created = false;
+  if (!options.admin_listen.empty()) {
+    if (options.admin_token_file.empty()) {
+      return absl::InvalidArgumentError(
+          "coordinator: admin_listen needs an admin_token_file (the admin credential; the "
+          "coordinator creates it with a fresh token when it does not exist)");
+    }
+    ASSIGN_OR_RETURN(admin_token,
+                     rpc::ReadOrCreateTokenFile(options.admin_token_file, &admin_token_created));
+    if (keys.Matches(admin_token)) {
+      return absl::InvalidArgumentError(absl::StrCat("coordinator: the admin token of ",
+                                                     options.admin_token_file,
+                                                     " is also an API key: it must be distinct"));
+    }
+  }
   auto server = std::unique_ptr<CoordinatorServer>(
       new CoordinatorServer(std::move(config), std::move(tokenizer), options.checkpoint_dir));
   const int max_context = static_cast<int>(
@@ -87,7 +111,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   CoordinatorServer* self = server.get();
   server->inference_ = std::make_unique<InferenceService>(
       server->tokenizer_, server->config_, server->limits_, server->registry_, *server->scheduler_,
-      server->metrics_.get(), token,
+      server->metrics_.get(), keys,
       [self](v1::ClusterStatus* status) { self->FillLaunchedStatus(status); }, logger);
   server->engine_control_ = std::make_unique<EngineControlService>(
       server->limits_.model, server->limits_.vocab_size, options.heartbeat_interval_ms,
@@ -100,7 +124,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       Listen(options.listen, credentials, {server->inference_.get(), server->engine_control_.get()},
              &server->server_, &server->port_));
   if (!options.admin_listen.empty()) {
-    server->admin_ = std::make_unique<AdminService>(server->registry_, logger);
+    server->admin_ = std::make_unique<AdminService>(server->registry_, logger, admin_token, keys);
+    if (admin_token_created)
+      logger->info("admin token created in {} (dsv4 admin --token-file)", options.admin_token_file);
     int admin_port = 0;
     // The operator API stays plaintext on its own (loopback by default) address.
     ASSIGN_OR_RETURN(server->admin_address_,
@@ -125,7 +151,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                server->limits_.model, server->address_,
                server->admin_address_.empty() ? "off" : server->admin_address_,
                server->metrics_->address().empty() ? "off" : server->metrics_->address(),
-               options.tls_cert.empty() ? "off" : "on", token.empty() ? "off" : "bearer token");
+               options.tls_cert.empty() ? "off" : "on",
+               keys.empty() ? "off" : absl::StrCat(keys.names().size(), " API keys"));
   return server;
 }
 

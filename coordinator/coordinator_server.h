@@ -52,8 +52,13 @@ struct CoordinatorOptions {
   // Engines heartbeat this often; one silent for 3 intervals is disconnected (and, when
   // launched, killed and restarted).
   int heartbeat_interval_ms = 1000;
-  std::string tls_cert, tls_key;       // PEM files; both empty = plaintext
-  std::string auth_token_file;         // empty = no authentication
+  std::string tls_cert, tls_key;  // PEM files; both empty = plaintext
+  std::string auth_token_file;    // deprecated: one API key named "default"
+  std::string api_keys_file;      // "<name> <token>" a line; empty (and no
+                                  // auth_token_file) = no authentication
+  // The admin credential, required with admin_listen; created (0600, random token) when
+  // the file does not exist.
+  std::string admin_token_file;
   std::optional<EngineLaunch> launch;  // absent = attach mode
 };
 

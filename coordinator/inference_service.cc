@@ -1,10 +1,13 @@
 #include "coordinator/inference_service.h"
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint_layout.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "rpc/security.h"
 #include "rpc/status.h"
 #include "spdlog/spdlog.h"
@@ -13,7 +16,7 @@ namespace dsv4::coordinator {
 
 InferenceService::InferenceService(const Tokenizer& tokenizer, const ModelConfig& config,
                                    const RequestLimits& limits, const EngineRegistry& registry,
-                                   Scheduler& scheduler, Metrics* metrics, std::string bearer_token,
+                                   Scheduler& scheduler, Metrics* metrics, rpc::ApiKeys keys,
                                    LaunchedStatus launched, std::shared_ptr<spdlog::logger> logger)
     : tokenizer_(tokenizer),
       config_(config),
@@ -21,9 +24,11 @@ InferenceService::InferenceService(const Tokenizer& tokenizer, const ModelConfig
       registry_(registry),
       scheduler_(scheduler),
       metrics_(metrics),
-      bearer_token_(std::move(bearer_token)),
+      keys_(std::move(keys)),
       launched_(std::move(launched)),
-      logger_(std::move(logger)) {}
+      logger_(std::move(logger)) {
+  if (metrics_ != nullptr) metrics_->SetCallers(keys_.names());
+}
 
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const v1::GenerateRequest* request,
@@ -33,7 +38,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
       metrics_->RequestFinished(static_cast<absl::StatusCode>(status.error_code()));
     return status;
   };
-  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return refuse(s);
+  std::string caller;
+  const grpc::Status authenticated = keys_.Authenticate(*context, &caller);
+  if (metrics_ != nullptr) metrics_->CallerRequest(authenticated.ok() ? caller : "");
+  if (!authenticated.ok()) return refuse(authenticated);
   if (absl::Status s = ValidateGenerateRequest(*request, limits_); !s.ok())
     return refuse(rpc::ToGrpc(s));
   GenerationSpec spec;
@@ -54,8 +62,22 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   spec.stop_token_ids.assign(request->stop_token_ids().begin(), request->stop_token_ids().end());
   spec.ignore_eos = request->ignore_eos();
   spec.stop.assign(request->stop().begin(), request->stop().end());
-  absl::StatusOr<std::shared_ptr<Request>> submitted =
-      scheduler_.Submit(std::move(spec), request->request_id());
+  ClientRequestId client{caller, request->request_id(), ""};
+  if (!client.request_id.empty()) {
+    // A retry must repeat the request: its digest, request_id left out, identifies it.
+    v1::GenerateRequest body = *request;
+    body.clear_request_id();
+    std::string bytes;
+    {
+      google::protobuf::io::StringOutputStream output(&bytes);
+      google::protobuf::io::CodedOutputStream coded(&output);
+      coded.SetSerializationDeterministic(true);
+      body.SerializeToCodedStream(&coded);
+    }
+    const std::array<uint8_t, 32> digest = rpc::Sha256(bytes);
+    client.digest.assign(digest.begin(), digest.end());
+  }
+  absl::StatusOr<std::shared_ptr<Request>> submitted = scheduler_.Submit(std::move(spec), client);
   if (!submitted.ok()) return refuse(rpc::ToGrpc(submitted.status()));
   const std::shared_ptr<Request> admitted = std::move(*submitted);
 
@@ -96,7 +118,8 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
 grpc::Status InferenceService::Tokenize(grpc::ServerContext* context,
                                         const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
-  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  std::string caller;
+  if (grpc::Status s = keys_.Authenticate(*context, &caller); !s.ok()) return s;
   if (absl::Status s = ValidateTokenizeRequest(*request, limits_); !s.ok()) return rpc::ToGrpc(s);
   // The same encoding Generate uses for a text prompt (BOS first).
   const std::vector<int> ids = tokenizer_.Encode(request->text());
@@ -107,7 +130,8 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* context,
 grpc::Status InferenceService::ListModels(grpc::ServerContext* context,
                                           const v1::ListModelsRequest* /*request*/,
                                           v1::ListModelsResponse* response) {
-  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  std::string caller;
+  if (grpc::Status s = keys_.Authenticate(*context, &caller); !s.ok()) return s;
   const ParameterCount count = CountParameters(config_);
   v1::ModelInfo* model = response->add_models();
   model->set_name(limits_.model);
@@ -120,7 +144,8 @@ grpc::Status InferenceService::ListModels(grpc::ServerContext* context,
 grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
                                                 const v1::ClusterStatusRequest* /*request*/,
                                                 v1::ClusterStatus* response) {
-  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  std::string caller;
+  if (grpc::Status s = keys_.Authenticate(*context, &caller); !s.ok()) return s;
   registry_.FillStatus(response);
   scheduler_.FillRunning(response);
   if (launched_) launched_(response);

@@ -7,8 +7,11 @@
 // the request to the Scheduler (RESOURCE_EXHAUSTED when its queue is full, UNAVAILABLE
 // when no engine can run it) and streams the tokens and text as the engines produce them,
 // then a final message with the finish reason, usage and timings. A client that leaves, or
-// whose deadline passes, cancels its request. With a bearer token configured every method
-// needs "authorization: Bearer <token>" (UNAUTHENTICATED otherwise).
+// whose deadline passes, cancels its request. With API keys configured every method needs
+// "authorization: Bearer <token>" of one of them (UNAUTHENTICATED otherwise). A request_id
+// belongs to the key that sent it: the same key retrying the same request (same body, as a
+// SHA-256 digest of the request without request_id) re-attaches to its stream, the same key
+// with another body gets ALREADY_EXISTS, another key gets a request of its own.
 //
 // EngineControl contract: see proto/engine.proto. A connection is registered after a valid
 // Hello (model name and vocabulary must match the coordinator's) and removed when the
@@ -31,6 +34,7 @@
 #include "grpcpp/grpcpp.h"
 #include "proto/engine.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
+#include "rpc/security.h"
 #include "spdlog/logger.h"
 
 namespace dsv4::coordinator {
@@ -41,10 +45,10 @@ class InferenceService final : public v1::Inference::Service {
   using LaunchedStatus = std::function<void(v1::ClusterStatus*)>;
 
   // Everything passed by reference must outlive the service; `metrics` may be null and
-  // `bearer_token` empty (no authentication).
+  // `keys` empty (no authentication).
   InferenceService(const Tokenizer& tokenizer, const ModelConfig& config,
                    const RequestLimits& limits, const EngineRegistry& registry,
-                   Scheduler& scheduler, Metrics* metrics, std::string bearer_token,
+                   Scheduler& scheduler, Metrics* metrics, rpc::ApiKeys keys,
                    LaunchedStatus launched, std::shared_ptr<spdlog::logger> logger);
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -64,7 +68,7 @@ class InferenceService final : public v1::Inference::Service {
   const EngineRegistry& registry_;
   Scheduler& scheduler_;
   Metrics* const metrics_;
-  const std::string bearer_token_;
+  const rpc::ApiKeys keys_;
   const LaunchedStatus launched_;
   std::shared_ptr<spdlog::logger> logger_;
 };

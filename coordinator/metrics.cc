@@ -87,15 +87,49 @@ Metrics::Metrics()
                                     "expert in the last report (1 = balanced).")),
       expert_routed_tokens_(CounterFamily(*registry_, "dsv4_expert_routed_tokens_total",
                                           "Token-to-expert routings over all layers.")
-                                .Add({})) {
+                                .Add({})),
+      key_requests_(CounterFamily(*registry_, "dsv4_key_requests_total",
+                                  "Generate calls, by the caller's API key name.")),
+      key_tokens_(CounterFamily(*registry_, "dsv4_key_tokens_total",
+                                "Prompt and generated tokens of finished requests, by the "
+                                "caller's API key name.")) {
   // Every status series exists from the start, so rate() and alerts see zeros rather than
   // missing series.
   for (const char* status : kStatuses) {
     requests_by_status_.emplace(status, &requests_.Add({{"status", status}}));
   }
+  SetCallers({});  // the anonymous caller's series
 }
 
 Metrics::~Metrics() = default;
+
+void Metrics::SetCallers(const std::vector<std::string>& names) {
+  absl::MutexLock lock(&callers_mu_);
+  std::vector<std::string> all = names;
+  all.push_back(kAnonymousCaller);
+  for (const std::string& name : all) {
+    if (callers_.count(name) != 0) continue;
+    callers_.emplace(name,
+                     CallerCounters{&key_requests_.Add({{"key", name}}),
+                                    &key_tokens_.Add({{"key", name}, {"kind", "prompt"}}),
+                                    &key_tokens_.Add({{"key", name}, {"kind", "generated"}})});
+  }
+}
+
+void Metrics::CallerRequest(absl::string_view caller) {
+  absl::MutexLock lock(&callers_mu_);
+  auto it = callers_.find(caller);
+  if (it == callers_.end()) it = callers_.find(kAnonymousCaller);
+  it->second.requests->Increment();
+}
+
+void Metrics::AddCallerTokens(absl::string_view caller, int64_t prompt, int64_t generated) {
+  absl::MutexLock lock(&callers_mu_);
+  auto it = callers_.find(caller);
+  if (it == callers_.end()) it = callers_.find(kAnonymousCaller);
+  if (prompt > 0) it->second.prompt_tokens->Increment(static_cast<double>(prompt));
+  if (generated > 0) it->second.generated_tokens->Increment(static_cast<double>(generated));
+}
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& listen) {
   std::unique_ptr<Metrics> metrics(new Metrics());

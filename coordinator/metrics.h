@@ -4,7 +4,8 @@
 // `dsv4 status`).
 //
 // Every series has a bounded label set, so a long-running coordinator's scrape stays small:
-// status is one of a fixed list, engine is one per connected engine, and expert load is
+// status is one of a fixed list, engine is one per connected engine, key is one per
+// configured API key (its name, never its token) plus "anonymous", and expert load is
 // aggregated per layer (never per expert: V4-Pro has 61 layers × 384 experts).
 //
 // Thread-safe: every method may be called concurrently.
@@ -20,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
 #include "prometheus/family.h"
@@ -64,6 +66,15 @@ class Metrics {
   // Counters; tokens/s is their rate(). Negative values are ignored.
   void AddGeneratedTokens(int64_t n);
   void AddPromptTokens(int64_t n);
+
+  // Per caller (label key): the API key names SetCallers was given, "anonymous" for calls
+  // without authentication or that failed it, and for any other name. Counts Generate calls
+  // (dsv4_key_requests_total{key}) and the prompt and generated tokens of their finished
+  // requests (dsv4_key_tokens_total{key,kind="prompt"|"generated"}).
+  static constexpr char kAnonymousCaller[] = "anonymous";
+  void SetCallers(const std::vector<std::string>& names);
+  void CallerRequest(absl::string_view caller);
+  void AddCallerTokens(absl::string_view caller, int64_t prompt, int64_t generated);
 
   void SetQueueDepth(int n);
   void SetRunningRequests(int n);
@@ -110,6 +121,16 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& engine_restarts_;
   prometheus::Family<prometheus::Gauge>& expert_imbalance_;
   prometheus::Counter& expert_routed_tokens_;
+  prometheus::Family<prometheus::Counter>& key_requests_;
+  prometheus::Family<prometheus::Counter>& key_tokens_;
+  struct CallerCounters {
+    prometheus::Counter* requests;
+    prometheus::Counter* prompt_tokens;
+    prometheus::Counter* generated_tokens;
+  };
+  // Series are created by SetCallers only (at startup), so the set stays bounded.
+  mutable absl::Mutex callers_mu_;
+  std::map<std::string, CallerCounters, std::less<>> callers_ ABSL_GUARDED_BY(callers_mu_);
 };
 
 }  // namespace dsv4::coordinator

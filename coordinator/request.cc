@@ -5,8 +5,10 @@
 
 namespace dsv4::coordinator {
 
-Request::Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer)
+Request::Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer,
+                 std::string caller)
     : id_(std::move(id)),
+      caller_(std::move(caller)),
       spec_(std::move(spec)),
       admitted_(absl::Now()),
       decoder_(tokenizer, /*skip_special_tokens=*/true) {}
@@ -99,6 +101,7 @@ void Request::RecordMetrics(Metrics& metrics) const {
   absl::MutexLock lock(&mu_);
   metrics.AddPromptTokens(prompt_tokens());
   metrics.AddGeneratedTokens(static_cast<int64_t>(tokens_.size()));
+  metrics.AddCallerTokens(caller_, prompt_tokens(), static_cast<int64_t>(tokens_.size()));
   if (!tokens_.empty())
     metrics.ObserveTimeToFirstToken(absl::ToDoubleSeconds(first_token_ - admitted_));
   if (tokens_.size() > 1) {

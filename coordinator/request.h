@@ -41,10 +41,12 @@ struct GenerationSpec {
 
 class Request {
  public:
-  // `id` is the coordinator-assigned id engines know the request by.
-  Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer);
+  // `id` is the coordinator-assigned id engines know the request by; `caller` the name of
+  // the API key that submitted it (metrics), empty when unknown.
+  Request(std::string id, GenerationSpec spec, const Tokenizer& tokenizer, std::string caller = "");
 
   const std::string& id() const { return id_; }
+  const std::string& caller() const { return caller_; }
   const GenerationSpec& spec() const { return spec_; }
   int prompt_tokens() const { return static_cast<int>(spec_.prompt_token_ids.size()); }
 
@@ -77,6 +79,7 @@ class Request {
 
  private:
   const std::string id_;
+  const std::string caller_;
   const GenerationSpec spec_;
   const absl::Time admitted_;
 

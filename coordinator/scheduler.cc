@@ -49,6 +49,12 @@ engine::v1::CoordinatorMessage CancelMessage(const std::string& id) {
   return message;
 }
 
+// The key of a client request_id: the caller's name and the id, which a newline (never in a
+// key name) keeps apart.
+std::string ClientKey(const ClientRequestId& client) {
+  return absl::StrCat(client.caller, "\n", client.request_id);
+}
+
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerOptions& options, EngineRegistry& registry,
@@ -66,14 +72,21 @@ Scheduler::~Scheduler() {
 }
 
 absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(GenerationSpec spec,
-                                                           const std::string& client_request_id) {
+                                                           const ClientRequestId& client) {
   absl::MutexLock lock(&mu_);
-  if (!client_request_id.empty()) {
-    auto known = by_client_id_.find(client_request_id);
+  const std::string client_key = client.request_id.empty() ? "" : ClientKey(client);
+  if (!client_key.empty()) {
+    auto known = by_client_id_.find(client_key);
     if (known != by_client_id_.end()) {
-      auto entry = requests_.find(known->second->id());
+      if (known->second.digest != client.digest) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("request_id \"", client.request_id,
+                         "\" is already used for a different request: a retry must repeat the "
+                         "same request; use a new request_id for a new one"));
+      }
+      auto entry = requests_.find(known->second.request->id());
       if (entry != requests_.end()) entry->second.readers += 1;
-      return known->second;
+      return known->second.request;
     }
   }
   if (!unavailable_.ok()) return unavailable_;
@@ -90,10 +103,10 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(GenerationSpec spec,
         "); retry later"));
   }
   const std::string id = absl::StrCat("r", next_id_++);
-  auto request = std::make_shared<Request>(id, std::move(spec), tokenizer_);
-  requests_.emplace(id, Entry{request, "", client_request_id});
+  auto request = std::make_shared<Request>(id, std::move(spec), tokenizer_, client.caller);
+  requests_.emplace(id, Entry{request, "", client_key});
   queue_.push_back(id);
-  if (!client_request_id.empty()) by_client_id_[client_request_id] = request;
+  if (!client_key.empty()) by_client_id_[client_key] = Known{request, client.digest};
   UpdateGaugesLocked();
   return request;
 }
@@ -132,7 +145,7 @@ void Scheduler::FinishLocked(const std::string& id, v1::FinishReason reason, abs
     if (cancelled) {
       // A retry after a cancellation runs again (and, seeded, samples the same tokens).
       auto known = by_client_id_.find(entry.client_id);
-      if (known != by_client_id_.end() && known->second == entry.request)
+      if (known != by_client_id_.end() && known->second.request == entry.request)
         by_client_id_.erase(known);
     } else {
       finished_client_ids_.push_back(entry.client_id);

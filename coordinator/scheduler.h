@@ -10,9 +10,11 @@
 // on where it was. Only SetUnavailable (engines failed for good) ends admitted requests
 // early, with UNAVAILABLE and its reason.
 //
-// Idempotency: a request carrying a client request_id that is running, or finished less
-// than `remember_finished` requests ago, is returned as is; a retried Generate streams the
-// same record. Thread-safe.
+// Idempotency: a client request_id belongs to the caller (API key) that sent it. A request
+// whose (caller, request_id) is running, or finished less than `remember_finished` requests
+// ago, is returned as is when its body digest matches (a retried Generate streams the same
+// record) and refused with ALREADY_EXISTS when it does not; the same request_id from
+// another caller is a request of its own. Thread-safe.
 #ifndef DSV4_COORDINATOR_SCHEDULER_H_
 #define DSV4_COORDINATOR_SCHEDULER_H_
 
@@ -40,6 +42,13 @@ struct SchedulerOptions {
   int remember_finished = 1024;  // finished client request_ids kept for idempotent retries
 };
 
+// Who submitted a request and how a retry is recognised.
+struct ClientRequestId {
+  std::string caller;      // the API key's name; "" or "anonymous" without authentication
+  std::string request_id;  // the client's request_id; empty = no idempotency
+  std::string digest;      // of the request body without request_id (SHA-256)
+};
+
 class Scheduler {
  public:
   // The registry, tokenizer and metrics (may be null) must outlive the scheduler.
@@ -51,8 +60,14 @@ class Scheduler {
   // which is what engines see. With a known `client_request_id`, the existing record.
   // RESOURCE_EXHAUSTED when the queue is full; UNAVAILABLE when no engine can run it (none
   // connected or expected, or SetUnavailable was called).
+  // ALREADY_EXISTS when the caller's request_id is known with another digest.
   absl::StatusOr<std::shared_ptr<Request>> Submit(GenerationSpec spec,
-                                                  const std::string& client_request_id);
+                                                  const ClientRequestId& client);
+  // The same for an anonymous caller without a digest (tests).
+  absl::StatusOr<std::shared_ptr<Request>> Submit(GenerationSpec spec,
+                                                  const std::string& client_request_id) {
+    return Submit(std::move(spec), ClientRequestId{"", client_request_id, ""});
+  }
   // A client stopped reading `request` (it left, or its deadline passed). The request is
   // cancelled (its engine frees the sequence) once no reader is left; Submit and Attach
   // count readers.
@@ -82,8 +97,8 @@ class Scheduler {
   };
   struct Entry {
     std::shared_ptr<Request> request;
-    std::string engine;  // empty while queued
-    std::string client_id;
+    std::string engine;     // empty while queued
+    std::string client_id;  // ClientKey of (caller, request_id); empty without request_id
     int readers = 1;
     bool client_left = false;
     // The engine was told to drop it (client left, stop string); the record is finished but
@@ -106,7 +121,11 @@ class Scheduler {
   std::map<std::string, Entry> requests_ ABSL_GUARDED_BY(mu_);  // by coordinator id
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Engine> engines_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::shared_ptr<Request>> by_client_id_ ABSL_GUARDED_BY(mu_);
+  struct Known {
+    std::shared_ptr<Request> request;
+    std::string digest;
+  };
+  std::map<std::string, Known> by_client_id_ ABSL_GUARDED_BY(mu_);  // by ClientKey
   std::deque<std::string> finished_client_ids_ ABSL_GUARDED_BY(mu_);
   bool engines_expected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status unavailable_ ABSL_GUARDED_BY(mu_);

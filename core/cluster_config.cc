@@ -240,9 +240,9 @@ EngramSpec ReadEngram(const YamlMap& root) {
 }
 
 CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_file) {
-  const YamlMap coord =
-      root.Map("coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue",
-                               "max_restarts", "engines", "tls", "auth_token_file"});
+  const YamlMap coord = root.Map(
+      "coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue", "max_restarts",
+                      "engines", "tls", "auth_token_file", "api_keys_file", "admin_token_file"});
   CoordinatorSpec spec;
   const CoordinatorSpec defaults;
   spec.listen = ReadAddress(coord, "listen", defaults.listen);
@@ -266,6 +266,10 @@ CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_fil
   spec.tls_cert = ResolvePath(yaml_file, cert);
   spec.tls_key = ResolvePath(yaml_file, key);
   spec.auth_token_file = ResolvePath(yaml_file, coord.String("auth_token_file", ""));
+  spec.api_keys_file = ResolvePath(yaml_file, coord.String("api_keys_file", ""));
+  spec.admin_token_file = ResolvePath(
+      yaml_file, coord.String("admin_token_file",
+                              std::filesystem::path(yaml_file).stem().string() + ".admin-token"));
   return spec;
 }
 

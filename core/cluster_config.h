@@ -5,7 +5,7 @@
 // Every key is validated on load and unknown keys are errors. Every error names the file,
 // the 1-based line and the key path:
 //   cluster-configs/local.yaml:7: topology.chips_per_node: expected a positive integer, got "four"
-// Relative paths (hardware, tls, auth_token_file) are relative to the YAML file.
+// Relative paths (hardware, tls, token and key files) are relative to the YAML file.
 //
 // Schema (required keys marked *; everything else has the default shown):
 //   name*: local
@@ -45,7 +45,9 @@
 //     max_restarts: 3                # per launched engine
 //     engines: 1                     # engine units launched, each with the roles above
 //     tls: {cert: "", key: ""}       # both or neither
-//     auth_token_file: ""
+//     auth_token_file: ""            # deprecated: one API key named "default"
+//     api_keys_file: ""              # "<name> <token>" a line, mode 0600; "" = no API keys
+//     admin_token_file: <yaml stem>.admin-token  # created (0600) when missing
 #ifndef DSV4_CORE_CLUSTER_CONFIG_H_
 #define DSV4_CORE_CLUSTER_CONFIG_H_
 
@@ -129,7 +131,9 @@ struct CoordinatorSpec {
   int engines = 1;
   std::string tls_cert;  // resolved paths; both empty = plaintext
   std::string tls_key;
-  std::string auth_token_file;  // resolved path; empty = no authentication
+  std::string auth_token_file;   // resolved path; deprecated: one API key named "default"
+  std::string api_keys_file;     // resolved path; empty (and no auth_token_file) = no auth
+  std::string admin_token_file;  // resolved path; default <yaml stem>.admin-token beside it
 };
 
 struct ClusterConfig {

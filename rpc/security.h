@@ -8,10 +8,15 @@
 #ifndef DSV4_RPC_SECURITY_H_
 #define DSV4_RPC_SECURITY_H_
 
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -57,6 +62,58 @@ grpc::Status CheckBearerToken(const grpc::ServerContext& context, const std::str
 
 // Client side: adds the metadata CheckBearerToken expects; no-op when `token` is empty.
 void AddBearerToken(grpc::ClientContext* context, const std::string& token);
+
+// SHA-256 of `data` (32 raw bytes).
+std::array<uint8_t, 32> Sha256(absl::string_view data);
+
+// OK when `path` is a regular file only its owner can access (mode 0600 or 0400, as ssh
+// wants of private keys); otherwise FAILED_PRECONDITION naming the file, its mode and the
+// fix (chmod 600). NOT_FOUND when it does not exist.
+absl::Status CheckPrivateFile(const std::string& path, absl::string_view what);
+
+// The admin credential: the token of `path` (ReadTokenFile) after CheckPrivateFile. When the
+// file does not exist, creates it (mode 0600, never overwriting) with a fresh random token
+// of 256 bits in hex and sets *created.
+absl::StatusOr<std::string> ReadOrCreateTokenFile(const std::string& path, bool* created);
+
+// The public API's credentials: named bearer tokens ("API keys"), loaded from a key file
+// with one key a line, "<name> <token>"; '#' starts a comment line, blank lines are skipped.
+// Names are 1-64 of [A-Za-z0-9._-] (they become Prometheus label values and log fields;
+// "anonymous" is reserved), tokens at least 16 printable ASCII characters without spaces;
+// names and tokens are unique. The file must be private to its owner (CheckPrivateFile).
+// Errors name the file and line, never a token.
+//
+// Authenticate compares the presented token with every key by SHA-256 digest in constant
+// time (no early exit, independent of the tokens' lengths), so response times reveal
+// neither a matching prefix nor which key came close.
+class ApiKeys {
+ public:
+  // The caller name for calls without authentication (no key configured).
+  static constexpr char kAnonymous[] = "anonymous";
+
+  ApiKeys() = default;  // no keys: authentication off
+  static absl::StatusOr<ApiKeys> LoadFile(const std::string& path);
+  // Adds one key (e.g. the deprecated coordinator.auth_token_file as "default");
+  // INVALID_ARGUMENT when the name or token is already taken.
+  absl::Status Add(const std::string& name, const std::string& token);
+
+  bool empty() const { return keys_.empty(); }
+  std::vector<std::string> names() const;
+  // Whether `token` is one of the keys (constant time).
+  bool Matches(absl::string_view token) const;
+  // OK with the caller's key name in *name (kAnonymous when there are no keys); otherwise
+  // UNAUTHENTICATED as CheckBearerToken says it, revealing nothing about the keys.
+  grpc::Status Authenticate(const grpc::ServerContext& context, std::string* name) const;
+
+ private:
+  struct Key {
+    std::string name;
+    std::array<uint8_t, 32> digest;  // SHA-256 of the token: the token itself is not kept
+  };
+  // Index of the key whose token is `token`, -1 for none; constant time.
+  int Find(absl::string_view token) const;
+  std::vector<Key> keys_;
+};
 
 }  // namespace dsv4::rpc
 

@@ -70,7 +70,8 @@ echo "== dsv4 generate --server $SERVER \"$TEXT\" (48 tokens, streamed)"
 echo "== dsv4 admin rebalance engine-0: expert placement from the load just observed"
 # The engine reports expert load with its next heartbeat (every second).
 for _ in $(seq 1 30); do
-  "$BIN/dsv4" admin rebalance engine-0 >"$LOGS/rebalance.txt" 2>&1 && break
+  "$BIN/dsv4" admin rebalance engine-0 --token-file "${CLUSTER%.yaml}.admin-token" \
+    >"$LOGS/rebalance.txt" 2>&1 && break
   sleep 0.2
 done
 head -n 3 "$LOGS/rebalance.txt"

@@ -17,6 +17,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/request_validation.h"
@@ -197,6 +198,7 @@ class CoordinatorServerTest : public ::testing::Test {
     CoordinatorOptions options;
     options.listen = "127.0.0.1:0";
     options.admin_listen = "127.0.0.1:0";
+    options.admin_token_file = dir_.path() + "/admin.token";  // created by Start
     options.checkpoint_dir = kModelDir;
     options.max_context = 256;
     auto server = CoordinatorServer::Start(options);
@@ -237,6 +239,12 @@ class CoordinatorServerTest : public ::testing::Test {
     return reader->Finish();
   }
 
+  // The admin token Start created.
+  std::string AdminToken() const {
+    return std::string(absl::StripAsciiWhitespace(testing::ReadFile(dir_.path() + "/admin.token")));
+  }
+
+  testing::TempDir dir_{"coordinator-server"};
   std::unique_ptr<CoordinatorServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
@@ -468,6 +476,7 @@ TEST_F(CoordinatorServerTest, AdminDrainsAndStopsEnginesOnItsOwnPort) {
   auto call_drain = [&](const std::string& id) {
     grpc::ClientContext context;
     context.set_deadline(Deadline());
+    context.AddMetadata("authorization", "Bearer " + AdminToken());
     admin::v1::DrainEngineRequest request;
     request.set_engine_id(id);
     admin::v1::DrainEngineResponse response;
@@ -503,6 +512,7 @@ TEST_F(CoordinatorServerTest, AdminDrainsAndStopsEnginesOnItsOwnPort) {
   ASSERT_TRUE(other.Receive(&message));
   grpc::ClientContext context;
   admin::v1::ShutdownEngineRequest request;
+  context.AddMetadata("authorization", "Bearer " + AdminToken());
   request.set_engine_id("engine-1");
   request.set_reason("maintenance");
   admin::v1::ShutdownEngineResponse response;
@@ -658,10 +668,13 @@ TEST(CliFlagsTest, ValuesStartingWithDashesAreKept) {
 }
 
 TEST(CoordinatorBinaryTest, ServesOnTheClusterYamlAndStopsOnSigterm) {
+  testing::TempDir dir("coordinator-binary");
   testing::Process coordinator("exec " + std::string(DSV4_BIN_DIR) +
                                "/dsv4-coordinator --cluster cluster-configs/local.yaml "
                                "--checkpoint models/v4-mini --listen 127.0.0.1:0 "
-                               "--admin-listen 127.0.0.1:0 --metrics-listen off --engines attach");
+                               "--admin-listen 127.0.0.1:0 --metrics-listen off --engines attach "
+                               "--admin-token-file " +
+                               dir.path() + "/admin.token");
   const std::string marker = "listening on 127.0.0.1:";
   ASSERT_TRUE(coordinator.WaitFor(marker, std::chrono::seconds(30))) << coordinator.output();
   const size_t at = coordinator.output().find(marker);

@@ -78,6 +78,7 @@ class ServingTest : public ::testing::Test {
     CoordinatorOptions options;
     options.listen = "127.0.0.1:0";
     options.admin_listen = "127.0.0.1:0";
+    options.admin_token_file = Path("admin.token");  // created by Start
     options.checkpoint_dir = Path(checkpoint);
     options.max_context = 1024;
     options.heartbeat_interval_ms = 250;
@@ -412,6 +413,7 @@ TEST_F(ServingTest, ADrainedEngineFinishesItsWorkAndStartsAgain) {
   auto admin = admin::v1::Admin::NewStub(
       grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
   admin::v1::DrainEngineRequest drain;
   drain.set_engine_id("engine-0");
   admin::v1::DrainEngineResponse ignored;
@@ -450,6 +452,7 @@ TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
       grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(Deadline(60));
+  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
   admin::v1::RebalanceRequest request;
   request.set_engine_id("engine-0");
   admin::v1::RebalanceResponse response;
