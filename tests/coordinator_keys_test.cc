@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/metrics.h"
+#include "core/cluster_config.h"
 #include "core/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
@@ -116,6 +117,36 @@ TEST(AdminTokenFileTest, CreatedPrivateOnceThenReused) {
   ::chmod(path.c_str(), 0640);
   EXPECT_EQ(rpc::ReadOrCreateTokenFile(path, &created).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// The cluster YAML's coordinator.api_keys_file and admin_token_file: relative to the YAML;
+// the admin token file defaults to <yaml stem>.admin-token beside it.
+TEST(KeysYamlTest, KeyFilesAreRelativeToTheYaml) {
+  const std::string dir = std::string(DSV4_SOURCE_DIR) + "/cluster-configs";
+  const std::string base = R"(name: t
+hardware: hardware/ascend-950dt.yaml
+topology:
+  supernodes: 1
+  nodes_per_supernode: 1
+  chips_per_node: 4
+  links:
+    intra_node: {bandwidth_GBps: 392, latency_us: 1.0}
+    intra_supernode: {bandwidth_GBps: 392, latency_us: 2.0}
+    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}
+roles:
+  attention_ranks: 1
+  expert_ranks: 1
+)";
+  absl::StatusOr<ClusterConfig> plain = ParseClusterConfig(base, dir + "/site.yaml");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->coordinator.admin_token_file, dir + "/site.admin-token");
+  EXPECT_EQ(plain->coordinator.api_keys_file, "");
+  absl::StatusOr<ClusterConfig> keyed = ParseClusterConfig(
+      base + "coordinator:\n  api_keys_file: secrets/keys\n  admin_token_file: /etc/admin\n",
+      dir + "/site.yaml");
+  ASSERT_TRUE(keyed.ok()) << keyed.status();
+  EXPECT_EQ(keyed->coordinator.api_keys_file, dir + "/secrets/keys");
+  EXPECT_EQ(keyed->coordinator.admin_token_file, "/etc/admin");
 }
 
 // ---- per-key counters ----
