@@ -224,10 +224,14 @@ class CoordinatorClientTest(unittest.TestCase):
 
     def test_request_id_makes_a_retry_idempotent(self):
         first = self.generate(self.request(seed=21, request_id="client-test-idempotent"))
-        # The retry, even with other sampling, gets the first call's result, not a new run.
-        retry = self.generate(self.request(seed=22, request_id="client-test-idempotent"))
+        # The retry (the same request) gets the first call's result, not a new run.
+        retry = self.generate(self.request(seed=21, request_id="client-test-idempotent"))
         self.assertEqual(self.tokens(retry), self.tokens(first))
         self.assertEqual(retry[-1].finish_reason, inference_pb2.FINISH_REASON_LENGTH)
+        # The same request_id with another request is refused, never answered with the first.
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.generate(self.request(seed=22, request_id="client-test-idempotent"))
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
 
     def test_cancelled_call_frees_the_engine(self):
         call = self.stub.Generate(self.request(max_tokens=2000), timeout=RPC_TIMEOUT_S)
