@@ -40,8 +40,8 @@ ABSL_FLAG(std::string, mpirun_args, "",
           "launch mode: extra mpirun arguments, space-separated (default: --oversubscribe --mca "
           "mpi_yield_when_idle 1, and --allow-run-as-root when running as root)");
 ABSL_FLAG(std::string, advertise, "",
-          "launch mode: the address engines dial (default: the bound address; a wildcard host "
-          "becomes 127.0.0.1)");
+          "launch mode: the address engines dial (default: the bound engine_listen address; a "
+          "wildcard host becomes 127.0.0.1)");
 ABSL_FLAG(int32_t, heartbeat_ms, 1000,
           "engines heartbeat this often; 3 missed heartbeats mark an engine dead");
 
