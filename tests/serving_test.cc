@@ -504,6 +504,39 @@ TEST_F(ServingTest, SquattersOnALaunchedIdAreRefusedAndNeverBlockItsRelaunch) {
   EXPECT_GT(refused.load(), 10);
 }
 
+// Shutting the coordinator down mid-step stops mpirun and leaves no rank behind, not even a
+// zombie (ranks whose mpirun is gone are the coordinator's to reap).
+TEST_F(ServingTest, ShutdownReapsEveryRank) {
+  Start(ClusterYaml(1, 1), 2);
+  std::vector<int64_t> pids;
+  const v1::ClusterStatus status = Status();
+  for (const v1::EngineStatus& engine : status.engines()) {
+    for (const v1::RankStatus& rank : engine.ranks()) pids.push_back(rank.pid());
+  }
+  ASSERT_EQ(pids.size(), 2u);
+  v1::GenerateRequest request = Request(Prompt(20, 1), 900, 3);
+  request.set_ignore_eos(true);  // busy until the shutdown
+  std::atomic<int> received{0};
+  auto running = Generate(request, &received);
+  WaitForTokens(received, 5);
+  server_->Shutdown();
+  running.get();
+  for (const int64_t pid : pids) {
+    std::string state;
+    for (int i = 0; i < 100; ++i) {  // a rank may take a moment to go
+      std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+      std::string line;
+      if (!std::getline(stat, line)) {
+        state.clear();
+        break;
+      }
+      state = line.substr(line.rfind(')') + 2, 1);  // "R", "S", "Z", ...
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(state, "") << "rank " << pid << " is still there, state " << state;
+  }
+}
+
 TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
   // 8 experts + 2 redundant slots over 2 expert ranks, placed by observed load.
   Start(ClusterYaml(1, 2, "  placement: {policy: global, redundant_experts: 2}\n"), 3);
