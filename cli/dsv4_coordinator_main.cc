@@ -1,8 +1,9 @@
-// dsv4-coordinator: the public endpoint of a dsv4-cluster. Serves dsv4.v1.Inference and the
-// EngineControl service engines connect to on the cluster YAML's coordinator.listen, the
-// Admin service on coordinator.admin_listen and Prometheus metrics on
-// coordinator.metrics_listen, until SIGINT or SIGTERM. By default it launches the engine
-// itself (mpirun, one rank per role of the YAML) and restarts it when it fails.
+// dsv4-coordinator: the public endpoint of a dsv4-cluster. Serves dsv4.v1.Inference on the
+// cluster YAML's coordinator.listen, the EngineControl service engines connect to on
+// coordinator.engine_listen (engine token required), the Admin service on
+// coordinator.admin_listen and Prometheus metrics on coordinator.metrics_listen, until
+// SIGINT or SIGTERM. By default it launches the engine itself (mpirun, one rank per role of
+// the YAML) and restarts it when it fails.
 #include <unistd.h>
 
 #include <csignal>
@@ -23,6 +24,13 @@ ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json, token
 ABSL_FLAG(std::string, listen, "", "override coordinator.listen (host:port; port 0 = any free)");
 ABSL_FLAG(std::string, admin_listen, "",
           "override coordinator.admin_listen (host:port; port 0 = any free)");
+ABSL_FLAG(std::string, engine_listen, "",
+          "override coordinator.engine_listen: the engines' EngineControl listener (host:port; "
+          "port 0 = any free); it requires the engine token");
+ABSL_FLAG(std::string, engine_token_file, "",
+          "override coordinator.engine_token_file: the engine credential, created (0600) when "
+          "absent; launch mode without one uses a fresh token per run, passed to the engines in "
+          "their environment; attach mode needs one (the engines read the same file)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "override coordinator.metrics_listen (host:port; \"off\" = no metrics endpoint)");
 ABSL_FLAG(std::string, engines, "launch",
@@ -32,8 +40,8 @@ ABSL_FLAG(std::string, mpirun_args, "",
           "launch mode: extra mpirun arguments, space-separated (default: --oversubscribe --mca "
           "mpi_yield_when_idle 1, and --allow-run-as-root when running as root)");
 ABSL_FLAG(std::string, advertise, "",
-          "launch mode: the address engines dial (default: the bound address; a wildcard host "
-          "becomes 127.0.0.1)");
+          "launch mode: the address engines dial (default: the bound engine_listen address; a "
+          "wildcard host becomes 127.0.0.1)");
 ABSL_FLAG(std::string, api_keys_file, "",
           "override coordinator.api_keys_file (API keys, \"<name> <token>\" a line, mode 0600)");
 ABSL_FLAG(std::string, admin_token_file, "",
@@ -72,6 +80,18 @@ int main(int argc, char** argv) {
   dsv4::coordinator::CoordinatorOptions options;
   options.listen = pick(absl::GetFlag(FLAGS_listen), cluster->coordinator.listen);
   options.admin_listen = pick(absl::GetFlag(FLAGS_admin_listen), cluster->coordinator.admin_listen);
+  options.engine_listen =
+      pick(absl::GetFlag(FLAGS_engine_listen), cluster->coordinator.engine_listen);
+  options.engine_token_file =
+      pick(absl::GetFlag(FLAGS_engine_token_file), cluster->coordinator.engine_token_file);
+  options.max_running_per_engine =
+      cluster->roles.attention_ranks * cluster->engine.max_seqs_per_rank;
+  if (engines == "attach" && options.engine_token_file.empty()) {
+    std::cerr << "dsv4-coordinator: --engines attach needs an engine credential: set "
+                 "coordinator.engine_token_file (or --engine-token-file FILE); the coordinator "
+                 "creates it (mode 0600) when absent, and the engines read the same file\n";
+    return 2;
+  }
   options.metrics_listen =
       pick(absl::GetFlag(FLAGS_metrics_listen), cluster->coordinator.metrics_listen);
   if (options.metrics_listen == "off") options.metrics_listen.clear();
@@ -131,6 +151,7 @@ int main(int argc, char** argv) {
   // Scripts read the bound addresses from these lines (a port may have been 0).
   std::cout << "dsv4-coordinator listening on " << (*server)->address() << "\n"
             << "dsv4-coordinator admin on " << (*server)->admin_address() << "\n"
+            << "dsv4-coordinator engines on " << (*server)->engine_address() << "\n"
             << "dsv4-coordinator metrics on " << (*server)->metrics_address() << std::endl;
   int signal = 0;
   sigwait(&stop, &signal);

@@ -8,6 +8,7 @@
 // non-zero instead of hanging.
 #include <mpi.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,10 @@
 #include "absl/status/status.h"
 #include "cli/cli_util.h"
 #include "core/status_macros.h"
+#include "engine/control_client.h"
 #include "engine/engine.h"
 #include "engine/log.h"
+#include "rpc/security.h"
 
 ABSL_FLAG(std::string, cluster, "", "cluster YAML (roles, topology, engine settings)");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint directory (config.json and safetensors)");
@@ -36,6 +39,10 @@ ABSL_FLAG(std::string, coordinator, "",
           "serving mode: the coordinator's address (host:port); the leader connects to it");
 ABSL_FLAG(std::string, engine_id, "engine-0",
           "serving mode: this engine's id, stable across restarts of the same serving unit");
+ABSL_FLAG(std::string, engine_token_file, "",
+          "serving mode: the engine token (a file, 0600), which the coordinator's engine "
+          "listener requires; default: $DSV4_ENGINE_TOKEN (set by a launching coordinator), "
+          "else the cluster YAML's coordinator.engine_token_file");
 ABSL_FLAG(int32_t, connect_timeout_s, 60, "serving mode: how long to wait for the coordinator");
 ABSL_FLAG(int32_t, max_step_seconds, 300,
           "serving mode: heartbeats stop when a step runs longer, so the coordinator declares "
@@ -68,6 +75,16 @@ absl::Status Run() {
     ServeOptions serve;
     serve.coordinator = absl::GetFlag(FLAGS_coordinator);
     serve.engine_id = absl::GetFlag(FLAGS_engine_id);
+    // The engine credential and the launch nonce: out of band, never on the command line.
+    if (!absl::GetFlag(FLAGS_engine_token_file).empty()) {
+      ASSIGN_OR_RETURN(serve.engine_token,
+                       rpc::ReadTokenFile(absl::GetFlag(FLAGS_engine_token_file)));
+    } else if (const char* token = std::getenv(kEngineTokenEnv); token != nullptr) {
+      serve.engine_token = token;
+    }
+    if (const char* nonce = std::getenv(kEngineLaunchNonceEnv); nonce != nullptr) {
+      serve.launch_nonce = nonce;
+    }
     serve.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
     serve.max_step = absl::Seconds(absl::GetFlag(FLAGS_max_step_seconds));
     return engine->ServeCoordinator(serve);
@@ -89,7 +106,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> positional = dsv4::cli::ParseFlags(
       argc, argv,
       "mpirun -np N dsv4-engine --cluster CFG.yaml --checkpoint DIR --coordinator HOST:PORT\n"
-      "       [--engine-id ID]\n"
+      "       [--engine-id ID] [--engine-token-file FILE]\n"
       "mpirun -np N dsv4-engine --cluster CFG.yaml --checkpoint DIR --tokens 1,2,3[;4,5,...]\n"
       "       [--logits-out FILE.npy] [--decode-from K] [--stats-out FILE.json]\n\n"
       "The distributed engine: attention ranks (data parallel over sequences) and expert ranks\n"

@@ -1,8 +1,9 @@
-// A running coordinator: the public Inference service and the EngineControl service on one
-// listening address, with standard gRPC health checking (grpc.health.v1, SERVING once
-// started) and server reflection; the Admin service on its own address; Prometheus metrics
-// on a third. In launch mode it starts the engine itself (mpirun) and restarts it when it
-// fails; in attach mode engines started by an operator connect to it.
+// A running coordinator: the public Inference service with standard gRPC health checking
+// (grpc.health.v1, SERVING once started) and server reflection on one listening address;
+// the EngineControl service on its own (engine_listen; it needs the engine token, never a
+// client's); the Admin service on its own address; Prometheus metrics on a fourth. In launch mode
+// it starts the engine itself (mpirun) and restarts it when it fails; in attach mode engines
+// started by an operator connect to it.
 #ifndef DSV4_COORDINATOR_COORDINATOR_SERVER_H_
 #define DSV4_COORDINATOR_COORDINATOR_SERVER_H_
 
@@ -37,17 +38,24 @@ struct EngineLaunch {
   // Engine units "engine-0", "engine-1", …, each an MPI world of `ranks` ranks on `hosts`.
   int engines = 1;
   int max_restarts = 3;  // per engine
-  // The address engines dial; empty = the bound address, with a wildcard host replaced by
-  // 127.0.0.1.
+  // The address engines dial; empty = the bound engine address, with a wildcard host
+  // replaced by 127.0.0.1.
   std::string advertise;
 };
 
 struct CoordinatorOptions {
-  std::string listen = "127.0.0.1:50051";  // host:port (port 0 picks a free one) or unix:path
-  std::string admin_listen;                // the Admin service's own address; empty = none
-  std::string metrics_listen;              // Prometheus /metrics; empty = none
-  std::string checkpoint_dir;              // config.json and tokenizer.json
-  int max_context = 4096;                  // the engines' max_seq_len (cluster YAML)
+  std::string listen = "127.0.0.1:50051";     // host:port (port 0 picks a free one) or unix:path
+  std::string admin_listen;                   // the Admin service's own address; empty = none
+  std::string engine_listen = "127.0.0.1:0";  // EngineControl's own address (engines only)
+  // The engine credential; created (0600) when absent. Empty: a fresh token for this run,
+  // which only engines the coordinator launches learn (attach-mode engines need the file).
+  std::string engine_token_file;
+  // An engine's claimed max_running is capped at this (the cluster YAML's attention ranks ×
+  // max_seqs_per_rank); 0 = the launch YAML's, or 4096 without one.
+  int max_running_per_engine = 0;
+  std::string metrics_listen;  // Prometheus /metrics; empty = none
+  std::string checkpoint_dir;  // config.json and tokenizer.json
+  int max_context = 4096;      // the engines' max_seq_len (cluster YAML)
   int max_queue = 256;
   // Engines heartbeat this often; one silent for 3 intervals is disconnected (and, when
   // launched, killed and restarted).
@@ -71,8 +79,11 @@ class CoordinatorServer {
   ~CoordinatorServer();
 
   int port() const { return port_; }
-  std::string address() const { return address_; }              // host:bound port
-  std::string admin_address() const { return admin_address_; }  // empty without admin
+  std::string address() const { return address_; }                // host:bound port
+  std::string admin_address() const { return admin_address_; }    // empty without admin
+  std::string engine_address() const { return engine_address_; }  // EngineControl's
+  // The engine token (the engine credential) this coordinator requires on engine_address.
+  const std::string& engine_token() const { return engine_token_; }
   const std::string& model_name() const { return limits_.model; }
   const EngineRegistry& registry() const { return registry_; }
   Scheduler& scheduler() { return *scheduler_; }
@@ -106,6 +117,10 @@ class CoordinatorServer {
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> admin_server_;
+  std::unique_ptr<grpc::Server> engine_server_;
+  std::string engine_address_;
+  std::string engine_token_;
+  int engine_port_ = 0;
   absl::Notification stop_;
   std::thread watchdog_;  // disconnects silent engines
   int port_ = 0;

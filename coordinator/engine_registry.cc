@@ -38,19 +38,65 @@ void EngineConnection::Cancel() {
   if (stream_ != nullptr) context_->TryCancel();
 }
 
+namespace {
+
+// Constant-time comparison: the time taken does not reveal a matching prefix.
+bool SameSecret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(b.size(), 1)];
+  return diff == 0 && !b.empty();
+}
+
+}  // namespace
+
 absl::Status EngineRegistry::Add(const engine::v1::Hello& hello,
-                                 std::shared_ptr<EngineConnection> connection) {
+                                 std::shared_ptr<EngineConnection> connection,
+                                 absl::Duration evict_timeout) {
   absl::MutexLock lock(&mu_);
+  const std::string& id = hello.engine_id();
+  auto reserved = nonces_.find(id);
+  if (reserved != nonces_.end()) {
+    if (!SameSecret(hello.launch_nonce(), reserved->second)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "engine_id \"", id,
+          "\" belongs to an engine this coordinator launches, and this connection does not "
+          "carry that launch's nonce"));
+    }
+    // The launch's own engine: whatever still holds the id is an earlier stream; end it.
+    if (auto it = engines_.find(id); it != engines_.end()) it->second.connection->Cancel();
+    auto gone = [this, &id]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return engines_.count(id) == 0; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&gone), evict_timeout)) {
+      return absl::UnavailableError(
+          absl::StrCat("the previous connection of engine \"", id, "\" is still closing; retry"));
+    }
+  }
   Entry entry;
   entry.hello = hello;
+  entry.hello.clear_launch_nonce();
+  entry.nonce = hello.launch_nonce();
   entry.connection = std::move(connection);
   entry.last_seen = absl::Now();
   entry.placement_summary = hello.placement_summary();
-  if (!engines_.try_emplace(hello.engine_id(), std::move(entry)).second) {
+  if (!engines_.try_emplace(id, std::move(entry)).second) {
     return absl::AlreadyExistsError(
-        absl::StrCat("an engine with engine_id \"", hello.engine_id(), "\" is already connected"));
+        absl::StrCat("an engine with engine_id \"", id, "\" is already connected"));
   }
   return absl::OkStatus();
+}
+
+void EngineRegistry::Reserve(const std::string& engine_id, const std::string& nonce) {
+  absl::MutexLock lock(&mu_);
+  nonces_[engine_id] = nonce;
+  auto it = engines_.find(engine_id);
+  if (it != engines_.end() && !SameSecret(it->second.nonce, nonce)) {
+    it->second.connection->Cancel();
+  }
+}
+
+bool EngineRegistry::Reserved(const std::string& engine_id) const {
+  absl::MutexLock lock(&mu_);
+  return nonces_.count(engine_id) > 0;
 }
 
 void EngineRegistry::RecordHeartbeat(const std::string& engine_id,
@@ -83,9 +129,10 @@ std::vector<std::string> EngineRegistry::CancelSilent(absl::Duration max_silence
   return ids;
 }
 
-void EngineRegistry::Remove(const std::string& engine_id) {
+void EngineRegistry::Remove(const std::string& engine_id, const EngineConnection* connection) {
   absl::MutexLock lock(&mu_);
-  engines_.erase(engine_id);
+  auto it = engines_.find(engine_id);
+  if (it != engines_.end() && it->second.connection.get() == connection) engines_.erase(it);
 }
 
 absl::Status EngineRegistry::Send(const std::string& engine_id,

@@ -55,15 +55,26 @@ class EngineConnection {
 
 class EngineRegistry {
  public:
-  // Registers a connected engine; ALREADY_EXISTS when one with the same id is connected.
-  absl::Status Add(const engine::v1::Hello& hello, std::shared_ptr<EngineConnection> connection);
+  // Registers a connected engine. An id reserved for a launch (Reserve) is taken only with
+  // that launch's nonce (PERMISSION_DENIED otherwise); with it, a connection still holding
+  // the id (a previous launch's stream) is cancelled and awaited (UNAVAILABLE if it lingers
+  // past `evict_timeout`). Other ids: ALREADY_EXISTS when one with the same id is connected.
+  absl::Status Add(const engine::v1::Hello& hello, std::shared_ptr<EngineConnection> connection,
+                   absl::Duration evict_timeout = absl::Seconds(5));
+  // Binds `engine_id` to the launch with `nonce` (a new one for every launch; the launcher
+  // passes it to the engine out of band). A connection holding the id with another nonce
+  // (an engine of an earlier launch) is cancelled.
+  void Reserve(const std::string& engine_id, const std::string& nonce);
+  // Whether `engine_id` is reserved for a launch.
+  bool Reserved(const std::string& engine_id) const;
   // Records the latest load report of a registered engine (ignored for unknown ids); its
   // expert load adds up over the engine's life.
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
   // Cancels the streams of engines silent (no Hello or Heartbeat) for longer than
   // `max_silence`, as of `now`; returns their ids. Their handlers then remove them.
   std::vector<std::string> CancelSilent(absl::Duration max_silence, absl::Time now);
-  void Remove(const std::string& engine_id);
+  // Removes the engine when `connection` is the one registered under its id.
+  void Remove(const std::string& engine_id, const EngineConnection* connection);
   // Sends to one engine: NOT_FOUND for an unknown id, UNAVAILABLE when its stream is gone.
   // A Drain also marks the engine "draining" (no new admissions).
   absl::Status Send(const std::string& engine_id, const engine::v1::CoordinatorMessage& message);
@@ -104,10 +115,12 @@ class EngineRegistry {
     std::string placement_summary;
     int rebalances = 0;
     engine::v1::Rebalanced rebalanced;  // the latest
+    std::string nonce;                  // the launch nonce it connected with
   };
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> engines_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> restarts_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> nonces_ ABSL_GUARDED_BY(mu_);  // reserved id → nonce
 };
 
 }  // namespace dsv4::coordinator

@@ -1,7 +1,10 @@
 #include "coordinator/engine_supervisor.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,9 +12,12 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
+#include "engine/control_client.h"
+#include "rpc/security.h"
 
 namespace dsv4::coordinator {
 namespace {
@@ -23,6 +29,41 @@ std::string DescribeExit(int status) {
 }
 
 }  // namespace
+
+std::string NewSecret() {
+  unsigned char bytes[32];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned char b : bytes) {
+    hex.push_back(kHex[b >> 4]);
+    hex.push_back(kHex[b & 15]);
+  }
+  return hex;
+}
+
+absl::StatusOr<std::string> ReadOrCreateEngineToken(const std::string& path) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    const std::string line = NewSecret() + "\n";
+    const bool written = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    close(fd);
+    if (!written) return absl::InternalError(absl::StrCat("cannot write ", path));
+  } else if (errno != EEXIST) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot create the engine token file ", path, ": ", std::strerror(errno)));
+  }
+  struct stat info;
+  if (stat(path.c_str(), &info) == 0 && (info.st_mode & 077) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the engine token file ", path, " is readable by others; chmod 600 ", path));
+  }
+  return rpc::ReadTokenFile(path);
+}
 
 std::vector<std::string> DefaultMpirunArgs() {
   std::vector<std::string> args = {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"};
@@ -62,6 +103,7 @@ absl::StatusOr<std::vector<std::string>> MpirunCommand(
     for (const auto& [h, n] : slots) host_slots.push_back(absl::StrCat(h, ":", n));
     argv.insert(argv.end(), {"--host", absl::StrJoin(host_slots, ",")});
   }
+  argv.insert(argv.end(), {"-x", kEngineTokenEnv, "-x", kEngineLaunchNonceEnv});
   argv.insert(argv.end(), {engine_binary, "--cluster", cluster_yaml, "--checkpoint", checkpoint_dir,
                            "--coordinator", coordinator_address, "--engine_id", engine_id});
   return argv;
@@ -85,8 +127,26 @@ absl::Status EngineSupervisor::SpawnLocked() {
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setpgroup(&attr, 0);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
+  // The environment: the coordinator's, without engine secrets of its own, plus the spec's
+  // and a fresh launch nonce (announced first, so the registry expects it).
+  const std::string nonce = NewSecret();
+  if (callbacks_.launching) callbacks_.launching(nonce);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view entry(*e);
+    if (absl::StartsWith(entry, absl::StrCat(kEngineTokenEnv, "=")) ||
+        absl::StartsWith(entry, absl::StrCat(kEngineLaunchNonceEnv, "="))) {
+      continue;
+    }
+    env_strings.emplace_back(entry);
+  }
+  env_strings.insert(env_strings.end(), spec_.env.begin(), spec_.env.end());
+  env_strings.push_back(absl::StrCat(kEngineLaunchNonceEnv, "=", nonce));
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  const int error = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), environ);
+  const int error = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
   posix_spawnattr_destroy(&attr);
   if (error != 0) {
     return absl::InternalError(

@@ -28,6 +28,9 @@ namespace dsv4::coordinator {
 struct LaunchSpec {
   std::string engine_id;
   std::vector<std::string> argv;  // the command, argv[0] looked up in PATH
+  // "NAME=value" entries added to the inherited environment (secrets: never logged, never
+  // on the command line). Each launch also gets kEngineLaunchNonceEnv = a fresh nonce.
+  std::vector<std::string> env;
   int max_restarts = 3;
   absl::Duration restart_delay = absl::Milliseconds(200);
 };
@@ -36,6 +39,8 @@ class EngineSupervisor {
  public:
   struct Callbacks {
     std::function<void(int restarts, const std::string& why)> restarted;
+    // Before each launch, with the nonce that launch's engine will present.
+    std::function<void(const std::string& nonce)> launching;
     // The engine exited with code 0 (drained, or shut down by an operator); it is started
     // again without counting as a failure.
     std::function<void(const std::string& why)> relaunching;
@@ -77,6 +82,14 @@ class EngineSupervisor {
   std::thread monitor_;
 };
 
+// A fresh random secret: 32 bytes from getrandom(2), hex-encoded.
+std::string NewSecret();
+
+// The engine token in `path` (rpc::ReadTokenFile); when the file does not exist, creates it
+// (mode 0600) with a NewSecret(). INVALID_ARGUMENT when the file is readable by group or
+// others.
+absl::StatusOr<std::string> ReadOrCreateEngineToken(const std::string& path);
+
 // mpirun arguments for an engine sharing cores with the coordinator: --oversubscribe, and
 // ranks that yield the core while they wait (Open MPI busy-polls otherwise, which on a
 // loaded host delays the coordinator's stream writes by milliseconds; bench/load), plus
@@ -85,7 +98,8 @@ std::vector<std::string> DefaultMpirunArgs();
 
 // The launch command for `cluster_yaml`'s engine: mpirun with `ranks` ranks on `hosts`
 // (one per rank; as --host h1:slots,… unless all are this machine), then dsv4-engine in
-// serving mode. mpirun fills hosts in order, so each host's ranks must be contiguous;
+// serving mode; the engine token and launch nonce travel in the environment (-x NAME). mpirun
+// fills hosts in order, so each host's ranks must be contiguous;
 // INVALID_ARGUMENT otherwise (start such a layout in attach mode, with a rankfile).
 absl::StatusOr<std::vector<std::string>> MpirunCommand(
     const std::string& engine_binary, const std::string& cluster_yaml,

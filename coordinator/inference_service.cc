@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/checkpoint_layout.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -153,40 +154,117 @@ grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-EngineControlService::EngineControlService(std::string model, int vocab_size,
-                                           int heartbeat_interval_ms, EngineRegistry& registry,
-                                           Scheduler& scheduler, Metrics* metrics,
-                                           std::string bearer_token,
+std::string LogSafe(const std::string& text) {
+  constexpr size_t kMax = 256;
+  std::string escaped;
+  for (const char ch : text.substr(0, kMax)) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\\') {
+      escaped += "\\\\";
+    } else if (c == '\n') {
+      escaped += "\\n";
+    } else if (c == '\r') {
+      escaped += "\\r";
+    } else if (c == '\t') {
+      escaped += "\\t";
+    } else if (c < 0x20 || c >= 0x7f) {
+      escaped += absl::StrFormat("\\x%02x", c);
+    } else {
+      escaped += ch;
+    }
+  }
+  if (text.size() > kMax) escaped += "...";
+  return escaped;
+}
+
+EngineControlService::EngineControlService(EngineExpectations expected, int heartbeat_interval_ms,
+                                           EngineRegistry& registry, Scheduler& scheduler,
+                                           Metrics* metrics, std::string engine_token,
                                            std::shared_ptr<spdlog::logger> logger)
-    : model_(std::move(model)),
-      vocab_size_(vocab_size),
+    : expected_(std::move(expected)),
       heartbeat_interval_ms_(heartbeat_interval_ms),
       registry_(registry),
       scheduler_(scheduler),
       metrics_(metrics),
-      bearer_token_(std::move(bearer_token)),
+      engine_token_(std::move(engine_token)),
       logger_(std::move(logger)) {}
 
 absl::Status EngineControlService::CheckHello(const engine::v1::Hello& hello) const {
-  if (hello.engine_id().empty() || hello.engine_id().size() > 128) {
+  const std::string& id = hello.engine_id();
+  const bool printable =
+      std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 127; });
+  if (id.empty() || id.size() > 128 || !printable) {
     return absl::InvalidArgumentError(
-        absl::StrCat("hello.engine_id length must be in [1, 128], got ", hello.engine_id().size()));
+        "hello.engine_id must be 1 to 128 printable ASCII characters without spaces");
   }
-  if (hello.model().name() != model_) {
-    return absl::InvalidArgumentError(absl::StrCat("hello.model.name must be \"", model_,
-                                                   "\" (the coordinator's model), got \"",
-                                                   hello.model().name(), "\""));
+  // What does not match is named; the coordinator's value never is.
+  auto mismatch = [](absl::string_view field) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.", field, " does not match the coordinator's model"));
+  };
+  const engine::v1::ModelInfo& model = hello.model();
+  if (model.name() != expected_.model) return mismatch("model.name");
+  if (model.vocab_size() != expected_.vocab_size) return mismatch("model.vocab_size");
+  if (model.num_layers() != expected_.num_layers) return mismatch("model.num_layers");
+  if (model.num_routed_experts() != expected_.num_routed_experts) {
+    return mismatch("model.num_routed_experts");
   }
-  if (hello.model().vocab_size() != vocab_size_) {
-    return absl::InvalidArgumentError(absl::StrCat("hello.model.vocab_size must be ", vocab_size_,
-                                                   ", got ", hello.model().vocab_size()));
+  if (model.config_sha256() != expected_.config_sha256) {
+    return absl::InvalidArgumentError(
+        "hello.model.config_sha256 does not match the coordinator's model (its config.json or "
+        "tokenizer.json differs from the coordinator's)");
   }
-  if (hello.ranks().empty()) {
+  if (hello.ranks().empty() || hello.ranks_size() > expected_.max_ranks) {
     return absl::InvalidArgumentError("hello.ranks must list every rank of the engine");
+  }
+  for (const engine::v1::RankInfo& rank : hello.ranks()) {
+    if (rank.host().size() > 255 || rank.position().size() > 256) {
+      return absl::InvalidArgumentError("hello.ranks: host or position too long");
+    }
   }
   if (hello.max_running() < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("hello.max_running must be ≥ 1, got ", hello.max_running()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& hb) const {
+  constexpr int64_t kMaxCount = int64_t{1} << 40;  // tokens, steps: far beyond any real run
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("heartbeat.", what));
+  };
+  if (hb.step() < 0 || hb.step() > kMaxCount) return bad("step is out of range");
+  if (hb.running_sequences() < 0 || hb.running_sequences() > expected_.max_running ||
+      hb.queued_sequences() < 0 || hb.queued_sequences() > expected_.max_running) {
+    return bad("running_sequences or queued_sequences exceeds the engine's capacity");
+  }
+  if (hb.kv_used_tokens() < 0 || hb.kv_budget_tokens() < 0 || hb.kv_budget_tokens() > kMaxCount ||
+      hb.kv_used_tokens() > hb.kv_budget_tokens()) {
+    return bad("kv_used_tokens and kv_budget_tokens must satisfy 0 ≤ used ≤ budget");
+  }
+  for (double ms : {hb.measured_step_ms(), hb.modelled_step_ms(), hb.engram_stall_ms()}) {
+    if (!(ms >= 0 && ms < 1e12)) return bad("a time is negative, not finite or out of range");
+  }
+  if (hb.expert_load_size() > expected_.num_layers) {
+    return bad(absl::StrCat("expert_load has ", hb.expert_load_size(),
+                            " layers, more than the coordinator's model"));
+  }
+  for (int i = 0; i < hb.expert_load_size(); ++i) {
+    const engine::v1::LayerExpertLoad& layer = hb.expert_load(i);
+    if (layer.layer() < 0 || layer.layer() >= expected_.num_layers) {
+      return bad(absl::StrCat("expert_load[", i, "].layer ", layer.layer(),
+                              " is not a layer of the coordinator's model"));
+    }
+    if (layer.tokens_per_expert_size() > expected_.num_routed_experts) {
+      return bad(absl::StrCat("expert_load[", i, "] has ", layer.tokens_per_expert_size(),
+                              " experts, more than the coordinator's model"));
+    }
+    for (int64_t tokens : layer.tokens_per_expert()) {
+      if (tokens < 0 || tokens > kMaxCount) {
+        return bad(absl::StrCat("expert_load[", i, "].tokens_per_expert is out of range"));
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -209,19 +287,42 @@ void EngineControlService::RecordHeartbeat(const std::string& engine_id,
 grpc::Status EngineControlService::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<engine::v1::CoordinatorMessage, engine::v1::EngineMessage>* stream) {
-  if (grpc::Status s = rpc::CheckBearerToken(*context, bearer_token_); !s.ok()) return s;
+  // Refusals are logged (an operator sees squatting attempts), with the claimed id escaped.
+  auto refuse = [&](const grpc::Status& status, const std::string& claimed_id) {
+    logger_->warn(
+        "refused an engine connection from {}{}: {}", LogSafe(context->peer()),
+        claimed_id.empty() ? "" : absl::StrCat(" claiming id \"", LogSafe(claimed_id), "\""),
+        LogSafe(status.error_message()));
+    return status;
+  };
+  // The engine credential only (a client's token is refused here); never empty.
+  if (engine_token_.empty()) {
+    return refuse(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "engine authentication is not set up"), "");
+  }
+  if (grpc::Status s = rpc::CheckBearerToken(*context, engine_token_); !s.ok())
+    return refuse(s, "");
   engine::v1::EngineMessage message;
   if (!stream->Read(&message)) return grpc::Status::OK;  // the engine left before saying hello
   if (!message.has_hello()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "the first EngineMessage on a Connect stream must be a hello");
+    return refuse(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "the first EngineMessage on a Connect stream must be a hello"),
+                  "");
   }
-  const engine::v1::Hello hello = message.hello();
-  if (absl::Status s = CheckHello(hello); !s.ok()) return rpc::ToGrpc(s);
+  engine::v1::Hello hello = message.hello();
+  if (absl::Status s = CheckHello(hello); !s.ok()) return refuse(rpc::ToGrpc(s), hello.engine_id());
+  if (hello.max_running() > expected_.max_running) {
+    logger_->warn("engine {} claims max_running {}; capped at the cluster YAML's capacity",
+                  hello.engine_id(), hello.max_running());
+    hello.set_max_running(expected_.max_running);
+  }
   auto connection = std::make_shared<EngineConnection>(context, stream);
-  if (absl::Status s = registry_.Add(hello, connection); !s.ok()) return rpc::ToGrpc(s);
-  const std::string& id = hello.engine_id();
-  logger_->info("engine {} connected from {}: {} ranks", id, context->peer(), hello.ranks_size());
+  if (absl::Status s = registry_.Add(hello, connection); !s.ok()) {
+    return refuse(rpc::ToGrpc(s), hello.engine_id());
+  }
+  const std::string& id = hello.engine_id();  // printable ASCII (CheckHello)
+  logger_->info("engine {} connected from {}: {} ranks", id, LogSafe(context->peer()),
+                hello.ranks_size());
 
   grpc::Status result = grpc::Status::OK;
   engine::v1::CoordinatorMessage welcome;
@@ -230,6 +331,10 @@ grpc::Status EngineControlService::Connect(
     scheduler_.EngineConnected(id, hello.max_running());
     while (stream->Read(&message)) {
       if (message.has_heartbeat()) {
+        if (absl::Status s = CheckHeartbeat(message.heartbeat()); !s.ok()) {
+          result = rpc::ToGrpc(s);
+          break;
+        }
         RecordHeartbeat(id, message.heartbeat());
       } else if (message.has_drained()) {
         break;
@@ -250,11 +355,11 @@ grpc::Status EngineControlService::Connect(
     }
   }
   scheduler_.EngineLost(id);  // before Remove: a restarted engine may take the id at once
-  registry_.Remove(id);
+  registry_.Remove(id, connection.get());
   connection->Close();
   if (metrics_ != nullptr) metrics_->RemoveEngine(id);
   logger_->info("engine {} disconnected{}", id,
-                result.ok() ? "" : absl::StrCat(": ", result.error_message()));
+                result.ok() ? "" : absl::StrCat(": ", LogSafe(result.error_message())));
   return result;
 }
 

@@ -13,8 +13,10 @@
 // SHA-256 digest of the request without request_id) re-attaches to its stream, the same key
 // with another body gets ALREADY_EXISTS, another key gets a request of its own.
 //
-// EngineControl contract: see proto/engine.proto. A connection is registered after a valid
-// Hello (model name and vocabulary must match the coordinator's) and removed when the
+// EngineControl contract: see proto/engine.proto. It is served on its own listener and needs
+// the engine token. A connection is registered after a valid Hello (model name, vocabulary,
+// layer and expert counts and config_sha256 must match the coordinator's; a launched id
+// needs its launch nonce; claimed capacity is capped) and removed when the
 // stream ends, whichever side ends it: the engine, a Drained message, a protocol error, or
 // the coordinator's watchdog after 3 missed heartbeats (CoordinatorServer). When it ends,
 // the scheduler takes back every request the engine held and replays it.
@@ -73,13 +75,26 @@ class InferenceService final : public v1::Inference::Service {
   std::shared_ptr<spdlog::logger> logger_;
 };
 
+// What an engine's Hello and Heartbeats are checked against: the coordinator's own model
+// and limits. Errors say what does not match, never the expected value.
+struct EngineExpectations {
+  std::string model;  // the served model name
+  int vocab_size = 0;
+  int num_layers = 0;  // heartbeat layer ids are in [0, num_layers)
+  int num_routed_experts = 0;
+  std::string config_sha256;  // CheckpointConfigSha256 of the coordinator's checkpoint
+  int max_running = 4096;     // an engine's claimed max_running is capped at this
+  int max_ranks = 65536;      // Hello.ranks bound
+};
+
 class EngineControlService final : public engine::v1::EngineControl::Service {
  public:
-  // `model` is the served model name an engine's Hello must match; the registry, scheduler
-  // and metrics (may be null) must outlive the service.
-  EngineControlService(std::string model, int vocab_size, int heartbeat_interval_ms,
+  // The registry, scheduler and metrics (may be null) must outlive the service. Every
+  // stream needs "authorization: Bearer <engine_token>" (the engine credential, never a
+  // client's; must be non-empty).
+  EngineControlService(EngineExpectations expected, int heartbeat_interval_ms,
                        EngineRegistry& registry, Scheduler& scheduler, Metrics* metrics,
-                       std::string bearer_token, std::shared_ptr<spdlog::logger> logger);
+                       std::string engine_token, std::shared_ptr<spdlog::logger> logger);
 
   grpc::Status Connect(grpc::ServerContext* context,
                        grpc::ServerReaderWriter<engine::v1::CoordinatorMessage,
@@ -87,17 +102,21 @@ class EngineControlService final : public engine::v1::EngineControl::Service {
 
  private:
   absl::Status CheckHello(const engine::v1::Hello& hello) const;
+  absl::Status CheckHeartbeat(const engine::v1::Heartbeat& heartbeat) const;
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
 
-  const std::string model_;
-  const int vocab_size_;
+  const EngineExpectations expected_;
   const int heartbeat_interval_ms_;
   EngineRegistry& registry_;
   Scheduler& scheduler_;
   Metrics* const metrics_;
-  const std::string bearer_token_;
+  const std::string engine_token_;
   std::shared_ptr<spdlog::logger> logger_;
 };
+
+// `text` (an engine-supplied string) made safe for one log line: control characters,
+// quotes, backslashes and non-ASCII bytes C-escaped, and cut to 256 bytes.
+std::string LogSafe(const std::string& text);
 
 }  // namespace dsv4::coordinator
 

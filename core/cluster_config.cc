@@ -242,16 +242,21 @@ EngramSpec ReadEngram(const YamlMap& root) {
 CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_file) {
   const YamlMap coord = root.Map(
       "coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue", "max_restarts",
-                      "engines", "tls", "auth_token_file", "api_keys_file", "admin_token_file"});
+                      "engines", "tls", "auth_token_file", "api_keys_file", "admin_token_file",
+                      "engine_listen", "engine_token_file"});
   CoordinatorSpec spec;
   const CoordinatorSpec defaults;
   spec.listen = ReadAddress(coord, "listen", defaults.listen);
   spec.admin_listen = ReadAddress(coord, "admin_listen", defaults.admin_listen);
   spec.metrics_listen = ReadAddress(coord, "metrics_listen", defaults.metrics_listen);
+  spec.engine_listen = ReadAddress(coord, "engine_listen", defaults.engine_listen);
   if (spec.admin_listen == spec.listen) {
     coord.Fail("admin_listen", "must differ from listen");
   } else if (spec.metrics_listen == spec.listen || spec.metrics_listen == spec.admin_listen) {
     coord.Fail("metrics_listen", "must differ from listen and admin_listen");
+  } else if (spec.engine_listen == spec.listen || spec.engine_listen == spec.admin_listen ||
+             spec.engine_listen == spec.metrics_listen) {
+    coord.Fail("engine_listen", "must differ from listen, admin_listen and metrics_listen");
   }
   spec.max_queue = coord.Int("max_queue", NumberRule::kPositive, defaults.max_queue);
   spec.max_restarts = coord.Int("max_restarts", NumberRule::kNonNegative, defaults.max_restarts);
@@ -270,6 +275,7 @@ CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_fil
   spec.admin_token_file = ResolvePath(
       yaml_file, coord.String("admin_token_file",
                               std::filesystem::path(yaml_file).stem().string() + ".admin-token"));
+  spec.engine_token_file = ResolvePath(yaml_file, coord.String("engine_token_file", ""));
   return spec;
 }
 

@@ -40,6 +40,8 @@
 //   coordinator:
 //     listen: 127.0.0.1:50051        # addresses are host:port or unix:path
 //     admin_listen: 127.0.0.1:50052
+//     engine_listen: 127.0.0.1:50053 # EngineControl (engines only; needs the engine token)
+//     engine_token_file: ""          # the engine credential; created (0600) when absent
 //     metrics_listen: 127.0.0.1:9464
 //     max_queue: 256
 //     max_restarts: 3                # per launched engine
@@ -125,6 +127,8 @@ struct EngramSpec {
 struct CoordinatorSpec {
   std::string listen = "127.0.0.1:50051";
   std::string admin_listen = "127.0.0.1:50052";
+  std::string engine_listen = "127.0.0.1:50053";  // the engines' EngineControl listener
+  std::string engine_token_file;  // resolved path; empty = launched engines get a fresh token
   std::string metrics_listen = "127.0.0.1:9464";
   int max_queue = 256;
   int max_restarts = 3;

@@ -1,6 +1,10 @@
 #include "engine/control_client.h"
 
+#include <openssl/evp.h>
+
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +12,35 @@
 #include "rpc/status.h"
 
 namespace dsv4 {
+namespace {
+
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr);
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < size; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> CheckpointConfigSha256(const std::string& checkpoint_dir) {
+  std::string digests;
+  for (const char* name : {"config.json", "tokenizer.json"}) {
+    const std::string path = absl::StrCat(checkpoint_dir, "/", name);
+    std::ifstream file(path, std::ios::binary);
+    if (!file && std::string(name) == "config.json") {
+      return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    }
+    digests += Sha256Hex(std::string(std::istreambuf_iterator<char>(file), {}));
+  }
+  return Sha256Hex(digests);
+}
 
 absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(
     const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials,

@@ -20,6 +20,16 @@
 
 namespace dsv4 {
 
+// The engine credential's out-of-band channels from a coordinator to the engines it
+// launches: environment variables mpirun passes on to the ranks (never the command line).
+inline constexpr char kEngineTokenEnv[] = "DSV4_ENGINE_TOKEN";
+inline constexpr char kEngineLaunchNonceEnv[] = "DSV4_ENGINE_LAUNCH_NONCE";
+
+// The digest an engine reports as Hello.model.config_sha256 and the coordinator expects: hex
+// SHA-256 over the hex SHA-256s of `checkpoint_dir`'s config.json and tokenizer.json (an
+// absent tokenizer.json hashes as empty). NOT_FOUND when config.json cannot be read.
+absl::StatusOr<std::string> CheckpointConfigSha256(const std::string& checkpoint_dir);
+
 class ControlClient {
  public:
   // Dials `address` until it answers or `timeout` passes (the coordinator may still be

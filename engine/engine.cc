@@ -283,6 +283,9 @@ engine::v1::Hello Engine::MakeHello(const std::string& engine_id) {
   model->set_vocab_size(static_cast<int32_t>(config_.vocab_size));
   model->set_num_layers(config_.num_hidden_layers);
   model->set_num_routed_experts(config_.n_routed_experts);
+  if (absl::StatusOr<std::string> sha = CheckpointConfigSha256(options_.checkpoint); sha.ok()) {
+    model->set_config_sha256(*sha);
+  }
   hello.set_max_running(topology_->num_attention_ranks() * cluster_.engine.max_seqs_per_rank);
   hello.set_max_seq_len(cluster_.engine.max_seq_len);
   hello.set_placement_summary(placement_->Summary());
@@ -374,15 +377,25 @@ absl::Status Engine::Serve(ControlClient* control, absl::Duration max_step) {
 }
 
 absl::Status Engine::ServeCoordinator(const ServeOptions& options) {
-  const engine::v1::Hello hello = MakeHello(options.engine_id);
+  engine::v1::Hello hello = MakeHello(options.engine_id);
+  hello.set_launch_nonce(options.launch_nonce);
   std::unique_ptr<ControlClient> control;
   absl::Status connected;
   if (rank_ == 0) {
     absl::StatusOr<std::unique_ptr<ControlClient>> dialed =
         [&]() -> absl::StatusOr<std::unique_ptr<ControlClient>> {
-      ASSIGN_OR_RETURN(rpc::ClientSecurity security,
-                       rpc::LoadClientSecurity(cluster_.coordinator.tls_cert,
-                                               cluster_.coordinator.auth_token_file));
+      // The engine credential; the client token (auth_token_file) is never sent here.
+      ASSIGN_OR_RETURN(
+          rpc::ClientSecurity security,
+          rpc::LoadClientSecurity(
+              cluster_.coordinator.tls_cert,
+              options.engine_token.empty() ? cluster_.coordinator.engine_token_file : ""));
+      if (!options.engine_token.empty()) security.token = options.engine_token;
+      if (security.token.empty()) {
+        return absl::InvalidArgumentError(
+            "serving mode needs the engine token: --engine_token_file, $DSV4_ENGINE_TOKEN or "
+            "the cluster YAML's coordinator.engine_token_file");
+      }
       return ControlClient::Connect(options.coordinator, security.credentials, security.token,
                                     hello, options.connect_timeout);
     }();

@@ -67,11 +67,15 @@ struct OneShotResult {
   nlohmann::json stats;
 };
 
-// Serving mode: where the coordinator is and how this engine is known to it. TLS and the
-// bearer token come from the cluster YAML's coordinator section, as the coordinator's do.
+// Serving mode: where the coordinator is and how this engine is known to it. TLS comes from
+// the cluster YAML's coordinator section, as the coordinator's does; the engine token (the
+// engine credential, never a client's token) from `engine_token`, or else the YAML's
+// coordinator.engine_token_file.
 struct ServeOptions {
-  std::string coordinator;             // host:port of its EngineControl service
+  std::string coordinator;             // host:port of its engine listener (engine_listen)
   std::string engine_id = "engine-0";  // stable across restarts of the same serving unit
+  std::string engine_token;            // empty: read coordinator.engine_token_file
+  std::string launch_nonce;            // set by a launching coordinator (Hello.launch_nonce)
   absl::Duration connect_timeout = absl::Seconds(60);
   // Heartbeats stop when a step runs longer, so the coordinator declares a hung engine dead.
   absl::Duration max_step = absl::Minutes(5);

@@ -56,12 +56,15 @@ for i in 0 1; do
 done
 
 echo "== starting dsv4-coordinator; it launches the engine with mpirun"
+# Secured by default: engines authenticate on their own listener (engine_listen) with an
+# engine token that the coordinator makes for this run and hands to the engine it launches
+# in its environment (never on the command line); the public port serves no control plane.
 "$BIN/dsv4-coordinator" --cluster "$CLUSTER" --checkpoint "$CKPT" >"$LOGS/coordinator.log" 2>&1 &
 COORDINATOR=$!
 PIDS=("$COORDINATOR" "${PIDS[@]}")  # stopped first: it stops the engine
 wait_for "$LOGS/coordinator.log" "listening on" 30
 wait_for "$LOGS/coordinator.log" "engine engine-0 connected" 120
-grep -E "launching|listening on|connected" "$LOGS/coordinator.log" | sed 's/^\[[^]]*\] //'
+grep -E "launching|listening on|engines on|connected" "$LOGS/coordinator.log" | sed 's/^\[[^]]*\] //'
 
 TEXT="DeepSeek-V4 runs on a cluster of"
 echo "== dsv4 generate --server $SERVER \"$TEXT\" (48 tokens, streamed)"

@@ -76,7 +76,8 @@ class CoordinatorClientTest(unittest.TestCase):
             [os.path.join(BIN_DIR, "dsv4-coordinator"),
              "--cluster", os.path.join(SOURCE_DIR, "cluster-configs", "local.yaml"),
              "--checkpoint", cls.checkpoint, "--listen", "127.0.0.1:0",
-             "--admin-listen", "127.0.0.1:0", "--metrics-listen", "off",
+             "--admin-listen", "127.0.0.1:0", "--engine-listen", "127.0.0.1:0",
+             "--metrics-listen", "off",
              "--admin-token-file", os.path.join(cls.tmp, "admin.token")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # The coordinator (and the engine it launches) log to stdout; drain it all the time so

@@ -207,6 +207,7 @@ class CoordinatorServerTest : public ::testing::Test {
     ASSERT_GT(server_->port(), 0);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::Inference::NewStub(channel_);
+    engine_channel_ = EngineChannel(server_->engine_address(), server_->engine_token());
   }
   void TearDown() override {
     if (server_) server_->Shutdown();
@@ -247,6 +248,7 @@ class CoordinatorServerTest : public ::testing::Test {
   testing::TempDir dir_{"coordinator-server"};
   std::unique_ptr<CoordinatorServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<grpc::Channel> engine_channel_;  // the engine listener, with the engine token
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
 
@@ -342,7 +344,7 @@ TEST_F(CoordinatorServerTest, AnswersHealthChecks) {
             std::string("\x08\x01", 2));
 }
 
-// ServerReflectionInfo with list_services (field 7) lists the public service.
+// ServerReflectionInfo with list_services (field 7) lists the public service (only).
 TEST_F(CoordinatorServerTest, ReflectionListsTheServices) {
   grpc::GenericStub stub(channel_);
   grpc::CompletionQueue cq;
@@ -373,12 +375,13 @@ TEST_F(CoordinatorServerTest, ReflectionListsTheServices) {
   ASSERT_TRUE(response.DumpToSingleSlice(&bytes).ok());
   const std::string text(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
   EXPECT_THAT(text, HasSubstr("dsv4.v1.Inference"));
-  EXPECT_THAT(text, HasSubstr("dsv4.engine.v1.EngineControl"));
+  // The engines' control plane has its own listener (engine_listen).
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("dsv4.engine.v1.EngineControl")));
   EXPECT_THAT(text, HasSubstr("grpc.health.v1.Health"));
 }
 
 TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
-  FakeEngine engine(channel_, "engine-0");
+  FakeEngine engine(engine_channel_, "engine-0");
   engine::v1::CoordinatorMessage welcome;
   ASSERT_TRUE(engine.Receive(&welcome));
   ASSERT_TRUE(welcome.has_welcome());
@@ -420,7 +423,7 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
   EXPECT_THAT(status.expert_load(0).tokens_per_expert(), ::testing::ElementsAre(5, 7));
 
   // A second engine with the same id is refused; the first stays registered.
-  FakeEngine twin(channel_, "engine-0");
+  FakeEngine twin(engine_channel_, "engine-0");
   const grpc::Status refused = twin.Close();
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(Status().engines_size(), 1);
@@ -431,25 +434,25 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
 
 TEST_F(CoordinatorServerTest, RefusesBadEngineHellos) {
   {
-    FakeEngine engine(channel_, "engine-x", "another-model");
+    FakeEngine engine(engine_channel_, "engine-x", "another-model");
     const grpc::Status s = engine.Close();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("hello.model.name must be \"v4-mini\""));
+    EXPECT_EQ(s.error_message(), "hello.model.name does not match the coordinator's model");
   }
   {
-    FakeEngine engine(channel_, "engine-x", "v4-mini", 7);
+    FakeEngine engine(engine_channel_, "engine-x", "v4-mini", 7);
     const grpc::Status s = engine.Close();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("hello.model.vocab_size must be"));
+    EXPECT_EQ(s.error_message(), "hello.model.vocab_size does not match the coordinator's model");
   }
   {
-    FakeEngine engine(channel_, "");
-    EXPECT_THAT(engine.Close().error_message(), HasSubstr("hello.engine_id length"));
+    FakeEngine engine(engine_channel_, "");
+    EXPECT_THAT(engine.Close().error_message(), HasSubstr("hello.engine_id must be 1 to 128"));
   }
   {
     // Tokens for a request the coordinator does not know are ignored (the last tokens of a
     // cancelled request can cross the Cancel): the connection stays up.
-    FakeEngine engine(channel_, "engine-y");
+    FakeEngine engine(engine_channel_, "engine-y");
     engine::v1::CoordinatorMessage welcome;
     ASSERT_TRUE(engine.Receive(&welcome));
     engine::v1::EngineMessage tokens;
@@ -462,7 +465,7 @@ TEST_F(CoordinatorServerTest, RefusesBadEngineHellos) {
 }
 
 TEST_F(CoordinatorServerTest, ShutdownEndsEngineStreams) {
-  FakeEngine engine(channel_, "engine-0");
+  FakeEngine engine(engine_channel_, "engine-0");
   engine::v1::CoordinatorMessage welcome;
   ASSERT_TRUE(engine.Receive(&welcome));
   server_->Shutdown();
@@ -493,7 +496,7 @@ TEST_F(CoordinatorServerTest, AdminDrainsAndStopsEnginesOnItsOwnPort) {
   EXPECT_EQ(public_admin->DrainEngine(&public_context, {}, &ignored).error_code(),
             grpc::StatusCode::UNIMPLEMENTED);
 
-  FakeEngine engine(channel_, "engine-0");
+  FakeEngine engine(engine_channel_, "engine-0");
   engine::v1::CoordinatorMessage message;
   ASSERT_TRUE(engine.Receive(&message));
   ASSERT_TRUE(message.has_welcome());
@@ -508,7 +511,7 @@ TEST_F(CoordinatorServerTest, AdminDrainsAndStopsEnginesOnItsOwnPort) {
   EXPECT_TRUE(engine.Close().ok());  // the coordinator ends a drained engine's stream
   EXPECT_EQ(WaitForEngines(0).engines_size(), 0);
 
-  FakeEngine other(channel_, "engine-1");
+  FakeEngine other(engine_channel_, "engine-1");
   ASSERT_TRUE(other.Receive(&message));
   grpc::ClientContext context;
   admin::v1::ShutdownEngineRequest request;
@@ -532,7 +535,7 @@ TEST(CoordinatorSupervisionTest, DisconnectsSilentEngines) {
   options.heartbeat_interval_ms = 100;
   auto server = CoordinatorServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+  auto channel = EngineChannel((*server)->engine_address(), (*server)->engine_token());
   FakeEngine silent(channel, "silent");
   FakeEngine alive(channel, "alive");
   engine::v1::CoordinatorMessage welcome;
@@ -567,7 +570,7 @@ TEST_F(CoordinatorServerTest, StatusCommandPrintsTheTable) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("no engine connected"));
 
-  FakeEngine engine(channel_, "engine-7");
+  FakeEngine engine(engine_channel_, "engine-7");
   engine::v1::CoordinatorMessage welcome;
   ASSERT_TRUE(engine.Receive(&welcome));
   r = testing::RunCommand(testing::Dsv4() + " status --server " + server_->address());
@@ -646,8 +649,10 @@ TEST(MpirunCommandTest, OneSlotPerRankOnItsHost) {
   auto local = MpirunCommand("eng", "c.yaml", "ckpt", "127.0.0.1:1", "e0", 2,
                              {"localhost", "localhost"}, {"--oversubscribe"});
   ASSERT_TRUE(local.ok());
-  EXPECT_THAT(*local, ::testing::ElementsAre("mpirun", "--oversubscribe", "-np", "2", "eng",
-                                             "--cluster", "c.yaml", "--checkpoint", "ckpt",
+  // The engine token and launch nonce travel in the environment, never on the command line.
+  EXPECT_THAT(*local, ::testing::ElementsAre("mpirun", "--oversubscribe", "-np", "2", "-x",
+                                             "DSV4_ENGINE_TOKEN", "-x", "DSV4_ENGINE_LAUNCH_NONCE",
+                                             "eng", "--cluster", "c.yaml", "--checkpoint", "ckpt",
                                              "--coordinator", "127.0.0.1:1", "--engine_id", "e0"));
   auto remote =
       MpirunCommand("eng", "c.yaml", "ckpt", "c:1", "e0", 5, {"a", "a", "a", "b", "b"}, {});
@@ -673,8 +678,9 @@ TEST(CoordinatorBinaryTest, ServesOnTheClusterYamlAndStopsOnSigterm) {
                                "/dsv4-coordinator --cluster cluster-configs/local.yaml "
                                "--checkpoint models/v4-mini --listen 127.0.0.1:0 "
                                "--admin-listen 127.0.0.1:0 --metrics-listen off --engines attach "
-                               "--admin-token-file " +
-                               dir.path() + "/admin.token");
+                               "--engine-listen 127.0.0.1:0 --engine-token-file " +
+                               dir.path() + "/engine.token --admin-token-file " + dir.path() +
+                               "/admin.token");
   const std::string marker = "listening on 127.0.0.1:";
   ASSERT_TRUE(coordinator.WaitFor(marker, std::chrono::seconds(30))) << coordinator.output();
   const size_t at = coordinator.output().find(marker);

@@ -1,6 +1,6 @@
 // Test helpers for the coordinator: a fake engine leader (a real gRPC client on the
-// EngineControl stream, driven by the test), a streaming Generate call in the background,
-// and RPC deadlines.
+// EngineControl stream, driven by the test) and the channel it dials with the engine token, a
+// streaming Generate call in the background, and RPC deadlines.
 #ifndef DSV4_TESTS_COORDINATOR_TEST_UTIL_H_
 #define DSV4_TESTS_COORDINATOR_TEST_UTIL_H_
 
@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "core/model_config.h"
+#include "engine/control_client.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/support/client_interceptor.h"
 #include "proto/engine.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
 
@@ -22,32 +24,83 @@ inline std::chrono::system_clock::time_point Deadline(int seconds = 10) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
 }
 
-// A fake engine leader: a real gRPC client on the EngineControl stream. Its Hello says
-// `max_running` and, unless given, models/v4-mini's vocabulary.
+// Adds "authorization: Bearer <token>" to every call of a channel (EngineChannel).
+class BearerInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(std::string token) : token_(std::move(token)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA) &&
+        !token_.empty()) {
+      methods->GetSendInitialMetadata()->insert({"authorization", "Bearer " + token_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string token_;
+};
+class BearerInterceptorFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerInterceptorFactory(std::string token) : token_(std::move(token)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* /*info*/) override {
+    return new BearerInterceptor(token_);
+  }
+
+ private:
+  const std::string token_;
+};
+
+// A plaintext channel to `address` whose calls carry `token` as a bearer token (none when
+// empty): what a fake engine dials the engine listener with.
+inline std::shared_ptr<grpc::Channel> EngineChannel(const std::string& address,
+                                                    const std::string& token) {
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
+  factories.push_back(std::make_unique<BearerInterceptorFactory>(token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(
+      address, grpc::InsecureChannelCredentials(), grpc::ChannelArguments(), std::move(factories));
+}
+
+// A fake engine leader: a real gRPC client on the EngineControl stream. Its Hello (FakeHello)
+// says `max_running` and, unless given, models/v4-mini's vocabulary, layer and expert counts
+// and config digest.
 class FakeEngine {
  public:
   FakeEngine(const std::shared_ptr<grpc::Channel>& channel, const std::string& id,
              const std::string& model = "v4-mini", int vocab = -1, int max_running = 8)
+      : FakeEngine(channel, FakeHello(id, model, vocab, max_running)) {}
+  FakeEngine(const std::shared_ptr<grpc::Channel>& channel, const engine::v1::Hello& h)
       : stub_(engine::v1::EngineControl::NewStub(channel)) {
     context_.set_deadline(Deadline(30));
     stream_ = stub_->Connect(&context_);
     engine::v1::EngineMessage hello;
-    engine::v1::Hello* h = hello.mutable_hello();
-    h->set_engine_id(id);
-    h->mutable_model()->set_name(model);
-    h->mutable_model()->set_vocab_size(
-        vocab >= 0 ? vocab : VocabSize(std::string(DSV4_SOURCE_DIR) + "/models/v4-mini"));
-    h->set_max_running(max_running);
-    h->set_max_seq_len(256);
+    *hello.mutable_hello() = h;
+    stream_->Write(hello);
+  }
+  static engine::v1::Hello FakeHello(const std::string& id, const std::string& model = "v4-mini",
+                                     int vocab = -1, int max_running = 8) {
+    const std::string dir = std::string(DSV4_SOURCE_DIR) + "/models/v4-mini";
+    const ModelConfig config = *LoadModelConfigFromDir(dir);
+    engine::v1::Hello h;
+    h.set_engine_id(id);
+    h.mutable_model()->set_name(model);
+    h.mutable_model()->set_vocab_size(vocab >= 0 ? vocab : static_cast<int>(config.vocab_size));
+    h.mutable_model()->set_num_layers(config.num_hidden_layers);
+    h.mutable_model()->set_num_routed_experts(config.n_routed_experts);
+    h.mutable_model()->set_config_sha256(*CheckpointConfigSha256(dir));
+    h.set_max_running(max_running);
+    h.set_max_seq_len(256);
     for (int r = 0; r < 2; ++r) {
-      engine::v1::RankInfo* rank = h->add_ranks();
+      engine::v1::RankInfo* rank = h.add_ranks();
       rank->set_rank(r);
       rank->set_role(r == 0 ? engine::v1::ROLE_ATTENTION : engine::v1::ROLE_EXPERT);
       rank->set_position("sn0/node0/chip" + std::to_string(r));
       rank->set_resident_bytes(1000 * (r + 1));
       rank->set_released_bytes(950 * (r + 1));
     }
-    stream_->Write(hello);
+    return h;
   }
   static int VocabSize(const std::string& dir) {
     return static_cast<int>(LoadModelConfigFromDir(dir)->vocab_size);

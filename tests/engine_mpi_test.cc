@@ -195,6 +195,8 @@ TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
   ServeOptions serve;
   serve.coordinator = Broadcast(coordinator ? coordinator->address() : "");
   serve.engine_id = "engine-mpi-test";
+  serve.engine_token = "engine-mpi-token";
+  serve.launch_nonce = "launch-nonce";
   serve.connect_timeout = absl::Seconds(10);
   EXPECT_TRUE((*engine)->ServeCoordinator(serve).ok());
   if (rank != 0) return;
@@ -204,6 +206,9 @@ TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
   ASSERT_TRUE(received[0].has_hello());
   const engine::v1::Hello& hello = received[0].hello();
   EXPECT_EQ(hello.engine_id(), "engine-mpi-test");
+  EXPECT_EQ(coordinator->authorization(), "Bearer engine-mpi-token");  // the engine credential
+  EXPECT_EQ(hello.launch_nonce(), "launch-nonce");
+  EXPECT_EQ(hello.model().config_sha256().size(), 64u);
   EXPECT_EQ(hello.model().name(), "ckpt");
   ASSERT_EQ(hello.ranks_size(), 3);
   EXPECT_EQ(hello.ranks(2).role(), engine::v1::ROLE_EXPERT);

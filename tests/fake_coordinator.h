@@ -52,6 +52,11 @@ class FakeCoordinator final : public engine::v1::EngineControl::Service {
     absl::MutexLock lock(&mu_);
     return received_;
   }
+  // The last engine's "authorization" metadata (its engine token), empty without.
+  std::string authorization() const {
+    absl::MutexLock lock(&mu_);
+    return authorization_;
+  }
   // Waits until `done(received)` holds or `timeout` passes; returns whether it held.
   template <typename Predicate>
   bool WaitFor(Predicate done, absl::Duration timeout) const {
@@ -63,6 +68,13 @@ class FakeCoordinator final : public engine::v1::EngineControl::Service {
   grpc::Status Connect(grpc::ServerContext* context,
                        grpc::ServerReaderWriter<engine::v1::CoordinatorMessage,
                                                 engine::v1::EngineMessage>* stream) override {
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = context->client_metadata().find("authorization");
+      if (it != context->client_metadata().end()) {
+        authorization_.assign(it->second.data(), it->second.size());
+      }
+    }
     engine::v1::EngineMessage hello;
     if (!stream->Read(&hello)) return grpc::Status::CANCELLED;
     Record(hello);
@@ -115,6 +127,7 @@ class FakeCoordinator final : public engine::v1::EngineControl::Service {
   std::vector<engine::v1::EngineMessage> received_ ABSL_GUARDED_BY(mu_);
   std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
   bool half_closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::string authorization_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dsv4::testing

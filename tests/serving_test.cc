@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator_server.h"
+#include "engine/control_client.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/admin.grpc.pb.h"
 #include "proto/inference.grpc.pb.h"
@@ -430,6 +431,112 @@ TEST_F(ServingTest, ADrainedEngineFinishesItsWorkAndStartsAgain) {
   ASSERT_EQ(status.engines_size(), 1);
   EXPECT_EQ(status.engines(0).state(), "serving");
   EXPECT_EQ(status.engines(0).restarts(), 0);  // a graceful restart, not a failure
+}
+
+// A squatter holding the engine token itself (more than any client has) but not the launch
+// nonce keeps claiming "engine-0" while the engine is drained and relaunched, then killed
+// and restarted: every claim is refused and both relaunches connect and serve. The engine
+// token is on no command line.
+TEST_F(ServingTest, SquattersOnALaunchedIdAreRefusedAndNeverBlockItsRelaunch) {
+  Start(ClusterYaml(1, 1), 2);
+  const int64_t first = RankPid("attention");
+  ASSERT_GT(first, 0);
+  const std::string cmdline = testing::ReadFile(absl::StrCat("/proc/", first, "/cmdline"));
+  EXPECT_THAT(cmdline, ::testing::Not(HasSubstr(server_->engine_token())));
+  EXPECT_THAT(cmdline, HasSubstr("--engine_id"));
+
+  engine::v1::Hello hello = FakeEngine::FakeHello("engine-0");
+  const ModelConfig config = *LoadModelConfigFromDir(Path("v4-tiny"));
+  hello.mutable_model()->set_name(server_->model_name());
+  hello.mutable_model()->set_vocab_size(static_cast<int>(config.vocab_size));
+  hello.mutable_model()->set_num_layers(config.num_hidden_layers);
+  hello.mutable_model()->set_num_routed_experts(config.n_routed_experts);
+  hello.mutable_model()->set_config_sha256(*CheckpointConfigSha256(Path("v4-tiny")));
+  std::atomic<bool> stop{false};
+  std::atomic<int> refused{0}, accepted{0};
+  std::thread squatter([&] {
+    auto channel = EngineChannel(server_->engine_address(), server_->engine_token());
+    while (!stop) {
+      for (const std::string nonce : {"", "guess"}) {
+        hello.set_launch_nonce(nonce);
+        FakeEngine engine(channel, hello);
+        engine::v1::CoordinatorMessage welcome;
+        if (engine.Receive(&welcome)) accepted += 1;
+        if (engine.Close().error_code() == grpc::StatusCode::PERMISSION_DENIED) refused += 1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  // Waits until engine-0 is connected with an attention rank other than `old`.
+  auto relaunched = [&](int64_t old) {
+    for (int i = 0; i < 1200; ++i) {
+      const v1::ClusterStatus status = Status();
+      for (const v1::EngineStatus& engine : status.engines()) {
+        for (const v1::RankStatus& rank : engine.ranks()) {
+          if (engine.id() == "engine-0" && rank.role() == "attention" && rank.pid() != old) {
+            return rank.pid();
+          }
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return int64_t{-1};
+  };
+
+  auto admin = admin::v1::Admin::NewStub(
+      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  admin::v1::DrainEngineRequest drain;
+  drain.set_engine_id("engine-0");
+  admin::v1::DrainEngineResponse ignored;
+  ASSERT_TRUE(admin->DrainEngine(&context, drain, &ignored).ok());
+  const int64_t second = relaunched(first);
+  ASSERT_GT(second, 0) << "the drained engine was not relaunched";
+  const Streamed after_drain = Generate(Request(Prompt(10, 3), 4, 1)).get();
+  EXPECT_TRUE(after_drain.status.ok()) << after_drain.status.error_message();
+
+  ASSERT_NO_FATAL_FAILURE(SignalRank(second, SIGKILL));
+  const int64_t third = relaunched(second);
+  ASSERT_GT(third, 0) << "the killed engine was not restarted";
+  const Streamed after_kill = Generate(Request(Prompt(10, 4), 4, 1)).get();
+  EXPECT_TRUE(after_kill.status.ok()) << after_kill.status.error_message();
+  stop = true;
+  squatter.join();
+  EXPECT_EQ(accepted.load(), 0);
+  EXPECT_GT(refused.load(), 10);
+}
+
+// Shutting the coordinator down mid-step stops mpirun and leaves no rank behind, not even a
+// zombie (ranks whose mpirun is gone are the coordinator's to reap).
+TEST_F(ServingTest, ShutdownReapsEveryRank) {
+  Start(ClusterYaml(1, 1), 2);
+  std::vector<int64_t> pids;
+  const v1::ClusterStatus status = Status();
+  for (const v1::EngineStatus& engine : status.engines()) {
+    for (const v1::RankStatus& rank : engine.ranks()) pids.push_back(rank.pid());
+  }
+  ASSERT_EQ(pids.size(), 2u);
+  v1::GenerateRequest request = Request(Prompt(20, 1), 900, 3);
+  request.set_ignore_eos(true);  // busy until the shutdown
+  std::atomic<int> received{0};
+  auto running = Generate(request, &received);
+  WaitForTokens(received, 5);
+  server_->Shutdown();
+  running.get();
+  for (const int64_t pid : pids) {
+    std::string state;
+    for (int i = 0; i < 100; ++i) {  // a rank may take a moment to go
+      std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+      std::string line;
+      if (!std::getline(stat, line)) {
+        state.clear();
+        break;
+      }
+      state = line.substr(line.rfind(')') + 2, 1);  // "R", "S", "Z", ...
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(state, "") << "rank " << pid << " is still there, state " << state;
+  }
 }
 
 TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
