@@ -44,7 +44,14 @@ absl::Status LoadServerSecurity(const EngramSpec& spec, ServerOptions* options) 
   options->tls_key = spec.tls_key;
   options->token.clear();
   if (!spec.token_file.empty()) {
-    ASSIGN_OR_RETURN(options->token, rpc::ReadTokenFile(spec.token_file));
+    absl::StatusOr<std::string> token = rpc::ReadTokenFile(spec.token_file);
+    if (absl::IsNotFound(token.status())) {
+      return absl::NotFoundError(absl::StrCat(
+          token.status().message(), " (engram.token_file; create one with: (umask 077; openssl ",
+          "rand -hex 32 > ", spec.token_file, "))"));
+    }
+    RETURN_IF_ERROR(token.status());
+    options->token = *std::move(token);
   }
   return absl::OkStatus();
 }
