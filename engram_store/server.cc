@@ -71,7 +71,7 @@ grpc::Status EngramStoreService::Authenticate(const grpc::ServerContextBase& con
       !absl::EqualsIgnoreCase(value.substr(0, kBearer.size()), kBearer)) {
     refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                            "this Engram store requires a bearer token: send 'authorization: "
-                           "Bearer <token>' (engram.token_file, --engram_token_file)");
+                           "Bearer <token>'");
   } else if (!ConstantTimeEquals(absl::StripAsciiWhitespace(value.substr(kBearer.size())),
                                  options_.token)) {
     refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
