@@ -823,6 +823,35 @@ TEST_F(EngramSecurityTest, ClusterYamlGivesBothSidesTheirCredentials) {
               HasSubstr("engram.tls: cert and key must be given together"));
 }
 
+TEST_F(EngramSecurityTest, StoreBinaryServesTlsAndTokenFromItsFlags) {
+  const std::string bin = std::string(DSV4_BIN_DIR) + "/dsv4-engram-store --checkpoint " +
+                          dir_->path() + " --listen 127.0.0.1:0";
+  dsv4::testing::CommandResult r =
+      dsv4::testing::RunCommand(bin + " --token_file " + Cert("absent"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, AllOf(HasSubstr("cannot read token file " + Cert("absent")),
+                              HasSubstr("openssl rand -hex 32 > " + Cert("absent"))));
+  r = dsv4::testing::RunCommand(bin + " --tls_cert " + Cert("server.crt"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("TLS needs both a certificate and a private key"));
+
+  dsv4::testing::Process store(absl::StrCat(bin, " --tls_cert ", Cert("server.crt"), " --tls_key ",
+                                            Cert("server.key"), " --token_file ", Cert("token")));
+  const std::string ready = "listening on ";
+  ASSERT_TRUE(store.WaitFor(ready, std::chrono::seconds(30))) << store.output();
+  EXPECT_THAT(store.output(), HasSubstr("TLS, bearer token required"));
+  const size_t at = store.output().find(ready) + ready.size();
+  EngramSpec spec;
+  spec.servers = {store.output().substr(at, store.output().find('\n', at) - at)};
+  spec.tls_ca = Cert("server.crt");
+  spec.token_file = Cert("token");
+  absl::StatusOr<std::unique_ptr<EngramClient>> client = ConnectEngram(*config_, spec);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, SomeRows(10, 10));
+  spec.token_file.clear();
+  EXPECT_EQ(ConnectEngram(*config_, spec).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
 TEST(EngramStoreBinaryTest, RefusesBadSetupsWithAClearMessage) {
   const std::string bin = std::string(DSV4_BIN_DIR) + "/dsv4-engram-store";
   dsv4::testing::CommandResult r = dsv4::testing::RunCommand(bin + " --listen 127.0.0.1:0");
