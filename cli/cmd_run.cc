@@ -51,6 +51,10 @@ ABSL_FLAG(std::vector<std::string>, engram_servers, {},
           "Engram memory nodes (host:port, comma-separated, in shard-plan order) to look table "
           "rows up on instead of reading them from the checkpoint");
 ABSL_FLAG(int32_t, engram_replication, 1, "copies of each Engram shard on --engram_servers");
+ABSL_FLAG(std::string, engram_tls_ca, "",
+          "PEM CA (or the self-signed certificate) to trust when --engram_servers serve TLS");
+ABSL_FLAG(std::string, engram_token_file, "",
+          "file whose first line is the bearer token --engram_servers require");
 
 namespace dsv4::cli {
 namespace {
@@ -175,6 +179,8 @@ absl::Status Run() {
   EngramSpec engram_spec;
   engram_spec.servers = absl::GetFlag(FLAGS_engram_servers);
   engram_spec.replication = absl::GetFlag(FLAGS_engram_replication);
+  engram_spec.tls_ca = absl::GetFlag(FLAGS_engram_tls_ca);
+  engram_spec.token_file = absl::GetFlag(FLAGS_engram_token_file);
   ASSIGN_OR_RETURN(std::unique_ptr<engram::EngramClient> engram,
                    engram::ConnectEngram(config, engram_spec));
   options.engram_rows = engram.get();
@@ -265,7 +271,8 @@ int RunMain(int argc, char** argv) {
       "dsv4 run --checkpoint DIR --tokens 1,2,3 [--logits-out FILE.npy] [--decode-from K]\n"
       "dsv4 run --checkpoint DIR --prompt \"text\" --generate N [--temperature T ...]\n"
       "         [--generate N --temperature T --top-p P --top-k K --seed S]\n"
-      "         [--engram-servers HOST:PORT,... --engram-replication R]\n"
+      "         [--engram-servers HOST:PORT,... --engram-replication R\n"
+      "          --engram-tls-ca CA.pem --engram-token-file FILE]\n"
       "dsv4 run --kv-report deepseek-v4-pro,deepseek-v4-flash [--kv-context N]\n\n"
       "Runs the DeepSeek-V4 or V4.1 forward pass in this process (fp32, exact dequantisation): "
       "the\n"

@@ -52,6 +52,12 @@ ABSL_FLAG(bool, verify_checksums, true,
           "refuse tables whose held rows (values or scales) fail engram_checksums.json "
           "(false: serve unverified)");
 ABSL_FLAG(int64_t, max_batch_rows, 65536, "largest lookup batch accepted");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate to serve TLS with (with --tls_key; default: the YAML's engram.tls)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "",
+          "file whose first line is the bearer token clients must send (default: the YAML's "
+          "engram.token_file; none: rows are served to anyone reaching the port)");
 
 namespace {
 
@@ -75,6 +81,11 @@ At startup the node prints the RAM it needs (values + scales of its shards, per 
 in total, GB = 10^9 B) before it maps anything, then verifies the checksums of the rows it
 holds (both tensors; a mismatch is refused naming the tensor), then prints
 "listening on HOST:PORT".
+
+Security: the rows are the model's weights. --tls_cert/--tls_key (or engram.tls in the
+YAML) serve TLS; --token_file (or engram.token_file) requires "authorization: Bearer
+<token>" on every lookup and Stats call (UNAUTHENTICATED otherwise). Health stays open.
+Create a token with: (umask 077; openssl rand -hex 32 > engram.token)
 
 --plan prints that sizing for every node and exits, without the tables; e.g.
   dsv4-engram-store --config models/deepseek-v4.1-flash/config.json --servers 4 \
@@ -137,6 +148,7 @@ int Run() {
   options.mlock = absl::GetFlag(FLAGS_mlock);
   options.verify_checksums = absl::GetFlag(FLAGS_verify_checksums);
   std::string listen = absl::GetFlag(FLAGS_listen);
+  dsv4::EngramSpec security;  // tls and token_file: the YAML's, then the flags'
   if (!absl::GetFlag(FLAGS_cluster).empty()) {
     absl::StatusOr<dsv4::ClusterConfig> cluster =
         dsv4::LoadClusterConfig(absl::GetFlag(FLAGS_cluster));
@@ -152,6 +164,14 @@ int Run() {
     }
     options.plan = {static_cast<int>(e.servers.size()), e.replication};
     if (listen.empty()) listen = e.servers[options.server_index];
+    security = e;
+  }
+  if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty()) {
+    security.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+    security.tls_key = absl::GetFlag(FLAGS_tls_key);
+  }
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    security.token_file = absl::GetFlag(FLAGS_token_file);
   }
   if (absl::Status s = options.plan.Validate(); !s.ok()) {
     std::cerr << "dsv4-engram-store: " << s.message() << "\n";
@@ -230,15 +250,22 @@ int Run() {
   const uint64_t values = (*shards)->held_value_bytes(), scales = (*shards)->held_scale_bytes();
   dsv4::engram::ServerOptions server_options;
   server_options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  if (absl::Status s = dsv4::engram::LoadServerSecurity(security, &server_options); !s.ok()) {
+    logger->error("[server {}] {}", options.server_index, s.ToString());
+    return 2;
+  }
   absl::StatusOr<std::unique_ptr<dsv4::engram::EngramStoreServer>> server =
       dsv4::engram::EngramStoreServer::Start(std::move(*shards), listen, server_options);
   if (!server.ok()) {
     logger->error("[server {}] {}", options.server_index, server.status().ToString());
     return 1;
   }
-  logger->info("[server {}] serving {:.3f} GB of rows ({:.3f} GB values + {:.3f} GB scales){}",
-               options.server_index, (values + scales) / 1e9, values / 1e9, scales / 1e9,
-               options.mlock ? ", mlocked" : "");
+  logger->info(
+      "[server {}] serving {:.3f} GB of rows ({:.3f} GB values + {:.3f} GB scales){}, {}, {}",
+      options.server_index, (values + scales) / 1e9, values / 1e9, scales / 1e9,
+      options.mlock ? ", mlocked" : "", server_options.tls_cert.empty() ? "plaintext" : "TLS",
+      server_options.token.empty() ? "no token required (anyone reaching the port reads the rows)"
+                                   : "bearer token required");
   std::cout << "listening on " << (*server)->address() << std::endl;
   std::signal(SIGINT, [](int) { g_stop = true; });
   std::signal(SIGTERM, [](int) { g_stop = true; });

@@ -209,8 +209,9 @@ EngineSpec ReadEngine(const YamlMap& root) {
   return spec;
 }
 
-EngramSpec ReadEngram(const YamlMap& root) {
-  const YamlMap engram = root.Map("engram", {"servers", "replication", "memory_node_ram_GB"});
+EngramSpec ReadEngram(const YamlMap& root, const std::string& yaml_file) {
+  const YamlMap engram =
+      root.Map("engram", {"servers", "replication", "memory_node_ram_GB", "tls", "token_file"});
   EngramSpec spec;
   YamlReader& reader = engram.reader();
   if (engram.Has("servers")) {
@@ -236,6 +237,15 @@ EngramSpec ReadEngram(const YamlMap& root) {
   }
   spec.memory_node_ram =
       engram.Number("memory_node_ram_GB", NumberRule::kPositive, spec.memory_node_ram / 1e9) * 1e9;
+  const YamlMap tls = engram.Map("tls", {"cert", "key", "ca"});
+  const std::string cert = tls.String("cert", ""), key = tls.String("key", "");
+  if (reader.ok() && cert.empty() != key.empty()) {
+    engram.Fail("tls", "cert and key must be given together");
+  }
+  spec.tls_cert = ResolvePath(yaml_file, cert);
+  spec.tls_key = ResolvePath(yaml_file, key);
+  spec.tls_ca = ResolvePath(yaml_file, tls.String("ca", cert));
+  spec.token_file = ResolvePath(yaml_file, engram.String("token_file", ""));
   return spec;
 }
 
@@ -292,7 +302,7 @@ absl::StatusOr<ClusterConfig> Parse(YamlReader& reader) {
   config.topology = ReadTopology(root);
   config.roles = ReadRoles(root);
   config.engine = ReadEngine(root);
-  config.engram = ReadEngram(root);
+  config.engram = ReadEngram(root, reader.file());
   config.coordinator = ReadCoordinator(root, reader.file());
   RETURN_IF_ERROR(reader.status());
 

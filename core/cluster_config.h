@@ -37,6 +37,9 @@
 //     servers: []                    # host:port of memory nodes; empty = local tables
 //     replication: 1                 # ≤ number of servers when there are servers
 //     memory_node_ram_GB: 512
+//     tls: {cert: "", key: "", ca: ""}   # memory nodes serve TLS with cert+key (both or
+//                                    # neither); clients trust ca (default: cert, self-signed)
+//     token_file: ""                 # bearer token memory nodes require and clients send
 //   coordinator:
 //     listen: 127.0.0.1:50051        # addresses are host:port or unix:path
 //     admin_listen: 127.0.0.1:50052
@@ -120,6 +123,10 @@ struct EngramSpec {
   std::vector<std::string> servers;  // host:port; empty = tables held locally
   int replication = 1;
   double memory_node_ram = 512e9;  // bytes
+  // Resolved paths; empty = off. Memory nodes hold the model's weights: secure them.
+  std::string tls_cert, tls_key;  // memory nodes: TLS server certificate and key
+  std::string tls_ca;             // clients: CA they trust (defaults to tls_cert)
+  std::string token_file;         // bearer token required by nodes, sent by clients
 
   bool remote() const { return !servers.empty(); }
 };

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "yaml-cpp/eventhandler.h"
 
 namespace dsv4 {
 namespace {
@@ -51,6 +52,27 @@ std::string JoinPath(absl::string_view parent, absl::string_view key) {
   return parent.empty() ? std::string(key) : absl::StrCat(parent, ".", key);
 }
 
+// Counts documents and remembers where the last one started; builds nothing.
+struct DocumentCounter : YAML::EventHandler {
+  int documents = 0;
+  YAML::Mark last;
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    ++documents;
+    last = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 }  // namespace
 
 YamlReader::YamlReader(std::string file, absl::Status status)
@@ -58,6 +80,23 @@ YamlReader::YamlReader(std::string file, absl::Status status)
 
 YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::move(file)) {
   try {
+    // yaml-cpp 0.7's LoadAll never returns when a document starts with a stray ',' ("#\n,"):
+    // its parser reports an empty document without consuming the comma, and LoadAll collects
+    // them until memory runs out (found by core/fuzz/cluster_config_fuzz). Count the
+    // documents first, boundedly, and build them only when the count is finite.
+    constexpr int kMaxDocuments = 64;
+    DocumentCounter counter;
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
+    }
+    if (counter.documents >= kMaxDocuments) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrCat(file_, ":", counter.last.line + 1,
+                       ": YAML syntax error: the parser makes no progress here (a stray ',' "
+                       "outside a [list] or {map}?)"));
+      return;
+    }
     std::vector<YAML::Node> docs = YAML::LoadAll(text);
     if (docs.size() > 1) {
       Fail(docs[1], "", absl::StrCat("expected one YAML document, found ", docs.size()));

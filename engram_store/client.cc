@@ -12,6 +12,7 @@
 #include "core/status_macros.h"
 #include "engram_store/table_shards.h"
 #include "grpcpp/grpcpp.h"
+#include "rpc/security.h"
 #include "rpc/status.h"
 
 namespace dsv4::engram {
@@ -92,6 +93,15 @@ ClientOptions ClientOptions::FromCluster(const EngramSpec& spec) {
   return o;
 }
 
+absl::Status LoadClientSecurity(const EngramSpec& spec, ClientOptions* options) {
+  ASSIGN_OR_RETURN(rpc::ClientSecurity security,
+                   rpc::LoadClientSecurity(spec.tls_ca, spec.token_file));
+  options->credentials = std::move(security.credentials);
+  options->tls = !spec.tls_ca.empty();
+  options->token = std::move(security.token);
+  return absl::OkStatus();
+}
+
 EngramClient::EngramClient(const ModelConfig& config, const ClientOptions& options)
     : options_(options),
       plan_{static_cast<int>(options.servers.size()), options.replication},
@@ -128,8 +138,9 @@ absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Create(const ModelCo
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   for (const std::string& address : options.servers) {
-    client->channels_.push_back(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    client->channels_.push_back(grpc::CreateCustomChannel(
+        address, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(),
+        args));
     client->stubs_.push_back(v1::EngramStore::NewStub(client->channels_.back()));
   }
   RETURN_IF_ERROR(client->Handshake());
@@ -143,8 +154,16 @@ absl::Status EngramClient::Handshake() {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          absl::ToChronoMilliseconds(options_.deadline));
+    rpc::AddBearerToken(&context, options_.token);
     v1::StatsResponse stats;
     const grpc::Status s = stubs_[i]->Stats(&context, v1::StatsRequest(), &stats);
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {  // no replica would differ
+      return absl::UnauthenticatedError(absl::StrCat(
+          "Engram store ", options_.servers[i], " refused this client: ", s.error_message(),
+          options_.token.empty() ? " (this client has no token: give the memory nodes' token "
+                                   "file as engram.token_file or --engram_token_file)"
+                                 : " (check engram.token_file / --engram_token_file)"));
+    }
     if (!s.ok()) {  // a node may be down now; its replicas cover it
       absl::StrAppend(&unreachable, " ", options_.servers[i], " (", s.error_message(), ")");
       continue;
@@ -182,9 +201,12 @@ absl::Status EngramClient::Handshake() {
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (!known[i]) {
-      return absl::UnavailableError(absl::StrCat("no Engram store server described layer ",
-                                                 layers_[i].layer_id,
-                                                 "; unreachable:", unreachable));
+      return absl::UnavailableError(absl::StrCat(
+          "no Engram store server described layer ", layers_[i].layer_id,
+          "; unreachable:", unreachable,
+          options_.tls ? " (TLS: the nodes' certificate must be signed by engram.tls.ca / "
+                         "--engram_tls_ca and name the host dialled)"
+                       : " (if the memory nodes serve TLS, set engram.tls.ca or --engram_tls_ca)"));
     }
   }
   return absl::OkStatus();
@@ -299,6 +321,7 @@ void EngramClient::Send(std::shared_ptr<Call> call) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() +
                         absl::ToChronoMilliseconds(options_.deadline));
+  rpc::AddBearerToken(context.get(), options_.token);
   grpc::ClientContext* ctx = context.get();
   call->contexts.push_back(std::move(context));
   {
@@ -404,7 +427,9 @@ ClientStats EngramClient::stats() const {
 absl::StatusOr<std::unique_ptr<EngramClient>> ConnectEngram(const ModelConfig& config,
                                                             const EngramSpec& spec) {
   if (config.engram.layer_ids.empty() || !spec.remote()) return nullptr;
-  return EngramClient::Create(config, ClientOptions::FromCluster(spec));
+  ClientOptions options = ClientOptions::FromCluster(spec);
+  RETURN_IF_ERROR(LoadClientSecurity(spec, &options));
+  return EngramClient::Create(config, options);
 }
 
 std::string EngramReport(const EngramClient& client) {

@@ -15,6 +15,9 @@
 // - Create asks the servers for their tables (Stats) and checks them against the model
 //   config (layer ids, engram_num_embeddings, engram_head_dim, record format), so a client
 //   never mixes rows of another checkpoint.
+// - Security: TLS trusting ClientOptions::credentials' CA and a bearer token, as the
+//   memory nodes require (engram.tls.ca and engram.token_file of the cluster YAML). A node
+//   refusing the token, or a TLS mismatch, fails Create with a message saying what to set.
 #ifndef DSV4_ENGRAM_STORE_CLIENT_H_
 #define DSV4_ENGRAM_STORE_CLIENT_H_
 
@@ -33,6 +36,7 @@
 #include "core/engram_rows.h"
 #include "core/model_config.h"
 #include "engram_store/shard_plan.h"
+#include "grpcpp/security/credentials.h"
 #include "proto/engram.grpc.pb.h"
 
 namespace dsv4::engram {
@@ -45,9 +49,17 @@ struct ClientOptions {
   int64_t max_batch_rows = 16384;                   // larger lookups are split
   absl::Duration backoff = absl::Milliseconds(50);  // doubled per consecutive failure
   absl::Duration max_backoff = absl::Seconds(10);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // null: plaintext
+  bool tls = false;                                       // credentials are TLS (for messages)
+  std::string token;                                      // bearer token; empty: none
 
+  // Servers and replication of `spec`; no files read (see LoadClientSecurity).
   static ClientOptions FromCluster(const EngramSpec& spec);
 };
+
+// Options' credentials (TLS trusting spec.tls_ca when set) and token (spec.token_file's).
+// Errors name the file.
+absl::Status LoadClientSecurity(const EngramSpec& spec, ClientOptions* options);
 
 // Counters for the coordinator's metrics. Monotonic since Create.
 struct ClientStats {

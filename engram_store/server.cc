@@ -2,12 +2,18 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "core/status_macros.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "rpc/security.h"
 #include "rpc/status.h"
 
 namespace dsv4::engram {
@@ -21,7 +27,59 @@ std::string Ranges(const TableShards::Table& t) {
   return out;
 }
 
+// Compares without an early exit: the time taken depends only on the lengths.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
+  }
+  return diff == 0;
+}
+
 }  // namespace
+
+absl::Status LoadServerSecurity(const EngramSpec& spec, ServerOptions* options) {
+  options->tls_cert = spec.tls_cert;
+  options->tls_key = spec.tls_key;
+  options->token.clear();
+  if (!spec.token_file.empty()) {
+    absl::StatusOr<std::string> token = rpc::ReadTokenFile(spec.token_file);
+    if (absl::IsNotFound(token.status())) {
+      return absl::NotFoundError(absl::StrCat(
+          token.status().message(), " (engram.token_file; create one with: (umask 077; openssl ",
+          "rand -hex 32 > ", spec.token_file, "))"));
+    }
+    RETURN_IF_ERROR(token.status());
+    options->token = *std::move(token);
+  }
+  return absl::OkStatus();
+}
+
+// rpc::CheckBearerToken takes the synchronous API's context; Lookup runs on the callback
+// API, so the same check is made here on the base class's metadata.
+grpc::Status EngramStoreService::Authenticate(const grpc::ServerContextBase& context) {
+  if (options_.token.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  const absl::string_view value = it == metadata.end()
+                                      ? absl::string_view()
+                                      : absl::string_view(it->second.data(), it->second.size());
+  constexpr absl::string_view kBearer = "Bearer ";  // the scheme is case-insensitive
+  grpc::Status refused;
+  if (value.size() < kBearer.size() ||
+      !absl::EqualsIgnoreCase(value.substr(0, kBearer.size()), kBearer)) {
+    refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                           "this Engram store requires a bearer token: send 'authorization: "
+                           "Bearer <token>'");
+  } else if (!ConstantTimeEquals(absl::StripAsciiWhitespace(value.substr(kBearer.size())),
+                                 options_.token)) {
+    refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                           "invalid bearer token for this Engram store");
+  }
+  if (!refused.ok()) rejected_.fetch_add(1, std::memory_order_relaxed);
+  return refused;
+}
 
 void TuneMallocForLargeMessages() {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
@@ -82,6 +140,10 @@ grpc::ServerUnaryReactor* EngramStoreService::Lookup(grpc::CallbackServerContext
                                                      const v1::LookupRequest* request,
                                                      v1::LookupResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   absl::StatusOr<const TableShards::Table*> table = Check(*request);
   if (!table.ok()) {
     reactor->Finish(rpc::ToGrpc(table.status()));
@@ -96,6 +158,7 @@ grpc::ServerUnaryReactor* EngramStoreService::Lookup(grpc::CallbackServerContext
 grpc::Status EngramStoreService::StreamLookup(grpc::ServerContext* context,
                                               const v1::LookupRequest* request,
                                               grpc::ServerWriter<v1::LookupResponse>* writer) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
   absl::StatusOr<const TableShards::Table*> table = Check(*request);
   if (!table.ok()) return rpc::ToGrpc(table.status());
   const int64_t per_chunk = std::max<int64_t>(1, options_.max_chunk_bytes / (*table)->record_bytes);
@@ -110,8 +173,9 @@ grpc::Status EngramStoreService::StreamLookup(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status EngramStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+grpc::Status EngramStoreService::Stats(grpc::ServerContext* context, const v1::StatsRequest*,
                                        v1::StatsResponse* response) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
   const TableShardOptions& o = shards_->options();
   response->set_server_index(o.server_index);
   response->set_num_servers(o.plan.num_servers);
@@ -146,11 +210,17 @@ absl::StatusOr<std::unique_ptr<EngramStoreServer>> EngramStoreServer::Start(
     return absl::InvalidArgumentError(
         "Engram store: max_batch_rows and max_chunk_bytes must be ≥ 1");
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      rpc::MakeServerCredentials(options.tls_cert, options.tls_key);
+  if (!credentials.ok()) {
+    return absl::Status(credentials.status().code(),
+                        absl::StrCat("Engram store: ", credentials.status().message()));
+  }
   auto server = std::unique_ptr<EngramStoreServer>(new EngramStoreServer());
   server->service_ = std::make_unique<EngramStoreService>(std::move(shards), options);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(address, *credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   // A full batch of ids must fit: 10 bytes per varint row id, plus framing.
   builder.SetMaxReceiveMessageSize(

@@ -3,6 +3,11 @@
 // F8_E4M3 values then its E8M0 scales, EngramRecordBytes each), Stats, and the standard
 // grpc.health.v1 health service. Bad requests are refused with INVALID_ARGUMENT or
 // RESOURCE_EXHAUSTED naming the limit; no input crashes the server.
+//
+// The rows are the model's weights, so a node can require TLS (ServerOptions::tls_cert and
+// tls_key) and a bearer token (ServerOptions::token, "authorization: Bearer <token>"
+// metadata) on Lookup, StreamLookup and Stats; a call without the right token gets
+// UNAUTHENTICATED, never a hint of the expected value. Health checks stay open.
 #ifndef DSV4_ENGRAM_STORE_SERVER_H_
 #define DSV4_ENGRAM_STORE_SERVER_H_
 
@@ -12,6 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/cluster_config.h"
 #include "engram_store/table_shards.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/engram.grpc.pb.h"
@@ -21,7 +27,13 @@ namespace dsv4::engram {
 struct ServerOptions {
   int64_t max_batch_rows = 65536;     // larger requests get RESOURCE_EXHAUSTED
   int64_t max_chunk_bytes = 1 << 20;  // record data per StreamLookup response
+  std::string tls_cert, tls_key;      // PEM files; both empty = plaintext
+  std::string token;                  // required bearer token; empty = none
 };
+
+// Options' tls_cert, tls_key and token from a cluster's engram section (the token read from
+// engram.token_file); errors name the file.
+absl::Status LoadServerSecurity(const EngramSpec& spec, ServerOptions* options);
 
 // Lookup, the hot path, runs on the callback API (answered inline on gRPC's event threads,
 // no hand-off to a sync worker pool); StreamLookup and Stats are synchronous.
@@ -41,6 +53,8 @@ class EngramStoreService final
  private:
   // The table a request reads, or the status refusing it.
   absl::StatusOr<const TableShards::Table*> Check(const v1::LookupRequest& request);
+  // OK when the call carries the token (or none is required); UNAUTHENTICATED otherwise.
+  grpc::Status Authenticate(const grpc::ServerContextBase& context);
   // Copies the records of request rows [from, to) into response->data.
   void Fill(const TableShards::Table& table, const v1::LookupRequest& request, int64_t from,
             int64_t to, v1::LookupResponse* response);

@@ -45,6 +45,11 @@ echo "== dsv4 checkpoint inspect $CKPT"
 "$BIN/dsv4" checkpoint inspect "$CKPT" | head -n 12
 
 echo "== starting 2 Engram memory nodes ($CLUSTER, engram.servers)"
+ENGRAM_TOKEN=checkpoints/engram.token  # engram.token_file of $CLUSTER: required by the nodes
+if [ ! -s "$ENGRAM_TOKEN" ]; then
+  (umask 077 && openssl rand -hex 32 >"$ENGRAM_TOKEN")
+  echo "   created the Engram bearer token $ENGRAM_TOKEN"
+fi
 for i in 0 1; do
   "$BIN/dsv4-engram-store" --checkpoint "$CKPT" --cluster "$CLUSTER" --index "$i" \
     >"$LOGS/engram-$i.log" 2>&1 &

@@ -298,6 +298,23 @@ TEST_F(EngineEngramTest, RemoteTablesGiveTheLocalLogits) {
   ExpectMatchesRun(Yaml(), 3, {Tokens(150, 0), Tokens(110, 1)}, 100, "engram");
 }
 
+TEST_F(EngineEngramTest, TokenSecuredTablesGiveTheLocalLogits) {
+  // Memory nodes requiring a bearer token; the YAML's engram.token_file gives it to the
+  // attention ranks. Without it the engine stops with a clear error.
+  const std::string token = Path("engram.token");
+  std::ofstream(token) << "engine-test-engram-token\n";
+  servers_ = engram::testing::StartServerProcesses(Checkpoint(), 2, 2, " --token_file " + token);
+  ASSERT_EQ(servers_.addresses.size(), 2u);
+  const std::string secured = WriteYaml(
+      "engram-token.yaml", absl::StrCat(OneNodeYaml(2, 1, 0), "engram:\n  servers: [",
+                                        absl::StrJoin(servers_.addresses, ", "),
+                                        "]\n  replication: 2\n  token_file: ", token, "\n"));
+  ExpectMatchesRun(secured, 3, {Tokens(120, 2)}, 100, "engram-token");
+  const testing::CommandResult refused = Engine(Yaml(), 3, "--tokens 1,2,3");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_THAT(refused.output, ::testing::HasSubstr("refused this client")) << refused.output;
+}
+
 TEST_F(EngineEngramTest, EngineSurvivesAKilledMemoryNode) {
   // Fresh n-grams every step (Tokens does not repeat), so each decode step looks rows up on
   // both shards; the kill lands after step 5 of 1 + 280 steps.

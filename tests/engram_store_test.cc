@@ -4,7 +4,9 @@
 // naming the tensor), value and scale tensors in different shard files, request
 // validation, streaming, health, and the client: the fp32 rows it returns equal the
 // checkpoint's rows dequantised here with straight code, also with a replica killed
-// mid-run, and it refuses another model's store.
+// mid-run, and it refuses another model's store. Security: rows need the bearer token
+// (UNAUTHENTICATED otherwise, never revealing it), TLS with the right CA works, plaintext,
+// another CA and a certificate for another host do not.
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -608,6 +610,246 @@ TEST_F(EngramStoreTest, ClientRefusesAnotherModelsStore) {
   two.servers.push_back(two.servers[0]);  // the same server listed as server 1 of 2
   EXPECT_THAT(EngramClient::Create(*config_, two).status().message(),
               HasSubstr("serves as server 0 of 1"));
+}
+
+// --- Security: the rows are the model's weights. -------------------------------------
+
+constexpr char kToken[] = "0123456789abcdef-engram-token";
+
+// Self-signed certificates made once by the openssl CLI: "server" and "other" name
+// localhost / 127.0.0.1, "wronghost" names only wrong.example.
+class EngramSecurityTest : public EngramStoreTest {
+ protected:
+  static void SetUpTestSuite() {
+    EngramStoreTest::SetUpTestSuite();
+    certs_ = new dsv4::testing::TempDir("engram-certs");
+    for (const auto& [name, san] :
+         std::vector<std::pair<std::string, std::string>>{{"server", "DNS:localhost,IP:127.0.0.1"},
+                                                          {"other", "DNS:localhost,IP:127.0.0.1"},
+                                                          {"wronghost", "DNS:wrong.example"}}) {
+      const dsv4::testing::CommandResult result = dsv4::testing::RunCommand(absl::StrCat(
+          "/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=dsv4-test "
+          "-addext subjectAltName=",
+          san, " -days 1 -keyout ", Cert(name + ".key"), " -out ", Cert(name + ".crt")));
+      ASSERT_EQ(result.exit_code, 0) << result.output;
+    }
+    WriteFile(Cert("token"), std::string(kToken) + "\n");
+  }
+  static void TearDownTestSuite() {
+    delete certs_;
+    certs_ = nullptr;
+    EngramStoreTest::TearDownTestSuite();
+  }
+  static std::string Cert(const std::string& name) { return certs_->path() + "/" + name; }
+
+  // One server with `tls` ("" = plaintext; else a certificate name) and kToken required.
+  std::vector<std::unique_ptr<EngramStoreServer>> StartSecured(const std::string& tls) {
+    ServerOptions options;
+    options.token = kToken;
+    if (!tls.empty()) {
+      options.tls_cert = Cert(tls + ".crt");
+      options.tls_key = Cert(tls + ".key");
+    }
+    return StartServers(1, 1, options);
+  }
+  // Client options trusting `ca` ("" = plaintext) and sending `token`.
+  static ClientOptions Secured(const std::vector<std::unique_ptr<EngramStoreServer>>& servers,
+                               const std::string& ca, const std::string& token) {
+    ClientOptions options = Options(servers, 1);
+    EngramSpec spec;
+    if (!ca.empty()) spec.tls_ca = Cert(ca + ".crt");
+    EXPECT_TRUE(LoadClientSecurity(spec, &options).ok());
+    options.token = token;
+    return options;
+  }
+
+  static dsv4::testing::TempDir* certs_;
+};
+dsv4::testing::TempDir* EngramSecurityTest::certs_ = nullptr;
+
+// A raw call of each method with `authorization` metadata ("" = none).
+std::vector<grpc::Status> CallEveryMethod(const std::string& address,
+                                          const std::string& authorization) {
+  auto stub =
+      v1::EngramStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  std::vector<grpc::Status> out;
+  v1::LookupRequest request;
+  request.set_layer(1);
+  request.add_rows(3);
+  for (int method = 0; method < 3; ++method) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+    if (method == 0) {
+      v1::LookupResponse response;
+      out.push_back(stub->Lookup(&context, request, &response));
+      if (out.back().ok()) {
+        EXPECT_EQ(response.data().size(), 66u);
+      }
+    } else if (method == 1) {
+      auto reader = stub->StreamLookup(&context, request);
+      v1::LookupResponse response;
+      while (reader->Read(&response)) {
+      }
+      out.push_back(reader->Finish());
+    } else {
+      v1::StatsResponse response;
+      out.push_back(stub->Stats(&context, v1::StatsRequest(), &response));
+    }
+  }
+  return out;
+}
+
+TEST_F(EngramSecurityTest, RowsNeedTheToken) {
+  auto servers = StartSecured("");
+  ASSERT_EQ(servers.size(), 1u);
+  const std::string address = servers[0]->address();
+  for (const std::string& authorization :
+       {std::string(), std::string("Bearer wrong-token"), std::string("Basic ") + kToken,
+        std::string("Bearer ") + std::string(kToken).substr(0, 10)}) {
+    for (const grpc::Status& s : CallEveryMethod(address, authorization)) {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << authorization;
+      EXPECT_THAT(s.error_message(), ::testing::Not(HasSubstr(kToken)));
+      EXPECT_THAT(s.error_message(), ::testing::Not(HasSubstr("0123456789")));
+    }
+  }
+  for (const std::string& authorization :
+       {std::string("Bearer ") + kToken, std::string("bearer ") + kToken}) {
+    for (const grpc::Status& s : CallEveryMethod(address, authorization)) {
+      EXPECT_TRUE(s.ok()) << s.error_message();
+    }
+  }
+
+  // The client fails clearly without the token or with a wrong one, and reads rows with it.
+  absl::Status s = EngramClient::Create(*config_, Secured(servers, "", "")).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(s.message(), AllOf(HasSubstr("refused this client"), HasSubstr("no token"),
+                                 HasSubstr("engram.token_file")));
+  s = EngramClient::Create(*config_, Secured(servers, "", "not-the-token")).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(s.message(),
+              AllOf(HasSubstr("invalid bearer token"), ::testing::Not(HasSubstr(kToken))));
+  absl::StatusOr<std::unique_ptr<EngramClient>> client =
+      EngramClient::Create(*config_, Secured(servers, "", kToken));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, SomeRows(7, 20));
+}
+
+TEST_F(EngramSecurityTest, HealthStaysOpen) {
+  auto servers = StartSecured("");
+  ASSERT_EQ(servers.size(), 1u);
+  grpc::GenericStub stub(
+      grpc::CreateChannel(servers[0]->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) { done.set_value(s); });
+  EXPECT_TRUE(done.get_future().get().ok());
+}
+
+TEST_F(EngramSecurityTest, TlsWithTheRightCaServesRows) {
+  auto servers = StartSecured("server");
+  ASSERT_EQ(servers.size(), 1u);
+  absl::StatusOr<std::unique_ptr<EngramClient>> client =
+      EngramClient::Create(*config_, Secured(servers, "server", kToken));
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, SomeRows(8, 20));
+  // TLS alone is not enough: the token is still required.
+  EXPECT_EQ(EngramClient::Create(*config_, Secured(servers, "server", "")).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(EngramSecurityTest, TlsRefusesPlaintextWrongCaAndWrongHost) {
+  auto servers = StartSecured("server");
+  ASSERT_EQ(servers.size(), 1u);
+  ClientOptions options = Secured(servers, "", kToken);  // plaintext to a TLS port
+  options.deadline = absl::Seconds(2);
+  absl::Status s = EngramClient::Create(*config_, options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.message(), HasSubstr("if the memory nodes serve TLS, set engram.tls.ca"));
+  options = Secured(servers, "other", kToken);  // another certificate trusted
+  options.deadline = absl::Seconds(2);
+  s = EngramClient::Create(*config_, options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.message(), HasSubstr("signed by engram.tls.ca"));
+
+  // The certificate is trusted but names another host than the one dialled.
+  auto wrong_host = StartSecured("wronghost");
+  ASSERT_EQ(wrong_host.size(), 1u);
+  options = Secured(wrong_host, "wronghost", kToken);
+  options.deadline = absl::Seconds(2);
+  s = EngramClient::Create(*config_, options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.message(), HasSubstr("name the host dialled"));
+}
+
+TEST_F(EngramSecurityTest, ClusterYamlGivesBothSidesTheirCredentials) {
+  // Relative paths resolve against the YAML's directory; ca defaults to cert.
+  const std::string yaml = absl::StrCat(
+      "name: t\nhardware: ", DSV4_SOURCE_DIR, "/cluster-configs/hardware/ascend-950dt.yaml\n",
+      "topology: {supernodes: 1, nodes_per_supernode: 1, chips_per_node: 2, links: {",
+      "intra_node: {bandwidth_GBps: 1, latency_us: 1}, intra_supernode: {bandwidth_GBps: 1, ",
+      "latency_us: 1}, inter_supernode: {bandwidth_GBps: 1, latency_us: 1}}}\n",
+      "roles: {attention_ranks: 1, expert_ranks: 1}\n",
+      "engram:\n  servers: [\"127.0.0.1:1\"]\n  tls: {cert: server.crt, key: server.key}\n",
+      "  token_file: token\n");
+  absl::StatusOr<ClusterConfig> cluster = ParseClusterConfig(yaml, Cert("cluster.yaml"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  EXPECT_EQ(cluster->engram.tls_cert, Cert("server.crt"));
+  EXPECT_EQ(cluster->engram.tls_key, Cert("server.key"));
+  EXPECT_EQ(cluster->engram.tls_ca, Cert("server.crt"));
+  EXPECT_EQ(cluster->engram.token_file, Cert("token"));
+
+  // The node's options and the client's, from the same section: rows flow.
+  ServerOptions server_options;
+  ASSERT_TRUE(LoadServerSecurity(cluster->engram, &server_options).ok());
+  EXPECT_EQ(server_options.token, kToken);
+  auto servers = StartServers(1, 1, server_options);
+  ASSERT_EQ(servers.size(), 1u);
+  EngramSpec spec = cluster->engram;
+  spec.servers = {servers[0]->address()};
+  absl::StatusOr<std::unique_ptr<EngramClient>> client = ConnectEngram(*config_, spec);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, SomeRows(9, 10));
+
+  // A missing token file is named; cert without key is refused with its line.
+  spec.token_file = Cert("absent");
+  EXPECT_THAT(ConnectEngram(*config_, spec).status().message(), HasSubstr(Cert("absent")));
+  const std::string half =
+      absl::StrCat(yaml.substr(0, yaml.find("  tls:")), "  tls: {cert: server.crt}\n");
+  EXPECT_THAT(ParseClusterConfig(half, Cert("cluster.yaml")).status().message(),
+              HasSubstr("engram.tls: cert and key must be given together"));
+}
+
+TEST_F(EngramSecurityTest, StoreBinaryServesTlsAndTokenFromItsFlags) {
+  const std::string bin = std::string(DSV4_BIN_DIR) + "/dsv4-engram-store --checkpoint " +
+                          dir_->path() + " --listen 127.0.0.1:0";
+  dsv4::testing::CommandResult r =
+      dsv4::testing::RunCommand(bin + " --token_file " + Cert("absent"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, AllOf(HasSubstr("cannot read token file " + Cert("absent")),
+                              HasSubstr("openssl rand -hex 32 > " + Cert("absent"))));
+  r = dsv4::testing::RunCommand(bin + " --tls_cert " + Cert("server.crt"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("TLS needs both a certificate and a private key"));
+
+  dsv4::testing::Process store(absl::StrCat(bin, " --tls_cert ", Cert("server.crt"), " --tls_key ",
+                                            Cert("server.key"), " --token_file ", Cert("token")));
+  const std::string ready = "listening on ";
+  ASSERT_TRUE(store.WaitFor(ready, std::chrono::seconds(30))) << store.output();
+  EXPECT_THAT(store.output(), HasSubstr("TLS, bearer token required"));
+  const size_t at = store.output().find(ready) + ready.size();
+  EngramSpec spec;
+  spec.servers = {store.output().substr(at, store.output().find('\n', at) - at)};
+  spec.tls_ca = Cert("server.crt");
+  spec.token_file = Cert("token");
+  absl::StatusOr<std::unique_ptr<EngramClient>> client = ConnectEngram(*config_, spec);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectRows(**client, SomeRows(10, 10));
+  spec.token_file.clear();
+  EXPECT_EQ(ConnectEngram(*config_, spec).status().code(), absl::StatusCode::kUnauthenticated);
 }
 
 TEST(EngramStoreBinaryTest, RefusesBadSetupsWithAClearMessage) {

@@ -51,17 +51,18 @@ inline ClientOptions Options(const std::vector<std::unique_ptr<EngramStoreServer
 
 // `n` dsv4-engram-store processes of checkpoint `dir` with replication `r`, each on a
 // loopback port it picks, and the addresses they report once serving. The processes die
-// with this object.
+// with this object. `extra_flags` go to every process (e.g. " --token_file F").
 struct ServerProcesses {
   std::vector<std::unique_ptr<dsv4::testing::Process>> processes;
   std::vector<std::string> addresses;
 };
-inline ServerProcesses StartServerProcesses(const std::string& dir, int n, int r) {
+inline ServerProcesses StartServerProcesses(const std::string& dir, int n, int r,
+                                            const std::string& extra_flags = "") {
   ServerProcesses s;
   for (int i = 0; i < n; ++i) {
     s.processes.push_back(std::make_unique<dsv4::testing::Process>(
         absl::StrCat(DSV4_BIN_DIR, "/dsv4-engram-store --checkpoint ", dir, " --listen 127.0.0.1:0",
-                     " --num_servers ", n, " --replication ", r, " --index ", i)));
+                     " --num_servers ", n, " --replication ", r, " --index ", i, extra_flags)));
   }
   const std::string ready = "listening on ";
   for (const auto& p : s.processes) {
