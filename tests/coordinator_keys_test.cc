@@ -207,7 +207,8 @@ class KeysServerTest : public ::testing::Test {
     return r;
   }
   std::unique_ptr<FakeEngine> Connect() {
-    auto engine = std::make_unique<FakeEngine>(channel_, "engine-0");
+    auto engine = std::make_unique<FakeEngine>(
+        EngineChannel(server_->engine_address(), server_->engine_token()), "engine-0");
     engine::v1::CoordinatorMessage welcome;
     EXPECT_TRUE(engine->Receive(&welcome) && welcome.has_welcome());
     return engine;

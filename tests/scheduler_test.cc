@@ -40,6 +40,7 @@ class SchedulerTest : public ::testing::Test {
     server_ = *std::move(server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::Inference::NewStub(channel_);
+    engine_channel_ = EngineChannel(server_->engine_address(), server_->engine_token());
   }
   void SetUp() override { Start(); }
   void TearDown() override {
@@ -56,7 +57,8 @@ class SchedulerTest : public ::testing::Test {
 
   // A fake engine the coordinator has registered (its Welcome received).
   std::unique_ptr<FakeEngine> Connect(int max_running = 8) {
-    auto engine = std::make_unique<FakeEngine>(channel_, "engine-0", "v4-mini", -1, max_running);
+    auto engine =
+        std::make_unique<FakeEngine>(engine_channel_, "engine-0", "v4-mini", -1, max_running);
     engine::v1::CoordinatorMessage welcome;
     EXPECT_TRUE(engine->Receive(&welcome) && welcome.has_welcome());
     return engine;
@@ -87,6 +89,7 @@ class SchedulerTest : public ::testing::Test {
 
   std::unique_ptr<CoordinatorServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<grpc::Channel> engine_channel_;  // the engine listener, with the engine token
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
 

@@ -486,6 +486,7 @@ TEST_F(ServingTest, SquattersOnALaunchedIdAreRefusedAndNeverBlockItsRelaunch) {
   auto admin = admin::v1::Admin::NewStub(
       grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
   admin::v1::DrainEngineRequest drain;
   drain.set_engine_id("engine-0");
   admin::v1::DrainEngineResponse ignored;
