@@ -1,5 +1,7 @@
 #include "coordinator/admin_service.h"
 
+#include "coordinator/log_safe.h"
+
 #include "rpc/status.h"
 
 namespace dsv4::coordinator {
@@ -29,7 +31,7 @@ grpc::Status AdminService::DrainEngine(grpc::ServerContext* context,
   message.mutable_drain();
   const absl::Status status = registry_.Send(request->engine_id(), message);
   if (status.ok())
-    logger_->info("admin {}: draining engine {}", context->peer(), request->engine_id());
+    logger_->info("admin {}: draining engine {}", context->peer(), LogSafe(request->engine_id()));
   return rpc::ToGrpc(status);
 }
 
@@ -41,8 +43,8 @@ grpc::Status AdminService::ShutdownEngine(grpc::ServerContext* context,
   message.mutable_shutdown()->set_reason(request->reason());
   const absl::Status status = registry_.Send(request->engine_id(), message);
   if (status.ok()) {
-    logger_->info("admin {}: shutting down engine {} ({})", context->peer(), request->engine_id(),
-                  request->reason());
+    logger_->info("admin {}: shutting down engine {} ({})", context->peer(),
+                  LogSafe(request->engine_id()), LogSafe(request->reason()));
   }
   return rpc::ToGrpc(status);
 }
@@ -77,8 +79,8 @@ grpc::Status AdminService::Rebalance(grpc::ServerContext* context,
   response->set_placement_summary(done->placement_summary());
   response->set_imbalance(done->imbalance());
   response->set_baseline_imbalance(done->baseline_imbalance());
-  logger_->info("admin {}: rebalanced engine {} from {} routed tokens", context->peer(), id,
-                routed);
+  logger_->info("admin {}: rebalanced engine {} from {} routed tokens", context->peer(),
+                LogSafe(id), routed);
   return grpc::Status::OK;
 }
 

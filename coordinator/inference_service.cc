@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/log_safe.h"
 #include "core/checkpoint_layout.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -152,29 +153,6 @@ grpc::Status InferenceService::GetClusterStatus(grpc::ServerContext* context,
   if (launched_) launched_(response);
   response->set_queue_depth(scheduler_.queue_depth());
   return grpc::Status::OK;
-}
-
-std::string LogSafe(const std::string& text) {
-  constexpr size_t kMax = 256;
-  std::string escaped;
-  for (const char ch : text.substr(0, kMax)) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '\\') {
-      escaped += "\\\\";
-    } else if (c == '\n') {
-      escaped += "\\n";
-    } else if (c == '\r') {
-      escaped += "\\r";
-    } else if (c == '\t') {
-      escaped += "\\t";
-    } else if (c < 0x20 || c >= 0x7f) {
-      escaped += absl::StrFormat("\\x%02x", c);
-    } else {
-      escaped += ch;
-    }
-  }
-  if (text.size() > kMax) escaped += "...";
-  return escaped;
 }
 
 EngineControlService::EngineControlService(EngineExpectations expected, int heartbeat_interval_ms,

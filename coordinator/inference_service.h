@@ -114,10 +114,6 @@ class EngineControlService final : public engine::v1::EngineControl::Service {
   std::shared_ptr<spdlog::logger> logger_;
 };
 
-// `text` (an engine-supplied string) made safe for one log line: control characters,
-// quotes, backslashes and non-ASCII bytes C-escaped, and cut to 256 bytes.
-std::string LogSafe(const std::string& text);
-
 }  // namespace dsv4::coordinator
 
 #endif  // DSV4_COORDINATOR_INFERENCE_SERVICE_H_
