@@ -27,16 +27,6 @@ std::string Ranges(const TableShards::Table& t) {
   return out;
 }
 
-// Compares without an early exit: the time taken depends only on the lengths.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  const size_t n = std::min(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
-  }
-  return diff == 0;
-}
-
 }  // namespace
 
 absl::Status LoadServerSecurity(const EngramSpec& spec, ServerOptions* options) {
@@ -72,8 +62,8 @@ grpc::Status EngramStoreService::Authenticate(const grpc::ServerContextBase& con
     refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                            "this Engram store requires a bearer token: send 'authorization: "
                            "Bearer <token>'");
-  } else if (!ConstantTimeEquals(absl::StripAsciiWhitespace(value.substr(kBearer.size())),
-                                 options_.token)) {
+  } else if (!rpc::ConstantTimeEquals(absl::StripAsciiWhitespace(value.substr(kBearer.size())),
+                                      options_.token)) {
     refused = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                            "invalid bearer token for this Engram store");
   }

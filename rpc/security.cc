@@ -47,16 +47,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view 
   return contents;
 }
 
-// Compares without an early exit, so the time taken depends only on the lengths.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  const size_t n = std::min(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
-  }
-  return diff == 0;
-}
-
 // The token of the call's "authorization: Bearer <token>" metadata; UNAUTHENTICATED when
 // there is none.
 grpc::Status PresentedToken(const grpc::ServerContext& context, absl::string_view* token) {
@@ -94,6 +84,15 @@ bool ValidKeyName(absl::string_view name) {
 }
 
 }  // namespace
+
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
+  }
+  return diff == 0;
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const std::string& cert_file, const std::string& key_file) {

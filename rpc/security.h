@@ -60,6 +60,9 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(const std::string& ca_file,
 // authorization metadata: send 'authorization: Bearer <token>'" or "invalid bearer token".
 grpc::Status CheckBearerToken(const grpc::ServerContext& context, const std::string& token);
 
+// Compares without an early exit: the time taken depends only on the lengths (for secrets).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+
 // Client side: adds the metadata CheckBearerToken expects; no-op when `token` is empty.
 void AddBearerToken(grpc::ClientContext* context, const std::string& token);
 
