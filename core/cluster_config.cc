@@ -250,10 +250,10 @@ EngramSpec ReadEngram(const YamlMap& root, const std::string& yaml_file) {
 }
 
 CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_file) {
-  const YamlMap coord = root.Map(
-      "coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue", "max_restarts",
-                      "engines", "tls", "auth_token_file", "api_keys_file", "admin_token_file",
-                      "engine_listen", "engine_token_file"});
+  const YamlMap coord =
+      root.Map("coordinator", {"listen", "admin_listen", "metrics_listen", "max_queue",
+                               "max_restarts", "engines", "tls", "auth_token_file", "api_keys_file",
+                               "admin_token_file", "engine_listen", "engine_token_file"});
   CoordinatorSpec spec;
   const CoordinatorSpec defaults;
   spec.listen = ReadAddress(coord, "listen", defaults.listen);

@@ -2,6 +2,7 @@
 #ifndef DSV4_TESTS_MODEL_TEST_UTIL_H_
 #define DSV4_TESTS_MODEL_TEST_UTIL_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -73,6 +74,14 @@ inline absl::StatusOr<LoadedModel> GenerateAndLoad(const std::string& json_text,
   gen.tokenizer_path = tokenizer_path;
   if (absl::Status s = GenerateCheckpoint(*config, json_text, dir, gen); !s.ok()) return s;
   return LoadModelDir(dir, options);
+}
+
+// Logits of order one: not exploded or vanished over the layers.
+inline void ExpectWellConditioned(const std::vector<float>& logits) {
+  double max_abs = 0;
+  for (float v : logits) max_abs = std::max(max_abs, std::fabs(static_cast<double>(v)));
+  EXPECT_GT(max_abs, 0.1);
+  EXPECT_LT(max_abs, 1e3);
 }
 
 // Logits [T, V] of a one-shot prefill from position 0 in a fresh sequence.

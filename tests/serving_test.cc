@@ -65,6 +65,24 @@ class ServingTest : public ::testing::Test {
   static void TearDownTestSuite() { delete dir_; }
   static std::string Path(const std::string& name) { return dir_->path() + "/" + name; }
 
+  // The operator API, and a call context carrying the admin token Start created.
+  std::unique_ptr<admin::v1::Admin::Stub> Admin() const {
+    return admin::v1::Admin::NewStub(
+        grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
+  }
+  static void AddAdminToken(grpc::ClientContext* context) {
+    context->AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
+  }
+  // Drains engine-0 (it finishes its work and, launched, starts again).
+  void DrainEngine0() {
+    grpc::ClientContext context;
+    AddAdminToken(&context);
+    admin::v1::DrainEngineRequest drain;
+    drain.set_engine_id("engine-0");
+    admin::v1::DrainEngineResponse ignored;
+    ASSERT_TRUE(Admin()->DrainEngine(&context, drain, &ignored).ok());
+  }
+
   void TearDown() override {
     if (server_) server_->Shutdown();
   }
@@ -411,14 +429,7 @@ TEST_F(ServingTest, ADrainedEngineFinishesItsWorkAndStartsAgain) {
   std::atomic<int> received{0};
   auto running = Generate(request, &received);
   WaitForTokens(received, 5);
-  auto admin = admin::v1::Admin::NewStub(
-      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
-  admin::v1::DrainEngineRequest drain;
-  drain.set_engine_id("engine-0");
-  admin::v1::DrainEngineResponse ignored;
-  ASSERT_TRUE(admin->DrainEngine(&context, drain, &ignored).ok());
+  ASSERT_NO_FATAL_FAILURE(DrainEngine0());
   auto queued = Generate(Request(Prompt(10, 6), 8, 3));  // waits for the new engine
 
   const Streamed finished = running.get();  // the drained engine ran it to its end
@@ -483,14 +494,7 @@ TEST_F(ServingTest, SquattersOnALaunchedIdAreRefusedAndNeverBlockItsRelaunch) {
     return int64_t{-1};
   };
 
-  auto admin = admin::v1::Admin::NewStub(
-      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
-  admin::v1::DrainEngineRequest drain;
-  drain.set_engine_id("engine-0");
-  admin::v1::DrainEngineResponse ignored;
-  ASSERT_TRUE(admin->DrainEngine(&context, drain, &ignored).ok());
+  ASSERT_NO_FATAL_FAILURE(DrainEngine0());
   const int64_t second = relaunched(first);
   ASSERT_GT(second, 0) << "the drained engine was not relaunched";
   const Streamed after_drain = Generate(Request(Prompt(10, 3), 4, 1)).get();
@@ -556,11 +560,10 @@ TEST_F(ServingTest, RebalancingMidStreamDropsNothing) {
   std::future<std::vector<Streamed>> during =
       std::async(std::launch::async, [&] { return GenerateAll(requests, &received); });
   WaitForTokens(received, 40);
-  auto admin = admin::v1::Admin::NewStub(
-      grpc::CreateChannel(server_->admin_address(), grpc::InsecureChannelCredentials()));
+  auto admin = Admin();
   grpc::ClientContext context;
   context.set_deadline(Deadline(60));
-  context.AddMetadata("authorization", "Bearer " + *rpc::ReadTokenFile(Path("admin.token")));
+  AddAdminToken(&context);
   admin::v1::RebalanceRequest request;
   request.set_engine_id("engine-0");
   admin::v1::RebalanceResponse response;

@@ -24,6 +24,7 @@
 namespace dsv4 {
 namespace {
 
+using testing::ExpectWellConditioned;
 using testing::GenerateAndLoad;
 using testing::LoadedModel;
 using testing::Prefill;
@@ -65,11 +66,7 @@ void ExpectMatchesReference(const LoadedModel& m, const std::vector<int32_t>& to
   naive::NaiveV41 reference(m.config, m.checkpoint.get(), TinyTokenMap());
   const std::vector<float> expected = reference.Forward(tokens);
   ASSERT_EQ(logits.numel(), static_cast<int64_t>(expected.size()));
-  // Well-conditioned: logits of order one, not exploded or vanished over the layers.
-  double max_abs = 0;
-  for (float v : expected) max_abs = std::max(max_abs, std::fabs(static_cast<double>(v)));
-  EXPECT_GT(max_abs, 0.1);
-  EXPECT_LT(max_abs, 1e3);
+  ExpectWellConditioned(expected);
   const int64_t v = m.config.vocab_size;
   for (size_t t = 0; t < tokens.size(); ++t) {
     EXPECT_LT(RelativeError(logits.data() + t * v, expected.data() + t * v, v), 1e-4)
