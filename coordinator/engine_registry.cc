@@ -113,6 +113,13 @@ void EngineRegistry::RecordHeartbeat(const std::string& engine_id,
   }
 }
 
+void EngineRegistry::RecordOccupancy(const std::string& engine_id,
+                                     const engine::v1::Occupancy& occupancy) {
+  absl::MutexLock lock(&mu_);
+  auto it = engines_.find(engine_id);
+  if (it != engines_.end()) *it->second.heartbeat.mutable_occupancy() = occupancy;
+}
+
 std::vector<std::string> EngineRegistry::CancelSilent(absl::Duration max_silence, absl::Time now) {
   std::vector<std::shared_ptr<EngineConnection>> silent;
   std::vector<std::string> ids;
@@ -263,10 +270,12 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
       rank->set_pid(r.pid());
     }
     const engine::v1::Heartbeat& hb = entry.heartbeat;
-    engine->set_running_requests(hb.running_sequences());
-    engine->set_kv_usage(hb.kv_budget_tokens() > 0 ? static_cast<double>(hb.kv_used_tokens()) /
-                                                         static_cast<double>(hb.kv_budget_tokens())
-                                                   : 0.0);
+    const engine::v1::Occupancy& occupancy = hb.occupancy();
+    engine->set_running_requests(occupancy.running_sequences());
+    engine->set_kv_usage(occupancy.kv_budget_tokens() > 0
+                             ? static_cast<double>(occupancy.kv_used_tokens()) /
+                                   static_cast<double>(occupancy.kv_budget_tokens())
+                             : 0.0);
     engine->set_measured_step_ms(hb.measured_step_ms());
     engine->set_modelled_step_ms(hb.modelled_step_ms());
     for (const auto& [layer, counts] : entry.expert_load) {

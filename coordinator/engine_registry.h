@@ -70,6 +70,8 @@ class EngineRegistry {
   // Records the latest load report of a registered engine (ignored for unknown ids); its
   // expert load adds up over the engine's life.
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
+  // Replaces the occupancy of the engine's last heartbeat with a fresher one.
+  void RecordOccupancy(const std::string& engine_id, const engine::v1::Occupancy& occupancy);
   // Cancels the streams of engines silent (no Hello or Heartbeat) for longer than
   // `max_silence`, as of `now`; returns their ids. Their handlers then remove them.
   std::vector<std::string> CancelSilent(absl::Duration max_silence, absl::Time now);

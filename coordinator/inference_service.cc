@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "coordinator/log_safe.h"
 #include "core/checkpoint_layout.h"
+#include "core/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "rpc/security.h"
@@ -207,20 +208,38 @@ absl::Status EngineControlService::CheckHello(const engine::v1::Hello& hello) co
   return absl::OkStatus();
 }
 
+absl::Status EngineControlService::CheckOccupancy(const engine::v1::Occupancy& o,
+                                                  absl::string_view field) const {
+  constexpr int64_t kMaxTokens = int64_t{1} << 40;  // far beyond any real KV budget
+  if (o.running_sequences() < 0 || o.running_sequences() > expected_.max_running ||
+      o.queued_sequences() < 0 || o.queued_sequences() > expected_.max_running) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": running_sequences or queued_sequences exceeds the engine's capacity"));
+  }
+  if (o.kv_used_tokens() < 0 || o.kv_budget_tokens() < 0 || o.kv_budget_tokens() > kMaxTokens ||
+      o.kv_used_tokens() > o.kv_budget_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": kv_used_tokens and kv_budget_tokens must satisfy 0 ≤ used ≤ budget"));
+  }
+  return absl::OkStatus();
+}
+
+void EngineControlService::RecordOccupancy(const std::string& engine_id,
+                                           const engine::v1::Occupancy& occupancy) {
+  registry_.RecordOccupancy(engine_id, occupancy);
+  if (metrics_ != nullptr && occupancy.kv_budget_tokens() > 0) {
+    metrics_->SetKvUsage(engine_id, static_cast<double>(occupancy.kv_used_tokens()) /
+                                        static_cast<double>(occupancy.kv_budget_tokens()));
+  }
+}
+
 absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& hb) const {
   constexpr int64_t kMaxCount = int64_t{1} << 40;  // tokens, steps: far beyond any real run
   auto bad = [](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("heartbeat.", what));
   };
   if (hb.step() < 0 || hb.step() > kMaxCount) return bad("step is out of range");
-  if (hb.running_sequences() < 0 || hb.running_sequences() > expected_.max_running ||
-      hb.queued_sequences() < 0 || hb.queued_sequences() > expected_.max_running) {
-    return bad("running_sequences or queued_sequences exceeds the engine's capacity");
-  }
-  if (hb.kv_used_tokens() < 0 || hb.kv_budget_tokens() < 0 || hb.kv_budget_tokens() > kMaxCount ||
-      hb.kv_used_tokens() > hb.kv_budget_tokens()) {
-    return bad("kv_used_tokens and kv_budget_tokens must satisfy 0 ≤ used ≤ budget");
-  }
+  RETURN_IF_ERROR(CheckOccupancy(hb.occupancy(), "heartbeat.occupancy"));
   for (double ms : {hb.measured_step_ms(), hb.modelled_step_ms(), hb.engram_stall_ms()}) {
     if (!(ms >= 0 && ms < 1e12)) return bad("a time is negative, not finite or out of range");
   }
@@ -250,11 +269,8 @@ absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& h
 void EngineControlService::RecordHeartbeat(const std::string& engine_id,
                                            const engine::v1::Heartbeat& heartbeat) {
   registry_.RecordHeartbeat(engine_id, heartbeat);
+  RecordOccupancy(engine_id, heartbeat.occupancy());
   if (metrics_ == nullptr) return;
-  if (heartbeat.kv_budget_tokens() > 0) {
-    metrics_->SetKvUsage(engine_id, static_cast<double>(heartbeat.kv_used_tokens()) /
-                                        static_cast<double>(heartbeat.kv_budget_tokens()));
-  }
   metrics_->SetEngramStallSeconds(engine_id, heartbeat.engram_stall_ms() * 1e-3);
   for (const engine::v1::LayerExpertLoad& layer : heartbeat.expert_load()) {
     metrics_->RecordExpertLoad(
@@ -314,6 +330,12 @@ grpc::Status EngineControlService::Connect(
           break;
         }
         RecordHeartbeat(id, message.heartbeat());
+      } else if (message.has_occupancy()) {
+        if (absl::Status s = CheckOccupancy(message.occupancy(), "occupancy"); !s.ok()) {
+          result = rpc::ToGrpc(s);
+          break;
+        }
+        RecordOccupancy(id, message.occupancy());
       } else if (message.has_drained()) {
         break;
       } else if (message.has_tokens()) {
@@ -326,8 +348,9 @@ grpc::Status EngineControlService::Connect(
             id, message.rebalanced().step(), message.rebalanced().imbalance(),
             message.rebalanced().baseline_imbalance());
       } else {
-        result = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "expected heartbeat, tokens, rebalanced or drained after hello");
+        result = grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            "expected heartbeat, occupancy, tokens, rebalanced or drained after hello");
         break;
       }
     }

@@ -102,7 +102,10 @@ class EngineControlService final : public engine::v1::EngineControl::Service {
 
  private:
   absl::Status CheckHello(const engine::v1::Hello& hello) const;
+  absl::Status CheckOccupancy(const engine::v1::Occupancy& occupancy,
+                              absl::string_view field) const;
   absl::Status CheckHeartbeat(const engine::v1::Heartbeat& heartbeat) const;
+  void RecordOccupancy(const std::string& engine_id, const engine::v1::Occupancy& occupancy);
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
 
   const EngineExpectations expected_;

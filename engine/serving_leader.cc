@@ -5,6 +5,7 @@
 
 #include "core/status_macros.h"
 #include "engine/log.h"
+#include "google/protobuf/util/message_differencer.h"
 
 namespace dsv4 {
 
@@ -44,8 +45,9 @@ void ServingLeader::HeartbeatLoop() {
       expert_load_.clear();
       step_seconds_ = modelled_seconds_ = 0;
       steps_ = 0;
+      // Sent under the lock: a heartbeat never overtakes a newer Occupancy from the step loop.
+      if (!control_.Send(message).ok()) return;
     }
-    if (!control_.Send(message).ok()) return;
   }
 }
 
@@ -91,10 +93,17 @@ absl::StatusOr<StepPlan> ServingLeader::NextPlan() {
     {
       absl::MutexLock lock(&mu_);
       progress_ = absl::Now();
-      heartbeat_.set_running_sequences(planner_.running());
-      heartbeat_.set_queued_sequences(planner_.waiting());
-      heartbeat_.set_kv_used_tokens(planner_.kv_used_tokens());
-      heartbeat_.set_kv_budget_tokens(planner_.kv_budget_tokens());
+      engine::v1::Occupancy occupancy;
+      occupancy.set_running_sequences(planner_.running());
+      occupancy.set_queued_sequences(planner_.waiting());
+      occupancy.set_kv_used_tokens(planner_.kv_used_tokens());
+      occupancy.set_kv_budget_tokens(planner_.kv_budget_tokens());
+      if (!google::protobuf::util::MessageDifferencer::Equals(occupancy, heartbeat_.occupancy())) {
+        *heartbeat_.mutable_occupancy() = occupancy;
+        engine::v1::EngineMessage out;
+        *out.mutable_occupancy() = std::move(occupancy);
+        RETURN_IF_ERROR(control_.Send(out));
+      }
     }
     if (draining_ && planner_.idle()) {
       engine::v1::EngineMessage drained;

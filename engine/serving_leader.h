@@ -7,7 +7,9 @@
 //
 // Heartbeats go out every Welcome.heartbeat_interval_ms from their own thread, so a long
 // step never looks like a dead engine, unless a step outlasts `max_step`: then they stop
-// and the coordinator's watchdog declares the engine hung.
+// and the coordinator's watchdog declares the engine hung. What the engine holds (running
+// sequences, KV in use) also goes out after every step that changed it, so the cluster's
+// status is fresh within a step.
 #ifndef DSV4_ENGINE_SERVING_LEADER_H_
 #define DSV4_ENGINE_SERVING_LEADER_H_
 

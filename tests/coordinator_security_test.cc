@@ -1,7 +1,8 @@
 // TLS credentials and bearer-token authentication against a real gRPC server on a loopback
 // socket, with self-signed certificates made by the openssl CLI: a client trusting the
-// server's certificate gets through, insecure clients and clients trusting another
-// certificate do not; the token check accepts the right token only. Also the files' errors.
+// server's certificate gets through; insecure clients, clients trusting another certificate
+// and clients dialling a host the certificate does not name do not; the token check accepts the
+// right token only. Also the files' errors.
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -79,15 +80,19 @@ grpc::Status CallTokenize(const std::string& address,
 
 class SecurityTest : public ::testing::Test {
  protected:
-  // Two self-signed certificates for localhost / 127.0.0.1, made once: the server's and an
-  // unrelated one.
+  // Self-signed certificates, made once: the server's and an unrelated one for localhost /
+  // 127.0.0.1, and one naming only another host.
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir("dsv4-security-test");
-    for (const std::string name : {"server", "other"}) {
-      const testing::CommandResult result = testing::RunCommand(
-          absl::StrCat("/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost "
-                       "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 1 -keyout ",
-                       Path(name + ".key"), " -out ", Path(name + ".crt")));
+    for (const auto& [name, subject_alt_name] :
+         {std::pair<std::string, std::string>{"server", "DNS:localhost,IP:127.0.0.1"},
+          {"other", "DNS:localhost,IP:127.0.0.1"},
+          {"wronghost", "DNS:wrong.example"}}) {
+      const testing::CommandResult result = testing::RunCommand(absl::StrCat(
+          "/usr/bin/openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -addext "
+          "subjectAltName=",
+          subject_alt_name, " -days 1 -keyout ", Path(name + ".key"), " -out ",
+          Path(name + ".crt")));
       ASSERT_EQ(result.exit_code, 0) << result.output;
     }
   }
@@ -97,9 +102,9 @@ class SecurityTest : public ::testing::Test {
   }
   static std::string Path(const std::string& name) { return dir_->path() + "/" + name; }
 
-  static std::shared_ptr<grpc::ServerCredentials> ServerTls() {
+  static std::shared_ptr<grpc::ServerCredentials> ServerTls(const std::string& name = "server") {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-        MakeServerCredentials(Path("server.crt"), Path("server.key"));
+        MakeServerCredentials(Path(name + ".crt"), Path(name + ".key"));
     EXPECT_TRUE(credentials.ok()) << credentials.status();
     return credentials.ok() ? *credentials : nullptr;
   }
@@ -131,6 +136,17 @@ TEST_F(SecurityTest, TlsClientTrustingTheCertificateGetsThrough) {
   // TLS, but the server's certificate is not the one the client trusts.
   grpc::Status untrusted = CallTokenize(server.address(), ClientCredentials(Path("other.crt")), "");
   EXPECT_EQ(untrusted.error_code(), grpc::StatusCode::UNAVAILABLE) << untrusted.error_message();
+}
+
+// The client trusts the server's certificate, but it names another host than the one
+// dialled: the handshake fails.
+TEST_F(SecurityTest, TlsRefusesACertificateForAnotherHost) {
+  std::shared_ptr<grpc::ServerCredentials> tls = ServerTls("wronghost");
+  ASSERT_NE(tls, nullptr);
+  TestServer server(tls, "");
+  ASSERT_NE(server.server, nullptr);
+  grpc::Status s = CallTokenize(server.address(), ClientCredentials(Path("wronghost.crt")), "");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
 }
 
 TEST_F(SecurityTest, InsecureServerAndClient) {

@@ -389,9 +389,9 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
 
   engine::v1::EngineMessage heartbeat;
   engine::v1::Heartbeat* hb = heartbeat.mutable_heartbeat();
-  hb->set_running_sequences(3);
-  hb->set_kv_used_tokens(256);
-  hb->set_kv_budget_tokens(1024);
+  hb->mutable_occupancy()->set_running_sequences(3);
+  hb->mutable_occupancy()->set_kv_used_tokens(256);
+  hb->mutable_occupancy()->set_kv_budget_tokens(1024);
   hb->set_measured_step_ms(12.5);
   hb->set_modelled_step_ms(0.75);
   engine::v1::LayerExpertLoad* load = hb->add_expert_load();
@@ -421,6 +421,19 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
   EXPECT_EQ(e.ranks(1).resident_bytes(), 2000);
   ASSERT_EQ(status.expert_load_size(), 1);
   EXPECT_THAT(status.expert_load(0).tokens_per_expert(), ::testing::ElementsAre(5, 7));
+
+  // An Occupancy between heartbeats replaces the heartbeat's; the rest of it stays.
+  engine::v1::EngineMessage occupancy;
+  occupancy.mutable_occupancy()->set_kv_used_tokens(768);
+  occupancy.mutable_occupancy()->set_kv_budget_tokens(1024);
+  ASSERT_TRUE(engine.Send(occupancy));
+  for (int i = 0; i < 500; ++i) {
+    status = Status();
+    if (status.engines(0).kv_usage() != 0.25) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_DOUBLE_EQ(status.engines(0).kv_usage(), 0.75);
+  EXPECT_DOUBLE_EQ(status.engines(0).measured_step_ms(), 12.5);
 
   // A second engine with the same id is refused; the first stays registered.
   FakeEngine twin(engine_channel_, "engine-0");

@@ -185,39 +185,46 @@ TEST_F(EngineIdentityTest, ClaimedCapacityIsCappedByTheYaml) {
   EXPECT_EQ(admits, 2);
 }
 
-TEST_F(EngineIdentityTest, HeartbeatsAreBounded) {
+TEST_F(EngineIdentityTest, HeartbeatsAndOccupancyAreBounded) {
   struct Case {
     std::string message;
-    std::function<void(engine::v1::Heartbeat*)> mutate;
+    std::function<void(engine::v1::EngineMessage*)> mutate;
   };
   const std::vector<Case> cases = {
       {"expert_load[0].layer 1073741824 is not a layer of the coordinator's model",
-       [](auto* hb) { hb->add_expert_load()->set_layer(1 << 30); }},
+       [](auto* m) { m->mutable_heartbeat()->add_expert_load()->set_layer(1 << 30); }},
       {"expert_load[0].layer -1 is not a layer",
-       [](auto* hb) { hb->add_expert_load()->set_layer(-1); }},
+       [](auto* m) { m->mutable_heartbeat()->add_expert_load()->set_layer(-1); }},
       {"experts, more than the coordinator's model",
-       [](auto* hb) {
-         auto* load = hb->add_expert_load();
+       [](auto* m) {
+         auto* load = m->mutable_heartbeat()->add_expert_load();
          for (int e = 0; e < 100000; ++e) load->add_tokens_per_expert(1);
        }},
       {"expert_load has",
-       [](auto* hb) {
-         for (int l = 0; l < 5000; ++l) hb->add_expert_load()->set_layer(0);
+       [](auto* m) {
+         for (int l = 0; l < 5000; ++l) m->mutable_heartbeat()->add_expert_load()->set_layer(0);
        }},
-      {"running_sequences", [](auto* hb) { hb->set_running_sequences(1 << 30); }},
-      {"kv_used_tokens",
-       [](auto* hb) {
-         hb->set_kv_used_tokens(10);
-         hb->set_kv_budget_tokens(5);
+      {"heartbeat.occupancy: running_sequences",
+       [](auto* m) {
+         m->mutable_heartbeat()->mutable_occupancy()->set_running_sequences(1 << 30);
        }},
+      {"heartbeat.occupancy: kv_used_tokens",
+       [](auto* m) {
+         m->mutable_heartbeat()->mutable_occupancy()->set_kv_used_tokens(10);
+         m->mutable_heartbeat()->mutable_occupancy()->set_kv_budget_tokens(5);
+       }},
+      {"occupancy: running_sequences or queued_sequences",
+       [](auto* m) { m->mutable_occupancy()->set_queued_sequences(-1); }},
+      {"occupancy: kv_used_tokens",
+       [](auto* m) { m->mutable_occupancy()->set_kv_budget_tokens(int64_t{1} << 50); }},
   };
   for (const Case& c : cases) {
     FakeEngine engine(Engines(server_->engine_token()), "engine-0");
     engine::v1::CoordinatorMessage welcome;
     ASSERT_TRUE(engine.Receive(&welcome));
-    engine::v1::EngineMessage heartbeat;
-    c.mutate(heartbeat.mutable_heartbeat());
-    engine.Send(heartbeat);
+    engine::v1::EngineMessage message;
+    c.mutate(&message);
+    engine.Send(message);
     const grpc::Status s = engine.Close();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.message;
     EXPECT_THAT(s.error_message(), HasSubstr(c.message));

@@ -141,7 +141,34 @@ TEST_F(ServingLeaderTest, HeartbeatsCarryTheReportedExpertLoadPerLayer) {
   EXPECT_EQ(with_load.expert_load(1).layer(), 1);
   EXPECT_THAT(with_load.expert_load(1).tokens_per_expert(), ElementsAre(0, 0, 0, 5));
   EXPECT_GT(with_load.step(), 0);
-  EXPECT_EQ(with_load.kv_used_tokens(), 0);  // the request finished and was released
+  EXPECT_EQ(with_load.occupancy().kv_used_tokens(), 0);  // the request finished, was released
+}
+
+// Between heartbeats, an Occupancy goes out after every step that changed what the engine
+// holds, and only then: the prompt, then one more token a step, then nothing.
+TEST_F(ServingLeaderTest, OccupancyFollowsEveryStepThatChangesIt) {
+  Start();
+  coordinator_.Push(AdmitMessage("r1", 5, 3));
+  RunUntilIdle(/*token=*/42);
+  ASSERT_TRUE(coordinator_.WaitFor(
+      [](const Received& r) {
+        return !r.empty() && r.back().has_occupancy() &&
+               r.back().occupancy().running_sequences() == 0;
+      },
+      absl::Seconds(10)));
+  std::vector<int64_t> kv_used;
+  std::vector<int> running;
+  for (const engine::v1::EngineMessage& m : coordinator_.received()) {
+    if (!m.has_occupancy()) continue;
+    EXPECT_EQ(m.occupancy().kv_budget_tokens(), 1 * ServingLimits{}.engine.kv_budget_tokens);
+    const int held = m.occupancy().running_sequences() + m.occupancy().queued_sequences();
+    if (held == 0 && running.empty()) continue;  // idle before the Admit arrived
+    kv_used.push_back(m.occupancy().kv_used_tokens());
+    running.push_back(held);
+  }
+  // Admitted (nothing in the KV state yet), prefilled, two decode steps, released.
+  EXPECT_THAT(kv_used, ElementsAre(0, 5, 6, 0));
+  EXPECT_THAT(running, ElementsAre(1, 1, 1, 0));
 }
 
 TEST_F(ServingLeaderTest, HeartbeatsStopWhileAStepOutlastsMaxStep) {
