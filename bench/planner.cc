@@ -54,7 +54,9 @@ int main(int argc, char** argv) {
   size_t plans = 0;
   for (int run = 0; run < kRuns; ++run) {
     const dsv4::bench::Stopwatch watch;
-    auto result = dsv4::planner::RunPlanner(*config, *cluster, *workload, {});
+    dsv4::planner::PlannerOptions options;
+    options.layouts = dsv4::planner::LayoutFamily::kAfd;  // as measured before the default changed
+    auto result = dsv4::planner::RunPlanner(*config, *cluster, *workload, options);
     seconds.push_back(watch.wall());
     cpu_seconds.push_back(watch.cpu());
     if (!result.ok()) {
@@ -72,7 +74,7 @@ int main(int argc, char** argv) {
       {"benchmark", "planner_full_sweep"},
       {"description",
        "dsv4 plan sweep: deepseek-v4-pro on atlas950-superpod, workloads/chat.yaml, default "
-       "options (disaggregated layouts), one thread"},
+       "options but --layouts afd (attention-FFN disaggregated), one thread"},
       {"runs", kRuns},
       {"seconds_min", seconds.front()},
       {"seconds_median", median},

@@ -28,9 +28,10 @@ ABSL_FLAG(double, slo_ttft_ms, 0, "time-to-first-token SLO (p90), ms; overrides 
 ABSL_FLAG(double, slo_tpot_ms, 0, "time-per-output-token SLO, ms; overrides the workload's");
 ABSL_FLAG(std::string, objective, "throughput-per-chip",
           "ranking: throughput-per-chip, chips-for-rate or cost");
-ABSL_FLAG(
-    std::string, layouts, "disaggregated",
-    "unit layouts to search: disaggregated (dsv4-engine), colocated (DeepSeek-style) or both");
+ABSL_FLAG(std::string, layouts, "colocated",
+          "unit layouts to search: colocated (DeepSeek-style: every chip attends and holds "
+          "experts), afd (attention-FFN disaggregation: attention and expert ranks on separate "
+          "chips, as dsv4-engine runs) or both");
 ABSL_FLAG(int32_t, top, 10, "plans to list");
 ABSL_FLAG(double, memory_reserve, 0.10, "share of HBM kept free for the runtime");
 ABSL_FLAG(double, chip_cost_per_hour, 1.0, "cost objective: cost of a chip-hour");

@@ -457,7 +457,7 @@ std::vector<UnitLayout> UnitShapes(const ModelConfig& config, const ClusterShape
       }
     }
   }
-  if (family != LayoutFamily::kDisaggregated) {
+  if (family != LayoutFamily::kAfd) {
     for (const ExpertOption& x : ExpertOptions(config, kColocatedRanks)) {
       UnitLayout l;
       l.colocated = true;
@@ -531,12 +531,26 @@ absl::StatusOr<Objective> ParseObjective(std::string_view name) {
                    "' (expected throughput-per-chip, chips-for-rate or cost)"));
 }
 
+std::string_view LayoutFamilyName(LayoutFamily family) {
+  switch (family) {
+    case LayoutFamily::kColocated:
+      return "colocated";
+    case LayoutFamily::kAfd:
+      return "afd";
+    case LayoutFamily::kBoth:
+      return "both";
+  }
+  return "?";
+}
+
 absl::StatusOr<LayoutFamily> ParseLayoutFamily(std::string_view name) {
-  if (name == "disaggregated") return LayoutFamily::kDisaggregated;
-  if (name == "colocated") return LayoutFamily::kColocated;
-  if (name == "both") return LayoutFamily::kBoth;
-  return absl::InvalidArgumentError(absl::StrCat("unknown layout family '", std::string(name),
-                                                 "' (expected disaggregated, colocated or both)"));
+  for (LayoutFamily f : {LayoutFamily::kColocated, LayoutFamily::kAfd, LayoutFamily::kBoth}) {
+    if (LayoutFamilyName(f) == name) return f;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown --layouts '", std::string(name),
+      "' (expected colocated: DeepSeek-style, every chip attends and holds experts; afd: "
+      "attention-FFN disaggregation, as dsv4-engine runs; or both)"));
 }
 
 std::string_view PhaseName(Phase phase) { return phase == Phase::kPrefill ? "prefill" : "decode"; }

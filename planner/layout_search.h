@@ -42,7 +42,11 @@ enum class Objective { kThroughputPerChip, kChipsForRate, kCost };
 std::string_view ObjectiveName(Objective objective);  // "throughput-per-chip"
 absl::StatusOr<Objective> ParseObjective(std::string_view name);
 
-enum class LayoutFamily { kDisaggregated, kColocated, kBoth };
+// Unit layouts: co-located (every chip attends and holds experts, DeepSeek's V3/R1
+// serving), attention-FFN disaggregated (attention and expert ranks on separate chips, as
+// dsv4-engine runs them), or both. Unrelated to the prefill/decode split of every plan.
+enum class LayoutFamily { kColocated, kAfd, kBoth };
+std::string_view LayoutFamilyName(LayoutFamily family);  // "colocated", "afd", "both"
 absl::StatusOr<LayoutFamily> ParseLayoutFamily(std::string_view name);
 
 enum class Phase { kPrefill, kDecode };
@@ -52,7 +56,7 @@ struct PlannerOptions {
   Objective objective = Objective::kThroughputPerChip;
   std::optional<double> slo_ttft;  // seconds; overrides the workload's
   std::optional<double> slo_tpot;
-  LayoutFamily layouts = LayoutFamily::kDisaggregated;
+  LayoutFamily layouts = LayoutFamily::kColocated;
   // HBM kept free for the runtime, allocator fragmentation and communication buffers.
   double memory_reserve = 0.10;
   // Cost objective: relative cost of a chip-hour and of an Engram memory node-hour.
@@ -78,8 +82,17 @@ struct UnitLayout {
                               // attention rank per step (chunked-prefill budget)
   int micro_batches = 1;
   bool hierarchical = false;  // relayed dispatch (one copy per destination supernode/node)
+  // Ranks sharing one chip package: 2 on a two-die package (Ascend 910C) run one rank per
+  // die, each with half the package's compute, HBM and links. At most the chip's dies.
+  int ranks_per_chip = 1;
+  // Disaggregated only: expert-side ranks holding a replica of the shared expert, which then
+  // leaves the attention ranks (CloudMatrix-Infer's decode: 32 of 320 dies).
+  int shared_expert_ranks = 0;
 
-  int chips() const { return colocated ? attention_ranks : attention_ranks + expert_ranks; }
+  int ranks() const {
+    return colocated ? attention_ranks : attention_ranks + expert_ranks + shared_expert_ranks;
+  }
+  int chips() const { return (ranks() + ranks_per_chip - 1) / ranks_per_chip; }
   int slots_per_expert_rank(const ModelConfig& config) const;
   std::string Describe() const;  // "A96+E416 r32 b64 m2 flat"
 };

@@ -27,6 +27,14 @@ const std::string kRoot = DSV4_SOURCE_DIR;
 using ::dsv4::testing::PresetModelConfig;
 using ::dsv4::testing::ShippedClusterConfig;
 
+// The sweep tests plan dsv4-engine's layouts (attention-FFN disaggregated), which the
+// runtime can run and emit.
+PlannerOptions Afd() {
+  PlannerOptions options;
+  options.layouts = LayoutFamily::kAfd;
+  return options;
+}
+
 Workload LoadShipped(const std::string& name) {
   absl::StatusOr<Workload> w = LoadWorkload(kRoot + "/workloads/" + name + ".yaml");
   EXPECT_TRUE(w.ok()) << w.status();
@@ -107,7 +115,7 @@ class PlannerSweepTest : public ::testing::Test {
     config_ = new ModelConfig(PresetModelConfig("deepseek-v4-pro"));
     cluster_ = new ClusterConfig(ShippedClusterConfig("cluster-configs/atlas950-superpod.yaml"));
     workload_ = new Workload(LoadShipped("chat"));
-    absl::StatusOr<PlanResult> result = RunPlanner(*config_, *cluster_, *workload_, {});
+    absl::StatusOr<PlanResult> result = RunPlanner(*config_, *cluster_, *workload_, Afd());
     ASSERT_TRUE(result.ok()) << result.status();
     result_ = new PlanResult(*std::move(result));
   }
@@ -231,13 +239,13 @@ TEST_F(PlannerSweepTest, MoreHbmBandwidthNeverSlowsDecode) {
     }
   }
   EXPECT_GT(memory_bound, 0);
-  absl::StatusOr<PlanResult> again = RunPlanner(*config_, faster, *workload_, {});
+  absl::StatusOr<PlanResult> again = RunPlanner(*config_, faster, *workload_, Afd());
   ASSERT_TRUE(again.ok());
   EXPECT_GE(again->plans[0].tokens_per_s_per_chip, result_->plans[0].tokens_per_s_per_chip);
 }
 
 TEST_F(PlannerSweepTest, ImpossibleSloNamesTheBindingConstraint) {
-  PlannerOptions options;
+  PlannerOptions options = Afd();
   options.slo_tpot = 1e-4;
   absl::StatusOr<PlanResult> r = RunPlanner(*config_, *cluster_, *workload_, options);
   ASSERT_TRUE(r.ok());
@@ -251,7 +259,7 @@ TEST_F(PlannerSweepTest, ImpossibleSloNamesTheBindingConstraint) {
 TEST_F(PlannerSweepTest, TooLittleMemoryNamesMemory) {
   ClusterConfig small = *cluster_;
   small.hardware.hbm_capacity.value = 8e9;  // less than the attention weights
-  absl::StatusOr<PlanResult> r = RunPlanner(*config_, small, *workload_, {});
+  absl::StatusOr<PlanResult> r = RunPlanner(*config_, small, *workload_, Afd());
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(r->feasible);
   EXPECT_THAT(r->binding_constraint, HasSubstr("memory"));
@@ -259,7 +267,7 @@ TEST_F(PlannerSweepTest, TooLittleMemoryNamesMemory) {
 }
 
 TEST_F(PlannerSweepTest, ObjectivesRankDifferently) {
-  PlannerOptions options;
+  PlannerOptions options = Afd();
   options.objective = Objective::kChipsForRate;
   absl::StatusOr<PlanResult> r = RunPlanner(*config_, *cluster_, *workload_, options);
   ASSERT_TRUE(r.ok());
@@ -374,7 +382,7 @@ TEST(PlannerCliTest, AcceptsDashedFlagsAndWritesOutputs) {
       dsv4::testing::Dsv4() +
       " plan --model models/deepseek-v4-pro/config.json --cluster "
       "cluster-configs/atlas950-superpod.yaml --workload workloads/chat.yaml --slo-tpot-ms 45 "
-      "--objective=chips-for-rate --top 3 --json " +
+      "--objective=chips-for-rate --layouts afd --top 3 --json " +
       dir.path() + "/r.json --svg " + dir.path() + "/r.svg --emit-cluster-config " + dir.path() +
       "/unit.yaml");
   ASSERT_EQ(run.exit_code, 0) << run.output;
