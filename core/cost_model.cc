@@ -417,7 +417,7 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
     take(&s.attention);
   }
   if (IsMoeLayer(c, layer)) {
-    const int64_t E = c.routed_experts(layer), F = c.moe_intermediate_size;
+    const int64_t E = c.routed_experts(layer);
     AddBytes(StorageFormat::kBf16, kBf16Bytes * E * d, &w);  // gate
     if (c.is_hash_layer(layer)) {
       AddBytes(StorageFormat::kInt, 8.0 * c.vocab_size * c.num_experts_per_tok, &w);  // tid2eid
@@ -425,11 +425,7 @@ LayerWeightSplit SplitLayerWeights(const ModelConfig& c, int layer,
       AddBytes(StorageFormat::kFp32, kF32Bytes * E, &w);  // bias
     }
     take(&s.router);
-    for (int i = 0; i < c.n_shared_experts; ++i) {
-      AddDense(c, F, d, &w);
-      AddDense(c, d, F, &w);
-      AddDense(c, F, d, &w);
-    }
+    w += SharedExpertWeights(c);
   } else {
     const int64_t I = c.intermediate_size;
     AddDense(c, I, d, &w);
@@ -528,6 +524,8 @@ std::string_view BottleneckName(Bottleneck b) {
       return "link_latency";
     case Bottleneck::kEngram:
       return "engram";
+    case Bottleneck::kKernelFloor:
+      return "kernel_floor";
   }
   return "?";
 }
@@ -567,6 +565,7 @@ WorkCounters& WorkCounters::operator*=(double factor) {
   weight_bytes *= factor;
   kv_bytes *= factor;
   activation_bytes *= factor;
+  kernels *= factor;
   return *this;
 }
 
@@ -604,6 +603,9 @@ StepCost& StepCost::operator+=(const StepCost& other) {
   engram_hide_fraction = std::max(engram_hide_fraction, other.engram_hide_fraction);
   micro_batches = std::max(micro_batches, other.micro_batches);
   colocated = colocated || other.colocated;
+  expert_rank = expert_rank || other.expert_rank;
+  eager = eager || other.eager;
+  exchange_takes_compute = exchange_takes_compute && other.exchange_takes_compute;
   return *this;
 }
 
@@ -661,6 +663,17 @@ WeightBytesByFormat RoutedExpertWeights(const ModelConfig& config) {
   return w;
 }
 
+WeightBytesByFormat SharedExpertWeights(const ModelConfig& config) {
+  WeightBytesByFormat w;
+  const int64_t d = config.hidden_size, F = config.moe_intermediate_size;
+  for (int i = 0; i < config.n_shared_experts; ++i) {
+    AddDense(config, F, d, &w);
+    AddDense(config, d, F, &w);
+    AddDense(config, F, d, &w);
+  }
+  return w;
+}
+
 WeightBytesByFormat EdgeWeights(const ModelConfig& config) {
   const double d = config.hidden_size, V = config.vocab_size;
   WeightBytesByFormat w;
@@ -681,6 +694,28 @@ WeightBytesByFormat EngramTableWeights(const ModelConfig& config, int layer) {
   AddBytes(StorageFormat::kFp8, rows * EngramRecordBytes(config), &w);
   return w;
 }
+
+namespace {
+
+// Kernel launches per layer of each component (CostComponent order), counted from the
+// official inference code's calls, fused where it fuses: the embedding gather; mHC pre and
+// post of both sub-layers; wq_a, q norm, wq_b, wkv, kv norm with RoPE, wo_a, wo_b and the
+// output reshuffle; compressor GEMM and pooling; indexer wq_b, weights_proj and keys;
+// index scores and top-k; sparse attention; gate GEMM and top-k; w13, SwiGLU, w2 (shared,
+// dense and grouped routed experts alike); Engram wkv, gate and add; final norm, head and
+// sampling.
+constexpr std::array<double, kNumCostComponents> kKernelsPerLayer = {1, 4, 8, 2, 3, 2, 1,
+                                                                     2, 3, 3, 3, 3, 3};
+
+// Sets the kernel count of every component that has work (one layer's, or one step's edges).
+void CountKernels(StepCost* cost) {
+  for (int i = 0; i < kNumCostComponents; ++i) {
+    WorkCounters& w = cost->work[i];
+    if (w.total_flops() > 0 || w.hbm_bytes() > 0) w.kernels = kKernelsPerLayer[i];
+  }
+}
+
+}  // namespace
 
 StepCost AttentionLayerCost(const ModelConfig& config, int layer,
                             absl::Span<const SequenceChunk> chunks, const CostOptions& options) {
@@ -722,6 +757,7 @@ StepCost AttentionLayerCost(const ModelConfig& config, int layer,
     cost.engram_fetches += 1;
     cost.engram_hide_fraction = EngramHideFraction(config);
   }
+  CountKernels(&cost);
   if (config.is_mtp(layer) && config.is_v4() && !config.is_v41()) {
     // MTP: e_proj and h_proj on each token, then the shared head on its predictions.
     const double d = config.hidden_size;
@@ -750,6 +786,7 @@ StepCost RoutedExpertCost(const ModelConfig& config, double token_expert_pairs,
           ? local_experts
           : local_experts * (1 - std::pow(1 - 1 / local_experts, token_expert_pairs));
   w.weight_bytes += std::min(hit, token_expert_pairs) * RoutedExpertWeights(config).total();
+  CountKernels(&cost);
   return cost;
 }
 
@@ -761,6 +798,7 @@ StepCost EdgeCost(const ModelConfig& config, absl::Span<const SequenceChunk> chu
   WorkCounters& embed = cost.at(CostComponent::kEmbedding);
   embed.weight_bytes += t.tokens * kBf16Bytes * d;  // one row per token
   embed.activation_bytes += t.tokens * kBf16Bytes * n * d;
+  CountKernels(&cost);
   if (t.sampled <= 0) return cost;
   WorkCounters& head = cost.at(CostComponent::kHead);
   // V4's hc_head mixes the streams with its own projection; V4.1 collapses them with the
@@ -770,6 +808,7 @@ StepCost EdgeCost(const ModelConfig& config, absl::Span<const SequenceChunk> chu
   head.flops[Idx(ComputeDtype::kFp32)] += t.sampled * (hc_head ? 2 * n * n * d : 2 * n * d);
   head.activation_bytes += t.sampled * (kBf16Bytes * (n + 2) * d + kF32Bytes * V);
   head.weight_bytes += kBf16Bytes * (V * d + d) + (hc_head ? kF32Bytes * n * n * d : 0);
+  CountKernels(&cost);
   return cost;
 }
 
@@ -921,6 +960,11 @@ RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,
                           const EngramPath& engram) {
   RankTime t;
   const double hbm = hw.AchievableHbmBandwidth();
+  const double floor = (cost.eager ? hw.kernel_floor_eager : hw.kernel_floor_graph).value;
+  // While micro-batches overlap an all-to-all, its kernels hold part of the compute units.
+  const bool overlapped = cost.micro_batches > 1 && cost.exchange_takes_compute &&
+                          (cost.dispatch.exchanges > 0 || cost.combine.exchanges > 0);
+  const double compute_share = overlapped ? 1 - hw.compute_lost_to_communication.value : 1;
   for (int i = 0; i < kNumCostComponents; ++i) {
     const WorkCounters& w = cost.work[i];
     const CostComponent component = static_cast<CostComponent>(i);
@@ -932,13 +976,18 @@ RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,
       }
     }
     const double mem_time = w.hbm_bytes() / hbm;
-    const double time = std::max(flop_time, mem_time);
+    const double kernel_time = w.kernels * floor;
+    const double time = std::max({flop_time, mem_time, kernel_time}) / compute_share;
     t.component[i] = time;
-    (IsExpertSide(component) ? t.expert_compute : t.attention_compute) += time;
-    (flop_time >= mem_time ? t.compute_bound : t.hbm_bound) += time;
+    (cost.expert_rank || IsExpertSide(component) ? t.expert_compute : t.attention_compute) += time;
+    if (kernel_time > std::max(flop_time, mem_time)) {
+      t.kernel_bound += time;
+    } else {
+      (flop_time >= mem_time ? t.compute_bound : t.hbm_bound) += time;
+    }
   }
   const double eff = hw.Efficiency(OpClass::kAllToAll).value;
-  auto exchange_time = [&](const ExchangeCounters& x) {
+  auto exchange_time = [&](const ExchangeCounters& x, double call_overhead) {
     std::array<double, kNumLinkClasses> seconds{};
     std::array<double, kNumLinkClasses> used_latency{};
     for (int c = 0; c < kNumLinkClasses; ++c) {
@@ -953,12 +1002,12 @@ RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,
     std::sort(used_latency.begin(), used_latency.end(), std::greater<>());
     double hop_latency = used_latency[0];
     if (x.hops > 1) hop_latency += used_latency[1];
-    const double latency = x.exchanges * hop_latency;
+    const double latency = x.exchanges * (hop_latency + call_overhead);
     t.latency += latency;
     return bandwidth_time + latency;
   };
-  t.dispatch = exchange_time(cost.dispatch);
-  t.combine = exchange_time(cost.combine);
+  t.dispatch = exchange_time(cost.dispatch, hw.dispatch_overhead.value);
+  t.combine = exchange_time(cost.combine, hw.combine_overhead.value);
   if (cost.engram_bytes > 0 && engram.bandwidth > 0) {
     t.engram = cost.engram_bytes / engram.bandwidth + cost.engram_fetches * engram.latency;
     t.engram_exposed = std::max(0.0, t.engram - cost.engram_hide_fraction * t.compute());
@@ -982,6 +1031,7 @@ StepTime ModelledTime(absl::Span<const StepCost> ranks, const HardwareSpec& hw,
     s.expert_compute = std::max(s.expert_compute, t.expert_compute);
     s.compute_bound = std::max(s.compute_bound, t.compute_bound);
     s.hbm_bound = std::max(s.hbm_bound, t.hbm_bound);
+    s.kernel_bound = std::max(s.kernel_bound, t.kernel_bound);
     s.dispatch = std::max(s.dispatch, t.dispatch);
     s.combine = std::max(s.combine, t.combine);
     s.latency = std::max(s.latency, t.latency);
@@ -996,8 +1046,8 @@ StepTime ModelledTime(absl::Span<const StepCost> ranks, const HardwareSpec& hw,
   }
   const double loop = s.attention_compute + s.dispatch + s.expert_compute + s.combine;
   out.total = std::max({busiest_compute, busiest_port, loop / micro_batches}) + s.engram_exposed;
-  out.busy = {s.compute_bound, s.hbm_bound, s.link[0],       s.link[1],
-              s.link[2],       s.latency,   s.engram_exposed};
+  out.busy = {s.compute_bound, s.hbm_bound, s.link[0],        s.link[1],
+              s.link[2],       s.latency,   s.engram_exposed, s.kernel_bound};
   out.binding = static_cast<Bottleneck>(std::max_element(out.busy.begin(), out.busy.end()) -
                                         out.busy.begin());
   return out;

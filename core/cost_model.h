@@ -10,10 +10,14 @@
 // seconds on a HardwareSpec, with the SAME function for planner and engine:
 //
 //   component time  = max(Σ_dtype FLOPs / (peak(dtype) · eff(op class)),
-//                         HBM bytes / (HBM bandwidth · eff(memory_bound)))   (a roofline
-//                     per component, summed: kernels of one component share a shape)
+//                         HBM bytes / (HBM bandwidth · eff(memory_bound)),
+//                         kernels · kernel floor (graph or eager))            (a roofline
+//                     per component, summed: kernels of one component share a shape),
+//                     ÷ (1 − compute lost to communication) when micro-batches overlap
+//                     an all-to-all
 //   link time       = per direction: max(scale-up bytes, scale-out bytes) / (bw · eff(all_to_all))
-//                     + exchanges · latency, where intra-node and intra-supernode classes
+//                     + exchanges · (latency + the call's fixed cost), where intra-node and
+//                     intra-supernode classes
 //                     share the chip's scale-up port (a supernode is the scale-up domain)
 //                     and inter-supernode traffic uses the scale-out NIC
 //   step time       = max(busiest compute resource, busiest link port,
@@ -77,6 +81,7 @@ struct WorkCounters {
   double weight_bytes = 0;                        // weights streamed from HBM
   double kv_bytes = 0;                            // KV-state reads and writes
   double activation_bytes = 0;                    // activations read and written
+  double kernels = 0;  // kernel launches: the component takes at least kernels × floor
 
   double hbm_bytes() const { return weight_bytes + kv_bytes + activation_bytes; }
   double total_flops() const;
@@ -109,13 +114,22 @@ struct StepCost {
   // combine traffic each flow both ways on its port. A rank with one role sends one
   // exchange and receives the other.
   bool colocated = false;
+  // An expert-side rank: all its compute is the expert stage of the micro-batch loop (a
+  // rank holding a shared-expert replica runs kSharedExpert there, not on attention ranks).
+  bool expert_rank = false;
+  // Kernels launched one by one rather than replayed from a captured graph (prefill; decode
+  // steps are captured), which sets their floor.
+  bool eager = false;
+  // The exchange's kernels occupy compute units while they overlap compute (DeepEP's normal
+  // kernels); low-latency kernels issue RDMA and free them (decode).
+  bool exchange_takes_compute = true;
 
   WorkCounters& at(CostComponent c) { return work[static_cast<int>(c)]; }
   const WorkCounters& at(CostComponent c) const { return work[static_cast<int>(c)]; }
   double total_flops() const;
   double hbm_bytes() const;
   // Adds the counters; micro_batches, hops and engram_hide_fraction take the larger value,
-  // colocated the logical or.
+  // colocated, expert_rank and eager the logical or, exchange_takes_compute the logical and.
   StepCost& operator+=(const StepCost& other);
   // Scales every counter (not micro_batches, hops or the hide fraction).
   StepCost& operator*=(double factor);
@@ -134,6 +148,7 @@ struct RankTime {
   double expert_compute = 0;                           // Σ expert-side components
   double compute_bound = 0;                            // Σ components whose FLOP term binds
   double hbm_bound = 0;                                // Σ components whose HBM term binds
+  double kernel_bound = 0;                             // Σ components at their kernel floor
   double dispatch = 0;  // link seconds of the dispatch sends, latency included
   double combine = 0;
   std::array<double, kNumLinkClasses> link{};  // bandwidth seconds per class, both exchanges
@@ -151,8 +166,9 @@ enum class Bottleneck {
   kIntraNodeLinks,
   kIntraSupernodeLinks,
   kCrossSupernodeLinks,
-  kLinkLatency,
+  kLinkLatency,  // wire latency and the fixed cost of each dispatch/combine call
   kEngram,
+  kKernelFloor,  // components held at their kernels' least time (launch-bound)
 };
 std::string_view BottleneckName(Bottleneck b);  // "cross_supernode_links"
 
@@ -160,7 +176,7 @@ struct StepTime {
   RankTime stages;   // per-stage maxima over the unit's ranks
   double total = 0;  // modelled step seconds
   // Busy seconds of each bottleneck class on the busiest rank (not additive with total).
-  std::array<double, 7> busy{};  // indexed by Bottleneck
+  std::array<double, 8> busy{};  // indexed by Bottleneck
   Bottleneck binding = Bottleneck::kCompute;
 };
 
@@ -227,6 +243,9 @@ WeightBytesByFormat AttentionLayerWeights(const ModelConfig& config, int layer);
 // One routed expert of an MoE layer (all MoE layers, DSpark stages included, have experts of
 // the same shape; config.routed_experts(layer) says how many).
 WeightBytesByFormat RoutedExpertWeights(const ModelConfig& config);
+// The shared experts of one MoE layer (part of AttentionLayerWeights), for layouts that
+// hold them on expert-side ranks instead.
+WeightBytesByFormat SharedExpertWeights(const ModelConfig& config);
 // Embedding, final norm, head and (V4 only) hc_head.
 WeightBytesByFormat EdgeWeights(const ModelConfig& config);
 // The Engram table of main layer `layer` as released (FP8 rows + one E8M0 scale per 32),

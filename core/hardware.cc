@@ -34,17 +34,20 @@ std::optional<Figure> ReadOptionalFigure(const YamlMap& parent, absl::string_vie
 HardwareSpec Parse(YamlReader& reader) {
   HardwareSpec hw;
   hw.path = reader.file();
-  const YamlMap root = reader.Root({"name", "description", "peak_tflops", "hbm", "interconnect",
-                                    "host_memory_GB_per_chip", "efficiency"});
+  const YamlMap root =
+      reader.Root({"name", "description", "peak_tflops", "hbm", "interconnect",
+                   "host_memory_GB_per_chip", "dies_per_chip", "efficiency", "overheads"});
   hw.name = root.String("name");
   if (reader.ok() && hw.name.empty()) root.Fail("name", "must not be empty");
   hw.description = root.String("description", "");
 
-  const YamlMap peak = root.Map("peak_tflops", {"fp32", "bf16", "fp8", "fp4"}, /*required=*/true);
+  const YamlMap peak =
+      root.Map("peak_tflops", {"fp32", "bf16", "fp8", "fp4", "int8"}, /*required=*/true);
   hw.peak_fp32 = ReadOptionalFigure(peak, "fp32", NumberRule::kPositive, kTera);
   hw.peak_bf16 = ReadFigure(peak, "bf16", NumberRule::kPositive, kTera);
   hw.peak_fp8 = ReadOptionalFigure(peak, "fp8", NumberRule::kPositive, kTera);
   hw.peak_fp4 = ReadOptionalFigure(peak, "fp4", NumberRule::kPositive, kTera);
+  hw.peak_int8 = ReadOptionalFigure(peak, "int8", NumberRule::kPositive, kTera);
 
   const YamlMap hbm = root.Map("hbm", {"capacity_GB", "bandwidth_TBps"}, /*required=*/true);
   hw.hbm_capacity = ReadFigure(hbm, "capacity_GB", NumberRule::kPositive, kGiga);
@@ -56,6 +59,13 @@ HardwareSpec Parse(YamlReader& reader) {
   hw.scale_out_bandwidth = ReadOptionalFigure(link, "scale_out_GBps", NumberRule::kPositive, kGiga);
   hw.host_memory_per_chip =
       ReadOptionalFigure(root, "host_memory_GB_per_chip", NumberRule::kPositive, kGiga);
+  if (root.Has("dies_per_chip")) {
+    hw.dies_per_chip = ReadFigure(root, "dies_per_chip", NumberRule::kPositive, 1.0);
+    const double dies = hw.dies_per_chip.value;
+    if (reader.ok() && (dies != static_cast<int>(dies) || dies > 16)) {
+      root.Fail("dies_per_chip", absl::StrCat("must be a whole number from 1 to 16, got ", dies));
+    }
+  }
 
   const YamlMap eff = root.Map("efficiency", {"gemm", "attention", "memory_bound", "all_to_all"},
                                /*required=*/true);
@@ -63,6 +73,23 @@ HardwareSpec Parse(YamlReader& reader) {
   hw.efficiency_attention = ReadFigure(eff, "attention", NumberRule::kFraction, 1.0);
   hw.efficiency_memory_bound = ReadFigure(eff, "memory_bound", NumberRule::kFraction, 1.0);
   hw.efficiency_all_to_all = ReadFigure(eff, "all_to_all", NumberRule::kFraction, 1.0);
+
+  const YamlMap overheads = root.Map("overheads",
+                                     {"kernel_floor_graph_us", "kernel_floor_eager_us",
+                                      "dispatch_us", "combine_us", "compute_lost_to_communication"},
+                                     /*required=*/false);
+  auto overhead = [&](absl::string_view key, double scale, Figure* out) {
+    if (overheads.Has(key)) *out = ReadFigure(overheads, key, NumberRule::kNonNegative, scale);
+  };
+  constexpr double kMicro = 1e-6;
+  overhead("kernel_floor_graph_us", kMicro, &hw.kernel_floor_graph);
+  overhead("kernel_floor_eager_us", kMicro, &hw.kernel_floor_eager);
+  overhead("dispatch_us", kMicro, &hw.dispatch_overhead);
+  overhead("combine_us", kMicro, &hw.combine_overhead);
+  overhead("compute_lost_to_communication", 1.0, &hw.compute_lost_to_communication);
+  if (reader.ok() && hw.compute_lost_to_communication.value >= 1) {
+    overheads.Fail("compute_lost_to_communication", "must be below 1");
+  }
   return hw;
 }
 
@@ -115,6 +142,7 @@ const Figure& HardwareSpec::PeakFlopsFigure(ComputeDtype dtype) const {
       [[fallthrough]];
     case ComputeDtype::kFp8:
       if (peak_fp8) return *peak_fp8;
+      if (peak_int8) return *peak_int8;
       [[fallthrough]];
     case ComputeDtype::kBf16:
       break;
@@ -136,6 +164,22 @@ const Figure& HardwareSpec::Efficiency(OpClass op) const {
       break;
   }
   return efficiency_all_to_all;
+}
+
+HardwareSpec HardwareSpec::Share(int ranks_per_chip) const {
+  HardwareSpec share = *this;
+  if (ranks_per_chip <= 1) return share;
+  const double f = 1.0 / ranks_per_chip;
+  for (std::optional<Figure>* peak :
+       {&share.peak_fp32, &share.peak_fp8, &share.peak_fp4, &share.peak_int8,
+        &share.scale_out_bandwidth, &share.host_memory_per_chip}) {
+    if (*peak) (*peak)->value *= f;
+  }
+  for (Figure* figure :
+       {&share.peak_bf16, &share.hbm_capacity, &share.hbm_bandwidth, &share.scale_up_bandwidth}) {
+    figure->value *= f;
+  }
+  return share;
 }
 
 double HardwareSpec::AchievableFlops(ComputeDtype dtype, OpClass op) const {

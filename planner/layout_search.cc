@@ -61,11 +61,19 @@ int MoeLayers(const ModelConfig& config) {
   return n;
 }
 
-// Speculative drafts the model can run (it needs a V4 MTP block). V4.1's DSpark stages are
-// loaded and checked but not evaluated by the runtime, so V4.1 is planned without drafts.
+// Speculative drafts the model can run: one per MTP module (each drafts one token further
+// ahead), at most the workload's. V4.1's DSpark stages are loaded and checked but not
+// evaluated by the runtime, so V4.1 is planned without drafts.
 int DraftTokens(const ModelConfig& config, const Workload& workload) {
   if (config.is_v41()) return 0;
-  return config.num_nextn_predict_layers > 0 ? workload.speculative.draft_tokens : 0;
+  return std::min(workload.speculative.draft_tokens, config.num_nextn_predict_layers);
+}
+
+// The workload as the model can serve it (drafts capped by DraftTokens).
+Workload Servable(const ModelConfig& config, const Workload& workload) {
+  Workload w = workload;
+  w.speculative.draft_tokens = DraftTokens(config, workload);
+  return w;
 }
 
 double TokensPerStep(const ModelConfig& config, const Workload& workload) {
@@ -156,16 +164,51 @@ double HotPairs(double mean, double ranks, double skew, double redundant) {
 
 ExpertGeometry GeometryOf(const ClusterShape& shape, const UnitLayout& layout) {
   ExpertGeometry g;
-  const double chips = layout.chips();
-  const double expert_share = layout.colocated ? 1.0 : layout.expert_ranks / chips;
+  const double ranks = layout.ranks(), per_chip = layout.ranks_per_chip;
+  const double expert_share = layout.colocated ? 1.0 : layout.expert_ranks / ranks;
   g.expert_ranks = layout.expert_ranks;
-  g.ranks_per_node = expert_share * std::min<double>(chips, shape.chips_per_node);
-  g.ranks_per_supernode = expert_share * std::min<double>(chips, shape.chips_per_supernode);
+  g.ranks_per_node = expert_share * std::min<double>(ranks, shape.chips_per_node * per_chip);
+  g.ranks_per_supernode =
+      expert_share * std::min<double>(ranks, shape.chips_per_supernode * per_chip);
   g.same_node = g.ranks_per_node;
   g.same_supernode = g.ranks_per_supernode;
   g.sender_is_expert = layout.colocated;
   g.hierarchical = layout.hierarchical;
   return g;
+}
+
+// Decode contexts of the sequences in a batch: each (input, output) pair weighs
+// w_in·w_out·output, at positions spread over its output. (context, weight), sorted.
+std::vector<std::pair<double, double>> DecodeContextPoints(const Workload& workload) {
+  std::vector<std::pair<double, double>> points;
+  for (const LengthBucket& in : workload.input.buckets) {
+    for (const LengthBucket& out : workload.output.buckets) {
+      const double w = in.weight * out.weight * static_cast<double>(out.tokens);
+      for (double q : {0.125, 0.375, 0.625, 0.875}) {
+        points.push_back(
+            {static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens), w / 4});
+      }
+    }
+  }
+  std::sort(points.begin(), points.end());
+  return points;
+}
+
+// The busiest rank's share of context-proportional work among `R` attention ranks of
+// `B` sequences each, over the mean (AttentionRankImbalance).
+double ContextImbalance(const std::vector<std::pair<double, double>>& points, double ranks,
+                        double sequences) {
+  if (ranks < 2 || sequences <= 0) return 1;
+  double total = 0, mean = 0, square = 0;
+  for (const auto& [context, weight] : points) {
+    total += weight;
+    mean += weight * context;
+    square += weight * context * context;
+  }
+  if (total <= 0 || mean <= 0) return 1;
+  mean /= total;
+  const double sd = std::sqrt(std::max(0.0, square / total - mean * mean));
+  return 1 + sd * std::sqrt(2 * std::log(ranks)) / (mean * std::sqrt(sequences));
 }
 
 UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
@@ -180,6 +223,11 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
 
   // One micro-batch, then scaled by the micro-batch count.
   StepCost attention = side.cost;
+  // Decode replays captured graphs and exchanges with low-latency kernels that hold no SMs.
+  attention.eager = attention.exchange_takes_compute = layout.phase == Phase::kPrefill;
+  const double imbalance_kv = AttentionRankImbalance(workload, layout);
+  attention.at(CostComponent::kCoreAttention) *= imbalance_kv;
+  attention.at(CostComponent::kIndexerScores) *= imbalance_kv;
   StepCost a2a;
   const ExpertGeometry geometry = GeometryOf(shape, layout);
   AddAllToAllCost(config, side.tokens, geometry, &a2a);
@@ -214,21 +262,62 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
     step.ranks.push_back(rank);
     return step;
   }
+  const StepCost routed_a2a = a2a;  // what the routed expert ranks receive and send back
+  StepCost shared;                  // a shared-expert replica's rank, when the layout has them
+  if (layout.shared_expert_ranks > 0) {
+    // Each token also goes to one shared-expert rank (one more copy, spread over the link
+    // classes like the routed copies) and comes back from it; the replica runs the shared
+    // expert for its share of every attention rank's tokens, reading its weights once.
+    double routed_bytes = 0;
+    for (double b : a2a.dispatch.bytes) routed_bytes += b;
+    const double per_token = moe_layers * DispatchBytesPerCopy(config) * side.tokens;
+    const double ratio = routed_bytes > 0 ? per_token / routed_bytes : 0;
+    StepCost extra;
+    for (int c = 0; c < kNumLinkClasses; ++c) {
+      extra.dispatch.bytes[c] = a2a.dispatch.bytes[c] * ratio;
+      extra.combine.bytes[c] = a2a.combine.bytes[c] * ratio;
+    }
+    WorkCounters& work = attention.at(CostComponent::kSharedExpert);
+    const double weights = work.weight_bytes;
+    const double per_replica =
+        static_cast<double>(layout.attention_ranks) / layout.shared_expert_ranks;
+    shared.at(CostComponent::kSharedExpert) = work;
+    shared.at(CostComponent::kSharedExpert) *= per_replica;
+    shared.at(CostComponent::kSharedExpert).weight_bytes = weights;
+    work = WorkCounters{};
+    shared.dispatch = extra.dispatch;
+    shared.combine = extra.combine;
+    shared.dispatch *= per_replica;
+    shared.combine *= per_replica;
+    shared.dispatch.exchanges = a2a.dispatch.exchanges;
+    shared.combine.exchanges = a2a.combine.exchanges;
+    shared.dispatch.hops = a2a.dispatch.hops;
+    shared.combine.hops = a2a.combine.hops;
+    shared.expert_rank = true;
+    shared.eager = shared.exchange_takes_compute = attention.eager;
+    shared *= m;
+    shared.micro_batches = layout.micro_batches;
+    a2a.dispatch += extra.dispatch;
+    a2a.combine += extra.combine;
+  }
   attention += a2a;
   attention *= m;
   attention.micro_batches = layout.micro_batches;
   // The busiest expert rank receives its share of every attention rank's dispatch and
   // sends back as much combine traffic.
   StepCost expert = experts;
-  expert.dispatch = a2a.dispatch;
-  expert.combine = a2a.combine;
+  expert.expert_rank = true;
+  expert.eager = expert.exchange_takes_compute = attention.eager;
+  expert.dispatch = routed_a2a.dispatch;
+  expert.combine = routed_a2a.combine;
   expert.dispatch *= ranks_ratio * imbalance;
   expert.combine *= ranks_ratio * imbalance;
-  expert.dispatch.exchanges = a2a.dispatch.exchanges;
-  expert.combine.exchanges = a2a.combine.exchanges;
+  expert.dispatch.exchanges = routed_a2a.dispatch.exchanges;
+  expert.combine.exchanges = routed_a2a.combine.exchanges;
   expert *= m;
   expert.micro_batches = layout.micro_batches;
   step.ranks = {attention, expert};
+  if (layout.shared_expert_ranks > 0) step.ranks.push_back(shared);
   return step;
 }
 
@@ -286,9 +375,8 @@ struct PhaseContext {
   double slo_tpot = 0;
 };
 
-void FillMemory(const PhaseContext& ctx, const UnitLayout& layout, const AttentionSide& side,
-                PhaseEvaluation* eval) {
-  const HardwareSpec& hw = ctx.cluster.hardware;
+void FillMemory(const PhaseContext& ctx, const HardwareSpec& hw, const UnitLayout& layout,
+                const AttentionSide& side, PhaseEvaluation* eval) {
   const double capacity = hw.hbm_capacity.value;
   const double usable = capacity * (1 - ctx.options.memory_reserve);
   const double m = layout.micro_batches;
@@ -317,7 +405,19 @@ void FillMemory(const PhaseContext& ctx, const UnitLayout& layout, const Attenti
   e.usable = usable;
   e.weights = expert_weights;
   e.activations = ExpertActivationBytes(ctx.config, pairs);
-  eval->memory_ratio = std::max(a.used(), e.used()) / usable;
+  double worst = std::max(a.used(), e.used());
+  if (layout.shared_expert_ranks > 0) {
+    // The shared experts move from the attention ranks to their replicas.
+    WeightBytesByFormat shared = SharedExpertWeights(ctx.config);
+    shared *= moe_layers;
+    WeightBytesByFormat removed = shared;
+    removed *= -1;
+    a.weights += removed;
+    const double tokens = side.tokens * m * layout.attention_ranks / layout.shared_expert_ranks;
+    worst =
+        std::max({a.used(), e.used(), shared.total() + ExpertActivationBytes(ctx.config, tokens)});
+  }
+  eval->memory_ratio = worst / usable;
 }
 
 // Per request of input bucket i: uncached tokens and the steps its prefill takes.
@@ -374,15 +474,18 @@ PhaseEvaluation Evaluate(const PhaseContext& ctx, const UnitLayout& layout,
   PhaseEvaluation eval;
   eval.layout = layout;
   const UnitStep step = AssembleUnitStep(ctx.config, ctx.shape, ctx.workload, layout, side);
-  const HardwareSpec& hw = ctx.cluster.hardware;
+  // Each rank has its share of the chip (one die of a multi-die package).
+  const HardwareSpec hw = ctx.cluster.hardware.Share(layout.ranks_per_chip);
+  std::array<LinkSpec, kNumLinkClasses> links = ctx.cluster.topology.links;
+  for (LinkSpec& link : links) link.bandwidth /= layout.ranks_per_chip;
   EngramPath engram;
   if (ctx.config.engram.enabled()) {
-    engram.bandwidth = ctx.cluster.topology.link(LinkClass::kIntraSupernode).bandwidth;
+    engram.bandwidth = links[static_cast<int>(LinkClass::kIntraSupernode)].bandwidth;
     engram.latency = ctx.options.engram_latency;
   }
-  eval.step = ModelledTime(step.ranks, hw, ctx.cluster.topology.links, engram);
+  eval.step = ModelledTime(step.ranks, hw, links, engram);
   const double t = eval.step.total;
-  FillMemory(ctx, layout, side, &eval);
+  FillMemory(ctx, hw, layout, side, &eval);
   if (layout.phase == Phase::kDecode) {
     const double tau = TokensPerStep(ctx.config, ctx.workload);
     eval.tokens_per_s = layout.attention_ranks * layout.batch * tau / t;
@@ -434,9 +537,9 @@ const std::vector<int> kDecodeBatches = {1,   2,   4,   8,   16,  32,  48,  64, 
 const std::vector<int> kPrefillTokens = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
 
 std::vector<UnitLayout> UnitShapes(const ModelConfig& config, const ClusterShape& shape,
-                                   LayoutFamily family, Phase phase) {
+                                   LayoutFamily family, Phase phase, int dies_per_chip) {
   std::vector<UnitLayout> out;
-  auto add = [&](UnitLayout layout) {
+  auto add_one = [&](UnitLayout layout) {
     if (layout.chips() > shape.chips) return;
     layout.phase = phase;
     layout.hierarchical = false;
@@ -444,6 +547,15 @@ std::vector<UnitLayout> UnitShapes(const ModelConfig& config, const ClusterShape
     if (layout.chips() > shape.chips_per_node) {
       layout.hierarchical = true;
       out.push_back(layout);
+    }
+  };
+  // On multi-die packages a rank may also own one die (CloudMatrix-Infer's EP320 on 160
+  // chips).
+  auto add = [&](UnitLayout layout) {
+    add_one(layout);
+    if (dies_per_chip > 1) {
+      layout.ranks_per_chip = dies_per_chip;
+      add_one(layout);
     }
   };
   if (family != LayoutFamily::kColocated) {
@@ -603,21 +715,9 @@ std::vector<SequenceChunk> PrefillChunks(const Workload& workload, int tokens_pe
 }
 
 std::vector<SequenceChunk> DecodeChunks(const Workload& workload, double sequences) {
-  // A decode batch holds sequences in proportion to how long they decode: each (input,
-  // output) pair weighs w_in·w_out·output, at positions spread over its output.
-  std::vector<std::pair<double, double>> points;  // (context, weight)
+  const std::vector<std::pair<double, double>> points = DecodeContextPoints(workload);
   double total = 0;
-  for (const LengthBucket& in : workload.input.buckets) {
-    for (const LengthBucket& out : workload.output.buckets) {
-      const double w = in.weight * out.weight * static_cast<double>(out.tokens);
-      for (double q : {0.125, 0.375, 0.625, 0.875}) {
-        points.push_back(
-            {static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens), w / 4});
-      }
-      total += w;
-    }
-  }
-  std::sort(points.begin(), points.end());
+  for (const auto& point : points) total += point.second;
   const int drafts = workload.speculative.draft_tokens;
   std::vector<SequenceChunk> chunks;
   double acc_w = 0, acc_ctx = 0, cumulative = 0;
@@ -640,9 +740,15 @@ std::vector<SequenceChunk> DecodeChunks(const Workload& workload, double sequenc
   return chunks;
 }
 
+double AttentionRankImbalance(const Workload& workload, const UnitLayout& layout) {
+  if (layout.phase != Phase::kDecode) return 1;
+  return ContextImbalance(DecodeContextPoints(workload), layout.attention_ranks, layout.batch);
+}
+
 UnitStep BuildUnitStep(const ModelConfig& config, const ClusterConfig& cluster,
-                       const Workload& workload, const UnitLayout& layout,
+                       const Workload& requested, const UnitLayout& layout,
                        absl::Span<const SequenceChunk> chunks, const CostOptions& options) {
+  const Workload workload = Servable(config, requested);
   const AttentionSide side =
       BuildAttentionSide(config, workload, chunks, options, GroupLayers(config));
   return AssembleUnitStep(config, ShapeOf(cluster), workload, layout, side);
@@ -673,8 +779,9 @@ PhaseContext MakeContext(const ModelConfig& config, const ClusterConfig& cluster
 }  // namespace
 
 PhaseEvaluation EvaluateLayout(const ModelConfig& config, const ClusterConfig& cluster,
-                               const Workload& workload, const UnitLayout& layout,
+                               const Workload& requested, const UnitLayout& layout,
                                const PlannerOptions& options) {
+  const Workload workload = Servable(config, requested);
   const PhaseContext ctx = MakeContext(config, cluster, workload, options);
   const std::vector<SequenceChunk> chunks = ChunksFor(workload, layout);
   const AttentionSide side = BuildAttentionSide(config, workload, chunks, options.cost, ctx.groups);
@@ -682,8 +789,9 @@ PhaseEvaluation EvaluateLayout(const ModelConfig& config, const ClusterConfig& c
 }
 
 absl::StatusOr<PlanResult> RunPlanner(const ModelConfig& config, const ClusterConfig& cluster,
-                                      const Workload& workload, const PlannerOptions& options) {
+                                      const Workload& requested, const PlannerOptions& options) {
   const auto start = std::chrono::steady_clock::now();
+  const Workload workload = Servable(config, requested);
   const PhaseContext ctx = MakeContext(config, cluster, workload, options);
   PlanResult result;
   result.model = ModelName(config);
@@ -721,14 +829,15 @@ absl::StatusOr<PlanResult> RunPlanner(const ModelConfig& config, const ClusterCo
     std::vector<int> micro_batches;
     std::vector<PhaseEvaluation> best;  // shortlist
   };
+  const int dies = static_cast<int>(cluster.hardware.dies_per_chip.value);
   std::array<PhaseSweep, 2> sweeps = {
       PhaseSweep{Phase::kPrefill,
-                 UnitShapes(config, ctx.shape, options.layouts, Phase::kPrefill),
+                 UnitShapes(config, ctx.shape, options.layouts, Phase::kPrefill, dies),
                  kPrefillTokens,
                  {1, 2},
                  {}},
       PhaseSweep{Phase::kDecode,
-                 UnitShapes(config, ctx.shape, options.layouts, Phase::kDecode),
+                 UnitShapes(config, ctx.shape, options.layouts, Phase::kDecode, dies),
                  kDecodeBatches,
                  {1, 2, 3},
                  {}},

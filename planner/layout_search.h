@@ -110,8 +110,8 @@ struct MemoryUse {
 // The unit's StepCosts for one step: {attention rank, expert rank} or {co-located rank},
 // each the busiest of its kind. Exposed for tests and for the engine's cross-check.
 struct UnitStep {
-  std::vector<StepCost> ranks;
-  double tokens_per_rank = 0;  // new tokens per attention rank per step
+  std::vector<StepCost> ranks;  // {attention, expert[, shared-expert replica]} or {co-located}
+  double tokens_per_rank = 0;   // new tokens per attention rank per step
 };
 
 struct PhaseEvaluation {
@@ -188,6 +188,13 @@ struct PlanResult {
 // The chunks one attention rank processes per micro-batch in a steady step.
 std::vector<SequenceChunk> PrefillChunks(const Workload& workload, int tokens_per_step);
 std::vector<SequenceChunk> DecodeChunks(const Workload& workload, double sequences);
+
+// Decode: the busiest attention rank's context-proportional work (core attention, index
+// scores) over the mean. A rank's B = layout.batch sequences have contexts drawn from the
+// workload's decode distribution (mean μ, deviation σ), so its total is about normal with
+// mean Bμ and deviation √B·σ, and the largest of R = attention_ranks totals is about
+// Bμ + √B·σ·√(2 ln R): the factor is 1 + σ·√(2 ln R) / (μ·√B). 1 for prefill and R = 1.
+double AttentionRankImbalance(const Workload& workload, const UnitLayout& layout);
 
 // The StepCosts of one step of `layout` (see UnitStep), with `chunks` per micro-batch.
 // Identical layers are priced once and scaled; the result equals the per-layer sum.

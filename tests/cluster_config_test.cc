@@ -127,10 +127,11 @@ TEST(HardwareSpec, AscendFiguresAndFallbacks) {
   absl::StatusOr<HardwareSpec> c = LoadHardwareSpec(kConfigDir + "/hardware/ascend-910c.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->PeakFlops(ComputeDtype::kBf16), 752e12);
-  // No FP8/FP4 units: priced at the bf16 rate, and the report says so via the figure.
-  EXPECT_DOUBLE_EQ(c->PeakFlops(ComputeDtype::kFp8), 752e12);
-  EXPECT_DOUBLE_EQ(c->PeakFlops(ComputeDtype::kFp4), 752e12);
-  EXPECT_EQ(&c->PeakFlopsFigure(ComputeDtype::kFp4), &c->peak_bf16);
+  // No FP8/FP4 units: 1-byte GEMMs run as INT8, and the report says so via the figure.
+  EXPECT_DOUBLE_EQ(c->PeakFlops(ComputeDtype::kFp8), 1504e12);
+  EXPECT_DOUBLE_EQ(c->PeakFlops(ComputeDtype::kFp4), 1504e12);
+  EXPECT_EQ(&c->PeakFlopsFigure(ComputeDtype::kFp4), &*c->peak_int8);
+  EXPECT_EQ(c->dies_per_chip.value, 2);
   EXPECT_DOUBLE_EQ(c->hbm_capacity.value, 128e9);
   EXPECT_DOUBLE_EQ(c->hbm_bandwidth.value, 3.2e12);
   EXPECT_DOUBLE_EQ(c->scale_up_bandwidth.value, 392e9);
