@@ -166,9 +166,10 @@ Factors FitFactors(const std::vector<Factors>& grid,
 absl::StatusOr<ValidationResult> RunValidation(const std::vector<ValidationPoint>& points,
                                                const std::string& root) {
   std::vector<Factors> grid;
-  for (int c = 1; c <= 16; ++c) {
-    for (int m = 2; m <= 12; ++m) {
-      for (int l = 3; l <= 12; ++l) grid.push_back({0.1 * c, 0.1 * m, 0.1 * l});
+  // Sustained factors are at most the kernel benchmarks' (multipliers up to 1).
+  for (int c = 1; c <= 20; ++c) {
+    for (int m = 4; m <= 20; ++m) {
+      for (int l = 4; l <= 20; l += 2) grid.push_back({0.05 * c, 0.05 * m, 0.05 * l});
     }
   }
   ValidationResult result;

@@ -63,7 +63,9 @@ struct ValidationResult {
   std::map<std::string, Factors> fitted;  // family → factors fitted on all its points
 };
 
-// Fits each family's factors on a grid (the minimax relative error over its points with
+// Fits each family's factors on a grid of multipliers up to 1 (sustained rates do not beat
+// the kernel benchmarks the files start from), minimising the largest relative error over
+// its points with
 // `fit`), on all of them and leaving each point out (a point outside the fit is predicted
 // with the family's full fit).
 absl::StatusOr<ValidationResult> RunValidation(const std::vector<ValidationPoint>& points,
