@@ -557,6 +557,7 @@ WorkCounters& WorkCounters::operator+=(const WorkCounters& other) {
   weight_bytes += other.weight_bytes;
   kv_bytes += other.kv_bytes;
   activation_bytes += other.activation_bytes;
+  kernels += other.kernels;
   return *this;
 }
 

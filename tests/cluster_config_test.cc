@@ -151,8 +151,11 @@ TEST(HardwareSpec, NvidiaFiguresAndEfficiencies) {
   EXPECT_DOUBLE_EQ(h800->Efficiency(OpClass::kGemm).value, 0.70);
   EXPECT_DOUBLE_EQ(h800->Efficiency(OpClass::kAttention).value, 0.60);
   EXPECT_DOUBLE_EQ(h800->Efficiency(OpClass::kMemoryBound).value, 0.85);
-  EXPECT_DOUBLE_EQ(h800->Efficiency(OpClass::kAllToAll).value, 0.75);
+  EXPECT_DOUBLE_EQ(h800->Efficiency(OpClass::kAllToAll).value, 0.525);  // sustained (fitted)
   EXPECT_THAT(h800->Efficiency(OpClass::kAllToAll).source, HasSubstr("DeepEP"));
+  EXPECT_THAT(h800->Efficiency(OpClass::kAllToAll).source, HasSubstr("bench_planner_validation"));
+  EXPECT_DOUBLE_EQ(h800->kernel_floor_graph.value, 5e-6);
+  EXPECT_DOUBLE_EQ(h800->dispatch_overhead.value, 30e-6);
   EXPECT_DOUBLE_EQ(h800->AchievableFlops(ComputeDtype::kFp8, OpClass::kGemm), 1979e12 * 0.70);
   EXPECT_DOUBLE_EQ(h800->AchievableHbmBandwidth(), 3.35e12 * 0.85);
 

@@ -346,11 +346,13 @@ TEST(CostModelTest, StepTimeCombinesStagesAndMicroBatches) {
   both.micro_batches = 4;
   EXPECT_NEAR(ModelledTime({both}, hw, links).total, 0.018, 1e-12);
 
-  // Latency: one exchange round per MoE layer per micro-batch.
   StepCost rounds;
   rounds.dispatch.bytes[0] = 1;
   rounds.dispatch.exchanges = 10;
-  EXPECT_NEAR(ModelledTime({rounds}, hw, links).stages.latency, 10 * links[0].latency, 1e-15);
+  // Latency: one exchange round per MoE layer per micro-batch, each paying the wire latency
+  // and the dispatch call's fixed cost.
+  EXPECT_NEAR(ModelledTime({rounds}, hw, links).stages.latency,
+              10 * (links[0].latency + hw.dispatch_overhead.value), 1e-15);
 }
 
 // The engine accumulates counters layer by layer from its batch; the planner sums
