@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "yaml-cpp/eventhandler.h"
 
 namespace dsv4 {
@@ -76,9 +77,13 @@ struct DocumentCounter : YAML::EventHandler {
 }  // namespace
 
 YamlReader::YamlReader(std::string file, absl::Status status)
-    : file_(std::move(file)), status_(std::move(status)) {}
+    : file_(std::move(file)), status_(std::move(status)), errors_(1), fatal_(true) {}
 
 YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::move(file)) {
+  if (FailOnTabIndentation(text)) {
+    fatal_ = true;
+    return;
+  }
   try {
     // yaml-cpp 0.7's LoadAll never returns when a document starts with a stray ',' ("#\n,"):
     // its parser reports an empty document without consuming the comma, and LoadAll collects
@@ -91,23 +96,58 @@ YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::m
     while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
     }
     if (counter.documents >= kMaxDocuments) {
-      status_ = absl::InvalidArgumentError(
-          absl::StrCat(file_, ":", counter.last.line + 1,
-                       ": YAML syntax error: the parser makes no progress here (a stray ',' "
-                       "outside a [list] or {map}?)"));
+      Record(absl::StrCat(file_, ":", counter.last.line + 1,
+                          ": YAML syntax error: the parser makes no progress here (a stray ',' "
+                          "outside a [list] or {map}?)"));
+      fatal_ = true;
       return;
     }
     std::vector<YAML::Node> docs = YAML::LoadAll(text);
     if (docs.size() > 1) {
       Fail(docs[1], "", absl::StrCat("expected one YAML document, found ", docs.size()));
+      fatal_ = true;
     } else if (docs.size() == 1) {
       root_ = docs[0];
     }
   } catch (const YAML::Exception& e) {
     // Parser errors carry a 0-based mark; other yaml-cpp errors may not.
     const std::string where = e.mark.is_null() ? file_ : absl::StrCat(file_, ":", e.mark.line + 1);
-    status_ = absl::InvalidArgumentError(absl::StrCat(where, ": YAML syntax error: ", e.msg));
+    Record(absl::StrCat(where, ": YAML syntax error: ", e.msg));
+    fatal_ = true;
   }
+}
+
+bool YamlReader::FailOnTabIndentation(const std::string& text) {
+  bool found = false;
+  int line = 0;
+  for (absl::string_view row : absl::StrSplit(text, '\n')) {
+    ++line;
+    const size_t content = row.find_first_not_of(" \t");
+    // Blank lines and comments have no indentation that matters.
+    if (content == absl::string_view::npos || row[content] == '#' || row[content] == '\r') {
+      continue;
+    }
+    if (row.substr(0, content).find('\t') == absl::string_view::npos) continue;
+    Record(absl::StrCat(file_, ":", line,
+                        ": tab character in indentation (YAML indents with spaces)"));
+    found = true;
+  }
+  return found;
+}
+
+void YamlReader::Record(std::string error) {
+  ++errors_;
+  std::string message(status_.message());
+  if (errors_ > kMaxErrors + 1) {
+    message.resize(message.rfind('\n'));  // drop the old "... and N more" line
+  }
+  if (errors_ > kMaxErrors) {
+    const int more = errors_ - kMaxErrors;
+    absl::StrAppend(&message, "\n... and ", more, " more error", more == 1 ? "" : "s");
+  } else {
+    absl::StrAppend(&message, message.empty() ? "" : "\n", error);
+  }
+  status_ = absl::InvalidArgumentError(message);
 }
 
 YamlReader YamlReader::FromFile(const std::string& path) {
@@ -127,10 +167,11 @@ YamlReader YamlReader::FromFile(const std::string& path) {
 }
 
 YamlMap YamlReader::Root(std::vector<absl::string_view> allowed) {
-  if (ok() && (!root_.IsDefined() || root_.IsNull())) {
-    status_ = absl::InvalidArgumentError(absl::StrCat(file_, ": the file is empty"));
+  if (!fatal_ && (!root_.IsDefined() || root_.IsNull())) {
+    Record(absl::StrCat(file_, ": the file is empty"));
+    fatal_ = true;
   }
-  return YamlMap(this, ok() ? root_ : YAML::Node(), "", std::move(allowed));
+  return YamlMap(this, fatal_ ? YAML::Node() : root_, "", std::move(allowed));
 }
 
 std::string YamlReader::Where(const YAML::Node& at) const {
@@ -140,36 +181,37 @@ std::string YamlReader::Where(const YAML::Node& at) const {
 }
 
 void YamlReader::Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message) {
-  if (!ok()) return;
-  status_ = absl::InvalidArgumentError(
-      key_path.empty() ? absl::StrCat(Where(at), ": ", message)
-                       : absl::StrCat(Where(at), ": ", key_path, ": ", message));
+  if (fatal_) return;
+  Record(key_path.empty() ? absl::StrCat(Where(at), ": ", message)
+                          : absl::StrCat(Where(at), ": ", key_path, ": ", message));
 }
 
 YamlMap::YamlMap(YamlReader* reader, YAML::Node node, std::string path,
                  std::vector<absl::string_view> allowed, std::optional<YAML::Node> anchor)
     : reader_(reader), anchor_(anchor.value_or(node)), path_(std::move(path)) {
-  if (!reader_->ok() || !node.IsDefined() || node.IsNull()) return;
+  if (!node.IsDefined() || node.IsNull()) return;
   if (!node.IsMap()) {
     reader_->Fail(node, path_, absl::StrCat("expected a map, got ", Describe(node)));
+    failed_ = true;
     return;
   }
+  // Bad keys are reported and skipped; the other keys are still read and checked.
   // Copies: the iterator's pair is a temporary, so references into it would dangle.
   for (const auto& pair : node) {
     const YAML::Node key = pair.first;
     if (!key.IsScalar()) {
       reader_->Fail(key, path_, absl::StrCat("keys must be plain names, got ", Describe(key)));
-      return;
+      continue;
     }
     const std::string name = key.Scalar();
     if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
       reader_->Fail(key, JoinPath(path_, name),
                     absl::StrCat("unknown key (allowed: ", absl::StrJoin(allowed, ", "), ")"));
-      return;
+      continue;
     }
     if (Has(name)) {
       reader_->Fail(key, JoinPath(path_, name), "duplicate key");
-      return;
+      continue;
     }
     entries_.push_back({name, key, pair.second});
   }
@@ -198,6 +240,7 @@ std::string YamlMap::Where(absl::string_view key) const {
 
 void YamlMap::Fail(absl::string_view key, absl::string_view message) const {
   const Entry* entry = Find(key);
+  if (!entry && failed_) return;  // the map's own error says it all
   reader_->Fail(entry ? entry->value : anchor_, Path(key), message);
 }
 
@@ -251,8 +294,11 @@ YamlMap YamlMap::Map(absl::string_view key, std::vector<absl::string_view> allow
   const Entry* entry = Find(key);
   if (!entry) {
     if (required) Fail(key, "missing required key");
-    return YamlMap(reader_, YAML::Node(YAML::NodeType::Undefined), Path(key), std::move(allowed),
+    YamlMap absent(reader_, YAML::Node(YAML::NodeType::Undefined), Path(key), std::move(allowed),
                    anchor_);
+    // Its keys are missing because it is: one error, not one per key.
+    absent.failed_ = failed_ || required;
+    return absent;
   }
   return YamlMap(reader_, entry->value, Path(key), std::move(allowed), entry->key);
 }
@@ -260,7 +306,6 @@ YamlMap YamlMap::Map(absl::string_view key, std::vector<absl::string_view> allow
 std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
                                absl::string_view key_path, NumberRule rule) {
   int64_t value = 0;
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value) ||
       value > std::numeric_limits<int>::max() || !Satisfies(static_cast<double>(value), rule)) {
     reader.Fail(node, key_path,
@@ -273,7 +318,6 @@ std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
 std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
                                      absl::string_view key_path, NumberRule rule) {
   double value = 0;
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar() || !absl::SimpleAtod(node.Scalar(), &value) || !std::isfinite(value) ||
       !Satisfies(value, rule)) {
     reader.Fail(node, key_path,
@@ -285,7 +329,6 @@ std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
 
 std::optional<std::string> ReadYamlString(YamlReader& reader, const YAML::Node& node,
                                           absl::string_view key_path) {
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar()) {
     reader.Fail(node, key_path, absl::StrCat("expected a string, got ", Describe(node)));
     return std::nullopt;

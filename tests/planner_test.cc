@@ -190,12 +190,15 @@ TEST_F(PlannerSweepTest, ReportsCarryTheResult) {
 TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
   dsv4::testing::TempDir dir("plan");
   const std::string path = dir.path() + "/unit.yaml";
-  absl::StatusOr<std::vector<std::string>> written =
+  absl::StatusOr<EmittedConfigs> emitted =
       WriteClusterConfigs(*result_, *config_, *cluster_, *workload_, path);
-  ASSERT_TRUE(written.ok()) << written.status();
-  ASSERT_EQ(written->size(), 2u);
+  ASSERT_TRUE(emitted.ok()) << emitted.status();
+  EXPECT_EQ(emitted->plan_index, 0);  // afd: the chosen plan itself
+  EXPECT_TRUE(emitted->note.empty());
+  ASSERT_EQ(emitted->paths.size(), 2u);
+  const std::vector<std::string>& written = emitted->paths;
   const Plan& plan = result_->plans[0];
-  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig((*written)[0]);
+  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig(written[0]);
   ASSERT_TRUE(decode.ok()) << decode.status();
   EXPECT_EQ(decode->roles.attention_ranks, plan.decode.layout.attention_ranks);
   EXPECT_EQ(decode->roles.expert_ranks, plan.decode.layout.expert_ranks);
@@ -203,17 +206,14 @@ TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
   EXPECT_EQ(decode->engine.redundant_experts, plan.decode.layout.redundant_experts);
   EXPECT_EQ(decode->engine.max_seqs_per_rank, plan.decode.layout.batch);
   EXPECT_EQ(decode->hardware.name, cluster_->hardware.name);
-  absl::StatusOr<ClusterConfig> prefill = LoadClusterConfig((*written)[1]);
+  absl::StatusOr<ClusterConfig> prefill = LoadClusterConfig(written[1]);
   ASSERT_TRUE(prefill.ok()) << prefill.status();
   EXPECT_EQ(prefill->roles.attention_ranks, plan.prefill.layout.attention_ranks);
   EXPECT_EQ(prefill->engine.chunked_prefill_tokens, plan.prefill.layout.batch);
-
-  // Co-located units cannot run on dsv4-engine, and say so.
-  PlanResult colocated = *result_;
-  colocated.plans[0].decode.layout.colocated = true;
-  EXPECT_THAT(
-      WriteClusterConfigs(colocated, *config_, *cluster_, *workload_, path).status().message(),
-      HasSubstr("co-located"));
+  // The header says what the file is: one engine serving both phases of its unit.
+  std::ifstream in(written[1]);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("no\n# KV hand-off between units"));
 }
 
 // Doubling HBM bandwidth never slows a plan, and memory-bound decode layouts get faster.
