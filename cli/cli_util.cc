@@ -65,14 +65,11 @@ std::string FlagsHelp(const std::string& usage, const std::string& flag_file,
             [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
   std::string out = usage + "\n\nFlags (dashes or underscores: --slo-ttft-ms = --slo_ttft_ms):\n";
   for (const absl::CommandLineFlag* flag : flags) {
-    std::string value = flag->DefaultValue();
-    if (flag->IsOfType<std::string>()) {
-      value = absl::StrCat("\"", value, "\"");
-    } else if (value.empty()) {
-      value = "unset";  // an optional flag
-    }
-    absl::StrAppend(&out, "  --", flag->Name(), "\n      ",
-                    Wrap(absl::StrCat(flag->Help(), " (default: ", value, ")"), 6, 92), "\n");
+    // Empty defaults (required paths, optional flags) say nothing worth a line.
+    const std::string value = flag->DefaultValue();
+    const std::string text =
+        value.empty() ? flag->Help() : absl::StrCat(flag->Help(), " (default: ", value, ")");
+    absl::StrAppend(&out, "  --", flag->Name(), "\n      ", Wrap(text, 6, 92), "\n");
   }
   return out + "  --help\n      this text; --helpfull lists every flag of the binary\n";
 }

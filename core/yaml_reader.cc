@@ -96,7 +96,8 @@ YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::m
     while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
     }
     if (counter.documents >= kMaxDocuments) {
-      Record(absl::StrCat(file_, ":", counter.last.line + 1,
+      Record(counter.last.line + 1,
+             absl::StrCat(file_, ":", counter.last.line + 1,
                           ": YAML syntax error: the parser makes no progress here (a stray ',' "
                           "outside a [list] or {map}?)"));
       fatal_ = true;
@@ -112,7 +113,8 @@ YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::m
   } catch (const YAML::Exception& e) {
     // Parser errors carry a 0-based mark; other yaml-cpp errors may not.
     const std::string where = e.mark.is_null() ? file_ : absl::StrCat(file_, ":", e.mark.line + 1);
-    Record(absl::StrCat(where, ": YAML syntax error: ", e.msg));
+    Record(e.mark.is_null() ? 0 : e.mark.line + 1,
+           absl::StrCat(where, ": YAML syntax error: ", e.msg));
     fatal_ = true;
   }
 }
@@ -123,29 +125,32 @@ bool YamlReader::FailOnTabIndentation(const std::string& text) {
   for (absl::string_view row : absl::StrSplit(text, '\n')) {
     ++line;
     const size_t content = row.find_first_not_of(" \t");
-    // Blank lines and comments have no indentation that matters.
-    if (content == absl::string_view::npos || row[content] == '#' || row[content] == '\r') {
-      continue;
-    }
-    if (row.substr(0, content).find('\t') == absl::string_view::npos) continue;
-    Record(absl::StrCat(file_, ":", line,
-                        ": tab character in indentation (YAML indents with spaces)"));
+    // yaml-cpp refuses a tab before the content of any line, comments and blank lines too.
+    const absl::string_view lead = row.substr(0, std::min(content, row.size()));
+    if (lead.find('\t') == absl::string_view::npos) continue;
+    Record(line, absl::StrCat(file_, ":", line,
+                              ": tab character in indentation (YAML indents with spaces)"));
     found = true;
   }
   return found;
 }
 
-void YamlReader::Record(std::string error) {
+void YamlReader::Record(int line, std::string error) {
   ++errors_;
-  std::string message(status_.message());
-  if (errors_ > kMaxErrors + 1) {
-    message.resize(message.rfind('\n'));  // drop the old "... and N more" line
+  if (static_cast<int>(errors_list_.size()) < kMaxKeptErrors) {
+    errors_list_.push_back({line, std::move(error)});
   }
-  if (errors_ > kMaxErrors) {
-    const int more = errors_ - kMaxErrors;
+  // In file order, so the listing reads like a compiler's; the cap keeps the first lines.
+  std::vector<std::pair<int, std::string>> sorted = errors_list_;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string message;
+  const int shown = std::min<int>(kMaxErrors, static_cast<int>(sorted.size()));
+  for (int i = 0; i < shown; ++i) {
+    absl::StrAppend(&message, i > 0 ? "\n" : "", sorted[i].second);
+  }
+  if (const int more = errors_ - shown; more > 0) {
     absl::StrAppend(&message, "\n... and ", more, " more error", more == 1 ? "" : "s");
-  } else {
-    absl::StrAppend(&message, message.empty() ? "" : "\n", error);
   }
   status_ = absl::InvalidArgumentError(message);
 }
@@ -168,7 +173,7 @@ YamlReader YamlReader::FromFile(const std::string& path) {
 
 YamlMap YamlReader::Root(std::vector<absl::string_view> allowed) {
   if (!fatal_ && (!root_.IsDefined() || root_.IsNull())) {
-    Record(absl::StrCat(file_, ": the file is empty"));
+    Record(0, absl::StrCat(file_, ": the file is empty"));
     fatal_ = true;
   }
   return YamlMap(this, fatal_ ? YAML::Node() : root_, "", std::move(allowed));
@@ -182,7 +187,9 @@ std::string YamlReader::Where(const YAML::Node& at) const {
 
 void YamlReader::Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message) {
   if (fatal_) return;
-  Record(key_path.empty() ? absl::StrCat(Where(at), ": ", message)
+  const YAML::Mark mark = at.IsDefined() ? at.Mark() : YAML::Mark::null_mark();
+  Record(mark.is_null() ? 0 : mark.line + 1,
+         key_path.empty() ? absl::StrCat(Where(at), ": ", message)
                           : absl::StrCat(Where(at), ": ", key_path, ": ", message));
 }
 

@@ -3,7 +3,7 @@
 // Every error names the file, the 1-based line and the key path:
 //   cluster-configs/local.yaml:7: topology.chips_per_node: expected a positive integer, got "four"
 // Unknown and duplicate keys are errors, so a typo never passes silently. The reader keeps
-// every error (up to kMaxErrors, in the order they were found) and reads that fail return
+// every error (the first kMaxErrors by line, then how many more) and reads that fail return
 // defaults, so parsing code reads straight through and checks status() once; the user fixes
 // a file in one pass instead of one error per run. Errors that only follow from another one
 // are not reported: nothing after a syntax error, no missing keys inside a map that is
@@ -40,7 +40,7 @@ class YamlReader {
   // Reads and parses `path`; a missing file is NotFound.
   static YamlReader FromFile(const std::string& path);
 
-  // Errors listed in status(); later ones are counted, not listed.
+  // Errors listed in status() (the first by line); the others are counted, not listed.
   static constexpr int kMaxErrors = 20;
 
   const std::string& file() const { return file_; }
@@ -61,14 +61,16 @@ class YamlReader {
 
  private:
   YamlReader(std::string file, absl::Status status);
-  // Adds one "file:line: ..." line to status().
-  void Record(std::string error);
+  // Adds "file:line: ..." (`line` 1-based, 0 for the whole file) to status().
+  void Record(int line, std::string error);
   // Errors for lines whose indentation holds a tab; true when there was one.
   bool FailOnTabIndentation(const std::string& text);
 
   std::string file_;
   YAML::Node root_;
   absl::Status status_;
+  static constexpr int kMaxKeptErrors = 200;              // bounds the work on a hopeless file
+  std::vector<std::pair<int, std::string>> errors_list_;  // (line, error), as found
   int errors_ = 0;
   // The document could not be read (syntax error, empty or missing file): later errors
   // would all be consequences of that one.

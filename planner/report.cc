@@ -378,6 +378,27 @@ nlohmann::json PhaseEvaluationToJson(const PhaseEvaluation& evaluation) {
   return PhaseJson(evaluation);
 }
 
+// What rules a pinned layout out, worded as the search words a plan's violations.
+std::vector<std::string> PinnedViolations(const PinnedEvaluation& pinned) {
+  const PhaseEvaluation& e = pinned.evaluation;
+  const bool decode = e.layout.phase == Phase::kDecode;
+  std::vector<std::string> out;
+  if (e.memory_ratio > 1) {
+    out.push_back(absl::StrFormat("%s memory %.0f%% of usable HBM", PhaseName(e.layout.phase),
+                                  100 * e.memory_ratio));
+  }
+  if (e.latency_ratio > 1) {
+    out.push_back(absl::StrFormat("%s %.1f ms > SLO %.1f ms", decode ? "TPOT" : "TTFT p90",
+                                  Ms(e.latency), Ms(decode ? pinned.slo_tpot : pinned.slo_ttft)));
+  }
+  if (e.max_load <= 0) out.push_back("no load meets the SLO and the workload's max utilisation");
+  if (e.layout.chips() > pinned.cluster_chips) {
+    out.push_back(absl::StrFormat("needs %d chips, the cluster has %d", e.layout.chips(),
+                                  pinned.cluster_chips));
+  }
+  return out;
+}
+
 std::string FormatPinnedEvaluation(const PinnedEvaluation& pinned) {
   const PhaseEvaluation& e = pinned.evaluation;
   const bool decode = e.layout.phase == Phase::kDecode;
@@ -392,18 +413,10 @@ std::string FormatPinnedEvaluation(const PinnedEvaluation& pinned) {
   for (const std::string& note : pinned.notes) absl::StrAppend(&out, "note: ", note, "\n");
   out += "\n";
   out += PhaseDetails(e, 0);
-  std::vector<std::string> violations;
-  if (e.memory_ratio > 1) {
-    violations.push_back(absl::StrFormat("memory %.0f%% of usable HBM", 100 * e.memory_ratio));
-  }
-  if (e.latency_ratio > 1) {
-    violations.push_back(absl::StrFormat("%s %.1f ms > SLO %.1f ms", decode ? "TPOT" : "TTFT p90",
-                                         Ms(e.latency), Ms(slo)));
-  }
-  if (e.max_load <= 0) violations.push_back("no load meets the SLO");
+  const std::vector<std::string> violations = PinnedViolations(pinned);
   absl::StrAppendFormat(&out, "  %s\n",
                         violations.empty()
-                            ? std::string("feasible: fits in memory and meets the SLO")
+                            ? std::string("feasible: fits in memory and the cluster, meets the SLO")
                             : absl::StrCat("INFEASIBLE: ", absl::StrJoin(violations, "; ")));
   const EngineSupport support = EngineSupportOf(e.layout);
   absl::StrAppendFormat(&out, "  dsv4-engine: %s%s\n",
@@ -424,7 +437,8 @@ nlohmann::json PinnedEvaluationToJson(const PinnedEvaluation& pinned) {
          pinned.slo_ttft > 0 ? nlohmann::json(Ms(pinned.slo_ttft)) : nlohmann::json()},
         {"tpot_ms", pinned.slo_tpot > 0 ? nlohmann::json(Ms(pinned.slo_tpot)) : nlohmann::json()}}},
       {"notes", pinned.notes},
-      {"feasible", e.feasible()},
+      {"feasible", PinnedViolations(pinned).empty()},
+      {"violations", PinnedViolations(pinned)},
       {"dsv4_engine", EngineJson(EngineSupportOf(e.layout))},
       {"evaluation", PhaseJson(e)}};
 }

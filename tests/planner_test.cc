@@ -9,8 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "core/cluster_config.h"
 #include "core/model_config.h"
+#include "core/topology.h"
+#include "engine/placement.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/layout_search.h"
@@ -107,6 +110,21 @@ TEST(WorkloadTest, ErrorsNameFileLineAndKey) {
               HasSubstr("w.yaml:7: input_tokens.buckets[1].weight: missing required key"));
   EXPECT_EQ(LoadWorkload(kRoot + "/workloads/missing.yaml").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// Every mistake of a file in one error, one line each, without consequences of the others.
+TEST(WorkloadTest, ReportsEveryError) {
+  EXPECT_EQ(ParseError("name: t\nrate: {requests_per_s: -1}\ninput_tokens: 1000\n"
+                       "output_tokens: lots\nexpert_load_skew: 0.5\nmax_utilization: 2\n")
+                .message(),
+            "w.yaml:2: rate.requests_per_s: expected a positive number, got \"-1\"\n"
+            "w.yaml:4: output_tokens: expected a positive number, got \"lots\"\n"
+            "w.yaml:5: expert_load_skew: must be at least 1 (busiest / mean load)\n"
+            "w.yaml:6: max_utilization: expected a number in (0, 1], got \"2\"");
+  EXPECT_EQ(ParseError("name: t\nrate: {requests_per_s: 1}\ninput_tokens: 1000\n"
+                       "output_tokens: 10\nslo:\n\tttft_ms: 100\n")
+                .message(),
+            "w.yaml:6: tab character in indentation (YAML indents with spaces)");
 }
 
 class PlannerSweepTest : public ::testing::Test {
@@ -214,6 +232,126 @@ TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
   std::ifstream in(written[1]);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_THAT(text, HasSubstr("no\n# KV hand-off between units"));
+}
+
+// What dsv4-engine checks at startup before it loads weights (Engine::Setup): the YAML
+// loads, the topology builds with the ranks on chips, the world has the roles' ranks, and
+// the uniform expert placement exists for the model over the expert ranks. Starting a real
+// V4-Pro engine needs its 1.6T-parameter checkpoint, so the test stops there; the MPI
+// dispatcher's own checks need an MPI world.
+absl::Status EngineStartupChecks(const std::string& path, const ModelConfig& config) {
+  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(path);
+  if (!cluster.ok()) return cluster.status();
+  absl::StatusOr<Topology> topology = Topology::Build(*cluster);
+  if (!topology.ok()) return topology.status();
+  if (topology->num_ranks() != cluster->roles.num_ranks()) {
+    return absl::InternalError("the topology's ranks differ from the roles'");
+  }
+  PlacementOptions options;
+  options.policy = cluster->engine.placement;
+  options.num_slots = config.n_routed_experts + cluster->engine.redundant_experts;
+  options.num_groups = config.n_group;
+  options.num_nodes = topology->num_expert_nodes();
+  options.num_ranks = topology->num_expert_ranks();
+  return ExpertPlacement::Uniform(config.num_hidden_layers, config.n_routed_experts, options)
+      .status();
+}
+
+TEST_F(PlannerSweepTest, EmittedClusterYamlPassesEngineStartupChecks) {
+  dsv4::testing::TempDir dir("plan-engine");
+  // Every plan of the result, not just the first: each could be the one emitted.
+  for (size_t i = 0; i < result_->plans.size(); ++i) {
+    PlanResult one = *result_;
+    one.plans = {result_->plans[i]};
+    const std::string path = dir.path() + "/unit" + std::to_string(i) + ".yaml";
+    absl::StatusOr<EmittedConfigs> emitted =
+        WriteClusterConfigs(one, *config_, *cluster_, *workload_, path);
+    ASSERT_TRUE(emitted.ok()) << emitted.status();
+    for (const std::string& written : emitted->paths) {
+      const absl::Status status = EngineStartupChecks(written, *config_);
+      EXPECT_TRUE(status.ok()) << "plan " << i + 1 << ", " << written << ": " << status;
+    }
+  }
+  // The check can fail: 7 expert ranks cannot hold the experts evenly.
+  std::ifstream in(dir.path() + "/unit0.yaml");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const Plan& plan = result_->plans[0];
+  const std::string bad_path = dir.path() + "/bad.yaml";
+  std::ofstream(bad_path) << absl::StrReplaceAll(
+      text, {{absl::StrCat("redundant_experts: ", plan.decode.layout.redundant_experts, "}"),
+              absl::StrCat("redundant_experts: ", plan.decode.layout.redundant_experts + 1, "}")}});
+  EXPECT_FALSE(EngineStartupChecks(bad_path, *config_).ok());
+}
+
+// The emitted YAML is always one dsv4-engine runs: a co-located chosen plan gives way to the
+// best afd plan of the result, and a result without one is refused, saying what to do.
+TEST_F(PlannerSweepTest, EmitsTheBestPlanTheEngineRunsOrRefuses) {
+  dsv4::testing::TempDir dir("plan-emit");
+  const std::string path = dir.path() + "/unit.yaml";
+  PlanResult mixed = *result_;
+  mixed.plans[0].prefill.layout.colocated = true;
+  absl::StatusOr<EmittedConfigs> emitted =
+      WriteClusterConfigs(mixed, *config_, *cluster_, *workload_, path);
+  ASSERT_TRUE(emitted.ok()) << emitted.status();
+  EXPECT_EQ(emitted->plan_index, 1);
+  EXPECT_THAT(emitted->note, HasSubstr("emitting plan #2"));
+  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig(emitted->paths[0]);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  EXPECT_EQ(decode->roles.expert_ranks, mixed.plans[1].decode.layout.expert_ranks);
+
+  PlanResult colocated = *result_;
+  for (Plan& p : colocated.plans) p.decode.layout.colocated = true;
+  const absl::Status refused =
+      WriteClusterConfigs(colocated, *config_, *cluster_, *workload_, dir.path() + "/no.yaml")
+          .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("co-located"));
+  EXPECT_THAT(refused.message(), HasSubstr("--layouts afd"));
+  EXPECT_FALSE(std::ifstream(dir.path() + "/no.yaml").good());
+
+  // Units with ranks sharing a chip cannot be placed by dsv4-engine either.
+  PlanResult dies = *result_;
+  for (Plan& p : dies.plans) p.decode.layout.ranks_per_chip = 2;
+  EXPECT_FALSE(WriteClusterConfigs(dies, *config_, *cluster_, *workload_, path).ok());
+}
+
+// Pinned evaluation is the search's computation: the chosen plan's layouts, evaluated alone
+// with the result's options, give the same figures, field for field.
+TEST_F(PlannerSweepTest, PinnedEvaluationReproducesTheSearch) {
+  for (const Plan& plan : result_->plans) {
+    for (const PhaseEvaluation* searched : {&plan.prefill, &plan.decode}) {
+      const PhaseEvaluation pinned =
+          EvaluateLayout(*config_, *cluster_, *workload_, searched->layout, result_->options);
+      EXPECT_EQ(PhaseEvaluationToJson(pinned), PhaseEvaluationToJson(*searched))
+          << searched->layout.Describe();
+      EXPECT_EQ(pinned.step.total, searched->step.total);
+      EXPECT_EQ(pinned.latency, searched->latency);
+      EXPECT_EQ(pinned.tokens_per_s_per_chip, searched->tokens_per_s_per_chip);
+    }
+  }
+}
+
+TEST_F(PlannerSweepTest, TableShowsPhaseRatesAndWhatTheEngineRuns) {
+  const std::string table = FormatPlanTable(*result_);
+  EXPECT_THAT(table, HasSubstr("P in/chip"));
+  EXPECT_THAT(table, HasSubstr("D out/chip"));
+  EXPECT_THAT(table, HasSubstr("dsv4-engine"));
+  EXPECT_THAT(table, HasSubstr("units*"));
+  EXPECT_THAT(table, HasSubstr("no KV hand-off"));
+  EXPECT_THAT(table, HasSubstr("link time (ms): intra_node"));
+  const nlohmann::json json = PlanResultToJson(*result_);
+  EXPECT_TRUE(json["plans"][0]["dsv4_engine"]["runs"].get<bool>());
+  EXPECT_THAT(json["plans"][0]["dsv4_engine"]["reason"].get<std::string>(),
+              HasSubstr("no KV hand-off"));
+  EXPECT_DOUBLE_EQ(json["plans"][0]["decode"]["tokens_per_s_per_chip_at_planned_load"],
+                   result_->plans[0].decode.effective_per_chip());
+
+  PlanResult colocated = *result_;
+  colocated.plans[0].decode.layout.colocated = true;
+  const std::string marked = FormatPlanTable(colocated);
+  EXPECT_THAT(marked, HasSubstr("no: co-located"));
+  EXPECT_THAT(marked, HasSubstr("plan with --layouts afd"));
+  EXPECT_FALSE(PlanResultToJson(colocated)["plans"][0]["dsv4_engine"]["runs"].get<bool>());
 }
 
 // Doubling HBM bandwidth never slows a plan, and memory-bound decode layouts get faster.
