@@ -24,7 +24,7 @@ constexpr absl::string_view kCommonFlagsFile = "cli/common_flags.cc";
 
 // Defined by one of the dsv4 programs (not by Abseil: --flagfile, --helpfull, ...).
 bool IsCliFlag(const absl::CommandLineFlag& flag) {
-  const absl::string_view file = flag.Filename();
+  const std::string file = flag.Filename();  // a temporary: keep it
   return absl::StrContains(file, "/cli/") || absl::StartsWith(file, "cli/");
 }
 

@@ -538,5 +538,121 @@ TEST(PlannerCliTest, AcceptsDashedFlagsAndWritesOutputs) {
   EXPECT_THAT(bad.output, HasSubstr("--workload: cannot open 'nope'"));
 }
 
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+const std::string kProPlan = " --model deepseek-v4-pro --cluster atlas950-superpod --workload chat";
+
+// `dsv4 plan evaluate` of the search's chosen layouts prints the search's figures: the same
+// computation, through the flags. The default search is co-located; the library test above
+// covers afd.
+TEST(PlannerCliTest, EvaluateReproducesTheSearchsChosenPlan) {
+  dsv4::testing::TempDir dir("plan-eval");
+  const auto search = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                                " --json " + dir.path() + "/r.json");
+  ASSERT_EQ(search.exit_code, 0) << search.output;
+  const nlohmann::json chosen = ReadJson(dir.path() + "/r.json")["plans"][0];
+  for (const char* phase : {"prefill", "decode"}) {
+    const nlohmann::json& layout = chosen[phase]["layout"];
+    const std::string out = dir.path() + "/" + phase + ".json";
+    const auto pinned = dsv4::testing::RunCommand(
+        dsv4::testing::Dsv4() + " plan evaluate" + kProPlan + " --unit '" +
+        layout["description"].get<std::string>() + "' --ranks-per-chip " +
+        std::to_string(layout["ranks_per_chip"].get<int>()) + " --shared-expert-ranks " +
+        std::to_string(layout["shared_expert_ranks"].get<int>()) + " --json " + out);
+    ASSERT_EQ(pinned.exit_code, 0) << pinned.output;
+    EXPECT_EQ(ReadJson(out)["evaluation"], chosen[phase]) << phase;
+    EXPECT_THAT(pinned.output, HasSubstr("time by component (ms, roofline)"));
+    EXPECT_THAT(pinned.output, HasSubstr("link time (ms): intra_node"));
+    EXPECT_THAT(pinned.output, HasSubstr("binding: "));
+    EXPECT_THAT(pinned.output, HasSubstr("dsv4-engine: cannot run it"));
+  }
+  // The same decode layout spelt out flag by flag.
+  const nlohmann::json& d = chosen["decode"]["layout"];
+  const std::string out = dir.path() + "/flags.json";
+  const auto flags = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() + " plan evaluate" + kProPlan +
+      " --phase decode --layout colocated --attention_ranks " +
+      std::to_string(d["attention_ranks"].get<int>()) + " --batch " +
+      std::to_string(d["sequences_per_rank"].get<int>()) + " --micro_batches " +
+      std::to_string(d["micro_batches"].get<int>()) + " --redundant_experts " +
+      std::to_string(d["redundant_experts"].get<int>()) +
+      " --hierarchical=" + (d["dispatch"] == "hierarchical" ? "true" : "false") + " --json " + out);
+  ASSERT_EQ(flags.exit_code, 0) << flags.output;
+  EXPECT_EQ(ReadJson(out)["evaluation"], chosen["decode"]);
+}
+
+TEST(PlannerCliTest, EvaluateNamesTheFlagAtFault) {
+  const std::string evaluate = dsv4::testing::Dsv4() + " plan evaluate" + kProPlan;
+  auto r = dsv4::testing::RunCommand(evaluate + " --layout afd --attention_ranks 8 --batch 64");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("give --phase prefill|decode"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+X8 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--unit \"A8+X8 r0 b64 m1 flat\": expected the ranks first"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+E7 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("do not divide evenly over 7 expert ranks"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+E8 r0 b2 m3 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--micro_batches: 3 is more than the batch"));
+  // Too big for the cluster, and said so.
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8192+E384 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("INFEASIBLE: "));
+  EXPECT_THAT(r.output, HasSubstr("needs 8576 chips, the cluster has 8192"));
+}
+
+// Without a TTFT SLO prefill would take the largest steps: the planner then plans to a
+// default it shows.
+TEST(PlannerCliTest, DefaultTtftSloIsShown) {
+  dsv4::testing::TempDir dir("plan-slo");
+  std::ifstream in(kRoot + "/workloads/chat.yaml");
+  std::string chat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  chat = chat.substr(0, chat.find("slo:"));
+  ASSERT_THAT(chat, ::testing::Not(HasSubstr("ttft_ms")));
+  dsv4::testing::WriteFile(dir.path() + "/w.yaml", chat);
+  const auto run =
+      dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                " plan --model deepseek-v4-pro --cluster atlas950-superpod "
+                                "--top 2 --workload " +
+                                dir.path() + "/w.yaml --json " + dir.path() + "/r.json");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("SLO TTFT p90 <= 2000 ms, TPOT none"));
+  EXPECT_THAT(run.output, HasSubstr("TTFT SLO p90 2000 ms by default"));
+  const nlohmann::json j = ReadJson(dir.path() + "/r.json");
+  EXPECT_DOUBLE_EQ(j["slo"]["ttft_p90_ms"].get<double>(), 2000);
+  EXPECT_LE(j["plans"][0]["ttft_p90_ms"].get<double>(), 2000 * (1 + 1e-9));
+  // The flag still overrides it.
+  const auto flag =
+      dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                " plan --model deepseek-v4-pro --cluster atlas950-superpod "
+                                "--top 1 --slo_ttft_ms 900 --workload " +
+                                dir.path() + "/w.yaml");
+  EXPECT_THAT(flag.output, HasSubstr("SLO TTFT p90 <= 900 ms"));
+  EXPECT_THAT(flag.output, ::testing::Not(HasSubstr("by default")));
+}
+
+// Co-located plans (the default search) cannot run on dsv4-engine: nothing is emitted, and
+// the message says how to get plans it runs.
+TEST(PlannerCliTest, EmitRefusesCoLocatedPlans) {
+  dsv4::testing::TempDir dir("plan-emit-cli");
+  const auto run = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                             " --emit_cluster_config " + dir.path() + "/u.yaml");
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.output, HasSubstr("add --layouts afd (or both)"));
+  EXPECT_FALSE(std::ifstream(dir.path() + "/u.yaml").good());
+  // With both families the best afd plan is emitted.
+  const auto both = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                              " --layouts both --top 50 --emit_cluster_config " +
+                                              dir.path() + "/u.yaml");
+  ASSERT_EQ(both.exit_code, 0) << both.output;
+  EXPECT_THAT(both.output, HasSubstr("loads as a cluster config"));
+  EXPECT_THAT(both.output, HasSubstr("no KV\n  hand-off"));
+  EXPECT_TRUE(LoadClusterConfig(dir.path() + "/u.yaml").ok());
+}
+
 }  // namespace
 }  // namespace dsv4::planner
