@@ -63,8 +63,8 @@ nlohmann::json PinnedEvaluationToJson(const PinnedEvaluation& pinned);
 // chosen plan's ranks.
 std::string RenderPlanSvg(const PlanResult& result);
 
-// Cluster YAML for one unit of `plan` (disaggregated units only: dsv4-engine gives
-// attention and expert ranks their own chips), loadable by LoadClusterConfig. The tree is
+// Cluster YAML for one unit of `plan` (units EngineSupportOf says dsv4-engine runs: afd,
+// one rank per chip; FAILED_PRECONDITION otherwise), loadable by LoadClusterConfig. The tree is
 // the cluster's, cut to the chips the unit needs; attention and expert ranks are
 // interleaved over the chips; the engine settings come from the layout and the workload.
 // `output_path` locates the hardware file relative to where the YAML will be written.

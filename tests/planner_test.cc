@@ -654,5 +654,40 @@ TEST(PlannerCliTest, EmitRefusesCoLocatedPlans) {
   EXPECT_TRUE(LoadClusterConfig(dir.path() + "/u.yaml").ok());
 }
 
+// The emitted YAML starts a real engine: a plan of the small v4-tiny preset on the local
+// cluster, each unit's YAML run by dsv4-engine under mpirun on a generated checkpoint
+// (prefill then decode of two prompts). V4-Pro plans get the engine's startup checks above.
+TEST(PlannerCliTest, EmittedYamlStartsAnEngine) {
+  dsv4::testing::TempDir dir("plan-engine-run");
+  const auto plan = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() +
+      " plan --model v4-tiny --cluster local --workload chat --layouts afd --top 3 "
+      "--emit_cluster_config " +
+      dir.path() + "/unit.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  const auto gen = dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                             " checkpoint generate --preset v4-tiny --seed 7 "
+                                             "--out " +
+                                             dir.path() + "/ckpt");
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  for (const char* unit : {"unit", "unit.prefill"}) {
+    const std::string yaml = dir.path() + "/" + unit + ".yaml";
+    absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(yaml);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    const std::string logits = dir.path() + "/" + unit + ".npy";
+    const auto engine = dsv4::testing::RunCommand(
+        absl::StrCat("timeout 120 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                     "OMP_WAIT_POLICY=PASSIVE mpirun --oversubscribe -np ",
+                     cluster->roles.num_ranks(), " ", DSV4_BIN_DIR, "/dsv4-engine --cluster ", yaml,
+                     " --checkpoint ", dir.path(),
+                     "/ckpt --tokens '1,2,3;4,5' --decode_from 2 --logits_out ", logits));
+    EXPECT_EQ(engine.exit_code, 0) << unit << ": " << engine.output;
+    for (int prompt : {0, 1}) {  // the engine writes <stem>.<prompt>.npy
+      EXPECT_TRUE(std::ifstream(absl::StrCat(dir.path(), "/", unit, ".", prompt, ".npy")).good())
+          << unit << " prompt " << prompt;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dsv4::planner
