@@ -38,8 +38,8 @@ ABSL_FLAG(std::optional<int>, redundant_experts, std::nullopt,
 ABSL_FLAG(std::optional<int>, batch, std::nullopt,
           "decode: sequences per attention rank; prefill: tokens per attention rank per step");
 ABSL_FLAG(std::optional<int>, micro_batches, std::nullopt, "micro-batches per step (default 1)");
-ABSL_FLAG(std::optional<bool>, hierarchical, std::nullopt,
-          "relayed (hierarchical) dispatch instead of flat (default false)");
+ABSL_FLAG(bool, hierarchical, false,
+          "relayed (hierarchical) dispatch instead of flat (--unit's \"hier\" sets it too)");
 ABSL_FLAG(std::optional<int>, ranks_per_chip, std::nullopt,
           "ranks sharing one chip package, e.g. 2 = one rank per die of a 2-die chip (default "
           "1; not priced yet)");
@@ -140,7 +140,7 @@ absl::StatusOr<planner::UnitLayout> LayoutFromFlags(const ModelConfig& config) {
   if (auto v = absl::GetFlag(FLAGS_redundant_experts)) l.redundant_experts = *v;
   if (auto v = absl::GetFlag(FLAGS_batch)) l.batch = *v, batch_given = true;
   if (auto v = absl::GetFlag(FLAGS_micro_batches)) l.micro_batches = *v;
-  if (auto v = absl::GetFlag(FLAGS_hierarchical)) l.hierarchical = *v;
+  if (absl::GetFlag(FLAGS_hierarchical)) l.hierarchical = true;
   if (auto v = absl::GetFlag(FLAGS_ranks_per_chip)) l.ranks_per_chip = *v;
   if (auto v = absl::GetFlag(FLAGS_shared_expert_ranks)) l.shared_expert_ranks = *v;
 

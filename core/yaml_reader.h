@@ -7,9 +7,9 @@
 // defaults, so parsing code reads straight through and checks status() once; the user fixes
 // a file in one pass instead of one error per run. Errors that only follow from another one
 // are not reported: nothing after a syntax error, no missing keys inside a map that is
-// missing or is not a map. Checks across keys should run only while ok(), for the same
-// reason. Tabs in indentation get their own message (YAML forbids them). Nothing throws:
-// yaml-cpp exceptions become errors.
+// missing or is not a map. Checks across keys should run only when the keys they compare
+// read well (ok(), or no new error_count() since), for the same reason. Tabs in indentation get
+// their own message (YAML forbids them). Nothing throws: yaml-cpp exceptions become errors.
 #ifndef DSV4_CORE_YAML_READER_H_
 #define DSV4_CORE_YAML_READER_H_
 
