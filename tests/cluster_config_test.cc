@@ -321,6 +321,20 @@ TEST(ClusterConfigErrors, ReportsEveryError) {
                 kInline + ":14: roles.expert_ranks: expected a positive integer, got \"-1\"");
 }
 
+// Checks across keys run on what their keys read, whatever else in the file is wrong.
+TEST(ClusterConfigErrors, CrossKeyChecksBesideOtherErrors) {
+  EXPECT_EQ(ErrorOf(Edit("name: t", "name: {a: 1}") +
+                    "engine:\n  max_seq_len: 8192\n  kv_budget_tokens: 4096\n"
+                    "coordinator:\n  tls: {cert: a.pem}\n  max_queue: 0\n"),
+            kInline + ":1: name: expected a string, got a map\n" + kInline +
+                ":16: engine.kv_budget_tokens: must hold at least one sequence of max_seq_len = "
+                "8192 tokens, got 4096\n" +
+                kInline + ":18: coordinator.tls: cert and key must be given together\n" + kInline +
+                ":19: coordinator.max_queue: expected a positive integer, got \"0\"");
+  // But not on a value that could not be read: no "must not be empty" for a missing name.
+  EXPECT_EQ(ErrorOf(Edit("name: t\n", "")), kInline + ":1: name: missing required key");
+}
+
 // A missing or malformed section is one error, not one per key it should hold.
 TEST(ClusterConfigErrors, NoErrorsThatOnlyFollowFromAnother) {
   EXPECT_EQ(ErrorOf(Edit("topology:\n  supernodes: 1\n  nodes_per_supernode: 1\n  chips_per_node: "
