@@ -5,10 +5,12 @@
 #include <filesystem>
 #include <iostream>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -16,12 +18,69 @@
 
 namespace dsv4::cli {
 
+namespace {
+
+constexpr absl::string_view kCommonFlagsFile = "cli/common_flags.cc";
+
+// Defined by one of the dsv4 programs (not by Abseil: --flagfile, --helpfull, ...).
+bool IsCliFlag(const absl::CommandLineFlag& flag) {
+  const std::string file = flag.Filename();  // a temporary: keep it
+  return absl::StrContains(file, "/cli/") || absl::StartsWith(file, "cli/");
+}
+
+// The subcommand reads `flag`: defined in its own file, or a flag from elsewhere it named.
+bool IsOwnFlag(const absl::CommandLineFlag& flag, const std::string& flag_file,
+               const std::vector<std::string>& shared_flags) {
+  return absl::StrContains(flag.Filename(), flag_file) ||
+         std::find(shared_flags.begin(), shared_flags.end(), flag.Name()) != shared_flags.end();
+}
+
+// `text` wrapped to `width` columns, continuation lines indented by `indent`.
+std::string Wrap(absl::string_view text, size_t indent, size_t width) {
+  std::string out, line;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, line, "\n", std::string(indent, ' '));
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  return out + line;
+}
+
+bool IsHelpArgument(absl::string_view arg) {
+  return arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpshort" ||
+         arg == "-helpshort";
+}
+
+}  // namespace
+
+std::string FlagsHelp(const std::string& usage, const std::string& flag_file,
+                      const std::vector<std::string>& shared_flags) {
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (IsCliFlag(*flag) && IsOwnFlag(*flag, flag_file, shared_flags)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
+  std::string out = usage + "\n\nFlags (dashes or underscores: --slo-ttft-ms = --slo_ttft_ms):\n";
+  for (const absl::CommandLineFlag* flag : flags) {
+    // Empty defaults (required paths, optional flags) say nothing worth a line.
+    const std::string value = flag->DefaultValue();
+    const std::string text =
+        value.empty() ? flag->Help() : absl::StrCat(flag->Help(), " (default: ", value, ")");
+    absl::StrAppend(&out, "  --", flag->Name(), "\n      ", Wrap(text, 6, 92), "\n");
+  }
+  return out + "  --help\n      this text; --helpfull lists every flag of the binary\n";
+}
+
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
-                                    const std::string& flag_file) {
+                                    const std::string& flag_file,
+                                    const std::vector<std::string>& shared_flags) {
   absl::FlagsUsageConfig config;
   config.contains_help_flags = [flag_file](absl::string_view path) {
     return path.find(flag_file) != absl::string_view::npos ||
-           path.find("cli/common_flags.cc") != absl::string_view::npos;
+           path.find(kCommonFlagsFile) != absl::string_view::npos;
   };
   config.contains_helpshort_flags = config.contains_help_flags;
   config.normalize_filename = [](absl::string_view path) { return std::string(path); };
@@ -36,11 +95,25 @@ std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& us
   bool value_next = false;
   for (size_t i = 0; i < storage.size(); ++i) {
     std::string& arg = storage[i];
+    if (i > 0 && !value_next && IsHelpArgument(arg)) {
+      // Abseil's own --help lists flags by file, which would show every shared flag.
+      std::cout << FlagsHelp(usage, flag_file, shared_flags);
+      std::exit(0);
+    }
     if (i > 0 && !value_next && arg.rfind("--", 0) == 0) {
       const size_t end = std::min(arg.find('='), arg.size());
       for (size_t j = 2; j < end; ++j)
         if (arg[j] == '-') arg[j] = '_';
-      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(2, end - 2));
+      std::string name = arg.substr(2, end - 2);
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      if (flag == nullptr && name.rfind("no", 0) == 0) {  // --noflag for a boolean
+        flag = absl::FindCommandLineFlag(name.substr(2));
+      }
+      if (flag != nullptr && IsCliFlag(*flag) && !IsOwnFlag(*flag, flag_file, shared_flags)) {
+        std::cerr << argv[0] << ": --" << flag->Name()
+                  << " is not a flag of this command (see --help)\n";
+        std::exit(2);
+      }
       value_next = end == arg.size() && flag != nullptr && !flag->IsOfType<bool>();
     } else {
       value_next = false;

@@ -12,13 +12,23 @@
 
 namespace dsv4::cli {
 
-// Parses Abseil flags for one subcommand. `usage` is printed by --help together with the
-// flags defined in source files whose path contains `flag_file` (e.g. "cmd_run.cc") and
-// the shared ones (common_flags.h), so each subcommand's --help lists only its own flags.
-// Flag names may be spelled with dashes (--logits-out) or underscores. Returns the positional
-// arguments (argv[0] excluded).
+// Parses Abseil flags for one subcommand. Abseil flag names are global to the binary, so
+// each subcommand says which flags it reads: those defined in source files whose path
+// contains `flag_file` (e.g. "cmd_run.cc"), and the flags defined elsewhere it names in
+// `shared_flags` (the shared flags of common_flags.h it reads, e.g. {"seed", "temperature"},
+// or another subcommand's, as `plan evaluate` reads plan's --model). --help (-h,
+// --helpshort) prints `usage` and exactly those flags, then exits 0 (--helpfull lists
+// every flag of the binary); giving a flag of another subcommand is an error, as an unknown
+// flag is. Flag names may be spelled with dashes (--logits-out) or underscores. Returns the
+// positional arguments (argv[0] excluded).
 std::vector<std::string> ParseFlags(int argc, char** argv, const std::string& usage,
-                                    const std::string& flag_file);
+                                    const std::string& flag_file,
+                                    const std::vector<std::string>& shared_flags = {});
+
+// The --help text ParseFlags prints: `usage`, then the subcommand's flags (see ParseFlags),
+// sorted by name, each with its help and default.
+std::string FlagsHelp(const std::string& usage, const std::string& flag_file,
+                      const std::vector<std::string>& shared_flags);
 
 // Prints "dsv4 <command>: <message>" for a non-OK status and returns the exit code
 // (0 for OK, 2 for INVALID_ARGUMENT / NOT_FOUND, 1 otherwise).

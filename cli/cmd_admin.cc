@@ -34,7 +34,7 @@ int AdminMain(int argc, char** argv) {
       "           reported and apply it at a step boundary; no request is dropped.\n"
       "drain:     the engine admits nothing new, finishes what it runs and leaves.\n"
       "shutdown:  the engine stops now; the coordinator replays its requests.",
-      "cmd_admin.cc");
+      "cmd_admin.cc", {"token_file"});
   if (args.size() != 2) {
     return ExitCode(absl::InvalidArgumentError("give an action (rebalance, drain, shutdown) and "
                                                "an engine id (see dsv4 status)"),

@@ -86,7 +86,7 @@ int CheckpointGenerateMain(int argc, char** argv) {
       "block-scaled dense weights, FP4 routed experts, BF16/F32 where the release has them;\n"
       "V4.1: FP8 Engram tables with per-32 E8M0 scales and DSpark stages), plus the\n"
       "tokenizer.json found beside the config (required for Engram models).",
-      "cmd_checkpoint_generate.cc");
+      "cmd_checkpoint_generate.cc", {"seed"});
   if (!args.empty())
     return ExitCode(absl::InvalidArgumentError("unexpected argument '" + args[0] + "'"),
                     "checkpoint generate");

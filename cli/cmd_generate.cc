@@ -50,7 +50,8 @@ int GenerateMain(int argc, char** argv) {
                  "--top-k K --seed S]\n"
                  "              [--stop S1,S2] [--request-id ID] [--ignore-eos]\n"
                  "              [--tls-ca CERT.pem] [--token-file FILE] \"prompt\"",
-                 "cmd_generate.cc");
+                 "cmd_generate.cc",
+                 {"server", "temperature", "top_p", "top_k", "seed", "tls_ca", "token_file"});
   if (args.empty()) return ExitCode(absl::InvalidArgumentError("give a prompt"), "generate");
   v1::GenerateRequest request;
   request.set_text(absl::StrJoin(args, " "));

@@ -279,7 +279,7 @@ int RunMain(int argc, char** argv) {
       "prompt's logits from position 0 (one prefill, or a prefill of K tokens then one token at\n"
       "a time), optional sampling, tokens/s for prefill and decode, resident weight bytes and\n"
       "KV-state bytes per token.",
-      "cmd_run.cc");
+      "cmd_run.cc", {"seed", "temperature", "top_p", "top_k"});
   if (!positional.empty()) {
     return ExitCode(absl::InvalidArgumentError("unexpected argument: " + positional[0]), "run");
   }

@@ -56,7 +56,7 @@ void PrintStatus(const v1::ClusterStatus& status) {
 int StatusMain(int argc, char** argv) {
   const std::vector<std::string> args = ParseFlags(
       argc, argv, "dsv4 status [--server HOST:PORT] [--tls-ca CERT.pem] [--token-file FILE]",
-      "cmd_status.cc");
+      "cmd_status.cc", {"server", "tls_ca", "token_file"});
   if (!args.empty()) return ExitCode(absl::InvalidArgumentError("takes no arguments"), "status");
   const std::string server = absl::GetFlag(FLAGS_server);
   absl::StatusOr<CoordinatorChannel> coordinator = DialCoordinator();

@@ -9,6 +9,7 @@ int CheckpointGenerateMain(int argc, char** argv);
 int CheckpointInspectMain(int argc, char** argv);
 int RunMain(int argc, char** argv);
 int PlanMain(int argc, char** argv);
+int PlanEvaluateMain(int argc, char** argv);
 int StatusMain(int argc, char** argv);
 int GenerateMain(int argc, char** argv);
 int AdminMain(int argc, char** argv);

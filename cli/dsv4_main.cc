@@ -21,6 +21,9 @@ const Command kCommands[] = {
      dsv4::cli::CheckpointInspectMain},
     {"run", "run the forward pass in this process: logits, sampling, throughput, memory",
      dsv4::cli::RunMain},
+    // Before "plan": the first command whose words match runs.
+    {"plan evaluate", "price one given serving layout as the planner's search does",
+     dsv4::cli::PlanEvaluateMain},
     {"plan", "search serving layouts for a model, cluster and workload", dsv4::cli::PlanMain},
     {"generate", "stream a generation from a coordinator", dsv4::cli::GenerateMain},
     {"status", "print a coordinator's cluster status", dsv4::cli::StatusMain},

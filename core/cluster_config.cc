@@ -36,8 +36,9 @@ std::string AddressProblem(const std::string& address) {
 }
 
 std::string ReadAddress(const YamlMap& map, absl::string_view key, const std::string& fallback) {
+  // An unreadable value gives the (valid) fallback, so the check runs on what was read.
   std::string address = map.String(key, fallback);
-  if (const std::string problem = AddressProblem(address); map.reader().ok() && !problem.empty()) {
+  if (const std::string problem = AddressProblem(address); !problem.empty()) {
     map.Fail(key, problem);
   }
   return address;
@@ -56,6 +57,8 @@ LinkSpec ReadLink(const YamlMap& links, absl::string_view key) {
 // The explicit form: supernodes: [{nodes: [{chips: 8, host: a}, ...]}, ...].
 void ReadSupernodeList(const YamlMap& topo, TopologySpec& spec) {
   YamlReader& reader = topo.reader();
+  // Checks across keys run only on what this list read without error.
+  const int errors = reader.error_count();
   for (absl::string_view key : {"nodes_per_supernode", "chips_per_node", "hosts"}) {
     if (topo.Has(key)) {
       topo.Fail(key,
@@ -71,10 +74,10 @@ void ReadSupernodeList(const YamlMap& topo, TopologySpec& spec) {
     const YamlMap sn(&reader, item, sn_path, {"nodes"});
     if (!sn.Has("nodes")) sn.Fail("nodes", "missing required key");
     const YAML::Node nodes = sn.Get("nodes");
-    if (reader.ok() && (!nodes.IsSequence() || nodes.size() == 0)) {
+    if (reader.error_count() == errors && (!nodes.IsSequence() || nodes.size() == 0)) {
       sn.Fail("nodes", "expected a non-empty list of {chips: N, host: name}");
     }
-    if (!reader.ok()) return;
+    if (reader.error_count() > errors) return;
     SupernodeSpec& out = spec.supernodes.emplace_back();
     for (const YAML::Node& node_item : nodes) {
       const YamlMap node(&reader, node_item,
@@ -83,7 +86,7 @@ void ReadSupernodeList(const YamlMap& topo, TopologySpec& spec) {
       NodeSpec& node_spec = out.nodes.emplace_back();
       node_spec.chips = node.Int("chips", NumberRule::kPositive);
       node_spec.host = node.String("host", "");
-      if (reader.ok() && node.Has("host") && node_spec.host.empty()) {
+      if (reader.error_count() == errors && node.Has("host") && node_spec.host.empty()) {
         node.Fail("host", "must not be empty");
       }
     }
@@ -92,11 +95,12 @@ void ReadSupernodeList(const YamlMap& topo, TopologySpec& spec) {
 
 // The compact form: supernodes × nodes_per_supernode × chips_per_node, optional hosts.
 void ReadCompactTopology(const YamlMap& topo, TopologySpec& spec) {
+  const int errors = topo.reader().error_count();
   const int supernodes = topo.Int("supernodes", NumberRule::kPositive);
   const int nodes_per = topo.Int("nodes_per_supernode", NumberRule::kPositive);
   const int chips_per = topo.Int("chips_per_node", NumberRule::kPositive);
   const std::vector<std::string> hosts = topo.Strings("hosts");
-  if (!topo.reader().ok()) return;
+  if (topo.reader().error_count() > errors) return;
   const int64_t nodes = int64_t{supernodes} * nodes_per;
   if (nodes * chips_per > kMaxChips) {
     topo.Fail("supernodes", absl::StrCat(supernodes, " × ", nodes_per, " × ", chips_per,
@@ -131,12 +135,13 @@ TopologySpec ReadTopology(const YamlMap& root) {
       "topology", {"supernodes", "nodes_per_supernode", "chips_per_node", "hosts", "links"},
       /*required=*/true);
   TopologySpec spec;
+  const int errors = topo.reader().error_count();
   if (topo.Get("supernodes").IsSequence()) {
     ReadSupernodeList(topo, spec);
   } else {
     ReadCompactTopology(topo, spec);
   }
-  if (topo.reader().ok() && spec.num_chips() > kMaxChips) {
+  if (topo.reader().error_count() == errors && spec.num_chips() > kMaxChips) {
     topo.Fail("supernodes", absl::StrCat("the topology has ", spec.num_chips(),
                                          " chips, more than the supported ", kMaxChips));
   }
@@ -175,6 +180,7 @@ EngineSpec ReadEngine(const YamlMap& root) {
                  "micro_batches", "dispatch", "placement", "threads_per_rank"});
   EngineSpec spec;
   const EngineSpec defaults;
+  const int errors = engine.reader().error_count();
   spec.max_seqs_per_rank =
       engine.Int("max_seqs_per_rank", NumberRule::kPositive, defaults.max_seqs_per_rank);
   spec.max_seq_len = engine.Int("max_seq_len", NumberRule::kPositive, defaults.max_seq_len);
@@ -185,7 +191,7 @@ EngineSpec ReadEngine(const YamlMap& root) {
   spec.micro_batches = engine.Int("micro_batches", NumberRule::kPositive, defaults.micro_batches);
   spec.threads_per_rank =
       engine.Int("threads_per_rank", NumberRule::kNonNegative, defaults.threads_per_rank);
-  if (engine.reader().ok() && spec.kv_budget_tokens < spec.max_seq_len) {
+  if (engine.reader().error_count() == errors && spec.kv_budget_tokens < spec.max_seq_len) {
     engine.Fail("kv_budget_tokens",
                 absl::StrCat("must hold at least one sequence of max_seq_len = ", spec.max_seq_len,
                              " tokens, got ", spec.kv_budget_tokens));
@@ -214,6 +220,7 @@ EngramSpec ReadEngram(const YamlMap& root, const std::string& yaml_file) {
       root.Map("engram", {"servers", "replication", "memory_node_ram_GB", "tls", "token_file"});
   EngramSpec spec;
   YamlReader& reader = engram.reader();
+  const int errors = reader.error_count();
   if (engram.Has("servers")) {
     const YAML::Node list = engram.Get("servers");
     if (!list.IsSequence()) engram.Fail("servers", "expected a list of host:port addresses");
@@ -231,15 +238,17 @@ EngramSpec ReadEngram(const YamlMap& root, const std::string& yaml_file) {
     }
   }
   spec.replication = engram.Int("replication", NumberRule::kPositive, 1);
-  if (reader.ok() && spec.remote() && spec.replication > static_cast<int>(spec.servers.size())) {
+  if (reader.error_count() == errors && spec.remote() &&
+      spec.replication > static_cast<int>(spec.servers.size())) {
     engram.Fail("replication", absl::StrCat("is ", spec.replication, " but there are only ",
                                             spec.servers.size(), " servers"));
   }
   spec.memory_node_ram =
       engram.Number("memory_node_ram_GB", NumberRule::kPositive, spec.memory_node_ram / 1e9) * 1e9;
   const YamlMap tls = engram.Map("tls", {"cert", "key", "ca"});
+  const int tls_errors = reader.error_count();
   const std::string cert = tls.String("cert", ""), key = tls.String("key", "");
-  if (reader.ok() && cert.empty() != key.empty()) {
+  if (reader.error_count() == tls_errors && cert.empty() != key.empty()) {
     engram.Fail("tls", "cert and key must be given together");
   }
   spec.tls_cert = ResolvePath(yaml_file, cert);
@@ -273,9 +282,10 @@ CoordinatorSpec ReadCoordinator(const YamlMap& root, const std::string& yaml_fil
   spec.engines = coord.Int("engines", NumberRule::kPositive, defaults.engines);
 
   const YamlMap tls = coord.Map("tls", {"cert", "key"});
+  const int tls_errors = coord.reader().error_count();
   const std::string cert = tls.String("cert", "");
   const std::string key = tls.String("key", "");
-  if (coord.reader().ok() && cert.empty() != key.empty()) {
+  if (coord.reader().error_count() == tls_errors && cert.empty() != key.empty()) {
     coord.Fail("tls", "cert and key must be given together");
   }
   spec.tls_cert = ResolvePath(yaml_file, cert);
@@ -294,11 +304,17 @@ absl::StatusOr<ClusterConfig> Parse(YamlReader& reader) {
   config.path = reader.file();
   const YamlMap root = reader.Root(
       {"name", "description", "hardware", "topology", "roles", "engine", "engram", "coordinator"});
+  // "must not be empty" only for a value read as a string: a missing or malformed one has
+  // its own error.
+  int errors = reader.error_count();
   config.name = root.String("name");
-  if (reader.ok() && config.name.empty()) root.Fail("name", "must not be empty");
+  if (reader.error_count() == errors && config.name.empty()) root.Fail("name", "must not be empty");
   config.description = root.String("description", "");
+  errors = reader.error_count();
   const std::string hardware = root.String("hardware");
-  if (reader.ok() && hardware.empty()) root.Fail("hardware", "must name a hardware YAML file");
+  if (reader.error_count() == errors && hardware.empty()) {
+    root.Fail("hardware", "must name a hardware YAML file");
+  }
   config.topology = ReadTopology(root);
   config.roles = ReadRoles(root);
   config.engine = ReadEngine(root);

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "yaml-cpp/eventhandler.h"
 
 namespace dsv4 {
@@ -76,9 +77,13 @@ struct DocumentCounter : YAML::EventHandler {
 }  // namespace
 
 YamlReader::YamlReader(std::string file, absl::Status status)
-    : file_(std::move(file)), status_(std::move(status)) {}
+    : file_(std::move(file)), status_(std::move(status)), errors_(1), fatal_(true) {}
 
 YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::move(file)) {
+  if (FailOnTabIndentation(text)) {
+    fatal_ = true;
+    return;
+  }
   try {
     // yaml-cpp 0.7's LoadAll never returns when a document starts with a stray ',' ("#\n,"):
     // its parser reports an empty document without consuming the comma, and LoadAll collects
@@ -91,23 +96,63 @@ YamlReader::YamlReader(const std::string& text, std::string file) : file_(std::m
     while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
     }
     if (counter.documents >= kMaxDocuments) {
-      status_ = absl::InvalidArgumentError(
-          absl::StrCat(file_, ":", counter.last.line + 1,
-                       ": YAML syntax error: the parser makes no progress here (a stray ',' "
-                       "outside a [list] or {map}?)"));
+      Record(counter.last.line + 1,
+             absl::StrCat(file_, ":", counter.last.line + 1,
+                          ": YAML syntax error: the parser makes no progress here (a stray ',' "
+                          "outside a [list] or {map}?)"));
+      fatal_ = true;
       return;
     }
     std::vector<YAML::Node> docs = YAML::LoadAll(text);
     if (docs.size() > 1) {
       Fail(docs[1], "", absl::StrCat("expected one YAML document, found ", docs.size()));
+      fatal_ = true;
     } else if (docs.size() == 1) {
       root_ = docs[0];
     }
   } catch (const YAML::Exception& e) {
     // Parser errors carry a 0-based mark; other yaml-cpp errors may not.
     const std::string where = e.mark.is_null() ? file_ : absl::StrCat(file_, ":", e.mark.line + 1);
-    status_ = absl::InvalidArgumentError(absl::StrCat(where, ": YAML syntax error: ", e.msg));
+    Record(e.mark.is_null() ? 0 : e.mark.line + 1,
+           absl::StrCat(where, ": YAML syntax error: ", e.msg));
+    fatal_ = true;
   }
+}
+
+bool YamlReader::FailOnTabIndentation(const std::string& text) {
+  bool found = false;
+  int line = 0;
+  for (absl::string_view row : absl::StrSplit(text, '\n')) {
+    ++line;
+    const size_t content = row.find_first_not_of(" \t");
+    // yaml-cpp refuses a tab before the content of any line, comments and blank lines too.
+    const absl::string_view lead = row.substr(0, std::min(content, row.size()));
+    if (lead.find('\t') == absl::string_view::npos) continue;
+    Record(line, absl::StrCat(file_, ":", line,
+                              ": tab character in indentation (YAML indents with spaces)"));
+    found = true;
+  }
+  return found;
+}
+
+void YamlReader::Record(int line, std::string error) {
+  ++errors_;
+  if (static_cast<int>(errors_list_.size()) < kMaxKeptErrors) {
+    errors_list_.push_back({line, std::move(error)});
+  }
+  // In file order, so the listing reads like a compiler's; the cap keeps the first lines.
+  std::vector<std::pair<int, std::string>> sorted = errors_list_;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string message;
+  const int shown = std::min<int>(kMaxErrors, static_cast<int>(sorted.size()));
+  for (int i = 0; i < shown; ++i) {
+    absl::StrAppend(&message, i > 0 ? "\n" : "", sorted[i].second);
+  }
+  if (const int more = errors_ - shown; more > 0) {
+    absl::StrAppend(&message, "\n... and ", more, " more error", more == 1 ? "" : "s");
+  }
+  status_ = absl::InvalidArgumentError(message);
 }
 
 YamlReader YamlReader::FromFile(const std::string& path) {
@@ -127,10 +172,11 @@ YamlReader YamlReader::FromFile(const std::string& path) {
 }
 
 YamlMap YamlReader::Root(std::vector<absl::string_view> allowed) {
-  if (ok() && (!root_.IsDefined() || root_.IsNull())) {
-    status_ = absl::InvalidArgumentError(absl::StrCat(file_, ": the file is empty"));
+  if (!fatal_ && (!root_.IsDefined() || root_.IsNull())) {
+    Record(0, absl::StrCat(file_, ": the file is empty"));
+    fatal_ = true;
   }
-  return YamlMap(this, ok() ? root_ : YAML::Node(), "", std::move(allowed));
+  return YamlMap(this, fatal_ ? YAML::Node() : root_, "", std::move(allowed));
 }
 
 std::string YamlReader::Where(const YAML::Node& at) const {
@@ -140,36 +186,39 @@ std::string YamlReader::Where(const YAML::Node& at) const {
 }
 
 void YamlReader::Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message) {
-  if (!ok()) return;
-  status_ = absl::InvalidArgumentError(
-      key_path.empty() ? absl::StrCat(Where(at), ": ", message)
-                       : absl::StrCat(Where(at), ": ", key_path, ": ", message));
+  if (fatal_) return;
+  const YAML::Mark mark = at.IsDefined() ? at.Mark() : YAML::Mark::null_mark();
+  Record(mark.is_null() ? 0 : mark.line + 1,
+         key_path.empty() ? absl::StrCat(Where(at), ": ", message)
+                          : absl::StrCat(Where(at), ": ", key_path, ": ", message));
 }
 
 YamlMap::YamlMap(YamlReader* reader, YAML::Node node, std::string path,
                  std::vector<absl::string_view> allowed, std::optional<YAML::Node> anchor)
     : reader_(reader), anchor_(anchor.value_or(node)), path_(std::move(path)) {
-  if (!reader_->ok() || !node.IsDefined() || node.IsNull()) return;
+  if (!node.IsDefined() || node.IsNull()) return;
   if (!node.IsMap()) {
     reader_->Fail(node, path_, absl::StrCat("expected a map, got ", Describe(node)));
+    failed_ = true;
     return;
   }
+  // Bad keys are reported and skipped; the other keys are still read and checked.
   // Copies: the iterator's pair is a temporary, so references into it would dangle.
   for (const auto& pair : node) {
     const YAML::Node key = pair.first;
     if (!key.IsScalar()) {
       reader_->Fail(key, path_, absl::StrCat("keys must be plain names, got ", Describe(key)));
-      return;
+      continue;
     }
     const std::string name = key.Scalar();
     if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
       reader_->Fail(key, JoinPath(path_, name),
                     absl::StrCat("unknown key (allowed: ", absl::StrJoin(allowed, ", "), ")"));
-      return;
+      continue;
     }
     if (Has(name)) {
       reader_->Fail(key, JoinPath(path_, name), "duplicate key");
-      return;
+      continue;
     }
     entries_.push_back({name, key, pair.second});
   }
@@ -198,6 +247,7 @@ std::string YamlMap::Where(absl::string_view key) const {
 
 void YamlMap::Fail(absl::string_view key, absl::string_view message) const {
   const Entry* entry = Find(key);
+  if (!entry && failed_) return;  // the map's own error says it all
   reader_->Fail(entry ? entry->value : anchor_, Path(key), message);
 }
 
@@ -251,8 +301,11 @@ YamlMap YamlMap::Map(absl::string_view key, std::vector<absl::string_view> allow
   const Entry* entry = Find(key);
   if (!entry) {
     if (required) Fail(key, "missing required key");
-    return YamlMap(reader_, YAML::Node(YAML::NodeType::Undefined), Path(key), std::move(allowed),
+    YamlMap absent(reader_, YAML::Node(YAML::NodeType::Undefined), Path(key), std::move(allowed),
                    anchor_);
+    // Its keys are missing because it is: one error, not one per key.
+    absent.failed_ = failed_ || required;
+    return absent;
   }
   return YamlMap(reader_, entry->value, Path(key), std::move(allowed), entry->key);
 }
@@ -260,7 +313,6 @@ YamlMap YamlMap::Map(absl::string_view key, std::vector<absl::string_view> allow
 std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
                                absl::string_view key_path, NumberRule rule) {
   int64_t value = 0;
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value) ||
       value > std::numeric_limits<int>::max() || !Satisfies(static_cast<double>(value), rule)) {
     reader.Fail(node, key_path,
@@ -273,7 +325,6 @@ std::optional<int> ReadYamlInt(YamlReader& reader, const YAML::Node& node,
 std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
                                      absl::string_view key_path, NumberRule rule) {
   double value = 0;
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar() || !absl::SimpleAtod(node.Scalar(), &value) || !std::isfinite(value) ||
       !Satisfies(value, rule)) {
     reader.Fail(node, key_path,
@@ -285,7 +336,6 @@ std::optional<double> ReadYamlNumber(YamlReader& reader, const YAML::Node& node,
 
 std::optional<std::string> ReadYamlString(YamlReader& reader, const YAML::Node& node,
                                           absl::string_view key_path) {
-  if (!reader.ok()) return std::nullopt;
   if (!node.IsScalar()) {
     reader.Fail(node, key_path, absl::StrCat("expected a string, got ", Describe(node)));
     return std::nullopt;

@@ -3,8 +3,13 @@
 // Every error names the file, the 1-based line and the key path:
 //   cluster-configs/local.yaml:7: topology.chips_per_node: expected a positive integer, got "four"
 // Unknown and duplicate keys are errors, so a typo never passes silently. The reader keeps
-// the first error and later reads return defaults, so parsing code reads straight through
-// and checks status() once. Nothing throws: yaml-cpp exceptions become errors.
+// every error (the first kMaxErrors by line, then how many more) and reads that fail return
+// defaults, so parsing code reads straight through and checks status() once; the user fixes
+// a file in one pass instead of one error per run. Errors that only follow from another one
+// are not reported: nothing after a syntax error, no missing keys inside a map that is
+// missing or is not a map. Checks across keys should run only when the keys they compare
+// read well (ok(), or no new error_count() since), for the same reason. Tabs in indentation get
+// their own message (YAML forbids them). Nothing throws: yaml-cpp exceptions become errors.
 #ifndef DSV4_CORE_YAML_READER_H_
 #define DSV4_CORE_YAML_READER_H_
 
@@ -35,28 +40,47 @@ class YamlReader {
   // Reads and parses `path`; a missing file is NotFound.
   static YamlReader FromFile(const std::string& path);
 
+  // Errors listed in status() (the first by line); the others are counted, not listed.
+  static constexpr int kMaxErrors = 20;
+
   const std::string& file() const { return file_; }
+  // OK, or INVALID_ARGUMENT (NOT_FOUND, DATA_LOSS for an unreadable file) whose message is
+  // every error found, one a line.
   const absl::Status& status() const { return status_; }
   bool ok() const { return status_.ok(); }
+  int error_count() const { return errors_; }
 
   // The top-level map, limited to `allowed` keys.
   YamlMap Root(std::vector<absl::string_view> allowed);
 
-  // Records "file:line: key_path: message" at `at` unless an error is already recorded.
+  // Records "file:line: key_path: message" at `at`, unless the document could not be read
+  // at all (then every other error would be a consequence).
   void Fail(const YAML::Node& at, absl::string_view key_path, absl::string_view message);
   // "file:line" of `at` (just "file" when the node has no position).
   std::string Where(const YAML::Node& at) const;
 
  private:
   YamlReader(std::string file, absl::Status status);
+  // Adds "file:line: ..." (`line` 1-based, 0 for the whole file) to status().
+  void Record(int line, std::string error);
+  // Errors for lines whose indentation holds a tab; true when there was one.
+  bool FailOnTabIndentation(const std::string& text);
 
   std::string file_;
   YAML::Node root_;
   absl::Status status_;
+  static constexpr int kMaxKeptErrors = 200;              // bounds the work on a hopeless file
+  std::vector<std::pair<int, std::string>> errors_list_;  // (line, error), as found
+  int errors_ = 0;
+  // The document could not be read (syntax error, empty or missing file): later errors
+  // would all be consequences of that one.
+  bool fatal_ = false;
 };
 
 // A map node at a key path. Reads of absent keys return the default, or record
-// "missing required key" at `anchor` (the line naming the map) when there is no default.
+// "missing required key" at `anchor` (the line naming the map) when there is no default —
+// except in a map that is itself missing (required) or not a map, whose error is already
+// recorded.
 class YamlMap {
  public:
   // `anchor` locates errors about absent keys; by default the map itself.
@@ -98,7 +122,8 @@ class YamlMap {
   const Entry* Find(absl::string_view key) const;
 
   YamlReader* reader_;
-  YAML::Node anchor_;  // where "missing required key" points
+  YAML::Node anchor_;    // where "missing required key" points
+  bool failed_ = false;  // missing though required, or not a map: already reported
   std::string path_;
   std::vector<Entry> entries_;  // file order
 };

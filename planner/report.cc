@@ -53,17 +53,29 @@ std::string MemoryLine(const char* who, const MemoryUse& m) {
       Gb(m.used()), Gb(m.usable), Gb(m.headroom()));
 }
 
+// "prefill: 3 unit(s) of ..." in a plan; "prefill unit ..." for a pinned layout (units 0).
 std::string PhaseDetails(const PhaseEvaluation& e, int units) {
   std::string out;
   const bool decode = e.layout.phase == Phase::kDecode;
-  absl::StrAppendFormat(&out, "  %s: %d unit(s) of %s, %d chips each\n", PhaseName(e.layout.phase),
-                        units, e.layout.Describe(), e.layout.chips());
+  const UnitLayout& l = e.layout;
+  if (units > 0) {
+    absl::StrAppendFormat(&out, "  %s: %d unit(s) of %s, %d chips each", PhaseName(l.phase), units,
+                          l.Describe(), l.chips());
+  } else {
+    absl::StrAppendFormat(&out, "  %s unit %s, %d chips", PhaseName(l.phase), l.Describe(),
+                          l.chips());
+  }
+  if (l.ranks_per_chip > 1 || l.shared_expert_ranks > 0) {
+    absl::StrAppendFormat(&out, " (%d ranks per chip, %d shared-expert ranks)", l.ranks_per_chip,
+                          l.shared_expert_ranks);
+  }
+  out += "\n";
   absl::StrAppendFormat(&out,
-                        "    step %.2f ms; %s %.0f tokens/s per unit, %.0f per chip at full load; "
-                        "planned load %.0f%%; %s %.1f ms\n",
+                        "    step %.2f ms; %s %.0f tokens/s per unit, %.0f per chip at full load, "
+                        "%.0f at the planned load %.0f%%; %s %.1f ms\n",
                         Ms(e.step.total), decode ? "output" : "computed input", e.tokens_per_s,
-                        e.tokens_per_s_per_chip, 100 * e.max_load, decode ? "TPOT" : "TTFT p90",
-                        Ms(e.latency));
+                        e.tokens_per_s_per_chip, e.effective_per_chip(), 100 * e.max_load,
+                        decode ? "TPOT" : "TTFT p90", Ms(e.latency));
   absl::StrAppendFormat(&out, "    busy per step: %s; binding: %s\n", BusyLine(e.step),
                         BottleneckName(e.step.binding));
   std::vector<std::string> components;
@@ -73,11 +85,28 @@ std::string PhaseDetails(const PhaseEvaluation& e, int units) {
                                          CostComponentName(static_cast<CostComponent>(i)),
                                          Ms(e.step.stages.component[i])));
   }
-  absl::StrAppendFormat(&out, "    compute by component (ms): %s\n",
+  absl::StrAppendFormat(&out, "    time by component (ms, roofline): %s\n",
                         absl::StrJoin(components, ", "));
-  absl::StrAppendFormat(&out, "    all-to-all: dispatch %.2f ms, combine %.2f ms\n",
-                        Ms(e.step.stages.dispatch), Ms(e.step.stages.combine));
-  if (e.layout.colocated) {
+  absl::StrAppendFormat(&out,
+                        "    compute: attention %.2f ms, experts %.2f ms; FLOP-bound %.2f ms, "
+                        "HBM-bound %.2f ms\n",
+                        Ms(e.step.stages.attention_compute), Ms(e.step.stages.expert_compute),
+                        Ms(e.step.stages.compute_bound), Ms(e.step.stages.hbm_bound));
+  std::vector<std::string> links;
+  for (int c = 0; c < kNumLinkClasses; ++c) {
+    links.push_back(absl::StrFormat("%s %.2f", LinkClassName(static_cast<LinkClass>(c)),
+                                    Ms(e.step.stages.link[c])));
+  }
+  absl::StrAppendFormat(&out,
+                        "    all-to-all: dispatch %.2f ms, combine %.2f ms; link time (ms): %s, "
+                        "latency %.2f\n",
+                        Ms(e.step.stages.dispatch), Ms(e.step.stages.combine),
+                        absl::StrJoin(links, ", "), Ms(e.step.stages.latency));
+  if (e.step.stages.engram > 0) {
+    absl::StrAppendFormat(&out, "    engram fetch %.2f ms, %.2f ms of it exposed\n",
+                          Ms(e.step.stages.engram), Ms(e.step.stages.engram_exposed));
+  }
+  if (l.colocated) {
     out += MemoryLine("per chip:", e.attention_memory);
   } else {
     out += MemoryLine("attention chip:", e.attention_memory);
@@ -109,19 +138,48 @@ std::string ModelFacts(const PlanResult& r) {
 }
 
 std::string TableRows(const std::vector<Plan>& plans) {
-  std::string out =
-      absl::StrFormat("  %-3s %-36s %-36s %7s %10s %9s %9s %8s %9s %9s  %s\n", "#",
-                      "prefill unit x count", "decode unit x count", "chips", "tok/s/chip",
-                      "out/chip", "TTFT p90", "TPOT", "mem P GB", "mem D GB", "bottleneck P | D");
+  std::string out = absl::StrFormat(
+      "  %-3s %-34s %-34s %6s %10s %10s %10s %9s %8s %8s %8s  %-28s %s\n", "#",
+      "prefill unit x count", "decode unit x count", "chips", "P in/chip", "D out/chip", "all/chip",
+      "TTFT p90", "TPOT", "mem P GB", "mem D GB", "binding P | D", "dsv4-engine");
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     absl::StrAppendFormat(
-        &out, "  %-3d %-36s %-36s %7d %10.0f %9.0f %7.0f ms %5.1f ms %9s %9s  %s | %s%s\n", i + 1,
-        Units(p.prefill.layout, p.prefill_units), Units(p.decode.layout, p.decode_units), p.chips,
-        p.tokens_per_s_per_chip, p.output_tokens_per_s_per_chip, Ms(p.ttft), Ms(p.tpot),
-        MemoryCell(p.prefill), MemoryCell(p.decode), BottleneckName(p.prefill.step.binding),
-        BottleneckName(p.decode.step.binding),
+        &out, "  %-3d %-34s %-34s %6d %10.0f %10.0f %10.0f %6.0f ms %5.1f ms %8s %8s  %-28s %s%s\n",
+        i + 1, Units(p.prefill.layout, p.prefill_units), Units(p.decode.layout, p.decode_units),
+        p.chips, p.prefill.effective_per_chip(), p.decode.effective_per_chip(),
+        p.tokens_per_s_per_chip, Ms(p.ttft), Ms(p.tpot), MemoryCell(p.prefill),
+        MemoryCell(p.decode),
+        absl::StrCat(std::string(BottleneckName(p.prefill.step.binding)), " | ",
+                     std::string(BottleneckName(p.decode.step.binding))),
+        EngineSupportOf(p).cell,
         p.feasible() ? "" : absl::StrCat("  [", absl::StrJoin(p.violations, "; "), "]"));
+  }
+  return out;
+}
+
+// The legend under the table, with the deployability caveats of the plans it shows.
+std::string TableLegend(const std::vector<Plan>& plans) {
+  std::string out =
+      "  P in/chip: computed input tokens/s per prefill chip, D out/chip: output tokens/s per "
+      "decode chip,\n"
+      "    both at the planned load; all/chip: input + output tokens/s per chip of the whole "
+      "plan\n"
+      "  chips: whole units for the workload's rate; mem: busiest chip of the unit, used/HBM GB\n";
+  bool colocated = false, afd = false;
+  for (const Plan& p : plans) (EngineSupportOf(p).runs ? afd : colocated) = true;
+  if (colocated) {
+    out +=
+        "  dsv4-engine \"no\": it runs attention and expert ranks as separate processes on "
+        "separate chips;\n"
+        "    co-located plans cannot run on it (plan with --layouts afd for plans it runs)\n";
+  }
+  if (afd) {
+    out +=
+        "  dsv4-engine \"units*\": each unit runs as its own engine serving prefill (chunked) and "
+        "decode;\n"
+        "    the runtime has no KV hand-off from prefill to decode units, so the split is "
+        "modelled, not run\n";
   }
   return out;
 }
@@ -139,6 +197,10 @@ nlohmann::json MemoryJson(const MemoryUse& m) {
           {"usable_GB", Gb(m.usable)},
           {"capacity_GB", Gb(m.capacity)},
           {"headroom_GB", Gb(m.headroom())}};
+}
+
+nlohmann::json EngineJson(const EngineSupport& support) {
+  return {{"runs", support.runs}, {"reason", support.reason}};
 }
 
 nlohmann::json PhaseJson(const PhaseEvaluation& e) {
@@ -168,6 +230,8 @@ nlohmann::json PhaseJson(const PhaseEvaluation& e) {
         {l.phase == Phase::kDecode ? "sequences_per_rank" : "tokens_per_rank_per_step", l.batch},
         {"micro_batches", l.micro_batches},
         {"dispatch", l.hierarchical ? "hierarchical" : "flat"},
+        {"ranks_per_chip", l.ranks_per_chip},
+        {"shared_expert_ranks", l.shared_expert_ranks},
         {"chips", l.chips()},
         {"description", l.Describe()}}},
       {"step_ms", Ms(e.step.total)},
@@ -175,6 +239,10 @@ nlohmann::json PhaseJson(const PhaseEvaluation& e) {
       {"tokens_per_s_per_chip", e.tokens_per_s_per_chip},
       {l.phase == Phase::kDecode ? "tpot_ms" : "ttft_p90_ms", Ms(e.latency)},
       {"max_load", e.max_load},
+      {"tokens_per_s_per_chip_at_planned_load", e.effective_per_chip()},
+      {"memory_ratio", e.memory_ratio},
+      {"latency_ratio", e.latency_ratio},
+      {"feasible", e.feasible()},
       {"memory", memory},
       {"time_ms",
        {{"components", components},
@@ -188,6 +256,7 @@ nlohmann::json PhaseJson(const PhaseEvaluation& e) {
         {"engram_exposed", Ms(e.step.stages.engram_exposed)}}},
       {"busy_ms", busy},
       {"binding", std::string(BottleneckName(e.step.binding))},
+      {"dsv4_engine", EngineJson(EngineSupportOf(l))},
   };
 }
 
@@ -237,9 +306,7 @@ std::string FormatPlanTable(const PlanResult& r) {
                           r.binding_constraint);
   }
   out += TableRows(r.plans);
-  out +=
-      "  tok/s/chip: input + output tokens/s per chip the units sustain at their planned load;\n"
-      "  chips: whole units for the workload's rate; mem: busiest chip of the unit, used/HBM GB\n";
+  out += TableLegend(r.plans);
   const Plan& best = r.plans[0];
   absl::StrAppendFormat(&out, "\n%s plan: %d chips (%d prefill + %d decode)",
                         r.feasible ? "Chosen" : "Closest", best.chips,
@@ -259,7 +326,121 @@ std::string FormatPlanTable(const PlanResult& r) {
   }
   out += PhaseDetails(best.prefill, best.prefill_units);
   out += PhaseDetails(best.decode, best.decode_units);
+  const EngineSupport support = EngineSupportOf(best);
+  absl::StrAppendFormat(&out, "  dsv4-engine: %s%s\n",
+                        support.runs ? "" : "cannot run it: ", support.reason);
   return out;
+}
+
+EngineSupport EngineSupportOf(const UnitLayout& l) {
+  const std::string phase(PhaseName(l.phase));
+  if (l.colocated) {
+    return {false,
+            absl::StrCat("the ", phase, " unit ", l.Describe(),
+                         " is co-located (every chip attends and holds experts); dsv4-engine "
+                         "runs attention and expert ranks as separate processes on separate "
+                         "chips (plan with --layouts afd)"),
+            "no: co-located"};
+  }
+  if (l.ranks_per_chip > 1) {
+    return {false,
+            absl::StrCat("the ", phase, " unit runs ", l.ranks_per_chip,
+                         " ranks per chip; dsv4-engine places one rank on each chip"),
+            "no: ranks per chip"};
+  }
+  if (l.shared_expert_ranks > 0) {
+    return {false,
+            absl::StrCat("the ", phase, " unit has ", l.shared_expert_ranks,
+                         " shared-expert ranks; dsv4-engine keeps the shared expert on the "
+                         "attention ranks"),
+            "no: shared-expert ranks"};
+  }
+  return {true,
+          absl::StrCat("the ", phase,
+                       " unit runs as one dsv4-engine that serves prefill (chunked) and decode "
+                       "itself"),
+          "unit*"};
+}
+
+EngineSupport EngineSupportOf(const Plan& plan) {
+  for (const PhaseEvaluation* e : {&plan.prefill, &plan.decode}) {
+    EngineSupport unit = EngineSupportOf(e->layout);
+    if (!unit.runs) return unit;
+  }
+  return {true,
+          "each unit runs as its own dsv4-engine serving prefill (chunked) and decode; the runtime "
+          "has no KV hand-off from a prefill unit to a decode unit, so the split's TTFT and TPOT "
+          "are modelled, not what the engines deliver",
+          "units*"};
+}
+
+nlohmann::json PhaseEvaluationToJson(const PhaseEvaluation& evaluation) {
+  return PhaseJson(evaluation);
+}
+
+// What rules a pinned layout out, worded as the search words a plan's violations.
+std::vector<std::string> PinnedViolations(const PinnedEvaluation& pinned) {
+  const PhaseEvaluation& e = pinned.evaluation;
+  const bool decode = e.layout.phase == Phase::kDecode;
+  std::vector<std::string> out;
+  if (e.memory_ratio > 1) {
+    out.push_back(absl::StrFormat("%s memory %.0f%% of usable HBM", PhaseName(e.layout.phase),
+                                  100 * e.memory_ratio));
+  }
+  if (e.latency_ratio > 1) {
+    out.push_back(absl::StrFormat("%s %.1f ms > SLO %.1f ms", decode ? "TPOT" : "TTFT p90",
+                                  Ms(e.latency), Ms(decode ? pinned.slo_tpot : pinned.slo_ttft)));
+  }
+  if (e.max_load <= 0) out.push_back("no load meets the SLO and the workload's max utilisation");
+  if (e.layout.chips() > pinned.cluster_chips) {
+    out.push_back(absl::StrFormat("needs %d chips, the cluster has %d", e.layout.chips(),
+                                  pinned.cluster_chips));
+  }
+  return out;
+}
+
+std::string FormatPinnedEvaluation(const PinnedEvaluation& pinned) {
+  const PhaseEvaluation& e = pinned.evaluation;
+  const bool decode = e.layout.phase == Phase::kDecode;
+  const double slo = decode ? pinned.slo_tpot : pinned.slo_ttft;
+  std::string out;
+  absl::StrAppendFormat(&out, "dsv4 plan evaluate: %s on %s (%s, %d chips), workload %s\n",
+                        pinned.model, pinned.cluster, pinned.hardware, pinned.cluster_chips,
+                        pinned.workload);
+  absl::StrAppendFormat(&out, "%s SLO %s; the layout is priced as the search prices it\n",
+                        decode ? "TPOT" : "TTFT p90",
+                        slo > 0 ? absl::StrFormat("<= %.1f ms", Ms(slo)) : "none");
+  for (const std::string& note : pinned.notes) absl::StrAppend(&out, "note: ", note, "\n");
+  out += "\n";
+  out += PhaseDetails(e, 0);
+  const std::vector<std::string> violations = PinnedViolations(pinned);
+  absl::StrAppendFormat(&out, "  %s\n",
+                        violations.empty()
+                            ? std::string("feasible: fits in memory and the cluster, meets the SLO")
+                            : absl::StrCat("INFEASIBLE: ", absl::StrJoin(violations, "; ")));
+  const EngineSupport support = EngineSupportOf(e.layout);
+  absl::StrAppendFormat(&out, "  dsv4-engine: %s%s\n",
+                        support.runs ? "" : "cannot run it: ", support.reason);
+  return out;
+}
+
+nlohmann::json PinnedEvaluationToJson(const PinnedEvaluation& pinned) {
+  const PhaseEvaluation& e = pinned.evaluation;
+  return {
+      {"model", pinned.model},
+      {"cluster", pinned.cluster},
+      {"hardware", pinned.hardware},
+      {"workload", pinned.workload},
+      {"cluster_chips", pinned.cluster_chips},
+      {"slo",
+       {{"ttft_p90_ms",
+         pinned.slo_ttft > 0 ? nlohmann::json(Ms(pinned.slo_ttft)) : nlohmann::json()},
+        {"tpot_ms", pinned.slo_tpot > 0 ? nlohmann::json(Ms(pinned.slo_tpot)) : nlohmann::json()}}},
+      {"notes", pinned.notes},
+      {"feasible", PinnedViolations(pinned).empty()},
+      {"violations", PinnedViolations(pinned)},
+      {"dsv4_engine", EngineJson(EngineSupportOf(e.layout))},
+      {"evaluation", PhaseJson(e)}};
 }
 
 nlohmann::json PlanResultToJson(const PlanResult& r) {
@@ -281,6 +462,7 @@ nlohmann::json PlanResultToJson(const PlanResult& r) {
                      {"tpot_ms", Ms(p.tpot)},
                      {"cost_per_hour", p.cost_per_hour},
                      {"cost_per_million_tokens", p.cost_per_million_tokens},
+                     {"dsv4_engine", EngineJson(EngineSupportOf(p))},
                      {"prefill", PhaseJson(p.prefill)},
                      {"decode", PhaseJson(p.decode)}});
   }
@@ -456,12 +638,9 @@ absl::StatusOr<std::string> UnitClusterYaml(const PlanResult& result, const Plan
   namespace fs = std::filesystem;
   const PhaseEvaluation& e = phase == Phase::kPrefill ? plan.prefill : plan.decode;
   const UnitLayout& l = e.layout;
-  if (l.colocated) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the ", std::string(PhaseName(phase)), " unit ", l.Describe(),
-        " is co-located (every chip attends and holds experts); dsv4-engine gives attention and "
-        "expert ranks their own chips, so only disaggregated plans can be emitted (--layouts "
-        "disaggregated)"));
+  if (const EngineSupport support = EngineSupportOf(l); !support.runs) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot emit a cluster YAML: ", support.reason));
   }
   const TopologySpec& t = cluster.topology;
   const int chips_per_node = t.supernodes[0].nodes[0].chips;
@@ -499,7 +678,16 @@ absl::StatusOr<std::string> UnitClusterYaml(const PlanResult& result, const Plan
           : std::max(1, static_cast<int>(l.batch / std::max(1.0, workload.input.Mean())));
 
   std::string y;
-  absl::StrAppendFormat(&y, "# Generated by dsv4 plan: the %s unit of the chosen plan.\n",
+  absl::StrAppendFormat(&y, "# Generated by dsv4 plan: the %s unit of the plan.\n",
+                        PhaseName(phase));
+  absl::StrAppendFormat(&y,
+                        "# One dsv4-engine serving this unit's requests end to end: it prefills "
+                        "(in chunks) and decodes\n"
+                        "# them itself. The plan splits prefill and decode over separate units, "
+                        "but the runtime has no\n"
+                        "# KV hand-off between units, so each unit's engine serves both phases "
+                        "(figures below are the\n"
+                        "# plan's modelled %s figures).\n",
                         PhaseName(phase));
   absl::StrAppendFormat(&y, "# Model %s, workload %s, objective %s.\n", result.model,
                         result.workload, ObjectiveName(result.options.objective));
@@ -549,18 +737,36 @@ absl::StatusOr<std::string> UnitClusterYaml(const PlanResult& result, const Plan
   return y;
 }
 
-absl::StatusOr<std::vector<std::string>> WriteClusterConfigs(const PlanResult& result,
-                                                             const ModelConfig& config,
-                                                             const ClusterConfig& cluster,
-                                                             const Workload& workload,
-                                                             const std::string& path) {
+absl::StatusOr<EmittedConfigs> WriteClusterConfigs(const PlanResult& result,
+                                                   const ModelConfig& config,
+                                                   const ClusterConfig& cluster,
+                                                   const Workload& workload,
+                                                   const std::string& path) {
   namespace fs = std::filesystem;
   if (result.plans.empty()) return absl::FailedPreconditionError("there is no plan to emit");
-  const Plan& plan = result.plans[0];
+  EmittedConfigs emitted;
+  emitted.plan_index = -1;
+  for (size_t i = 0; i < result.plans.size(); ++i) {
+    if (EngineSupportOf(result.plans[i]).runs) {
+      emitted.plan_index = static_cast<int>(i);
+      break;
+    }
+  }
+  if (emitted.plan_index < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no plan of this result runs on dsv4-engine, so no cluster YAML was written: ",
+                     EngineSupportOf(result.plans[0]).reason,
+                     ". Rerun with --layouts afd (or both) to plan layouts dsv4-engine runs"));
+  }
+  if (emitted.plan_index > 0) {
+    emitted.note = absl::StrCat("the chosen plan cannot run on dsv4-engine (",
+                                EngineSupportOf(result.plans[0]).cell, "); emitting plan #",
+                                emitted.plan_index + 1, ", the best plan it runs");
+  }
+  const Plan& plan = result.plans[emitted.plan_index];
   fs::path prefill_path(path);
   prefill_path.replace_filename(prefill_path.stem().string() + ".prefill" +
                                 prefill_path.extension().string());
-  std::vector<std::string> written;
   for (const auto& [phase, out] :
        {std::pair{Phase::kDecode, fs::path(path)}, std::pair{Phase::kPrefill, prefill_path}}) {
     ASSIGN_OR_RETURN(std::string yaml,
@@ -574,9 +780,9 @@ absl::StatusOr<std::vector<std::string>> WriteClusterConfigs(const PlanResult& r
       return absl::InternalError(
           absl::StrCat("the emitted cluster YAML does not load: ", loaded.status().message()));
     }
-    written.push_back(out.string());
+    emitted.paths.push_back(out.string());
   }
-  return written;
+  return emitted;
 }
 
 }  // namespace dsv4::planner

@@ -70,8 +70,10 @@ LengthDistribution ReadLength(const YamlMap& parent, absl::string_view key) {
   }
   const YamlMap map =
       parent.Map(key, {"distribution", "tokens", "mean", "sigma", "min", "max", "buckets"}, true);
+  // Errors below this map's own are consequences of them (an unreadable kind, min or max).
+  const int errors = reader.error_count();
   const std::string kind = map.String("distribution");
-  if (!reader.ok()) return dist;
+  if (reader.error_count() > errors) return dist;
   auto allow_only = [&](std::vector<absl::string_view> keys) {
     for (absl::string_view k : {"tokens", "mean", "sigma", "min", "max", "buckets"}) {
       if (map.Has(k) && std::find(keys.begin(), keys.end(), k) == keys.end()) {
@@ -89,7 +91,7 @@ LengthDistribution ReadLength(const YamlMap& parent, absl::string_view key) {
     allow_only({"min", "max"});
     const double lo = map.Number("min", NumberRule::kPositive);
     const double hi = map.Number("max", NumberRule::kPositive);
-    if (reader.ok() && hi < lo) map.Fail("max", "must be at least min");
+    if (reader.error_count() == errors && hi < lo) map.Fail("max", "must be at least min");
     dist.buckets = Discretise([&](double q) { return lo + q * (hi - lo); }, (lo + hi) / 2, lo, hi);
     dist.description = absl::StrFormat("uniform %g-%g", lo, hi);
   } else if (kind == "exponential" || kind == "lognormal") {
@@ -103,8 +105,8 @@ LengthDistribution ReadLength(const YamlMap& parent, absl::string_view key) {
     const double sigma = lognormal ? map.Number("sigma", NumberRule::kPositive) : 0;
     const double lo = map.Number("min", NumberRule::kPositive, 1);
     const double hi = map.Number("max", NumberRule::kPositive, big);
-    if (reader.ok() && hi < lo) map.Fail("max", "must be at least min");
-    if (!reader.ok()) return dist;
+    if (reader.error_count() == errors && hi < lo) map.Fail("max", "must be at least min");
+    if (reader.error_count() > errors) return dist;
     if (lognormal) {
       dist.buckets =
           Discretise([&](double q) { return std::exp(sigma * NormalQuantile(q)); }, mean, lo, hi);
@@ -129,7 +131,7 @@ LengthDistribution ReadLength(const YamlMap& parent, absl::string_view key) {
       dist.buckets.push_back({std::max<int64_t>(1, std::llround(tokens)), weight});
       total += weight;
     }
-    if (!reader.ok()) return dist;
+    if (reader.error_count() > errors) return dist;
     for (LengthBucket& b : dist.buckets) b.weight /= total;
     std::sort(dist.buckets.begin(), dist.buckets.end(),
               [](const LengthBucket& a, const LengthBucket& b) { return a.tokens < b.tokens; });
@@ -154,25 +156,27 @@ absl::StatusOr<Workload> Parse(YamlReader& reader) {
   const YamlMap rate = root.Map("rate", {"requests_per_s", "output_tokens_per_s"}, true);
   w.input = ReadLength(root, "input_tokens");
   w.output = ReadLength(root, "output_tokens");
-  if (reader.ok()) {
-    if (rate.Has("requests_per_s") == rate.Has("output_tokens_per_s")) {
-      root.Fail("rate", "give exactly one of requests_per_s or output_tokens_per_s");
-    } else if (rate.Has("requests_per_s")) {
-      w.requests_per_s = rate.Number("requests_per_s", NumberRule::kPositive);
-    } else {
-      w.requests_per_s =
-          rate.Number("output_tokens_per_s", NumberRule::kPositive) / w.output.Mean();
-    }
+  // Each read checks its own value; a rate given in output tokens/s over an unreadable
+  // output length is meaningless but never returned, the output length's error being.
+  if (!root.Has("rate")) {
+    // Reported as missing by Map above.
+  } else if (rate.Has("requests_per_s") == rate.Has("output_tokens_per_s")) {
+    root.Fail("rate", "give exactly one of requests_per_s or output_tokens_per_s");
+  } else if (rate.Has("requests_per_s")) {
+    w.requests_per_s = rate.Number("requests_per_s", NumberRule::kPositive);
+  } else {
+    w.requests_per_s =
+        rate.Number("output_tokens_per_s", NumberRule::kPositive) / std::max(w.output.Mean(), 1.0);
   }
   w.prefix_cache_hit_rate = root.Number("prefix_cache_hit_rate", NumberRule::kNonNegative, 0);
-  if (reader.ok() && w.prefix_cache_hit_rate >= 1) {
+  if (w.prefix_cache_hit_rate >= 1) {  // 0 when unreadable
     root.Fail("prefix_cache_hit_rate", "must be below 1 (some input must be computed)");
   }
   const YamlMap spec = root.Map("speculative", {"draft_tokens", "acceptance"});
   w.speculative.draft_tokens = spec.Int("draft_tokens", NumberRule::kNonNegative, 0);
   w.speculative.acceptance = spec.Number("acceptance", NumberRule::kFraction, 0.8);
   w.expert_load_skew = root.Number("expert_load_skew", NumberRule::kPositive, 1);
-  if (reader.ok() && w.expert_load_skew < 1) {
+  if (w.expert_load_skew < 1) {  // 1 when unreadable
     root.Fail("expert_load_skew", "must be at least 1 (busiest / mean load)");
   }
   w.max_utilization = root.Number("max_utilization", NumberRule::kFraction, 0.9);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_replace.h"
 #include "core/hardware.h"
 #include "core/topology.h"
+#include "core/yaml_reader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -248,8 +249,11 @@ TEST(ClusterConfigErrors, WrongType) {
 }
 
 TEST(ClusterConfigErrors, UnknownKey) {
-  EXPECT_THAT(ErrorOf(Edit("chips_per_node: 4", "chips_per_nod: 4")),
-              StartsWith(kInline + ":6: topology.chips_per_nod: unknown key (allowed: "));
+  // The misspelt key is unknown, and the key it meant is missing: both are said, by line.
+  EXPECT_EQ(ErrorOf(Edit("chips_per_node: 4", "chips_per_nod: 4")),
+            kInline + ":3: topology.chips_per_node: missing required key\n" + kInline +
+                ":6: topology.chips_per_nod: unknown key (allowed: supernodes, "
+                "nodes_per_supernode, chips_per_node, hosts, links)");
   EXPECT_THAT(ErrorOf(Edit("latency_us: 5.0}", "latency_us: 5.0, latncy: 1}")),
               StartsWith(kInline + ":10: topology.links.inter_supernode.latncy: unknown key"));
   EXPECT_THAT(ErrorOf(std::string(kValid) + "engin:\n  micro_batches: 2\n"),
@@ -301,6 +305,83 @@ TEST(ClusterConfigErrors, BadYamlSyntax) {
   EXPECT_EQ(ErrorOf(""), kInline + ": the file is empty");
   EXPECT_THAT(ErrorOf(std::string(kValid) + "---\nname: u\n"),
               StartsWith(kInline + ":15: expected one YAML document, found 2"));
+}
+
+// Every mistake of a file comes in one error, a line each, in file order.
+TEST(ClusterConfigErrors, ReportsEveryError) {
+  std::string yaml = Edit("chips_per_node: 4", "chips_per_node: four");
+  yaml = absl::StrReplaceAll(yaml, {{"latency_us: 2.0", "latency_us: -2"},
+                                    {"expert_ranks: 1", "expert_ranks: -1"},
+                                    {"name: t", "name: t\nnmae: u"}});
+  EXPECT_EQ(ErrorOf(yaml),
+            kInline +
+                ":2: nmae: unknown key (allowed: name, description, hardware, topology, "
+                "roles, engine, engram, coordinator)\n" +
+                kInline +
+                ":7: topology.chips_per_node: expected a positive integer, got \"four\"\n" +
+                kInline +
+                ":10: topology.links.intra_supernode.latency_us: expected a non-negative number, "
+                "got \"-2\"\n" +
+                kInline + ":14: roles.expert_ranks: expected a positive integer, got \"-1\"");
+}
+
+// Checks across keys run on what their keys read, whatever else in the file is wrong.
+TEST(ClusterConfigErrors, CrossKeyChecksBesideOtherErrors) {
+  EXPECT_EQ(ErrorOf(Edit("name: t", "name: {a: 1}") +
+                    "engine:\n  max_seq_len: 8192\n  kv_budget_tokens: 4096\n"
+                    "coordinator:\n  tls: {cert: a.pem}\n  max_queue: 0\n"),
+            kInline + ":1: name: expected a string, got a map\n" + kInline +
+                ":16: engine.kv_budget_tokens: must hold at least one sequence of max_seq_len = "
+                "8192 tokens, got 4096\n" +
+                kInline + ":18: coordinator.tls: cert and key must be given together\n" + kInline +
+                ":19: coordinator.max_queue: expected a positive integer, got \"0\"");
+  // But not on a value that could not be read: no "must not be empty" for a missing name.
+  EXPECT_EQ(ErrorOf(Edit("name: t\n", "")), kInline + ":1: name: missing required key");
+}
+
+// A missing or malformed section is one error, not one per key it should hold.
+TEST(ClusterConfigErrors, NoErrorsThatOnlyFollowFromAnother) {
+  EXPECT_EQ(ErrorOf(Edit("topology:\n  supernodes: 1\n  nodes_per_supernode: 1\n  chips_per_node: "
+                         "4\n  links:\n    intra_node: {bandwidth_GBps: 392, latency_us: 1.0}\n"
+                         "    intra_supernode: {bandwidth_GBps: 392, latency_us: 2.0}\n"
+                         "    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}\n",
+                         "")),
+            kInline + ":1: topology: missing required key");
+  EXPECT_EQ(ErrorOf(Edit("roles:\n  attention_ranks: 1\n  expert_ranks: 1\n", "roles: 2\n")),
+            kInline + ":11: roles: expected a map, got \"2\"");
+  EXPECT_EQ(ErrorOf(Edit("  links:\n", "  links: []\n  old_links:\n")),
+            kInline + ":7: topology.links: expected a map, got a sequence\n" + kInline +
+                ":8: topology.old_links: unknown key (allowed: supernodes, nodes_per_supernode, "
+                "chips_per_node, hosts, links)");
+  // Nothing follows a syntax error.
+  EXPECT_THAT(ErrorOf(Edit("{bandwidth_GBps: 50, latency_us: 5.0}", "{bandwidth_GBps: 50")),
+              ::testing::Not(HasSubstr("\n")));
+}
+
+TEST(ClusterConfigErrors, TabInIndentation) {
+  EXPECT_EQ(ErrorOf(Edit("  chips_per_node: 4", "\tchips_per_node: 4")),
+            kInline + ":6: tab character in indentation (YAML indents with spaces)");
+  EXPECT_EQ(ErrorOf(Edit("  chips_per_node: 4\n  links", " \tchips_per_node: 4\n\t links")),
+            kInline + ":6: tab character in indentation (YAML indents with spaces)\n" + kInline +
+                ":7: tab character in indentation (YAML indents with spaces)");
+  EXPECT_EQ(ErrorOf(Edit("  chips_per_node: 4", "\t# four chips\n  chips_per_node: 4")),
+            kInline + ":6: tab character in indentation (YAML indents with spaces)");
+  EXPECT_EQ(ErrorOf(Edit("  chips_per_node: 4", "\t\n  chips_per_node: 4")),
+            kInline + ":6: tab character in indentation (YAML indents with spaces)");
+  // A tab after the key is not indentation.
+  absl::StatusOr<ClusterConfig> ok =
+      ParseClusterConfig(Edit("  chips_per_node: 4", "  chips_per_node:\t4"), kInline);
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
+TEST(ClusterConfigErrors, ManyErrorsAreCapped) {
+  std::string engine = "engine:\n";
+  for (int i = 0; i < 25; ++i) absl::StrAppend(&engine, "  typo", i, ": 1\n");
+  const std::string message = ErrorOf(std::string(kValid) + engine);
+  EXPECT_EQ(std::count(message.begin(), message.end(), '\n'), YamlReader::kMaxErrors);
+  EXPECT_THAT(message, StartsWith(kInline + ":15: engine.typo0: unknown key"));
+  EXPECT_THAT(message, HasSubstr(":34: engine.typo19: unknown key"));
+  EXPECT_THAT(message, ::testing::EndsWith("\n... and 5 more errors"));
 }
 
 TEST(ClusterConfigErrors, MissingFiles) {
@@ -423,7 +504,7 @@ efficiency:
   EXPECT_THAT(error(absl::StrReplaceAll(base, {{"source: \"s\"}\nhbm", "source: \"\"}\nhbm"}})),
               StartsWith("hw.yaml:3: peak_tflops.bf16.source: must say where the value comes"));
   EXPECT_THAT(error(absl::StrReplaceAll(base, {{"  bf16:", "  bf8:"}})),
-              StartsWith("hw.yaml:3: peak_tflops.bf8: unknown key"));
+              HasSubstr("\nhw.yaml:3: peak_tflops.bf8: unknown key"));
   EXPECT_EQ(
       error(absl::StrReplaceAll(base, {{"capacity_GB: {value: 80", "capacity_GB: {value: -80"}})),
       "hw.yaml:5: hbm.capacity_GB.value: expected a positive number, got \"-80\"");

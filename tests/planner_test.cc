@@ -9,8 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "core/cluster_config.h"
 #include "core/model_config.h"
+#include "core/topology.h"
+#include "engine/placement.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/layout_search.h"
@@ -109,6 +112,21 @@ TEST(WorkloadTest, ErrorsNameFileLineAndKey) {
             absl::StatusCode::kNotFound);
 }
 
+// Every mistake of a file in one error, one line each, without consequences of the others.
+TEST(WorkloadTest, ReportsEveryError) {
+  EXPECT_EQ(ParseError("name: t\nrate: {requests_per_s: -1}\ninput_tokens: 1000\n"
+                       "output_tokens: lots\nexpert_load_skew: 0.5\nmax_utilization: 2\n")
+                .message(),
+            "w.yaml:2: rate.requests_per_s: expected a positive number, got \"-1\"\n"
+            "w.yaml:4: output_tokens: expected a positive number, got \"lots\"\n"
+            "w.yaml:5: expert_load_skew: must be at least 1 (busiest / mean load)\n"
+            "w.yaml:6: max_utilization: expected a number in (0, 1], got \"2\"");
+  EXPECT_EQ(ParseError("name: t\nrate: {requests_per_s: 1}\ninput_tokens: 1000\n"
+                       "output_tokens: 10\nslo:\n\tttft_ms: 100\n")
+                .message(),
+            "w.yaml:6: tab character in indentation (YAML indents with spaces)");
+}
+
 class PlannerSweepTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -190,12 +208,15 @@ TEST_F(PlannerSweepTest, ReportsCarryTheResult) {
 TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
   dsv4::testing::TempDir dir("plan");
   const std::string path = dir.path() + "/unit.yaml";
-  absl::StatusOr<std::vector<std::string>> written =
+  absl::StatusOr<EmittedConfigs> emitted =
       WriteClusterConfigs(*result_, *config_, *cluster_, *workload_, path);
-  ASSERT_TRUE(written.ok()) << written.status();
-  ASSERT_EQ(written->size(), 2u);
+  ASSERT_TRUE(emitted.ok()) << emitted.status();
+  EXPECT_EQ(emitted->plan_index, 0);  // afd: the chosen plan itself
+  EXPECT_TRUE(emitted->note.empty());
+  ASSERT_EQ(emitted->paths.size(), 2u);
+  const std::vector<std::string>& written = emitted->paths;
   const Plan& plan = result_->plans[0];
-  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig((*written)[0]);
+  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig(written[0]);
   ASSERT_TRUE(decode.ok()) << decode.status();
   EXPECT_EQ(decode->roles.attention_ranks, plan.decode.layout.attention_ranks);
   EXPECT_EQ(decode->roles.expert_ranks, plan.decode.layout.expert_ranks);
@@ -203,17 +224,134 @@ TEST_F(PlannerSweepTest, EmittedClusterYamlLoads) {
   EXPECT_EQ(decode->engine.redundant_experts, plan.decode.layout.redundant_experts);
   EXPECT_EQ(decode->engine.max_seqs_per_rank, plan.decode.layout.batch);
   EXPECT_EQ(decode->hardware.name, cluster_->hardware.name);
-  absl::StatusOr<ClusterConfig> prefill = LoadClusterConfig((*written)[1]);
+  absl::StatusOr<ClusterConfig> prefill = LoadClusterConfig(written[1]);
   ASSERT_TRUE(prefill.ok()) << prefill.status();
   EXPECT_EQ(prefill->roles.attention_ranks, plan.prefill.layout.attention_ranks);
   EXPECT_EQ(prefill->engine.chunked_prefill_tokens, plan.prefill.layout.batch);
+  // The header says what the file is: one engine serving both phases of its unit.
+  std::ifstream in(written[1]);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("no\n# KV hand-off between units"));
+}
 
-  // Co-located units cannot run on dsv4-engine, and say so.
+// What dsv4-engine checks at startup before it loads weights (Engine::Setup): the YAML
+// loads, the topology builds with the ranks on chips, the world has the roles' ranks, and
+// the uniform expert placement exists for the model over the expert ranks. Starting a real
+// V4-Pro engine needs its 1.6T-parameter checkpoint, so the test stops there; the MPI
+// dispatcher's own checks need an MPI world.
+absl::Status EngineStartupChecks(const std::string& path, const ModelConfig& config) {
+  absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(path);
+  if (!cluster.ok()) return cluster.status();
+  absl::StatusOr<Topology> topology = Topology::Build(*cluster);
+  if (!topology.ok()) return topology.status();
+  if (topology->num_ranks() != cluster->roles.num_ranks()) {
+    return absl::InternalError("the topology's ranks differ from the roles'");
+  }
+  PlacementOptions options;
+  options.policy = cluster->engine.placement;
+  options.num_slots = config.n_routed_experts + cluster->engine.redundant_experts;
+  options.num_groups = config.n_group;
+  options.num_nodes = topology->num_expert_nodes();
+  options.num_ranks = topology->num_expert_ranks();
+  return ExpertPlacement::Uniform(config.num_hidden_layers, config.n_routed_experts, options)
+      .status();
+}
+
+TEST_F(PlannerSweepTest, EmittedClusterYamlPassesEngineStartupChecks) {
+  dsv4::testing::TempDir dir("plan-engine");
+  // Every plan of the result, not just the first: each could be the one emitted.
+  for (size_t i = 0; i < result_->plans.size(); ++i) {
+    PlanResult one = *result_;
+    one.plans = {result_->plans[i]};
+    const std::string path = dir.path() + "/unit" + std::to_string(i) + ".yaml";
+    absl::StatusOr<EmittedConfigs> emitted =
+        WriteClusterConfigs(one, *config_, *cluster_, *workload_, path);
+    ASSERT_TRUE(emitted.ok()) << emitted.status();
+    for (const std::string& written : emitted->paths) {
+      const absl::Status status = EngineStartupChecks(written, *config_);
+      EXPECT_TRUE(status.ok()) << "plan " << i + 1 << ", " << written << ": " << status;
+    }
+  }
+  // The check can fail: 7 expert ranks cannot hold the experts evenly.
+  std::ifstream in(dir.path() + "/unit0.yaml");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const Plan& plan = result_->plans[0];
+  const std::string bad_path = dir.path() + "/bad.yaml";
+  std::ofstream(bad_path) << absl::StrReplaceAll(
+      text, {{absl::StrCat("redundant_experts: ", plan.decode.layout.redundant_experts, "}"),
+              absl::StrCat("redundant_experts: ", plan.decode.layout.redundant_experts + 1, "}")}});
+  EXPECT_FALSE(EngineStartupChecks(bad_path, *config_).ok());
+}
+
+// The emitted YAML is always one dsv4-engine runs: a co-located chosen plan gives way to the
+// best afd plan of the result, and a result without one is refused, saying what to do.
+TEST_F(PlannerSweepTest, EmitsTheBestPlanTheEngineRunsOrRefuses) {
+  dsv4::testing::TempDir dir("plan-emit");
+  const std::string path = dir.path() + "/unit.yaml";
+  PlanResult mixed = *result_;
+  mixed.plans[0].prefill.layout.colocated = true;
+  absl::StatusOr<EmittedConfigs> emitted =
+      WriteClusterConfigs(mixed, *config_, *cluster_, *workload_, path);
+  ASSERT_TRUE(emitted.ok()) << emitted.status();
+  EXPECT_EQ(emitted->plan_index, 1);
+  EXPECT_THAT(emitted->note, HasSubstr("emitting plan #2"));
+  absl::StatusOr<ClusterConfig> decode = LoadClusterConfig(emitted->paths[0]);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  EXPECT_EQ(decode->roles.expert_ranks, mixed.plans[1].decode.layout.expert_ranks);
+
+  PlanResult colocated = *result_;
+  for (Plan& p : colocated.plans) p.decode.layout.colocated = true;
+  const absl::Status refused =
+      WriteClusterConfigs(colocated, *config_, *cluster_, *workload_, dir.path() + "/no.yaml")
+          .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("co-located"));
+  EXPECT_THAT(refused.message(), HasSubstr("--layouts afd"));
+  EXPECT_FALSE(std::ifstream(dir.path() + "/no.yaml").good());
+
+  // Units with ranks sharing a chip cannot be placed by dsv4-engine either.
+  PlanResult dies = *result_;
+  for (Plan& p : dies.plans) p.decode.layout.ranks_per_chip = 2;
+  EXPECT_FALSE(WriteClusterConfigs(dies, *config_, *cluster_, *workload_, path).ok());
+}
+
+// Pinned evaluation is the search's computation: the chosen plan's layouts, evaluated alone
+// with the result's options, give the same figures, field for field.
+TEST_F(PlannerSweepTest, PinnedEvaluationReproducesTheSearch) {
+  for (const Plan& plan : result_->plans) {
+    for (const PhaseEvaluation* searched : {&plan.prefill, &plan.decode}) {
+      const PhaseEvaluation pinned =
+          EvaluateLayout(*config_, *cluster_, *workload_, searched->layout, result_->options);
+      EXPECT_EQ(PhaseEvaluationToJson(pinned), PhaseEvaluationToJson(*searched))
+          << searched->layout.Describe();
+      EXPECT_EQ(pinned.step.total, searched->step.total);
+      EXPECT_EQ(pinned.latency, searched->latency);
+      EXPECT_EQ(pinned.tokens_per_s_per_chip, searched->tokens_per_s_per_chip);
+    }
+  }
+}
+
+TEST_F(PlannerSweepTest, TableShowsPhaseRatesAndWhatTheEngineRuns) {
+  const std::string table = FormatPlanTable(*result_);
+  EXPECT_THAT(table, HasSubstr("P in/chip"));
+  EXPECT_THAT(table, HasSubstr("D out/chip"));
+  EXPECT_THAT(table, HasSubstr("dsv4-engine"));
+  EXPECT_THAT(table, HasSubstr("units*"));
+  EXPECT_THAT(table, HasSubstr("no KV hand-off"));
+  EXPECT_THAT(table, HasSubstr("link time (ms): intra_node"));
+  const nlohmann::json json = PlanResultToJson(*result_);
+  EXPECT_TRUE(json["plans"][0]["dsv4_engine"]["runs"].get<bool>());
+  EXPECT_THAT(json["plans"][0]["dsv4_engine"]["reason"].get<std::string>(),
+              HasSubstr("no KV hand-off"));
+  EXPECT_DOUBLE_EQ(json["plans"][0]["decode"]["tokens_per_s_per_chip_at_planned_load"],
+                   result_->plans[0].decode.effective_per_chip());
+
   PlanResult colocated = *result_;
   colocated.plans[0].decode.layout.colocated = true;
-  EXPECT_THAT(
-      WriteClusterConfigs(colocated, *config_, *cluster_, *workload_, path).status().message(),
-      HasSubstr("co-located"));
+  const std::string marked = FormatPlanTable(colocated);
+  EXPECT_THAT(marked, HasSubstr("no: co-located"));
+  EXPECT_THAT(marked, HasSubstr("plan with --layouts afd"));
+  EXPECT_FALSE(PlanResultToJson(colocated)["plans"][0]["dsv4_engine"]["runs"].get<bool>());
 }
 
 // Doubling HBM bandwidth never slows a plan, and memory-bound decode layouts get faster.
@@ -398,6 +536,157 @@ TEST(PlannerCliTest, AcceptsDashedFlagsAndWritesOutputs) {
                                              "atlas950-superpod --workload nope");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.output, HasSubstr("--workload: cannot open 'nope'"));
+}
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+const std::string kProPlan = " --model deepseek-v4-pro --cluster atlas950-superpod --workload chat";
+
+// `dsv4 plan evaluate` of the search's chosen layouts prints the search's figures: the same
+// computation, through the flags. The default search is co-located; the library test above
+// covers afd.
+TEST(PlannerCliTest, EvaluateReproducesTheSearchsChosenPlan) {
+  dsv4::testing::TempDir dir("plan-eval");
+  const auto search = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                                " --json " + dir.path() + "/r.json");
+  ASSERT_EQ(search.exit_code, 0) << search.output;
+  const nlohmann::json chosen = ReadJson(dir.path() + "/r.json")["plans"][0];
+  for (const char* phase : {"prefill", "decode"}) {
+    const nlohmann::json& layout = chosen[phase]["layout"];
+    const std::string out = dir.path() + "/" + phase + ".json";
+    const auto pinned = dsv4::testing::RunCommand(
+        dsv4::testing::Dsv4() + " plan evaluate" + kProPlan + " --unit '" +
+        layout["description"].get<std::string>() + "' --ranks-per-chip " +
+        std::to_string(layout["ranks_per_chip"].get<int>()) + " --shared-expert-ranks " +
+        std::to_string(layout["shared_expert_ranks"].get<int>()) + " --json " + out);
+    ASSERT_EQ(pinned.exit_code, 0) << pinned.output;
+    EXPECT_EQ(ReadJson(out)["evaluation"], chosen[phase]) << phase;
+    EXPECT_THAT(pinned.output, HasSubstr("time by component (ms, roofline)"));
+    EXPECT_THAT(pinned.output, HasSubstr("link time (ms): intra_node"));
+    EXPECT_THAT(pinned.output, HasSubstr("binding: "));
+    EXPECT_THAT(pinned.output, HasSubstr("dsv4-engine: cannot run it"));
+  }
+  // The same decode layout spelt out flag by flag.
+  const nlohmann::json& d = chosen["decode"]["layout"];
+  const std::string out = dir.path() + "/flags.json";
+  const auto flags = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() + " plan evaluate" + kProPlan +
+      " --phase decode --layout colocated --attention_ranks " +
+      std::to_string(d["attention_ranks"].get<int>()) + " --batch " +
+      std::to_string(d["sequences_per_rank"].get<int>()) + " --micro_batches " +
+      std::to_string(d["micro_batches"].get<int>()) + " --redundant_experts " +
+      std::to_string(d["redundant_experts"].get<int>()) +
+      " --hierarchical=" + (d["dispatch"] == "hierarchical" ? "true" : "false") + " --json " + out);
+  ASSERT_EQ(flags.exit_code, 0) << flags.output;
+  EXPECT_EQ(ReadJson(out)["evaluation"], chosen["decode"]);
+}
+
+TEST(PlannerCliTest, EvaluateNamesTheFlagAtFault) {
+  const std::string evaluate = dsv4::testing::Dsv4() + " plan evaluate" + kProPlan;
+  auto r = dsv4::testing::RunCommand(evaluate + " --layout afd --attention_ranks 8 --batch 64");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("give --phase prefill|decode"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+X8 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--unit \"A8+X8 r0 b64 m1 flat\": expected the ranks first"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+E7 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("do not divide evenly over 7 expert ranks"));
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8+E8 r0 b2 m3 flat'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--micro_batches: 3 is more than the batch"));
+  // Too big for the cluster, and said so.
+  r = dsv4::testing::RunCommand(evaluate + " --unit 'A8192+E384 r0 b64 m1 flat'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("INFEASIBLE: "));
+  EXPECT_THAT(r.output, HasSubstr("needs 8576 chips, the cluster has 8192"));
+}
+
+// Without a TTFT SLO prefill would take the largest steps: the planner then plans to a
+// default it shows.
+TEST(PlannerCliTest, DefaultTtftSloIsShown) {
+  dsv4::testing::TempDir dir("plan-slo");
+  std::ifstream in(kRoot + "/workloads/chat.yaml");
+  std::string chat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  chat = chat.substr(0, chat.find("slo:"));
+  ASSERT_THAT(chat, ::testing::Not(HasSubstr("ttft_ms")));
+  dsv4::testing::WriteFile(dir.path() + "/w.yaml", chat);
+  const auto run =
+      dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                " plan --model deepseek-v4-pro --cluster atlas950-superpod "
+                                "--top 2 --workload " +
+                                dir.path() + "/w.yaml --json " + dir.path() + "/r.json");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("SLO TTFT p90 <= 2000 ms, TPOT none"));
+  EXPECT_THAT(run.output, HasSubstr("TTFT SLO p90 2000 ms by default"));
+  const nlohmann::json j = ReadJson(dir.path() + "/r.json");
+  EXPECT_DOUBLE_EQ(j["slo"]["ttft_p90_ms"].get<double>(), 2000);
+  EXPECT_LE(j["plans"][0]["ttft_p90_ms"].get<double>(), 2000 * (1 + 1e-9));
+  // The flag still overrides it.
+  const auto flag =
+      dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                " plan --model deepseek-v4-pro --cluster atlas950-superpod "
+                                "--top 1 --slo_ttft_ms 900 --workload " +
+                                dir.path() + "/w.yaml");
+  EXPECT_THAT(flag.output, HasSubstr("SLO TTFT p90 <= 900 ms"));
+  EXPECT_THAT(flag.output, ::testing::Not(HasSubstr("by default")));
+}
+
+// Co-located plans (the default search) cannot run on dsv4-engine: nothing is emitted, and
+// the message says how to get plans it runs.
+TEST(PlannerCliTest, EmitRefusesCoLocatedPlans) {
+  dsv4::testing::TempDir dir("plan-emit-cli");
+  const auto run = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                             " --emit_cluster_config " + dir.path() + "/u.yaml");
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.output, HasSubstr("add --layouts afd (or both)"));
+  EXPECT_FALSE(std::ifstream(dir.path() + "/u.yaml").good());
+  // With both families the best afd plan is emitted.
+  const auto both = dsv4::testing::RunCommand(dsv4::testing::Dsv4() + " plan" + kProPlan +
+                                              " --layouts both --top 50 --emit_cluster_config " +
+                                              dir.path() + "/u.yaml");
+  ASSERT_EQ(both.exit_code, 0) << both.output;
+  EXPECT_THAT(both.output, HasSubstr("loads as a cluster config"));
+  EXPECT_THAT(both.output, HasSubstr("no KV\n  hand-off"));
+  EXPECT_TRUE(LoadClusterConfig(dir.path() + "/u.yaml").ok());
+}
+
+// The emitted YAML starts a real engine: a plan of the small v4-tiny preset on the local
+// cluster, each unit's YAML run by dsv4-engine under mpirun on a generated checkpoint
+// (prefill then decode of two prompts). V4-Pro plans get the engine's startup checks above.
+TEST(PlannerCliTest, EmittedYamlStartsAnEngine) {
+  dsv4::testing::TempDir dir("plan-engine-run");
+  const auto plan = dsv4::testing::RunCommand(
+      dsv4::testing::Dsv4() +
+      " plan --model v4-tiny --cluster local --workload chat --layouts afd --top 3 "
+      "--emit_cluster_config " +
+      dir.path() + "/unit.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  const auto gen = dsv4::testing::RunCommand(dsv4::testing::Dsv4() +
+                                             " checkpoint generate --preset v4-tiny --seed 7 "
+                                             "--out " +
+                                             dir.path() + "/ckpt");
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  for (const char* unit : {"unit", "unit.prefill"}) {
+    const std::string yaml = dir.path() + "/" + unit + ".yaml";
+    absl::StatusOr<ClusterConfig> cluster = LoadClusterConfig(yaml);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    const std::string logits = dir.path() + "/" + unit + ".npy";
+    const auto engine = dsv4::testing::RunCommand(
+        absl::StrCat("timeout 120 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                     "OMP_WAIT_POLICY=PASSIVE mpirun --oversubscribe -np ",
+                     cluster->roles.num_ranks(), " ", DSV4_BIN_DIR, "/dsv4-engine --cluster ", yaml,
+                     " --checkpoint ", dir.path(),
+                     "/ckpt --tokens '1,2,3;4,5' --decode_from 2 --logits_out ", logits));
+    EXPECT_EQ(engine.exit_code, 0) << unit << ": " << engine.output;
+    for (int prompt : {0, 1}) {  // the engine writes <stem>.<prompt>.npy
+      EXPECT_TRUE(std::ifstream(absl::StrCat(dir.path(), "/", unit, ".", prompt, ".npy")).good())
+          << unit << " prompt " << prompt;
+    }
+  }
 }
 
 }  // namespace
