@@ -53,7 +53,8 @@ absl::Status UnitError(const std::string& unit, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat("--unit \"", unit, "\": ", why));
 }
 
-// Parses UnitLayout::Describe()'s form: "A96+E416 r32 b64 m2 flat", "DP=EP64 r0 t8192 m1 hier".
+// Parses UnitLayout::Describe()'s form: "A96+E416 r32 b64 m2 flat", "DP=EP64 r0 t8192 m1 hier",
+// "DP=EP128 r0 b48 m1 flat d2", "A96+E288 r32 b64 m2 flat s32".
 // `has_batch`: it gave b<n> or t<n> (and so the phase).
 absl::StatusOr<planner::UnitLayout> ParseUnit(const std::string& unit, bool* has_batch) {
   planner::UnitLayout l;
@@ -82,8 +83,8 @@ absl::StatusOr<planner::UnitLayout> ParseUnit(const std::string& unit, bool* has
     }
     int value = 0;
     if (p.size() < 2 || !absl::SimpleAtoi(p.substr(1), &value)) {
-      return UnitError(
-          unit, absl::StrCat("cannot read \"", p, "\" (r<n>, b<n>, t<n>, m<n>, flat, hier)"));
+      return UnitError(unit, absl::StrCat("cannot read \"", p,
+                                          "\" (r<n>, b<n>, t<n>, m<n>, flat, hier, d<n>, s<n>)"));
     }
     switch (p[0]) {
       case 'r':
@@ -102,9 +103,15 @@ absl::StatusOr<planner::UnitLayout> ParseUnit(const std::string& unit, bool* has
       case 'm':
         l.micro_batches = value;
         break;
+      case 'd':
+        l.ranks_per_chip = value;
+        break;
+      case 's':
+        l.shared_expert_ranks = value;
+        break;
       default:
-        return UnitError(
-            unit, absl::StrCat("cannot read \"", p, "\" (r<n>, b<n>, t<n>, m<n>, flat, hier)"));
+        return UnitError(unit, absl::StrCat("cannot read \"", p,
+                                            "\" (r<n>, b<n>, t<n>, m<n>, flat, hier, d<n>, s<n>)"));
     }
   }
   return l;
@@ -198,8 +205,9 @@ absl::Status Evaluate() {
   pinned.hardware = inputs.cluster.hardware.name;
   pinned.workload = inputs.workload.name;
   pinned.cluster_chips = inputs.cluster.topology.num_chips();
-  pinned.slo_ttft = options.slo_ttft.value_or(inputs.workload.slo_ttft.value_or(0));
-  pinned.slo_tpot = options.slo_tpot.value_or(inputs.workload.slo_tpot.value_or(0));
+  const planner::Slos slos = planner::EffectiveSlos(inputs.workload, options);
+  pinned.slo_ttft = slos.ttft;
+  pinned.slo_tpot = slos.tpot;
   pinned.evaluation =
       planner::EvaluateLayout(inputs.config, inputs.cluster, inputs.workload, layout, options);
   std::cout << planner::FormatPinnedEvaluation(pinned);

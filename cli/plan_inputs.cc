@@ -31,15 +31,6 @@ absl::StatusOr<std::string> Resolve(const std::string& value, const std::string&
                                           "' (neither a file nor a name under ", dir, "/)"));
 }
 
-// As the planner names models in its results (PlanResult::model).
-std::string ModelName(const std::string& path) {
-  const std::filesystem::path p(path);
-  if (p.filename() == "config.json" && p.has_parent_path()) {
-    return p.parent_path().filename().string();
-  }
-  return p.stem().string();
-}
-
 }  // namespace
 
 absl::StatusOr<PlanInputs> LoadPlanInputs() {
@@ -53,7 +44,7 @@ absl::StatusOr<PlanInputs> LoadPlanInputs() {
   ASSIGN_OR_RETURN(inputs.config, LoadModelConfig(model_path));
   ASSIGN_OR_RETURN(inputs.cluster, LoadClusterConfig(cluster_path));
   ASSIGN_OR_RETURN(inputs.workload, planner::LoadWorkload(workload_path));
-  inputs.model_name = ModelName(inputs.config.source);
+  inputs.model_name = planner::ModelName(inputs.config);
   return inputs;
 }
 
@@ -68,10 +59,9 @@ absl::StatusOr<planner::PlannerOptions> PlannerOptionsFromFlags(const planner::W
   if (ttft_ms > 0) {
     options.slo_ttft = ttft_ms / 1e3;
   } else if (!workload.slo_ttft) {
-    options.slo_ttft = kDefaultSloTtft;
     notes->push_back(absl::StrFormat(
         "TTFT SLO p90 %.0f ms by default: the workload sets none (--slo_ttft_ms overrides)",
-        kDefaultSloTtft * 1e3));
+        options.default_slo_ttft * 1e3));
   }
   if (tpot_ms > 0) options.slo_tpot = tpot_ms / 1e3;
   options.memory_reserve = absl::GetFlag(FLAGS_memory_reserve);

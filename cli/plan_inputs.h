@@ -16,10 +16,6 @@
 
 namespace dsv4::cli {
 
-// The TTFT SLO (p90) planned when neither --slo_ttft_ms nor the workload sets one: without
-// any, prefill would pick the largest steps (65k tokens) whatever the first token waits.
-inline constexpr double kDefaultSloTtft = 2.0;  // s
-
 // The flags `plan evaluate` reads from plan's (cmd_plan.cc).
 inline const std::vector<std::string> kPlanInputFlags = {
     "model", "cluster", "workload", "slo_ttft_ms", "slo_tpot_ms", "memory_reserve", "json"};
@@ -33,7 +29,7 @@ struct PlanInputs {
 absl::StatusOr<PlanInputs> LoadPlanInputs();
 
 // PlannerOptions from --slo_ttft_ms, --slo_tpot_ms and --memory_reserve. With no TTFT SLO
-// from the flag or the workload, sets kDefaultSloTtft and adds a note saying so.
+// from the flag or the workload, adds a note that the planner's default applies.
 absl::StatusOr<planner::PlannerOptions> PlannerOptionsFromFlags(const planner::Workload& workload,
                                                                 std::vector<std::string>* notes);
 

@@ -594,15 +594,6 @@ bool BetterPhase(const PhaseEvaluation& a, const PhaseEvaluation& b) {
 
 std::string Ms(double seconds) { return absl::StrFormat("%.1f ms", seconds * 1e3); }
 
-// "deepseek-v4-pro" for models/deepseek-v4-pro/config.json.
-std::string ModelName(const ModelConfig& config) {
-  const std::filesystem::path path(config.source);
-  if (path.filename() == "config.json" && path.has_parent_path()) {
-    return path.parent_path().filename().string();
-  }
-  return path.stem().string();
-}
-
 // Keeps the best `keep` evaluations with distinct rank counts, so the shortlist offers
 // different unit shapes rather than variants of one.
 std::vector<PhaseEvaluation> Shortlist(std::vector<PhaseEvaluation> all, size_t keep) {
@@ -665,6 +656,19 @@ absl::StatusOr<LayoutFamily> ParseLayoutFamily(std::string_view name) {
       "attention-FFN disaggregation, as dsv4-engine runs; or both)"));
 }
 
+std::string ModelName(const ModelConfig& config) {
+  const std::filesystem::path path(config.source);
+  if (path.filename() == "config.json" && path.has_parent_path()) {
+    return path.parent_path().filename().string();
+  }
+  return path.stem().string();
+}
+
+Slos EffectiveSlos(const Workload& workload, const PlannerOptions& options) {
+  return {options.slo_ttft.value_or(workload.slo_ttft.value_or(options.default_slo_ttft)),
+          options.slo_tpot.value_or(workload.slo_tpot.value_or(0))};
+}
+
 std::string_view PhaseName(Phase phase) { return phase == Phase::kPrefill ? "prefill" : "decode"; }
 
 int UnitLayout::slots_per_expert_rank(const ModelConfig& config) const {
@@ -677,7 +681,9 @@ std::string UnitLayout::Describe() const {
   const std::string batch_text =
       phase == Phase::kDecode ? absl::StrCat("b", batch) : absl::StrCat("t", batch);
   return absl::StrCat(ranks, " r", redundant_experts, " ", batch_text, " m", micro_batches,
-                      hierarchical ? " hier" : " flat");
+                      hierarchical ? " hier" : " flat",
+                      ranks_per_chip > 1 ? absl::StrCat(" d", ranks_per_chip) : "",
+                      shared_expert_ranks > 0 ? absl::StrCat(" s", shared_expert_ranks) : "");
 }
 
 std::vector<SequenceChunk> PrefillChunks(const Workload& workload, int tokens_per_step) {
@@ -771,8 +777,9 @@ PhaseContext MakeContext(const ModelConfig& config, const ClusterConfig& cluster
   ctx.shape = ShapeOf(cluster);
   ctx.weights = ComputeWeightFacts(config);
   ctx.groups = GroupLayers(config);
-  ctx.slo_ttft = options.slo_ttft.value_or(workload.slo_ttft.value_or(0));
-  ctx.slo_tpot = options.slo_tpot.value_or(workload.slo_tpot.value_or(0));
+  const Slos slos = EffectiveSlos(workload, options);
+  ctx.slo_ttft = slos.ttft;
+  ctx.slo_tpot = slos.tpot;
   return ctx;
 }
 

@@ -56,6 +56,9 @@ struct PlannerOptions {
   Objective objective = Objective::kThroughputPerChip;
   std::optional<double> slo_ttft;  // seconds; overrides the workload's
   std::optional<double> slo_tpot;
+  // The TTFT SLO (p90) when neither slo_ttft nor the workload sets one: without any,
+  // prefill would pick the largest steps (65k tokens) whatever the first token waits.
+  double default_slo_ttft = 2.0;
   LayoutFamily layouts = LayoutFamily::kColocated;
   // HBM kept free for the runtime, allocator fragmentation and communication buffers.
   double memory_reserve = 0.10;
@@ -94,7 +97,9 @@ struct UnitLayout {
   }
   int chips() const { return (ranks() + ranks_per_chip - 1) / ranks_per_chip; }
   int slots_per_expert_rank(const ModelConfig& config) const;
-  std::string Describe() const;  // "A96+E416 r32 b64 m2 flat"
+  // "A96+E416 r32 b64 m2 flat", with " d2" (ranks per chip) and " s32" (shared-expert
+  // ranks) when they are not the defaults.
+  std::string Describe() const;
 };
 
 struct MemoryUse {
@@ -188,6 +193,17 @@ struct PlanResult {
 // The chunks one attention rank processes per micro-batch in a steady step.
 std::vector<SequenceChunk> PrefillChunks(const Workload& workload, int tokens_per_step);
 std::vector<SequenceChunk> DecodeChunks(const Workload& workload, double sequences);
+
+// The SLOs a run plans for, in seconds (0: none): the options', else the workload's, else
+// (TTFT only) options.default_slo_ttft.
+struct Slos {
+  double ttft = 0;
+  double tpot = 0;
+};
+Slos EffectiveSlos(const Workload& workload, const PlannerOptions& options);
+
+// "deepseek-v4-pro" for models/deepseek-v4-pro/config.json (PlanResult::model).
+std::string ModelName(const ModelConfig& config);
 
 // Decode: the busiest attention rank's context-proportional work (core attention, index
 // scores) over the mean. A rank's B = layout.batch sequences have contexts drawn from the
