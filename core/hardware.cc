@@ -17,7 +17,7 @@ Figure ReadFigure(const YamlMap& parent, absl::string_view key, NumberRule rule,
   Figure out;
   out.value = figure.Number("value", rule) * scale;
   out.source = figure.String("source");
-  if (parent.reader().ok() && out.source.empty()) {
+  if (figure.Has("source") && out.source.empty()) {
     figure.Fail("source",
                 "must say where the value comes from (write \"assumption: ...\" "
                 "when it is one)");
@@ -38,7 +38,7 @@ HardwareSpec Parse(YamlReader& reader) {
       reader.Root({"name", "description", "peak_tflops", "hbm", "interconnect",
                    "host_memory_GB_per_chip", "dies_per_chip", "efficiency", "overheads"});
   hw.name = root.String("name");
-  if (reader.ok() && hw.name.empty()) root.Fail("name", "must not be empty");
+  if (root.Has("name") && hw.name.empty()) root.Fail("name", "must not be empty");
   hw.description = root.String("description", "");
 
   const YamlMap peak =
@@ -62,7 +62,7 @@ HardwareSpec Parse(YamlReader& reader) {
   if (root.Has("dies_per_chip")) {
     hw.dies_per_chip = ReadFigure(root, "dies_per_chip", NumberRule::kPositive, 1.0);
     const double dies = hw.dies_per_chip.value;
-    if (reader.ok() && (dies != static_cast<int>(dies) || dies > 16)) {
+    if (dies > 0 && (dies != static_cast<int>(dies) || dies > 16)) {  // 0: already reported
       root.Fail("dies_per_chip", absl::StrCat("must be a whole number from 1 to 16, got ", dies));
     }
   }
@@ -87,7 +87,7 @@ HardwareSpec Parse(YamlReader& reader) {
   overhead("dispatch_us", kMicro, &hw.dispatch_overhead);
   overhead("combine_us", kMicro, &hw.combine_overhead);
   overhead("compute_lost_to_communication", 1.0, &hw.compute_lost_to_communication);
-  if (reader.ok() && hw.compute_lost_to_communication.value >= 1) {
+  if (hw.compute_lost_to_communication.value >= 1) {
     overheads.Fail("compute_lost_to_communication", "must be below 1");
   }
   return hw;

@@ -267,7 +267,8 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
   if (layout.shared_expert_ranks > 0) {
     // Each token also goes to one shared-expert rank (one more copy, spread over the link
     // classes like the routed copies) and comes back from it; the replica runs the shared
-    // expert for its share of every attention rank's tokens, reading its weights once.
+    // expert for its share of every attention rank's tokens, reading its weights once and
+    // launching its kernels once.
     double routed_bytes = 0;
     for (double b : a2a.dispatch.bytes) routed_bytes += b;
     const double per_token = moe_layers * DispatchBytesPerCopy(config) * side.tokens;
@@ -278,12 +279,13 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
       extra.combine.bytes[c] = a2a.combine.bytes[c] * ratio;
     }
     WorkCounters& work = attention.at(CostComponent::kSharedExpert);
-    const double weights = work.weight_bytes;
     const double per_replica =
         static_cast<double>(layout.attention_ranks) / layout.shared_expert_ranks;
-    shared.at(CostComponent::kSharedExpert) = work;
-    shared.at(CostComponent::kSharedExpert) *= per_replica;
-    shared.at(CostComponent::kSharedExpert).weight_bytes = weights;
+    WorkCounters& replica = shared.at(CostComponent::kSharedExpert);
+    replica = work;
+    replica *= per_replica;
+    replica.weight_bytes = work.weight_bytes;
+    replica.kernels = work.kernels;
     work = WorkCounters{};
     shared.dispatch = extra.dispatch;
     shared.combine = extra.combine;

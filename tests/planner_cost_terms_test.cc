@@ -216,6 +216,8 @@ TEST(CostTermsTest, SharedExpertReplicasTakeTheSharedExpert) {
   EXPECT_DOUBLE_EQ(replica.at(CostComponent::kSharedExpert).total_flops(),
                    before.total_flops() * 16 / 4);
   EXPECT_DOUBLE_EQ(replica.at(CostComponent::kSharedExpert).weight_bytes, before.weight_bytes);
+  EXPECT_DOUBLE_EQ(replica.at(CostComponent::kSharedExpert).kernels, before.kernels);
+  EXPECT_GT(before.kernels, 0);
   // Bytes: the attention rank sends one more copy of each token per MoE layer; the routed
   // expert ranks see the same traffic as before.
   double tokens = 0;
@@ -229,8 +231,7 @@ TEST(CostTermsTest, SharedExpertReplicasTakeTheSharedExpert) {
     expert_plain += plain.ranks[1].dispatch.bytes[c];
     expert += step.ranks[1].dispatch.bytes[c];
   }
-  EXPECT_NEAR(sent - plain_sent, moe_layers * DispatchBytesPerCopy(f.config) * tokens,
-              1e-9 * sent);
+  EXPECT_NEAR(sent - plain_sent, moe_layers * DispatchBytesPerCopy(f.config) * tokens, 1e-9 * sent);
   EXPECT_DOUBLE_EQ(expert, expert_plain);
   EXPECT_EQ(layout.chips(), 16 + 32 + 4);
 }
