@@ -112,6 +112,36 @@ const LinkSpec& HandOffLink(const ClusterConfig& cluster) {
 // ---------------------------------------------------------------------------------------
 // Unit step assembly.
 
+// Mean and deviation of the decode contexts (DecodeContextPoints' distribution), summed
+// directly: the search asks for them at every candidate.
+struct Moments {
+  double mean = 0;
+  double sd = 0;
+};
+Moments DecodeContextMoments(const Workload& workload) {
+  double total = 0, sum = 0, square = 0;
+  for (const LengthBucket& in : workload.input.buckets) {
+    for (const LengthBucket& out : workload.output.buckets) {
+      const double w = in.weight * out.weight * static_cast<double>(out.tokens) / 4;
+      for (double q : {0.125, 0.375, 0.625, 0.875}) {
+        const double context = static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens);
+        total += w;
+        sum += w * context;
+        square += w * context * context;
+      }
+    }
+  }
+  if (total <= 0) return {};
+  const double mean = sum / total;
+  return {mean, std::sqrt(std::max(0.0, square / total - mean * mean))};
+}
+
+// AttentionRankImbalance for contexts of these moments.
+double ContextImbalance(const Moments& m, double ranks, double sequences) {
+  if (ranks < 2 || sequences <= 0 || m.mean <= 0) return 1;
+  return 1 + m.sd * std::sqrt(2 * std::log(ranks)) / (m.mean * std::sqrt(sequences));
+}
+
 // The attention side of one micro-batch: every layer but the routed experts, the edges,
 // and the MTP drafts.
 struct AttentionSide {
@@ -120,12 +150,14 @@ struct AttentionSide {
   double mtp_tokens = 0;   // tokens through the MTP block (drafts)
   double state_bytes = 0;  // KV state of the micro-batch's sequences
   double sampled = 0;
+  Moments decode_contexts;  // of the workload, for AttentionRankImbalance
 };
 
 AttentionSide BuildAttentionSide(const ModelConfig& config, const Workload& workload,
                                  absl::Span<const SequenceChunk> chunks, const CostOptions& options,
                                  const std::vector<LayerGroup>& groups) {
   AttentionSide side;
+  side.decode_contexts = DecodeContextMoments(workload);
   for (const LayerGroup& g : groups) {
     StepCost layer = AttentionLayerCost(config, g.layer, chunks, options);
     layer *= g.count;
@@ -194,23 +226,6 @@ std::vector<std::pair<double, double>> DecodeContextPoints(const Workload& workl
   return points;
 }
 
-// The busiest rank's share of context-proportional work among `R` attention ranks of
-// `B` sequences each, over the mean (AttentionRankImbalance).
-double ContextImbalance(const std::vector<std::pair<double, double>>& points, double ranks,
-                        double sequences) {
-  if (ranks < 2 || sequences <= 0) return 1;
-  double total = 0, mean = 0, square = 0;
-  for (const auto& [context, weight] : points) {
-    total += weight;
-    mean += weight * context;
-    square += weight * context * context;
-  }
-  if (total <= 0 || mean <= 0) return 1;
-  mean /= total;
-  const double sd = std::sqrt(std::max(0.0, square / total - mean * mean));
-  return 1 + sd * std::sqrt(2 * std::log(ranks)) / (mean * std::sqrt(sequences));
-}
-
 UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
                           const Workload& workload, const UnitLayout& layout,
                           const AttentionSide& side) {
@@ -225,7 +240,10 @@ UnitStep AssembleUnitStep(const ModelConfig& config, const ClusterShape& shape,
   StepCost attention = side.cost;
   // Decode replays captured graphs and exchanges with low-latency kernels that hold no SMs.
   attention.eager = attention.exchange_takes_compute = layout.phase == Phase::kPrefill;
-  const double imbalance_kv = AttentionRankImbalance(workload, layout);
+  const double imbalance_kv =
+      layout.phase == Phase::kDecode
+          ? ContextImbalance(side.decode_contexts, layout.attention_ranks, layout.batch)
+          : 1;
   attention.at(CostComponent::kCoreAttention) *= imbalance_kv;
   attention.at(CostComponent::kIndexerScores) *= imbalance_kv;
   StepCost a2a;
@@ -750,7 +768,7 @@ std::vector<SequenceChunk> DecodeChunks(const Workload& workload, double sequenc
 
 double AttentionRankImbalance(const Workload& workload, const UnitLayout& layout) {
   if (layout.phase != Phase::kDecode) return 1;
-  return ContextImbalance(DecodeContextPoints(workload), layout.attention_ranks, layout.batch);
+  return ContextImbalance(DecodeContextMoments(workload), layout.attention_ranks, layout.batch);
 }
 
 UnitStep BuildUnitStep(const ModelConfig& config, const ClusterConfig& cluster,
