@@ -67,6 +67,9 @@ down() {
 
 run() {
   [ -f "$STATE/hosts" ] || { echo "netns-cluster: not up (run: $0 up N)" >&2; exit 2; }
+  # The hosts have no route to the machine's DNS server, and gRPC's c-ares resolver waits
+  # on it until the deadline instead of reading the hosts file: resolve with getaddrinfo.
+  export GRPC_DNS_RESOLVER=native
   exec unshare --mount --propagation private -- sh -c \
     'mount --bind "$0" /etc/hosts && exec "$@"' "$STATE/hosts" "$@"
 }
