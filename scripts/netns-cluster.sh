@@ -39,6 +39,7 @@ up() {
   for i in $(seq 1 "$n"); do
     local host="h$i" address="$SUBNET.$((10 + i))"
     if ! ip netns list | grep -qw "$host"; then
+      ip link del "veth-$host" 2>/dev/null || true  # left over from a host deleted in use
       ip netns add "$host"
       ip link add "veth-$host" type veth peer name eth0 netns "$host"
       ip link set "veth-$host" master "$BRIDGE" up
@@ -59,6 +60,10 @@ down() {
     ip netns pids "$host" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$host"
     umount "$STATE/$host.uts" 2>/dev/null || true
+  done
+  # A namespace still in use outlives `ip netns del`, and its link with it.
+  for veth in $(ip -br link | awk '/^veth-h[0-9]+@/ {sub(/@.*/, "", $1); print $1}'); do
+    ip link del "$veth" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$STATE"
