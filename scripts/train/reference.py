@@ -2,14 +2,15 @@
 """The second reference: model.py evaluated in fp32 on a checkpoint's exactly dequantised
 weights, against `dsv4 run` on the same checkpoint and tokens.
 
-Encodes the first --tokens tokens of a text (BOS first), has `dsv4 run` write their logits
-as .npy, runs model.py on the weights read back from the safetensors (not on the training
-state: this checks the export too), and compares: max |Δlogit| / max |logit| (must be
-≤ --tolerance) and the perplexity of the text's next tokens under each (relative
-difference ≤ --tolerance). Exits 1 when either is over, naming the figure.
+Cuts a text into windows as train.py evaluates held-out text (BOS, then the next --seq
+tokens), has `dsv4 run` write each window's logits as .npy, runs model.py on the weights
+read back from the safetensors (not on the training state: this checks the export too), and
+compares: max |Δlogit| / max |logit| over all windows (must be ≤ --tolerance) and the
+perplexity of the windows' tokens under each (relative difference ≤ --tolerance). Exits 1
+when either is over, naming the figure.
 
   python3 scripts/train/reference.py --checkpoint models/v41-kjv/checkpoint \\
-      --text heldout.txt --dsv4 build/bin/dsv4 [--json OUT]
+      --text heldout.txt --dsv4 build/bin/dsv4 [--windows N] [--json OUT]
 """
 import argparse
 import json
@@ -43,52 +44,71 @@ def load_model(ckpt):
     return model.eval(), EngramHasher(text_config, ckpt / "tokenizer.json")
 
 
-def perplexity(logits, tokens):
-    logp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
-    nll = -logp[torch.arange(len(tokens) - 1), torch.as_tensor(tokens[1:])].mean().item()
-    return math.exp(nll)
+def nll(logits, window):
+    """Summed negative log-likelihood of window[1:] under logits[:-1] (float64)."""
+    logp = torch.log_softmax(torch.as_tensor(logits[:-1], dtype=torch.float64), -1)
+    return -logp[torch.arange(len(window) - 1), torch.as_tensor(window[1:])].sum().item()
+
+
+def run_dsv4(dsv4, ckpt, window, tmp):
+    npy = pathlib.Path(tmp) / "logits.npy"
+    subprocess.run([dsv4, "run", "--checkpoint", str(ckpt), "--threads", "1",
+                    "--tokens", ",".join(map(str, window)), "--logits-out", str(npy)],
+                   check=True, capture_output=True)
+    return np.load(npy)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--text", required=True, help="text file; its first --tokens tokens are used")
-    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--seq", type=int, default=128, help="tokens per window after BOS")
+    p.add_argument("--windows", type=int, default=0, help="windows to compare (0: the whole text)")
     p.add_argument("--dsv4", required=True, help="the dsv4 binary")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--perturb", metavar="TENSOR",
+                   help="add 0.05 (about one FP8 step at 1) to this weight on the PyTorch side "
+                        "(the test's check that a difference is caught)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ckpt = pathlib.Path(args.checkpoint)
     tokenizer = Tokenizer(ckpt / "tokenizer.json")
-    tokens = tokenizer.encode(pathlib.Path(args.text).read_text(encoding="utf-8"))[:args.tokens]
+    ids = tokenizer.encode(pathlib.Path(args.text).read_text(encoding="utf-8"), bos=False)
+    windows = [[tokenizer.bos] + ids[s:s + args.seq] for s in range(0, len(ids), args.seq)]
+    windows = windows[:args.windows] if args.windows else windows
 
-    with tempfile.TemporaryDirectory() as tmp:
-        npy = pathlib.Path(tmp) / "logits.npy"
-        start = time.time()
-        subprocess.run([args.dsv4, "run", "--checkpoint", str(ckpt), "--threads", "1",
-                        "--tokens", ",".join(map(str, tokens)), "--logits-out", str(npy)],
-                       check=True, capture_output=True)
-        runtime_seconds = time.time() - start
-        runtime = np.load(npy)
-
-    start = time.time()
     model, hasher = load_model(ckpt)
-    with torch.no_grad():
-        batch = np.array([tokens])
-        rows = [torch.from_numpy(r) for r in hasher.rows(batch)]
-        ours = model(torch.from_numpy(batch), rows)[0][0].numpy()
-    torch_seconds = time.time() - start
+    if args.perturb:
+        with torch.no_grad():
+            model.state_dict()[args.perturb].add_(0.05)
+    seconds = {"dsv4_run": 0.0, "pytorch": 0.0}
+    diff = scale = nll_runtime = nll_torch = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for window in windows:
+            start = time.time()
+            runtime = run_dsv4(args.dsv4, ckpt, window, tmp)
+            seconds["dsv4_run"] += time.time() - start
+            start = time.time()
+            with torch.no_grad():
+                batch = np.array([window])
+                rows = [torch.from_numpy(r) for r in hasher.rows(batch)]
+                ours = model(torch.from_numpy(batch), rows)[0][0].numpy()
+            seconds["pytorch"] += time.time() - start
+            diff = max(diff, float(np.abs(runtime - ours).max()))
+            scale = max(scale, float(np.abs(runtime).max()))
+            nll_runtime += nll(runtime, window)
+            nll_torch += nll(ours, window)
 
-    scale = float(np.abs(runtime).max())
-    rel = float(np.abs(runtime - ours).max()) / scale
-    ppl_runtime, ppl_torch = perplexity(runtime, tokens), perplexity(ours, tokens)
-    ppl_rel = abs(ppl_runtime - ppl_torch) / ppl_torch
-    figures = {"checkpoint": str(ckpt), "tokens": len(tokens), "logit_scale": scale,
-               "max_abs_diff_over_scale": rel, "perplexity_dsv4_run": ppl_runtime,
-               "perplexity_pytorch": ppl_torch, "perplexity_rel_diff": ppl_rel,
-               "tolerance": args.tolerance, "dsv4_run_seconds": runtime_seconds,
-               "pytorch_seconds": torch_seconds}
+    count = sum(len(w) - 1 for w in windows)
+    ppl_runtime, ppl_torch = math.exp(nll_runtime / count), math.exp(nll_torch / count)
+    rel, ppl_rel = diff / scale, abs(ppl_runtime - ppl_torch) / ppl_torch
+    figures = {"checkpoint": str(ckpt), "text": args.text, "windows": len(windows),
+               "tokens_per_window": args.seq + 1, "predicted_tokens": count,
+               "logit_scale": scale, "max_abs_diff": diff, "max_abs_diff_over_scale": rel,
+               "perplexity_dsv4_run": ppl_runtime, "perplexity_pytorch": ppl_torch,
+               "perplexity_rel_diff": ppl_rel, "tolerance": args.tolerance,
+               "seconds": seconds}
     print(json.dumps(figures, indent=1))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
