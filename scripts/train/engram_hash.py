@@ -24,14 +24,21 @@ def _bytes_to_unicode():
     return mapping
 
 
+# Unicode White_Space, what the tokenizers' Strip trims (Python's str.strip also trims
+# U+001C..U+001F, which are not White_Space).
+_WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
 def _normalize(text):
-    """The Engram key normalizer chain: NFKC, NFD, strip combining marks, lowercase, fold
-    whitespace runs to one space (a lone space survives), strip."""
+    """The Engram key normalizer chain: NFKC, NFD, strip marks (category M), lowercase (per
+    character, as Rust's char::to_lowercase: no final-sigma rule), fold whitespace runs to
+    one space (a lone space survives), strip."""
     text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn").lower()
+    text = "".join(ch.lower() for ch in text if not unicodedata.category(ch).startswith("M"))
     text = re.sub(r"[ \t\r\n]+", " ", text)
     text = "\ue000" if text == " " else text
-    return text.strip().replace("\ue000", " ")
+    return text.strip(_WHITE_SPACE).replace("\ue000", " ")
 
 
 def compressed_token_map(tokenizer_path):
