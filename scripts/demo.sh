@@ -8,8 +8,8 @@
 #   4. stream a generation through the public gRPC API (dsv4 generate), rebalance the
 #      experts from the observed load (dsv4 admin: expert-rank load imbalance before and
 #      after) and print the cluster (dsv4 status);
-#   5. read a held-out passage through the memory nodes with `dsv4 run` (the Engram
-#      client's cache hit rate and lookup stall on real text);
+#   5. read a held-out chapter token by token through the memory nodes with `dsv4 run`
+#      (the Engram client's cache hit rate and lookup stall on real text);
 #   6. stop everything.
 # DEMO_JSON=FILE also writes the figures of steps 4 and 5 as JSON (bench/trained-traffic.sh).
 set -euo pipefail
@@ -91,10 +91,11 @@ echo "   expert load imbalance (max/mean over expert ranks): $BEFORE before -> $
 echo "== dsv4 status --server $SERVER"
 "$BIN/dsv4" status --server "$SERVER"
 
-# Psalm 73:1-3, from a chapter held out of training (scripts/train/corpus.py).
-PASSAGE="Truly God is good to Israel, even to such as are of a clean heart. But as for me, my feet were almost gone; my steps had well nigh slipped. For I was envious at the foolish, when I saw the prosperity of the wicked."
-echo "== dsv4 run: a held-out passage through the Engram memory nodes (client cache and stall)"
-"$BIN/dsv4" run --checkpoint "$CKPT" --prompt "$PASSAGE" --generate 32 --temperature 0.7 --seed 1 \
+# Genesis 1, a chapter held out of training (scripts/train/corpus.py), read token by token
+# as decode steps would: one Engram lookup per token, so repeated n-grams meet the cache.
+PASSAGE=models/v41-kjv/heldout-sample.txt
+echo "== dsv4 run: $PASSAGE token by token through the Engram memory nodes (client cache and stall)"
+"$BIN/dsv4" run --checkpoint "$CKPT" --prompt "$(cat "$PASSAGE")" --decode-from 1 \
   --engram-servers 127.0.0.1:50061,127.0.0.1:50062 --engram-replication 2 \
   --engram-token-file "$ENGRAM_TOKEN" >"$LOGS/run.txt" 2>&1
 ENGRAM_LINE=$(grep "^engram:" "$LOGS/run.txt")

@@ -154,10 +154,24 @@ def rope(x, cos, sin, inverse=False):
     return torch.stack([a * cos - b * s, a * s + b * cos], dim=-1).flatten(-2)
 
 
+# When a list, every top-k choice appends its smallest relative gap between the last score
+# kept and the first dropped (reference.py: a choice within fp32 rounding of a tie may go
+# either way in another implementation). Equal zeros (ReLU'd index scores) are exact ties
+# that every implementation breaks the same way, to the lower index, so they do not count.
+topk_margins = None
+
+
 def stable_topk_mask(score, k):
     """Bool mask of the top min(k, #finite) entries of score's last dim, ties to the lower
     index (torch.topk's tie order is unspecified)."""
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
+    ranked = torch.sort(score, dim=-1, descending=True, stable=True)
+    order = ranked.indices[..., :k]
+    if topk_margins is not None and score.shape[-1] > k:
+        kept, dropped = ranked.values[..., k - 1], ranked.values[..., k]
+        real = torch.isfinite(dropped) & ~((kept == 0) & (dropped == 0))
+        gap = (kept - dropped)[real] / kept.abs()[real].clamp_min(1e-30)
+        if gap.numel():
+            topk_margins.append(gap.min().item())
     keep = torch.gather(score, -1, order) > -math.inf
     return torch.zeros_like(score, dtype=torch.bool).scatter(-1, order, keep)
 
