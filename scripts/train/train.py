@@ -100,6 +100,7 @@ def main():
     p.add_argument("--bias-rate", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=1)
+    # One: on the shared 2-core machine two threads ran 5× slower (models/v41-kjv/README.md).
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 
