@@ -434,10 +434,13 @@ absl::StatusOr<std::unique_ptr<EngramClient>> ConnectEngram(const ModelConfig& c
 
 std::string EngramReport(const EngramClient& client) {
   const ClientStats s = client.stats();
+  // Hit rate over the unique rows each lookup needed: what the cache saved the memory nodes.
+  const uint64_t unique = s.cache_hits + s.rows_fetched;
   return absl::StrFormat(
       "engram: %d lookups, %d rows from memory nodes in %d RPCs (%d retried on another "
-      "replica), %d cache hits, %d failed, %.3f s stalled",
-      s.fetches, s.rows_fetched, s.rpcs, s.retries, s.cache_hits, s.failures, s.stall_ns * 1e-9);
+      "replica), %d cache hits (%.1f%% hit rate), %d failed, %.3f s stalled",
+      s.fetches, s.rows_fetched, s.rpcs, s.retries, s.cache_hits,
+      unique ? 100.0 * s.cache_hits / unique : 0.0, s.failures, s.stall_ns * 1e-9);
 }
 
 }  // namespace dsv4::engram

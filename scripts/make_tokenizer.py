@@ -283,6 +283,7 @@ def main():
                         help="training text files (default: scripts/tokenizer_corpus/*.txt)")
     args = parser.parse_args()
     config = json.loads(pathlib.Path(args.config).read_text(encoding="utf-8"))
+    config = config.get("text_config", config)  # V4.1 nests the text model's keys
     corpus = "\n".join(pathlib.Path(p).read_text(encoding="utf-8") for p in args.corpus)
     tokenizer = build(corpus, config["vocab_size"], config.get("bos_token_id", 0),
                       config.get("eos_token_id", 1))

@@ -220,7 +220,8 @@ TEST_P(EngramTokenMapTest, MatchesThePresetAndMergesCaseVariants) {
   EXPECT_EQ(partial.size(), static_cast<size_t>(partial_tokens));
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, EngramTokenMapTest, ::testing::Values("v41-tiny", "v41-mini"),
+INSTANTIATE_TEST_SUITE_P(Presets, EngramTokenMapTest,
+                         ::testing::Values("v41-tiny", "v41-mini", "v41-kjv"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)
@@ -315,7 +316,8 @@ TEST_P(EngramMapParityTest, DecodeAndMapMatchTheJsReimplementation) {
             << " (unmodified JS library " << js.at("library_size") << ")\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, EngramMapParityTest, ::testing::Values("v41-tiny", "v41-mini"),
+INSTANTIATE_TEST_SUITE_P(Presets, EngramMapParityTest,
+                         ::testing::Values("v41-tiny", "v41-mini", "v41-kjv"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)
