@@ -4,24 +4,16 @@ per-layer odd multipliers from NumPy's default_rng(10007·layer), the first unus
 above engram_vocab_size − 1 per (layer, order, head), and the XOR chain of multiplied
 compressed ids with sticky look-back blocking by the pad token."""
 import json
+import os
 import re
+import sys
 import unicodedata
 
 import numpy as np
 
-
-def _bytes_to_unicode():
-    """GPT-2's byte ↔ printable-character bijection (the ByteLevel alphabet)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) +
-                 list(range(0xAE, 0xFF + 1)))
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
+# The ByteLevel alphabet is the tokenizer trainer's (scripts/make_tokenizer.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from make_tokenizer import bytes_to_unicode  # noqa: E402
 
 
 # Unicode White_Space, what the tokenizers' Strip trims (Python's str.strip also trims
@@ -47,7 +39,7 @@ def compressed_token_map(tokenizer_path):
     id_to_token = {i: t for t, i in spec["model"]["vocab"].items()}
     added = {a["id"]: a["content"] for a in spec["added_tokens"]}
     id_to_token.update(added)
-    u2b = {u: b for b, u in _bytes_to_unicode().items()}
+    u2b = {u: b for b, u in bytes_to_unicode().items()}
     keys, out = {}, []
     for token_id in range(len(id_to_token)):
         raw = id_to_token[token_id]
