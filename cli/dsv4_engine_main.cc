@@ -44,9 +44,9 @@ ABSL_FLAG(std::string, engine_token_file, "",
           "listener requires; default: $DSV4_ENGINE_TOKEN (set by a launching coordinator), "
           "else the cluster YAML's coordinator.engine_token_file");
 ABSL_FLAG(int32_t, connect_timeout_s, 60, "serving mode: how long to wait for the coordinator");
-ABSL_FLAG(int32_t, max_step_seconds, 300,
+ABSL_FLAG(int32_t, max_step_seconds, 0,
           "serving mode: heartbeats stop when a step runs longer, so the coordinator declares "
-          "a hung engine dead");
+          "a hung engine dead; 0 (default): the cluster YAML's engine.max_step_seconds (300)");
 ABSL_FLAG(int32_t, fail_rank, -1, "test only: this rank exits abnormally (_exit(3)) ...");
 ABSL_FLAG(int64_t, fail_at_step, 0, "test only: ... at the start of this step");
 
@@ -86,7 +86,9 @@ absl::Status Run() {
       serve.launch_nonce = nonce;
     }
     serve.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
-    serve.max_step = absl::Seconds(absl::GetFlag(FLAGS_max_step_seconds));
+    if (const int seconds = absl::GetFlag(FLAGS_max_step_seconds); seconds > 0) {
+      serve.max_step = absl::Seconds(seconds);
+    }
     return engine->ServeCoordinator(serve);
   }
   ASSIGN_OR_RETURN(OneShotResult result,

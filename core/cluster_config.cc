@@ -177,7 +177,7 @@ RolesSpec ReadRoles(const YamlMap& root) {
 EngineSpec ReadEngine(const YamlMap& root) {
   const YamlMap engine = root.Map(
       "engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens", "chunked_prefill_tokens",
-                 "micro_batches", "dispatch", "placement", "threads_per_rank"});
+                 "micro_batches", "dispatch", "placement", "threads_per_rank", "max_step_seconds"});
   EngineSpec spec;
   const EngineSpec defaults;
   const int errors = engine.reader().error_count();
@@ -191,6 +191,8 @@ EngineSpec ReadEngine(const YamlMap& root) {
   spec.micro_batches = engine.Int("micro_batches", NumberRule::kPositive, defaults.micro_batches);
   spec.threads_per_rank =
       engine.Int("threads_per_rank", NumberRule::kNonNegative, defaults.threads_per_rank);
+  spec.max_step_seconds =
+      engine.Int("max_step_seconds", NumberRule::kPositive, defaults.max_step_seconds);
   if (engine.reader().error_count() == errors && spec.kv_budget_tokens < spec.max_seq_len) {
     engine.Fail("kv_budget_tokens",
                 absl::StrCat("must hold at least one sequence of max_seq_len = ", spec.max_seq_len,

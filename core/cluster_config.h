@@ -33,6 +33,8 @@
 //     micro_batches: 2
 //     dispatch: flat                 # flat | hierarchical
 //     placement: {policy: hierarchical, redundant_experts: 0}   # hierarchical | global
+//     max_step_seconds: 300          # serving: a longer step stops the heartbeats, so the
+//                                    # coordinator declares the engine hung and relaunches it
 //   engram:
 //     servers: []                    # host:port of memory nodes; empty = local tables
 //     replication: 1                 # ≤ number of servers when there are servers
@@ -117,6 +119,9 @@ struct EngineSpec {
   // Threads of each engine rank's kernels; 0 = the cores the rank may run on (its affinity
   // mask: mpirun's binding decides).
   int threads_per_rank = 0;
+  // Serving: the longest step before the leader stops heartbeating (a rank stuck on a dead
+  // link must not hang the engine for ever).
+  int max_step_seconds = 300;
 };
 
 struct EngramSpec {

@@ -412,7 +412,8 @@ absl::Status Engine::ServeCoordinator(const ServeOptions& options) {
   if (rank_ == 0) {
     EngineLog()->info("{} serving for {}", options.engine_id, options.coordinator);
   }
-  return Serve(control.get(), options.max_step);
+  return Serve(control.get(),
+               options.max_step.value_or(absl::Seconds(cluster_.engine.max_step_seconds)));
 }
 
 absl::Status WriteOneShotResult(const OneShotResult& result, int64_t vocab, size_t prompts,

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,8 +78,9 @@ struct ServeOptions {
   std::string engine_token;            // empty: read coordinator.engine_token_file
   std::string launch_nonce;            // set by a launching coordinator (Hello.launch_nonce)
   absl::Duration connect_timeout = absl::Seconds(60);
-  // Heartbeats stop when a step runs longer, so the coordinator declares a hung engine dead.
-  absl::Duration max_step = absl::Minutes(5);
+  // Heartbeats stop when a step runs longer, so the coordinator declares a hung engine dead;
+  // unset: the cluster YAML's engine.max_step_seconds.
+  std::optional<absl::Duration> max_step;
 };
 
 class Engine {

@@ -269,6 +269,17 @@ TEST(ClusterConfig, ThreadsPerRank) {
             kInline + ":15: engine.threads_per_rank: expected a non-negative integer, got \"-1\"");
 }
 
+TEST(ClusterConfig, MaxStepSeconds) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(std::string(kValid), kInline);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->engine.max_step_seconds, 300);
+  config = ParseClusterConfig(std::string(kValid) + "engine:\n  max_step_seconds: 5\n", kInline);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->engine.max_step_seconds, 5);
+  EXPECT_EQ(ErrorOf(std::string(kValid) + "engine:\n  max_step_seconds: 0\n"),
+            kInline + ":15: engine.max_step_seconds: expected a positive integer, got \"0\"");
+}
+
 TEST(ClusterConfigErrors, DuplicateKey) {
   EXPECT_EQ(ErrorOf(Edit("  expert_ranks: 1\n", "  expert_ranks: 1\n  expert_ranks: 2\n")),
             kInline + ":14: roles.expert_ranks: duplicate key");

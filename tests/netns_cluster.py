@@ -77,11 +77,21 @@ def link(host, up):
     subprocess.run(["ip", "link", "set", f"veth-{host}", "up" if up else "down"], check=True)
 
 
+def cut(a, b, cut=True):
+    """Cuts (or restores) the path between hosts a and b only: a blackhole route each way,
+    so both keep reaching every other host."""
+    address = {f"h{i}": f"10.77.0.{10 + i}/32" for i in range(1, 10)}
+    for src, dst in ((a, b), (b, a)):
+        subprocess.run(["ip", "-n", src, "route", "add" if cut else "del", "blackhole",
+                        address[dst]], check=True)
+
+
 class Cluster:
     """The secured five-host cluster in directory `tmp`. start() brings up the memory nodes
     and the coordinator; in launch mode the coordinator starts the engine itself."""
 
-    def __init__(self, bin_dir, source_dir, tmp, engines="launch", heartbeat_ms=1000):
+    def __init__(self, bin_dir, source_dir, tmp, engines="launch", heartbeat_ms=1000,
+                 max_step_seconds=300):
         self.bin, self.src, self.tmp = bin_dir, source_dir, tmp
         self.rsh = os.path.join(source_dir, "scripts", "netns-rsh")
         self.mpirun_args = (
@@ -89,6 +99,7 @@ class Cluster:
             "--mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24")
         self.engines = engines
         self.heartbeat_ms = heartbeat_ms
+        self.max_step_seconds = max_step_seconds
         self.processes = []
         self.checkpoint = os.path.join(tmp, "v41-tiny")
         self.cluster = os.path.join(tmp, "cluster.yaml")
@@ -125,6 +136,7 @@ engine:
   max_seq_len: 1024
   kv_budget_tokens: 8192
   chunked_prefill_tokens: 256
+  max_step_seconds: {self.max_step_seconds}
 engram:
   servers: ["h2:50061", "h3:50061"]
   replication: 2
@@ -136,6 +148,7 @@ coordinator:
   tls: {{cert: {t}/coord.pem, key: {t}/coord.key}}
   engine_token_file: {t}/engine.token
   admin_token_file: {t}/admin.token
+  max_restarts: 10                   # every fault test restarts the engine once or twice
 """, mode=0o644)
 
     def start(self):

@@ -11,6 +11,10 @@
 3. A whole host disappears (every process of h5, the expert ranks' host, is killed): the
    coordinator restarts the engine where the layout allows (h5 is still there) and the
    request completes exactly.
+4. The path between the two engine hosts (h4, h5) is cut mid-step while both still reach
+   the coordinator: no rank hangs for ever (the YAML's engine.max_step_seconds, 5 here,
+   bounds a stuck step); the engine is torn down and relaunched once the path is back, and
+   the request completes exactly.
 
 Recovery times (detection, engine back, first token after the fault) are printed, and
 written as JSON to $DSV4_RECOVERY_JSON when set (bench/netns_recovery.sh).
@@ -93,7 +97,8 @@ class FaultsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="dsv4-netns-faults-")
-        cls.cluster = netns_cluster.Cluster(BIN_DIR, SOURCE_DIR, cls.tmp, heartbeat_ms=500)
+        cls.cluster = netns_cluster.Cluster(BIN_DIR, SOURCE_DIR, cls.tmp, heartbeat_ms=500,
+                                            max_step_seconds=5)
         cls.channel = None
         try:
             cls.cluster.start()
@@ -187,6 +192,30 @@ class FaultsTest(unittest.TestCase):
         back = self.cluster.coordinator.first("engine engine-0 connected", after=cut)
         self.assertIsNotNone(back, self.cluster.coordinator.tail())
         RECOVERY["host_killed"] = {
+            "engine_back_s": back - cut,
+            "first_token_after_fault_s": stream.first_token_after(cut) - cut,
+        }
+
+    def test_4_a_cut_between_the_engine_hosts_never_hangs(self):
+        self.cluster.coordinator.wait_for("engine engine-0 connected", 120)
+        stream = Stream(self.stub, LONG)
+        stream.wait_for_tokens(20)
+        cut = time.monotonic()
+        netns_cluster.cut("h4", "h5")
+        coordinator = self.cluster.coordinator
+        try:
+            # Torn down within the step bound plus three heartbeats (and margin).
+            torn_down = coordinator.wait_for(r"engine engine-0 disconnected|missed 3 heartbeats",
+                                             30, after=cut)
+        finally:
+            netns_cluster.cut("h4", "h5", cut=False)
+        stream.thread.join(timeout=240)
+        self.assertIsNone(stream.error)
+        self.assertEqual(stream.tokens, self.expected)
+        back = coordinator.first("engine engine-0 connected", after=cut)
+        self.assertIsNotNone(back, coordinator.tail())
+        RECOVERY["engine_hosts_cut"] = {
+            "torn_down_s": torn_down - cut,
             "engine_back_s": back - cut,
             "first_token_after_fault_s": stream.first_token_after(cut) - cut,
         }
