@@ -13,7 +13,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libpcre2-dev libhwy-dev
   libicu-dev
   python3 python3-grpcio python3-protobuf python3-numpy redis-server
-  iproute2
+  iproute2 slurmd slurmctld slurm-client
 )
 
 SUDO=""

@@ -183,6 +183,73 @@ coordinator:
         self.processes.insert(1, engine)
         return engine
 
+    def start_slurm(self):
+        """slurmctld on h1, slurmd on h4 and h5 (auth/none: the hosts are this machine's).
+        The hosts share /tmp, so each gets its own PMIx client directory (mpi.conf)."""
+        base = os.path.join(self.tmp, "slurm")
+        conf = f"""ClusterName=netns
+SlurmctldHost=h1(10.77.0.11)
+AuthType=auth/none
+CredType=cred/none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={base}/state
+SlurmdSpoolDir={base}/spool/%n
+SlurmctldPidFile={base}/slurmctld.pid
+SlurmdPidFile={base}/slurmd.%n.pid
+SlurmctldLogFile={base}/slurmctld.log
+SlurmdLogFile={base}/slurmd.%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+NodeName=h4 NodeAddr=10.77.0.14 CPUs=2 State=UNKNOWN
+NodeName=h5 NodeAddr=10.77.0.15 CPUs=2 State=UNKNOWN
+PartitionName=netns Nodes=h4,h5 Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
+"""
+        self.slurm_conf = {}
+        for host in ("h1", "h4", "h5"):
+            etc = os.path.join(base, "etc-" + host)
+            os.makedirs(os.path.join(base, "pmix-" + host))
+            os.makedirs(etc)
+            write(os.path.join(etc, "slurm.conf"), conf, mode=0o644)
+            write(os.path.join(etc, "mpi.conf"), f"PMIxCliTmpDirBase={base}/pmix-{host}\n",
+                  mode=0o644)
+            self.slurm_conf[host] = os.path.join(etc, "slurm.conf")
+        os.makedirs(os.path.join(base, "state"))
+        ctld = Process(self.rsh, "h1", [f"SLURM_CONF={self.slurm_conf['h1']}", "slurmctld",
+                                        "-D"], "slurmctld on h1")
+        self.processes.append(ctld)
+        time.sleep(1)
+        for host in ("h4", "h5"):
+            os.makedirs(os.path.join(base, "spool", host))
+            self.processes.append(Process(
+                self.rsh, host, [f"SLURM_CONF={self.slurm_conf[host]}", "slurmd", "-D", "-N",
+                                 host], f"slurmd on {host}"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sinfo = subprocess.run([self.rsh, "h1", f"SLURM_CONF={self.slurm_conf['h1']} "
+                                    "sinfo -h -o %T -N"], capture_output=True, text=True)
+            if sinfo.stdout.split() == ["idle", "idle"]:
+                return
+            time.sleep(0.5)
+        raise RuntimeError("slurm nodes not idle: " + sinfo.stdout + sinfo.stderr)
+
+    def srun_engine(self):
+        """The engine under Slurm as the README shows it: srun --mpi=pmix from h1, two nodes
+        of two tasks, attached to the coordinator by name (TCP only between the hosts)."""
+        engine = Process(self.rsh, "h1", [
+            f"SLURM_CONF={self.slurm_conf['h1']}", "OMPI_MCA_btl=tcp,self",
+            "OMPI_MCA_btl_tcp_if_include=10.77.0.0/24", "OMPI_MCA_oob_tcp_if_include=10.77.0.0/24",
+            "srun", "--mpi=pmix", "-N", "2", "--ntasks-per-node", "2",
+            os.path.join(self.bin, "dsv4-engine"), "--cluster", self.cluster, "--checkpoint",
+            self.checkpoint, "--coordinator", "h1:50053", "--engine-id", "engine-0",
+            "--engine-token-file", os.path.join(self.tmp, "engine.token")], "srun engine")
+        self.processes.insert(1, engine)
+        return engine
+
     def channel(self):
         import grpc
         with open(os.path.join(self.tmp, "coord.pem"), "rb") as f:

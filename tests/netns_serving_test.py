@@ -2,7 +2,8 @@
 coordinator on h1 (TLS for the host name h1), two Engram memory nodes on h2 and h3 (token),
 an engine of 2 attention ranks on h4 and 2 expert ranks on h5 over TCP. In launch mode the
 coordinator starts it with mpirun through the namespace rsh agent (--advertise h1:PORT); in
-attach mode an operator's mpirun on h1 does, from a hostfile. A client outside the hosts
+attach mode an operator's mpirun on h1 does, from a hostfile, or Slurm does (slurmctld on
+h1, slurmd on h4 and h5, `srun --mpi=pmix` as the README shows). A client outside the hosts
 dials h1 by name; greedy streamed tokens must equal `dsv4 run` in one process on one host.
 
 Usage (inside `scripts/netns-cluster.sh run`, hosts h1..h5 up):
@@ -44,12 +45,17 @@ class ClusterTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="dsv4-netns-")
-        cls.cluster = netns_cluster.Cluster(BIN_DIR, SOURCE_DIR, cls.tmp, engines=cls.ENGINES)
+        cls.cluster = netns_cluster.Cluster(BIN_DIR, SOURCE_DIR, cls.tmp,
+                                            engines="launch" if cls.ENGINES == "launch"
+                                            else "attach")
         cls.channel = None
         try:
             cls.cluster.start()
             if cls.ENGINES == "attach":
                 cls.cluster.attach_engine()
+            elif cls.ENGINES == "slurm":
+                cls.cluster.start_slurm()
+                cls.cluster.srun_engine()
             cls.cluster.coordinator.wait_for("engine engine-0 connected", 120)
             cls.channel = cls.cluster.channel()
             cls.stub = inference_pb2_grpc.InferenceStub(cls.channel)
@@ -93,6 +99,12 @@ class LaunchModeTest(ClusterTest):
 
 class AttachModeTest(ClusterTest):
     ENGINES = "attach"
+
+
+@unittest.skipUnless(shutil.which("slurmctld") and shutil.which("srun"),
+                     "Slurm (slurmctld, slurmd, srun) is not installed")
+class SlurmAttachTest(ClusterTest):
+    ENGINES = "slurm"
 
 
 del ClusterTest  # only its two modes run
