@@ -112,25 +112,33 @@ const LinkSpec& HandOffLink(const ClusterConfig& cluster) {
 // ---------------------------------------------------------------------------------------
 // Unit step assembly.
 
-// Mean and deviation of the decode contexts (DecodeContextPoints' distribution), summed
-// directly: the search asks for them at every candidate.
+// Calls fn(context, weight) for the decode contexts of the sequences in a batch: each
+// (input, output) pair weighs w_in·w_out·output, at positions spread over its output.
+template <typename Fn>
+void ForEachDecodeContext(const Workload& workload, Fn fn) {
+  for (const LengthBucket& in : workload.input.buckets) {
+    for (const LengthBucket& out : workload.output.buckets) {
+      const double w = in.weight * out.weight * static_cast<double>(out.tokens);
+      for (double q : {0.125, 0.375, 0.625, 0.875}) {
+        fn(static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens), w / 4);
+      }
+    }
+  }
+}
+
+// Mean and deviation of the decode contexts, summed directly: the search asks for them for
+// every batch it tries.
 struct Moments {
   double mean = 0;
   double sd = 0;
 };
 Moments DecodeContextMoments(const Workload& workload) {
   double total = 0, sum = 0, square = 0;
-  for (const LengthBucket& in : workload.input.buckets) {
-    for (const LengthBucket& out : workload.output.buckets) {
-      const double w = in.weight * out.weight * static_cast<double>(out.tokens) / 4;
-      for (double q : {0.125, 0.375, 0.625, 0.875}) {
-        const double context = static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens);
-        total += w;
-        sum += w * context;
-        square += w * context * context;
-      }
-    }
-  }
+  ForEachDecodeContext(workload, [&](double context, double w) {
+    total += w;
+    sum += w * context;
+    square += w * context * context;
+  });
   if (total <= 0) return {};
   const double mean = sum / total;
   return {mean, std::sqrt(std::max(0.0, square / total - mean * mean))};
@@ -209,19 +217,10 @@ ExpertGeometry GeometryOf(const ClusterShape& shape, const UnitLayout& layout) {
   return g;
 }
 
-// Decode contexts of the sequences in a batch: each (input, output) pair weighs
-// w_in·w_out·output, at positions spread over its output. (context, weight), sorted.
+// The decode contexts as (context, weight), sorted (ForEachDecodeContext).
 std::vector<std::pair<double, double>> DecodeContextPoints(const Workload& workload) {
   std::vector<std::pair<double, double>> points;
-  for (const LengthBucket& in : workload.input.buckets) {
-    for (const LengthBucket& out : workload.output.buckets) {
-      const double w = in.weight * out.weight * static_cast<double>(out.tokens);
-      for (double q : {0.125, 0.375, 0.625, 0.875}) {
-        points.push_back(
-            {static_cast<double>(in.tokens) + q * static_cast<double>(out.tokens), w / 4});
-      }
-    }
-  }
+  ForEachDecodeContext(workload, [&](double context, double w) { points.push_back({context, w}); });
   std::sort(points.begin(), points.end());
   return points;
 }
