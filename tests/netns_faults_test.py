@@ -140,6 +140,19 @@ class FaultsTest(unittest.TestCase):
         self.assertIsNone(stream.error)
         return stream.tokens
 
+    def streaming(self):
+        """The long request, once the engine serves and 20 of its tokens have arrived."""
+        self.cluster.coordinator.wait_for("engine engine-0 connected", 120)
+        stream = Stream(self.stub, LONG)
+        stream.wait_for_tokens(20)
+        return stream
+
+    def assert_exact(self, stream):
+        """The stream completes with an undisturbed run's tokens: nothing lost or repeated."""
+        stream.thread.join(timeout=240)
+        self.assertIsNone(stream.error)
+        self.assertEqual(stream.tokens, self.expected)
+
     def test_1_an_unreachable_memory_node_fails_over_and_returns(self):
         before = self.rows_served("h2")
         netns_cluster.link("h2", up=False)
@@ -156,15 +169,12 @@ class FaultsTest(unittest.TestCase):
         self.assertGreater(self.rows_served("h2"), before)
 
     def test_2_the_leader_hosts_link_down_replays_exactly(self):
-        stream = Stream(self.stub, LONG)
-        stream.wait_for_tokens(20)
+        stream = self.streaming()
         cut = time.monotonic()
         netns_cluster.link("h4", up=False)
         time.sleep(4)
         netns_cluster.link("h4", up=True)
-        stream.thread.join(timeout=240)
-        self.assertIsNone(stream.error)
-        self.assertEqual(stream.tokens, self.expected)  # nothing lost or repeated
+        self.assert_exact(stream)
         coordinator = self.cluster.coordinator
         # Missed heartbeats, or the stream breaking first when the host is slow to notice.
         detected = coordinator.first(r"missed 3 heartbeats|engine engine-0 disconnected",
@@ -179,18 +189,14 @@ class FaultsTest(unittest.TestCase):
         }
 
     def test_3_a_host_that_disappears_is_restarted_where_the_layout_allows(self):
-        self.cluster.coordinator.wait_for("engine engine-0 connected", 120)
-        stream = Stream(self.stub, LONG)
-        stream.wait_for_tokens(20)
+        stream = self.streaming()
         cut = time.monotonic()
         for pid in host_pids("h5"):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        stream.thread.join(timeout=240)
-        self.assertIsNone(stream.error)
-        self.assertEqual(stream.tokens, self.expected)
+        self.assert_exact(stream)
         back = self.cluster.coordinator.first("engine engine-0 connected", after=cut)
         self.assertIsNotNone(back, self.cluster.coordinator.tail())
         RECOVERY["host_killed"] = {
@@ -199,9 +205,7 @@ class FaultsTest(unittest.TestCase):
         }
 
     def test_4_a_cut_between_the_engine_hosts_never_hangs(self):
-        self.cluster.coordinator.wait_for("engine engine-0 connected", 120)
-        stream = Stream(self.stub, LONG)
-        stream.wait_for_tokens(20)
+        stream = self.streaming()
         cut = time.monotonic()
         netns_cluster.cut("h4", "h5")
         coordinator = self.cluster.coordinator
@@ -211,9 +215,7 @@ class FaultsTest(unittest.TestCase):
                                              120, after=cut)
         finally:
             netns_cluster.cut("h4", "h5", cut=False)
-        stream.thread.join(timeout=240)
-        self.assertIsNone(stream.error)
-        self.assertEqual(stream.tokens, self.expected)
+        self.assert_exact(stream)
         back = coordinator.first("engine engine-0 connected", after=cut)
         self.assertIsNotNone(back, coordinator.tail())
         RECOVERY["engine_hosts_cut"] = {
