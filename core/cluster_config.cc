@@ -177,7 +177,8 @@ RolesSpec ReadRoles(const YamlMap& root) {
 EngineSpec ReadEngine(const YamlMap& root) {
   const YamlMap engine = root.Map(
       "engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens", "chunked_prefill_tokens",
-                 "micro_batches", "dispatch", "placement", "threads_per_rank", "max_step_seconds"});
+                 "micro_batches", "dispatch", "low_latency_tokens", "low_latency_capacity", "progress",
+                 "placement", "threads_per_rank", "max_step_seconds"});
   EngineSpec spec;
   const EngineSpec defaults;
   const int errors = engine.reader().error_count();
@@ -189,6 +190,10 @@ EngineSpec ReadEngine(const YamlMap& root) {
   spec.chunked_prefill_tokens =
       engine.Int("chunked_prefill_tokens", NumberRule::kPositive, defaults.chunked_prefill_tokens);
   spec.micro_batches = engine.Int("micro_batches", NumberRule::kPositive, defaults.micro_batches);
+  spec.low_latency_tokens =
+      engine.Int("low_latency_tokens", NumberRule::kNonNegative, defaults.low_latency_tokens);
+  spec.low_latency_capacity =
+      engine.Int("low_latency_capacity", NumberRule::kNonNegative, defaults.low_latency_capacity);
   spec.threads_per_rank =
       engine.Int("threads_per_rank", NumberRule::kNonNegative, defaults.threads_per_rank);
   spec.max_step_seconds =
@@ -204,6 +209,13 @@ EngineSpec ReadEngine(const YamlMap& root) {
     spec.dispatch = DispatchMode::kHierarchical;
   } else if (dispatch != "flat") {
     engine.Fail("dispatch", absl::StrCat("expected flat or hierarchical, got \"", dispatch, "\""));
+  }
+
+  const std::string progress = engine.String("progress", "thread");
+  if (progress == "calls") {
+    spec.progress_thread = false;
+  } else if (progress != "thread") {
+    engine.Fail("progress", absl::StrCat("expected thread or calls, got \"", progress, "\""));
   }
 
   const YamlMap placement = engine.Map("placement", {"policy", "redundant_experts"});

@@ -32,6 +32,11 @@
 //     chunked_prefill_tokens: 512
 //     micro_batches: 2
 //     dispatch: flat                 # flat | hierarchical
+//     low_latency_tokens: 128        # exchanges of at most this many tokens per rank skip
+//                                    # the count round (fixed blocks per peer); 0 = never
+//     low_latency_capacity: 0        # records per peer block (0 = low_latency_tokens);
+//                                    # more go in a second message, never dropped
+//     progress: thread               # thread | calls: what advances in-flight exchanges
 //     placement: {policy: hierarchical, redundant_experts: 0}   # hierarchical | global
 //     max_step_seconds: 300          # serving: a longer step stops the heartbeats, so the
 //                                    # coordinator declares the engine hung and relaunches it
@@ -114,6 +119,11 @@ struct EngineSpec {
   int chunked_prefill_tokens = 512;
   int micro_batches = 2;
   DispatchMode dispatch = DispatchMode::kFlat;
+  int low_latency_tokens = 128;
+  int low_latency_capacity = 0;
+  // A progress thread per rank advances in-flight exchanges while the rank computes;
+  // without it they advance only inside the rank's own MPI calls.
+  bool progress_thread = true;
   PlacementPolicy placement = PlacementPolicy::kHierarchical;
   int redundant_experts = 0;
   // Threads of each engine rank's kernels; 0 = the cores the rank may run on (its affinity

@@ -4,57 +4,72 @@
 // Every rank of the communicator takes part in every exchange, in the same order (they are
 // collectives); a rank with nothing to send or receive passes zero tokens. Per MoE layer:
 //
-//   token side (attention ranks): x [T, d] and, for each token t, k pairs
-//       (expert_slots[t·k+j], weights[t·k+j]): physical expert slots and routing weights.
-//   handle = Dispatch(x, slots, weights, &batch)      or StartDispatch … FinishDispatch
-//   expert side (expert ranks): `batch` holds, for every slot this rank holds (ascending),
-//       its rows contiguously with one routing weight per row. The expert computes
-//       y[row] = weight[row] · f_slot(x[row]) (applying the weight wherever its numerics
-//       want it, e.g. before w2) for every row: y is [batch.rows(), d].
-//   Combine(handle, y, &out)                          or StartCombine … FinishCombine
-//   token side: out [T, d], out[t] = Σ_j weights[t·k+j] · f_{slots[t·k+j]}(x[t]).
+//   token side: x [T, d] and, for each token t, k pairs (expert_slots[t·k+j],
+//       weights[t·k+j]): physical expert slots and routing weights.
+//   handle = StartDispatch(mb, protocol, x, slots, weights)
+//   expert side: FinishDispatch(handle, &batch): the records that reached this rank, read
+//       in place (no copy per slot): record r carries a token row batch.x[r] and up to k
+//       (slot, weight) pairs of this rank's slots, ascending. The expert writes each
+//       record's combine row batch.y[r] = Σ_pairs weight · f_slot(x[r]) (applying the
+//       weight wherever its numerics want it, e.g. before w2) straight into the send
+//       buffer, then StartCombine(handle).
+//   token side: FinishCombine(handle, &out): out [T, d], out[t] = Σ_j weights[t·k+j] ·
+//       f_{slots[t·k+j]}(x[t]).
 //
-// A rank may hold tokens, experts, both or neither.
+// A rank may hold tokens, experts, both or neither. On a rank holding no slots the combine
+// is posted as soon as the dispatch lands (there is nothing to compute there), so such a
+// rank may call FinishCombine right after StartDispatch.
 //
 // Wire format. A token goes once to each rank holding any of its k slots (DeepEP-style
 // dedup), as one dispatch record of 8 + 8·k + 4·d bytes: int32 source rank, int32
-// destination rank, k × (int32 slot, fp32 weight) (slot −1 pads unused pairs), d × fp32.
-// The expert rank pre-reduces the outputs of each record's slots (ascending slot) into one
-// combine row of 4·d bytes (d × fp32), so a token comes back once per expert rank. Row
-// encoding lives in one place (dispatcher.cc) so a bf16/fp8 wire format is a local change.
+// destination rank, k × (int32 slot, fp32 weight) (ascending slot; slot −1 pads unused
+// pairs), d × fp32. A combine row is d × fp32, so a token comes back once per expert rank.
+// Row encoding lives in one place (dispatcher.cc) so a bf16/fp8 wire format is a local
+// change.
+//
+// Protocols, chosen per exchange by the caller (all ranks the same; ProtocolFor turns an
+// agreed bound on tokens per rank into the choice):
+// - kBulk: counts first (MPI_Alltoall), then the records (MPI_Alltoallv); hierarchical mode
+//   relays cross-supernode records (below).
+// - kLowLatency (decode): no count round. Each rank sends every expert-holding rank one
+//   message of a fixed-capacity block: an 8-byte record count, then up to `capacity`
+//   records; receivers post their receives for the whole block up front. Records past the
+//   capacity follow in a second message that the receiver posts for once it has read the
+//   count: overflow costs a round trip, never a record. Always direct (one stage).
+//   Combine sends exact-size rows back point to point.
 //
 // Order and numerics. fp32 on the wire: results are exact up to float summation order,
-// which is fixed: expert-side rows are ordered by source rank, then by the source's token
-// order; each combine row sums its slots in ascending slot order; out[t] sums the combine
-// rows in ascending expert rank order, starting from zero. Nothing depends on arrival
-// timing, and flat and hierarchical mode give bit-identical batches and outputs. With
-// slots placed in ascending order over ascending ranks (as a contiguous placement does),
-// out[t] sums the terms in ascending slot order, like the in-process executor.
+// which is fixed: the batch lists records by source rank, then by the source's token
+// order; out[t] sums the combine rows in ascending expert rank order, starting from zero.
+// Nothing depends on arrival timing, protocol or mode: flat, hierarchical and low latency
+// give bit-identical batches and outputs.
 //
-// Modes. Flat: counts go by MPI_Alltoall, records by one MPI_Alltoallv. Hierarchical (with
-// more than one supernode): a record bound for another supernode first goes, within the
-// sender's supernode, to the relay on the chip with the same local index as the
-// destination's chip (Topology::PeerInSupernode), which forwards it across supernodes in a
-// second exchange; records relays collect from several senders cross in one message. A
-// destination without such a relay gets the record directly. Combine retraces the path.
+// Hierarchical mode (bulk, more than one supernode): a record bound for another supernode
+// first goes, within the sender's supernode, to the relay on the chip with the same local
+// index as the destination's chip (Topology::PeerInSupernode), which forwards it across
+// supernodes in a second exchange; records relays collect from several senders cross in one
+// message. A destination without such a relay gets the record directly. Combine retraces
+// the path.
 //
 // Accounting. Each handle records the bytes and messages this rank sent per link class
 // (one message = one non-empty payload send to another rank; self traffic and the fixed
-// P × 4-byte count exchanges are not counted). Sum over ranks for cluster totals.
+// P × 4-byte count exchanges are not counted; a low-latency block counts its 8-byte header).
+// Sum over ranks for cluster totals.
 //
-// Overlap. StartDispatch/StartCombine post non-blocking collectives (MPI_Ialltoall,
-// MPI_Ialltoallv) on the micro-batch's own communicator (MPI_Comm_dup), so up to
-// `micro_batches` exchanges can be in flight while the caller computes. Open MPI advances
-// them only inside MPI calls: call Progress on in-flight handles now and then during long
-// computations. The blocking Dispatch/Combine use MPI_Alltoall/MPI_Alltoallv on micro-batch
-// 0's communicator. MPI rules apply: every rank starts exchanges on one communicator in the
-// same order.
+// Progress and overlap. Exchanges are non-blocking, on the micro-batch's own communicator
+// (MPI_Comm_dup), so up to `micro_batches` can be in flight while the caller computes. Open
+// MPI moves data only inside MPI calls: with `progress_thread` a thread of the Dispatcher
+// advances every in-flight exchange (MPI_Test, next stage, overflow receives, a slot-less
+// rank's combine) while the caller computes, which needs MPI_THREAD_MULTIPLE; without it
+// they advance inside the Dispatcher's own calls (and Progress). MPI rules apply: every rank
+// starts exchanges on one communicator in the same order.
 //
-// Errors. MPI failures return INTERNAL naming the rank and the operation. Invalid dispatch
-// input (shapes, slot ids) is agreed on through the count exchange: the rank with the bad
-// input returns INVALID_ARGUMENT, the others ABORTED naming it, and nothing is left in
-// flight. Errors in Combine's arguments (y's shape, a handle in the wrong phase) are
-// caller bugs that leave the peers waiting in the exchange: treat them as fatal.
+// Errors. MPI failures return INTERNAL naming the rank and the operation. Invalid bulk
+// dispatch input (shapes, slot ids) is agreed on through the count exchange: the rank with
+// the bad input returns INVALID_ARGUMENT, the others ABORTED naming it, and nothing is left
+// in flight; a low-latency block carries the veto in its count. Errors in Combine's order
+// (a handle in the wrong phase) are caller bugs that leave the peers waiting in the
+// exchange: treat them as fatal.
 #ifndef DSV4_DISPATCH_DISPATCHER_H_
 #define DSV4_DISPATCH_DISPATCHER_H_
 
@@ -63,6 +78,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -89,32 +105,42 @@ struct ExchangeTraffic {
   LinkTraffic combine;
 };
 
-// What an expert rank receives: the rows of each slot it holds, contiguous per slot.
+// What an expert rank receives: the records addressed to it, in place in the receive
+// buffers, each with the pairs of this rank's slots it carries. Valid until the handle's
+// StartCombine; the caller writes y before it.
 struct ExpertBatch {
-  std::vector<int32_t> slots;    // every slot this rank holds, ascending (even if idle)
-  std::vector<int64_t> offsets;  // slots.size() + 1: slot i's rows are [offsets[i], offsets[i+1])
-  // [rows, d]: a view of the micro-batch's reusable buffer (fresh pages cost as much as the
-  // copy), overwritten by the micro-batch's next FinishDispatch.
-  Tensor x;
-  std::vector<float> weights;  // [rows]: the routing weight of each row
+  std::vector<const float*> x;  // [records]: record r's token row, d floats
+  std::vector<float*> y;        // [records]: where the expert writes record r's combine row
+  std::vector<int32_t> slots;   // [records · k]: record r's slots, ascending, −1 padding
+  std::vector<float> weights;   // [records · k]: their routing weights (0 for padding)
 
-  int64_t rows() const { return offsets.empty() ? 0 : offsets.back(); }
+  int64_t records() const { return static_cast<int64_t>(x.size()); }
 };
+
+enum class ExchangeProtocol { kBulk, kLowLatency };
 
 struct DispatcherOptions {
   int64_t hidden = 0;  // d
   int top_k = 0;       // k: routed experts per token
   DispatchMode mode = DispatchMode::kFlat;
   int micro_batches = 2;  // exchanges that may be in flight at once (one communicator each)
+  // ProtocolFor picks kLowLatency for at most this many tokens per rank (0: never).
+  int64_t low_latency_tokens = 0;
+  // Records per peer in a low-latency block (0: low_latency_tokens, which never overflows).
+  int64_t low_latency_capacity = 0;
+  // Advance in-flight exchanges from a thread while the caller computes (the MPI library
+  // must run with MPI_THREAD_MULTIPLE).
+  bool progress_thread = false;
 };
 
 class Dispatcher;
 struct DispatchWorkspace;  // internal: a micro-batch's reusable buffers
+class ProgressThread;      // internal
 
 // One micro-batch's dispatch and combine, from StartDispatch to FinishCombine. Move-only.
-// The exchange copies x and y into its micro-batch's buffers (kept by the Dispatcher and
-// reused, since fresh pages cost as much as the copies), so the caller's tensors may go as
-// soon as the Start call returns. A micro-batch takes one exchange at a time: from Start to
+// The exchange copies x into its micro-batch's buffers (kept by the Dispatcher and reused,
+// since fresh pages cost as much as the copies), so the caller's tensors may go as soon as
+// StartDispatch returns. A micro-batch takes one exchange at a time: from Start to
 // FinishCombine (or a failure); starting another fails with FAILED_PRECONDITION. Drive the
 // handle to the end of its phase (Finish*) before destroying it, and destroy it before its
 // Dispatcher.
@@ -157,50 +183,70 @@ class Dispatcher {
   // Whether dispatch runs in two stages (hierarchical mode over more than one supernode).
   bool two_stage() const { return num_stages_ == 2; }
 
-  // Blocking dispatch; fills `batch` (empty on ranks holding no slots). x is [T, d] (an
-  // empty Tensor means T = 0); expert_slots and weights hold T·k entries.
-  absl::StatusOr<DispatchHandle> Dispatch(const Tensor& x, absl::Span<const int32_t> expert_slots,
-                                          absl::Span<const float> weights, ExpertBatch* batch);
-  // Blocking combine: y is [batch.rows(), d] (see the file comment); out becomes [T, d].
-  absl::Status Combine(DispatchHandle& handle, const Tensor& y, Tensor* out);
+  // The protocol for an exchange in which no rank sends more than `max_tokens` tokens
+  // (a bound every rank agrees on, e.g. from the step plan).
+  ExchangeProtocol ProtocolFor(int64_t max_tokens) const;
+  // Records per peer in a low-latency block.
+  int64_t low_latency_capacity() const { return capacity_; }
 
-  // Non-blocking forms, on micro-batch `micro_batch`'s communicator (0 ≤ it < micro_batches).
-  absl::StatusOr<DispatchHandle> StartDispatch(int micro_batch, const Tensor& x,
+  // Posts micro-batch `micro_batch`'s dispatch (0 ≤ it < micro_batches). x is [T, d] (an
+  // empty Tensor means T = 0); expert_slots and weights hold T·k entries.
+  absl::StatusOr<DispatchHandle> StartDispatch(int micro_batch, ExchangeProtocol protocol,
+                                               const Tensor& x,
                                                absl::Span<const int32_t> expert_slots,
                                                absl::Span<const float> weights);
+  // Waits for the records; fills `batch` (no records on ranks holding no slots).
   absl::Status FinishDispatch(DispatchHandle& handle, ExpertBatch* batch);
-  absl::Status StartCombine(DispatchHandle& handle, const Tensor& y);
+  // Sends the combine rows the expert wrote into the batch's y.
+  absl::Status StartCombine(DispatchHandle& handle);
+  // Waits for the rows and sums them: out becomes [T, d].
   absl::Status FinishCombine(DispatchHandle& handle, Tensor* out);
   // Advances the handle's in-flight exchange without blocking; true once the current phase
   // (dispatch or combine) has completed and its Finish call will not wait.
   absl::StatusOr<bool> Progress(DispatchHandle& handle);
 
+  // Both halves back to back, for callers that compute in between synchronously.
+  absl::StatusOr<DispatchHandle> Dispatch(ExchangeProtocol protocol, const Tensor& x,
+                                          absl::Span<const int32_t> expert_slots,
+                                          absl::Span<const float> weights, ExpertBatch* batch);
+  absl::Status Combine(DispatchHandle& handle, Tensor* out);
+
  private:
+  friend class ProgressThread;
   Dispatcher() = default;
 
-  absl::StatusOr<DispatchHandle> Start(int micro_batch, bool blocking, const Tensor& x,
-                                       absl::Span<const int32_t> expert_slots,
-                                       absl::Span<const float> weights);
-  absl::Status BeginCombine(DispatchHandle& handle, bool blocking, const Tensor& y);
-  // Runs the handle's state machine until it blocks (wait = false) or its phase ends.
-  absl::StatusOr<bool> Advance(DispatchHandle::State& s, bool wait);
+  // Runs the handle's state machine until it blocks or its phase ends (with mu_ held).
+  absl::StatusOr<bool> Advance(DispatchHandle::State& s);
+  // Advances every in-flight exchange (with mu_ held); the progress thread's body.
+  void AdvanceAll();
+  // Advances until the handle's phase ends.
+  absl::Status Wait(DispatchHandle::State& s);
   // The stage-`stage` hop of a record bound for `dest`.
   int NextHop(int stage, int dest) const;
-  // Posts stage s's count or payload exchange (both directions share the code).
   absl::Status PostCounts(DispatchHandle::State& s);
   absl::Status PostPayload(DispatchHandle::State& s, bool forward);
+  absl::Status PostLowLatencyDispatch(DispatchHandle::State& s);
+  absl::Status PostLowLatencyOverflow(DispatchHandle::State& s);
+  absl::Status PostLowLatencyCombine(DispatchHandle::State& s);
   // Builds stage s + 1's send buffer from the records stage s delivered to relays.
   void ForwardRecords(DispatchHandle::State& s);
-  // Accounts `counts[q]` items of `item_bytes` sent to each rank q.
-  void Account(const std::vector<int>& counts, int64_t item_bytes, LinkTraffic* traffic) const;
+  // Lists the records delivered here (by source rank) and their combine rows.
+  absl::Status CollectDelivered(DispatchHandle::State& s);
+  absl::Status BeginCombine(DispatchHandle::State& s);
+  // Accounts `counts[q]` items of `item_bytes` (plus `header_bytes` per message) sent to
+  // each rank q.
+  void Account(const std::vector<int>& counts, int64_t item_bytes, int64_t header_bytes,
+               LinkTraffic* traffic) const;
 
   std::unique_ptr<Topology> topology_;
   DispatcherOptions options_;
   int rank_ = 0;
   int num_ranks_ = 0;
   int num_stages_ = 1;
+  int64_t capacity_ = 0;  // low-latency records per peer block
   std::vector<int> rank_of_slot_;
   std::vector<int32_t> local_slots_;
+  std::vector<bool> holds_slots_;  // by rank: whether it holds any slot
   std::vector<int> local_index_of_slot_;  // slot → index into local_slots_, −1 elsewhere
   std::vector<MPI_Comm> comms_;           // one per micro-batch
   std::vector<std::unique_ptr<DispatchWorkspace>> workspaces_;  // one per micro-batch
@@ -208,6 +254,11 @@ class Dispatcher {
   int64_t row_bytes_ = 0;                                       // combine row
   MPI_Datatype record_type_ = MPI_DATATYPE_NULL;
   MPI_Datatype row_type_ = MPI_DATATYPE_NULL;
+
+  // Guards every MPI call on the micro-batch communicators and the in-flight list.
+  std::mutex mu_;
+  std::vector<DispatchHandle::State*> in_flight_;
+  std::unique_ptr<ProgressThread> progress_;
 };
 
 }  // namespace dsv4

@@ -99,6 +99,9 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   dispatch_options.top_k = config_.num_experts_per_tok;
   dispatch_options.mode = cluster_.engine.dispatch;
   dispatch_options.micro_batches = cluster_.engine.micro_batches;
+  dispatch_options.low_latency_tokens = cluster_.engine.low_latency_tokens;
+  dispatch_options.low_latency_capacity = cluster_.engine.low_latency_capacity;
+  dispatch_options.progress_thread = cluster_.engine.progress_thread;
   ASSIGN_OR_RETURN(dispatcher_, Dispatcher::Create(MPI_COMM_WORLD, *topology_,
                                                    std::move(rank_of_slot), dispatch_options));
 
@@ -168,7 +171,7 @@ absl::StatusOr<Engine::StepTiming> Engine::RunStep(const StepPlan& plan,
   StepCost cost;
   cost.micro_batches = cluster_.engine.micro_batches;
   RETURN_IF_ERROR(attention_ ? attention_rank_->RunStep(plan, &cost, sampled)
-                             : expert_rank_->RunStep(&cost));
+                             : expert_rank_->RunStep(plan, &cost));
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   step_seconds_ += seconds;
   std::vector<StepCost> costs = GatherToRoot(cost, 0, MPI_COMM_WORLD);

@@ -15,6 +15,7 @@
 #include "core/model_config.h"
 #include "dispatch/dispatcher.h"
 #include "engine/placement.h"
+#include "engine/step_plan.h"
 #include "expert_node/routed_experts.h"
 
 namespace dsv4 {
@@ -26,9 +27,15 @@ class ExpertRank {
              const ExpertPlacement* placement, Dispatcher* dispatcher)
       : config_(config), experts_(experts), placement_(placement), dispatcher_(dispatcher) {}
 
-  // Serves one step; adds the routed-expert work to `cost` (RoutedExpertCost per layer and
-  // micro-batch with the rows actually received).
-  absl::Status RunStep(StepCost* cost);
+  // Serves one step of `plan` (which only picks each micro-batch's exchange protocol); adds
+  // the routed-expert work to `cost` (RoutedExpertCost per layer and micro-batch with the
+  // rows actually received).
+  absl::Status RunStep(const StepPlan& plan, StepCost* cost);
+
+  // Seconds spent blocked waiting for dispatched tokens and for combines to drain, and what
+  // this rank sent, since construction.
+  double wait_seconds() const { return wait_seconds_; }
+  const ExchangeTraffic& traffic() const { return traffic_; }
 
  private:
   const ModelConfig& config_;
@@ -36,9 +43,11 @@ class ExpertRank {
   const ExpertPlacement* placement_;
   Dispatcher* dispatcher_;
   ExpertBatch batch_;
-  Tensor y_, out_;
-  std::vector<int32_t> row_experts_;
+  Tensor out_;
+  std::vector<int32_t> record_experts_;
   RoutedExperts::Scratch scratch_;
+  double wait_seconds_ = 0;
+  ExchangeTraffic traffic_;
 };
 
 }  // namespace dsv4

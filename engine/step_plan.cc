@@ -1,6 +1,7 @@
 #include "engine/step_plan.h"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 namespace dsv4 {
@@ -13,6 +14,16 @@ OneShotPlanner::OneShotPlanner(std::vector<std::vector<int32_t>> prompts, int64_
       chunk_(std::max<int64_t>(chunk, 1)),
       attention_ranks_(attention_ranks),
       micro_batches_(micro_batches) {}
+
+int64_t MaxTokensPerRank(const StepPlan& plan, int micro_batch) {
+  std::map<int32_t, int64_t> tokens;  // by rank
+  int64_t most = 0;
+  for (const PlanEntry& e : plan.entries) {
+    if (e.micro_batch != micro_batch) continue;
+    most = std::max(most, tokens[e.rank] += static_cast<int64_t>(e.tokens.size()));
+  }
+  return most;
+}
 
 StepPlan OneShotPlanner::Next() {
   StepPlan plan;

@@ -39,6 +39,10 @@ struct StepPlan {
   bool rebalance = false;
 };
 
+// The most tokens any attention rank runs in micro-batch `micro_batch` of `plan`: a bound
+// every rank knows (the plan is broadcast), which picks the exchange protocol.
+int64_t MaxTokensPerRank(const StepPlan& plan, int micro_batch);
+
 // A token sampled for `sequence` by the attention rank holding it (serving mode).
 struct SampledToken {
   int32_t sequence = 0;
