@@ -218,8 +218,8 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
   };
   auto dispatch = [&](Exchange& e) {
     absl::StatusOr<DispatchHandle> handle =
-        e.nonblocking ? e.dispatcher->StartDispatch(0, x, slots, weights)
-                      : e.dispatcher->Dispatch(x, slots, weights, &e.batch);
+        e.nonblocking ? e.dispatcher->StartDispatch(0, ExchangeProtocol::kBulk, x, slots, weights)
+                      : e.dispatcher->Dispatch(ExchangeProtocol::kBulk, x, slots, weights, &e.batch);
     check(handle.status());
     e.handle = *std::move(handle);
     if (!e.nonblocking) return;
@@ -233,11 +233,11 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
   auto combine = [&](Exchange& e) {
     if (e.nonblocking) {
       const double t0 = MPI_Wtime();
-      check(e.dispatcher->StartCombine(*e.handle, e.batch.x));
+      check(e.dispatcher->StartCombine(*e.handle));
       e.layout_s.back() += MPI_Wtime() - t0;
       check(e.dispatcher->FinishCombine(*e.handle, &e.out));
     } else {
-      check(e.dispatcher->Combine(*e.handle, e.batch.x, &e.out));
+      check(e.dispatcher->Combine(*e.handle, &e.out));
     }
     e.traffic = e.handle->traffic();
     e.handle.reset();
@@ -290,7 +290,7 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
             {"top_k", kTopK},
             {"tokens_per_attention_rank", tokens_per_rank},
             {"iterations", iters}};
-  int64_t sums[3] = {total(d_send), total(d_recv) / record_bytes, exchanges[0]->batch.rows()};
+  int64_t sums[3] = {total(d_send), total(d_recv) / record_bytes, exchanges[0]->batch.records()};
   MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   c["dispatch_bytes_all_ranks"] = sums[0];
   // Rows the expert side writes per record received: the per-slot expansion of deduped
@@ -326,7 +326,8 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
 }
 
 int Worker(int max_tokens, const std::string& out) {
-  MPI_Init(nullptr, nullptr);
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0, size = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);

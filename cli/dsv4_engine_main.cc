@@ -101,7 +101,9 @@ absl::Status Run() {
 }  // namespace dsv4
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // The dispatcher's progress thread calls MPI beside the rank's main thread.
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   dsv4::SetEngineLogRank(rank);

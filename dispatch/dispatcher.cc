@@ -1,9 +1,12 @@
 #include "dispatch/dispatcher.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,9 +24,8 @@ void EncodeRow(const float* row, int64_t d, std::byte* wire) {
   std::memcpy(wire, row, WireRowBytes(d));
 }
 
-void DecodeRow(const std::byte* wire, int64_t d, float* row) {
-  std::memcpy(row, wire, WireRowBytes(d));
-}
+const float* RowInWire(const std::byte* wire) { return reinterpret_cast<const float*>(wire); }
+float* RowInWire(std::byte* wire) { return reinterpret_cast<float*>(wire); }
 
 void DecodeAddRow(const std::byte* wire, int64_t d, float* row) {
   const float* values = reinterpret_cast<const float*>(wire);
@@ -102,9 +104,10 @@ absl::Status MpiError(int rc, int rank, absl::string_view what) {
       absl::StrCat(what, " failed on rank ", rank, ": ", absl::string_view(text, len)));
 }
 
-// One exchange stage (flat mode has one, hierarchical two). Counts and displacements are
-// in records (dispatch) or rows (combine) per rank; combine runs a stage backwards, so its
-// sends use recv_counts and its receives send_counts.
+// One exchange stage (bulk flat has one, hierarchical two; low latency uses stage 0's
+// counts and buffers). Counts and displacements are in records (dispatch) or rows (combine)
+// per rank; combine runs a stage backwards, so its sends use recv_counts and its receives
+// send_counts.
 struct Stage {
   std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
   // Send position → the record it carries: an origin record (stage 0) or a record the
@@ -116,11 +119,24 @@ struct Stage {
   Buffer back_send, back_recv;  // combine rows, by recv position / by send position
 };
 
-// kDispatched: the dispatch exchange completed; kBatched: FinishDispatch delivered the batch;
-// kCombined: the combine exchange completed; kDone: FinishCombine returned; kFailed: an
-// error ended the exchange.
+// Low-latency messages start with an 8-byte count: records in the whole block (dispatch;
+// −1 vetoes the exchange) or rows that follow (combine; −1 aborts it).
+constexpr int64_t kBlockHeader = 8;
+constexpr int kBlockTag = 1, kOverflowTag = 2, kCombineTag = 3;
+
+int64_t ReadCount(const std::byte* p) {
+  int64_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+void WriteCount(int64_t v, std::byte* p) { std::memcpy(p, &v, sizeof(v)); }
+
+// kDispatched: the dispatch exchange completed; kBatched: the records were listed for the
+// expert; kCombined: the combine exchange completed; kDone: FinishCombine returned;
+// kFailed: an error ended the exchange.
 enum class Phase { kDispatching, kDispatched, kBatched, kCombining, kCombined, kDone, kFailed };
-enum class Step { kCounts, kPayload };
+// kCounts/kPayload: bulk; kBlocks/kOverflow: low-latency dispatch (its combine is one step).
+enum class Step { kCounts, kPayload, kBlocks, kOverflow };
 
 // Groups items by hop rank (item order kept within a rank): fills the stage's send counts,
 // displacements and send_from.
@@ -140,18 +156,28 @@ void GroupByHop(absl::Span<const int32_t> items, absl::Span<const int> hops, int
 // A micro-batch's stages and buffers, held by the Dispatcher and lent to one handle at a time.
 struct DispatchWorkspace {
   std::vector<Stage> stages;
-  Tensor rows;  // [capacity, d]: ExpertBatch::x is a view of its first rows
+  // Low latency: each rank's block (header + capacity records) as received, and the
+  // records past the capacity, per source rank.
+  Buffer blocks;
+  std::vector<Buffer> overflow;
   bool busy = false;
 };
 
+// A record delivered to this rank, where it lies and where its combine row goes.
+struct Delivered {
+  const std::byte* record;
+  std::byte* row;
+};
+
 struct DispatchHandle::State {
+  Dispatcher* dispatcher = nullptr;
   int micro_batch = 0;
   MPI_Comm comm = MPI_COMM_NULL;
-  bool blocking = true;
+  ExchangeProtocol protocol = ExchangeProtocol::kBulk;
   Phase phase = Phase::kDispatching;
   Step step = Step::kCounts;
   int stage = 0;
-  MPI_Request request = MPI_REQUEST_NULL;
+  std::vector<MPI_Request> requests;       // the current step's, all pending until it ends
   DispatchWorkspace* workspace = nullptr;  // null once the exchange ended
   absl::Status status;  // sticky: why the handle failed, or an invalid local input
 
@@ -159,15 +185,13 @@ struct DispatchHandle::State {
   int64_t tokens = 0;
   std::vector<int32_t> origin_token;
 
-  // Expert side: records that reached this rank, in source rank order, as (stage, recv
-  // position), and the batch row of each of their k pairs (−1 for padding).
-  std::vector<std::pair<int, int32_t>> delivered;
-  std::vector<int64_t> pair_row;
-  int64_t batch_rows = 0;
+  // Expert side: records that reached this rank, in source rank order.
+  std::vector<Delivered> delivered;
 
   ExchangeTraffic traffic;
 
   std::vector<Stage>& stages() { return workspace->stages; }
+  bool in_flight() const { return phase == Phase::kDispatching || phase == Phase::kCombining; }
   // Returns the workspace to the micro-batch once nothing is in flight.
   void Release() {
     if (workspace != nullptr) workspace->busy = false;
@@ -176,15 +200,84 @@ struct DispatchHandle::State {
   absl::Status Fail(absl::Status error) {
     phase = Phase::kFailed;
     status = error;
+    // A collective cannot be cancelled, and MPI may still write into the buffers.
+    if (!requests.empty()) {
+      MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+      requests.clear();
+    }
     Release();
     return error;
   }
-  ~State() {
-    // A collective cannot be cancelled, and MPI may still write into the buffers.
-    if (request != MPI_REQUEST_NULL) MPI_Wait(&request, MPI_STATUS_IGNORE);
-    Release();
-  }
+  ~State();
 };
+
+// Runs the in-flight exchanges of one Dispatcher while its caller computes.
+class ProgressThread {
+ public:
+  explicit ProgressThread(Dispatcher* dispatcher)
+      : dispatcher_(dispatcher), thread_([this] { Loop(); }) {}
+  ~ProgressThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  // Something went in flight.
+  void Wake() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      work_ = true;
+    }
+    wake_.notify_one();
+  }
+
+ private:
+  // Polls every kInterval while exchanges are in flight, sleeps otherwise: often enough to
+  // answer a rendezvous or post the next stage within a few microseconds of a layer's
+  // compute, rarely enough to leave the cores to the compute threads.
+  static constexpr std::chrono::microseconds kInterval{20};
+
+  void Loop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [this] { return stop_ || work_; });
+        if (stop_) return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(dispatcher_->mu_);
+        dispatcher_->AdvanceAll();
+        if (dispatcher_->in_flight_.empty()) {
+          // Under the dispatcher's lock: whatever goes in flight next calls Wake after this.
+          std::lock_guard<std::mutex> own(mu_);
+          work_ = false;
+          continue;
+        }
+      }
+      std::this_thread::sleep_for(kInterval);
+    }
+  }
+
+  Dispatcher* dispatcher_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  bool work_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+DispatchHandle::State::~State() {
+  if (dispatcher == nullptr) return;
+  std::lock_guard<std::mutex> lock(dispatcher->mu_);
+  auto& list = dispatcher->in_flight_;
+  list.erase(std::remove(list.begin(), list.end(), this), list.end());
+  if (!requests.empty()) {
+    MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+  }
+  Release();
+}
 
 LinkTraffic& LinkTraffic::operator+=(const LinkTraffic& other) {
   for (int c = 0; c < kNumLinkClasses; ++c) {
@@ -219,6 +312,20 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
         absl::StrCat("dispatcher options need hidden, top_k and micro_batches > 0, got ",
                      options.hidden, ", ", options.top_k, ", ", options.micro_batches));
   }
+  if (options.low_latency_tokens < 0 || options.low_latency_capacity < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "low_latency_tokens and low_latency_capacity must be ≥ 0, got ",
+        options.low_latency_tokens, " and ", options.low_latency_capacity));
+  }
+  if (options.progress_thread) {
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    if (provided != MPI_THREAD_MULTIPLE) {
+      return absl::FailedPreconditionError(
+          "the dispatcher's progress thread needs MPI initialised with MPI_THREAD_MULTIPLE "
+          "(MPI_Init_thread); set engine.progress: calls to run without it");
+    }
+  }
   if (topology.num_ranks() != size) {
     return absl::InvalidArgumentError(absl::StrCat("the topology maps ", topology.num_ranks(),
                                                    " ranks but the communicator has ", size));
@@ -230,13 +337,18 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
   d->num_ranks_ = size;
   d->num_stages_ =
       options.mode == DispatchMode::kHierarchical && topology.num_supernodes() > 1 ? 2 : 1;
+  d->capacity_ = std::max<int64_t>(
+      1, options.low_latency_capacity > 0 ? options.low_latency_capacity
+                                          : options.low_latency_tokens);
   d->local_index_of_slot_.assign(rank_of_slot.size(), -1);
+  d->holds_slots_.assign(size, false);
   for (int slot = 0; slot < static_cast<int>(rank_of_slot.size()); ++slot) {
     const int r = rank_of_slot[slot];
     if (r < 0 || r >= size) {
       return absl::InvalidArgumentError(
           absl::StrCat("slot ", slot, " is placed on rank ", r, ", not in [0, ", size, ")"));
     }
+    d->holds_slots_[r] = true;
     if (r == rank) {
       d->local_index_of_slot_[slot] = static_cast<int>(d->local_slots_.size());
       d->local_slots_.push_back(slot);
@@ -245,8 +357,10 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
   d->rank_of_slot_ = std::move(rank_of_slot);
   d->record_bytes_ = HeaderBytes(options.top_k) + WireRowBytes(options.hidden);
   d->row_bytes_ = WireRowBytes(options.hidden);
-  if (d->record_bytes_ > std::numeric_limits<int>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat("hidden size ", options.hidden, " too large"));
+  if (d->record_bytes_ * d->capacity_ + kBlockHeader > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a low-latency block of ", d->capacity_, " records of hidden size ",
+                     options.hidden, " exceeds 2 GiB: lower low_latency_capacity"));
   }
 
   int rc = MPI_Type_contiguous(static_cast<int>(d->record_bytes_), MPI_BYTE, &d->record_type_);
@@ -263,19 +377,27 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
     d->comms_.push_back(dup);
     d->workspaces_.push_back(std::make_unique<DispatchWorkspace>());
     d->workspaces_.back()->stages.resize(d->num_stages_);
+    d->workspaces_.back()->overflow.resize(size);
     // Report failures as Status instead of aborting the job.
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
   }
+  if (options.progress_thread) d->progress_ = std::make_unique<ProgressThread>(d.get());
   return d;
 }
 
 Dispatcher::~Dispatcher() {
+  progress_.reset();
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
   for (MPI_Comm& c : comms_) MPI_Comm_free(&c);
   if (record_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&record_type_);
   if (row_type_ != MPI_DATATYPE_NULL) MPI_Type_free(&row_type_);
+}
+
+ExchangeProtocol Dispatcher::ProtocolFor(int64_t max_tokens) const {
+  return max_tokens <= options_.low_latency_tokens ? ExchangeProtocol::kLowLatency
+                                                   : ExchangeProtocol::kBulk;
 }
 
 int Dispatcher::NextHop(int stage, int dest) const {
@@ -285,12 +407,12 @@ int Dispatcher::NextHop(int stage, int dest) const {
   return topology_->PeerInSupernode(dest, here).value_or(dest);
 }
 
-void Dispatcher::Account(const std::vector<int>& counts, int64_t item_bytes,
+void Dispatcher::Account(const std::vector<int>& counts, int64_t item_bytes, int64_t header_bytes,
                          LinkTraffic* traffic) const {
   for (int q = 0; q < num_ranks_; ++q) {
-    if (q == rank_ || counts[q] == 0) continue;
+    if (q == rank_ || (counts[q] == 0 && header_bytes == 0)) continue;
     const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
-    traffic->bytes[c] += counts[q] * item_bytes;
+    traffic->bytes[c] += counts[q] * item_bytes + header_bytes;
     ++traffic->messages[c];
   }
 }
@@ -299,13 +421,10 @@ absl::Status Dispatcher::PostCounts(DispatchHandle::State& s) {
   Stage& st = s.stages()[s.stage];
   st.recv_counts.assign(num_ranks_, 0);
   s.step = Step::kCounts;
-  const int rc = s.blocking ? MPI_Alltoall(st.send_counts.data(), 1, MPI_INT, st.recv_counts.data(),
-                                           1, MPI_INT, s.comm)
-                            : MPI_Ialltoall(st.send_counts.data(), 1, MPI_INT,
-                                            st.recv_counts.data(), 1, MPI_INT, s.comm, &s.request);
-  if (rc != MPI_SUCCESS) {
-    return MpiError(rc, rank_, s.blocking ? "MPI_Alltoall (counts)" : "MPI_Ialltoall (counts)");
-  }
+  s.requests.assign(1, MPI_REQUEST_NULL);
+  const int rc = MPI_Ialltoall(st.send_counts.data(), 1, MPI_INT, st.recv_counts.data(), 1,
+                               MPI_INT, s.comm, &s.requests[0]);
+  if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Ialltoall (counts)");
   return absl::OkStatus();
 }
 
@@ -320,17 +439,124 @@ absl::Status Dispatcher::PostPayload(DispatchHandle::State& s, bool forward) {
   const std::vector<int>& rcounts = forward ? st.recv_counts : st.send_counts;
   const std::vector<int>& rdispls = forward ? st.recv_displs : st.send_displs;
   const MPI_Datatype type = forward ? record_type_ : row_type_;
-  Account(scounts, forward ? record_bytes_ : row_bytes_,
+  Account(scounts, forward ? record_bytes_ : row_bytes_, 0,
           forward ? &s.traffic.dispatch : &s.traffic.combine);
-  const int rc = s.blocking
-                     ? MPI_Alltoallv(send, scounts.data(), sdispls.data(), type, recv,
-                                     rcounts.data(), rdispls.data(), type, s.comm)
-                     : MPI_Ialltoallv(send, scounts.data(), sdispls.data(), type, recv,
-                                      rcounts.data(), rdispls.data(), type, s.comm, &s.request);
+  s.requests.assign(1, MPI_REQUEST_NULL);
+  const int rc = MPI_Ialltoallv(send, scounts.data(), sdispls.data(), type, recv, rcounts.data(),
+                                rdispls.data(), type, s.comm, &s.requests[0]);
   if (rc != MPI_SUCCESS) {
     return MpiError(rc, rank_,
-                    absl::StrCat(s.blocking ? "MPI_Alltoallv" : "MPI_Ialltoallv",
-                                 forward ? " (dispatch stage " : " (combine stage ", s.stage, ")"));
+                    absl::StrCat("MPI_Ialltoallv", forward ? " (dispatch stage " : " (combine stage ",
+                                 s.stage, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// Stage 0's send buffer holds, per slot-holding rank q in rank order, a block header and
+// q's records: the first message carries the header and up to `capacity_` records, a
+// second one (kOverflowTag) the rest. A rank holding slots receives every rank's block.
+absl::Status Dispatcher::PostLowLatencyDispatch(DispatchHandle::State& s) {
+  Stage& st = s.stages()[0];
+  DispatchWorkspace& w = *s.workspace;
+  s.step = Step::kBlocks;
+  s.requests.clear();
+  const int64_t block_bytes = kBlockHeader + capacity_ * record_bytes_;
+  if (!local_slots_.empty()) {
+    w.blocks.Reserve(num_ranks_ * block_bytes);
+    for (int q = 0; q < num_ranks_; ++q) {
+      s.requests.emplace_back();
+      const int rc = MPI_Irecv(w.blocks.get() + q * block_bytes, static_cast<int>(block_bytes),
+                               MPI_BYTE, q, kBlockTag, s.comm, &s.requests.back());
+      if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Irecv (low-latency block)");
+    }
+  }
+  for (int q = 0; q < num_ranks_; ++q) {
+    if (!holds_slots_[q]) continue;
+    std::byte* block = st.send.get() + st.send_displs[q] * record_bytes_ + q * kBlockHeader;
+    const int64_t n = st.send_counts[q] < 0 ? 0 : st.send_counts[q];
+    const int64_t first = std::min(n, capacity_);
+    const int64_t header_bytes = kBlockHeader;
+    s.requests.emplace_back();
+    int rc = MPI_Isend(block, static_cast<int>(header_bytes + first * record_bytes_), MPI_BYTE, q,
+                       kBlockTag, s.comm, &s.requests.back());
+    if (rc == MPI_SUCCESS && n > first) {
+      s.requests.emplace_back();
+      rc = MPI_Isend(block + header_bytes + first * record_bytes_,
+                     static_cast<int>((n - first) * record_bytes_), MPI_BYTE, q, kOverflowTag,
+                     s.comm, &s.requests.back());
+    }
+    if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Isend (low-latency block)");
+    if (q != rank_) {
+      const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
+      s.traffic.dispatch.bytes[c] += header_bytes + n * record_bytes_;
+      s.traffic.dispatch.messages[c] += n > first ? 2 : 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Reads the block headers: posts a receive for each block's records past the capacity.
+absl::Status Dispatcher::PostLowLatencyOverflow(DispatchHandle::State& s) {
+  Stage& st = s.stages()[0];
+  DispatchWorkspace& w = *s.workspace;
+  s.step = Step::kOverflow;
+  s.requests.clear();
+  st.recv_counts.assign(num_ranks_, 0);
+  if (local_slots_.empty()) return absl::OkStatus();
+  const int64_t block_bytes = kBlockHeader + capacity_ * record_bytes_;
+  int veto = -1;
+  for (int q = 0; q < num_ranks_; ++q) {
+    const int64_t n = ReadCount(w.blocks.get() + q * block_bytes);
+    if (n < 0) {
+      veto = q;
+      continue;
+    }
+    st.recv_counts[q] = static_cast<int>(n);
+    if (n <= capacity_) continue;
+    w.overflow[q].Reserve((n - capacity_) * record_bytes_);
+    s.requests.emplace_back();
+    const int rc =
+        MPI_Irecv(w.overflow[q].get(), static_cast<int>((n - capacity_) * record_bytes_), MPI_BYTE,
+                  q, kOverflowTag, s.comm, &s.requests.back());
+    if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Irecv (low-latency overflow)");
+  }
+  if (veto >= 0 && s.status.ok()) {
+    s.status = absl::AbortedError(
+        absl::StrCat("dispatch aborted: rank ", veto, " rejected its input (see that rank's error)"));
+  }
+  return absl::OkStatus();
+}
+
+// Rows go back point to point, exact size, behind a header (−1 when the exchange aborted).
+absl::Status Dispatcher::PostLowLatencyCombine(DispatchHandle::State& s) {
+  Stage& st = s.stages()[0];
+  s.requests.clear();
+  const bool aborted = !s.status.ok();
+  // Every rank that sent this rank records gets its rows: by recv position, behind one
+  // header per source (recv_displs counts rows; headers take the source's index).
+  for (int q = 0; q < num_ranks_; ++q) {
+    if (st.recv_counts[q] <= 0) continue;
+    std::byte* block = st.back_send.get() + st.recv_displs[q] * row_bytes_ + q * kBlockHeader;
+    WriteCount(aborted ? -1 : st.recv_counts[q], block);
+    const int64_t bytes = kBlockHeader + (aborted ? 0 : st.recv_counts[q] * row_bytes_);
+    s.requests.emplace_back();
+    const int rc = MPI_Isend(block, static_cast<int>(bytes), MPI_BYTE, q, kCombineTag, s.comm,
+                             &s.requests.back());
+    if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Isend (low-latency combine)");
+    if (q != rank_) {
+      const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
+      s.traffic.combine.bytes[c] += bytes;
+      ++s.traffic.combine.messages[c];
+    }
+  }
+  for (int q = 0; q < num_ranks_; ++q) {
+    if (st.send_counts[q] <= 0) continue;
+    std::byte* block = st.back_recv.get() + st.send_displs[q] * row_bytes_ + q * kBlockHeader;
+    s.requests.emplace_back();
+    const int rc =
+        MPI_Irecv(block, static_cast<int>(kBlockHeader + st.send_counts[q] * row_bytes_), MPI_BYTE,
+                  q, kCombineTag, s.comm, &s.requests.back());
+    if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Irecv (low-latency combine)");
   }
   return absl::OkStatus();
 }
@@ -354,46 +580,119 @@ void Dispatcher::ForwardRecords(DispatchHandle::State& s) {
   }
 }
 
-absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s, bool wait) {
+absl::Status Dispatcher::CollectDelivered(DispatchHandle::State& s) {
+  std::vector<std::pair<int, Delivered>> arrived;  // (source, record)
+  if (s.protocol == ExchangeProtocol::kLowLatency) {
+    Stage& st = s.stages()[0];
+    DispatchWorkspace& w = *s.workspace;
+    st.recv_displs = Displacements(st.recv_counts);
+    st.num_recv = std::accumulate(st.recv_counts.begin(), st.recv_counts.end(), int64_t{0});
+    st.back_send.Reserve(st.num_recv * row_bytes_ + num_ranks_ * kBlockHeader);
+    st.back_recv.Reserve(st.num_send * row_bytes_ + num_ranks_ * kBlockHeader);
+    const int64_t block_bytes = kBlockHeader + capacity_ * record_bytes_;
+    for (int q = 0; q < num_ranks_; ++q) {
+      std::byte* rows = st.back_send.get() + st.recv_displs[q] * row_bytes_ +
+                        (q + 1) * kBlockHeader;
+      for (int64_t i = 0; i < st.recv_counts[q]; ++i) {
+        const std::byte* record =
+            i < capacity_ ? w.blocks.get() + q * block_bytes + kBlockHeader + i * record_bytes_
+                          : w.overflow[q].get() + (i - capacity_) * record_bytes_;
+        arrived.push_back({q, {record, rows + i * row_bytes_}});
+      }
+    }
+  } else {
+    for (Stage& st : s.stages()) {
+      st.back_send.Reserve(st.num_recv * row_bytes_);
+      st.back_recv.Reserve(st.num_send * row_bytes_);
+    }
+    for (int stage = 0; stage < num_stages_; ++stage) {
+      Stage& st = s.stages()[stage];
+      for (int64_t j = 0; j < st.num_recv; ++j) {
+        const std::byte* record = st.recv.get() + j * record_bytes_;
+        if (RecordDest(record) != rank_) continue;
+        arrived.push_back({RecordSource(record), {record, st.back_send.get() + j * row_bytes_}});
+      }
+    }
+  }
+  // By source rank: each source's records to one destination travel one path and keep their
+  // order, so this order does not depend on the mode, the protocol or timing.
+  std::stable_sort(arrived.begin(), arrived.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  s.delivered.clear();
+  for (const auto& [source, d] : arrived) s.delivered.push_back(d);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s) {
   while (true) {
     if (s.phase == Phase::kFailed) return s.status;
-    if (s.phase != Phase::kDispatching && s.phase != Phase::kCombining) return true;
-    if (s.request != MPI_REQUEST_NULL) {
-      int done = 1;
-      const int rc = wait ? MPI_Wait(&s.request, MPI_STATUS_IGNORE)
-                          : MPI_Test(&s.request, &done, MPI_STATUS_IGNORE);
-      if (rc != MPI_SUCCESS) return s.Fail(MpiError(rc, rank_, wait ? "MPI_Wait" : "MPI_Test"));
+    if (!s.in_flight()) return true;
+    if (!s.requests.empty()) {
+      int done = 0;
+      const int rc = MPI_Testall(static_cast<int>(s.requests.size()), s.requests.data(), &done,
+                                 MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) return s.Fail(MpiError(rc, rank_, "MPI_Testall"));
       if (!done) return false;
+      s.requests.clear();
     }
-    Stage& st = s.stages()[s.stage];
     absl::Status posted;
-    if (s.phase == Phase::kDispatching && s.step == Step::kCounts) {
-      // A negative count is a rank's veto: its input was invalid (see Start).
-      if (!s.status.ok()) return s.Fail(s.status);
+    const bool low_latency = s.protocol == ExchangeProtocol::kLowLatency;
+    if (s.phase == Phase::kDispatching && low_latency) {
+      if (s.step == Step::kBlocks) {
+        posted = PostLowLatencyOverflow(s);
+      } else if (s.status.ok()) {
+        s.phase = Phase::kDispatched;
+      } else if (!local_slots_.empty()) {
+        // A veto: the ranks waiting for rows from here learn it from the combine header.
+        absl::Status abort = s.status;
+        posted = CollectDelivered(s);
+        if (posted.ok()) posted = PostLowLatencyCombine(s);
+        if (posted.ok()) {
+          MPI_Waitall(static_cast<int>(s.requests.size()), s.requests.data(), MPI_STATUSES_IGNORE);
+          s.requests.clear();
+        }
+        return s.Fail(posted.ok() ? abort : posted);
+      } else {
+        return s.Fail(s.status);
+      }
+    } else if (s.phase == Phase::kDispatching) {
+      Stage& st = s.stages()[s.stage];
+      if (s.step == Step::kCounts) {
+        // A negative count is a rank's veto: its input was invalid (see Start).
+        if (!s.status.ok()) return s.Fail(s.status);
+        for (int q = 0; q < num_ranks_; ++q) {
+          if (st.recv_counts[q] < 0) {
+            return s.Fail(absl::AbortedError(absl::StrCat(
+                "dispatch aborted: rank ", q, " rejected its input (see that rank's error)")));
+          }
+        }
+        st.recv_displs = Displacements(st.recv_counts);
+        st.num_recv = std::accumulate(st.recv_counts.begin(), st.recv_counts.end(), int64_t{0});
+        st.recv.Reserve(st.num_recv * record_bytes_);
+        posted = PostPayload(s, /*forward=*/true);
+      } else if (s.stage + 1 == num_stages_) {
+        s.phase = Phase::kDispatched;
+      } else {
+        ForwardRecords(s);
+        ++s.stage;
+        posted = PostCounts(s);
+      }
+    } else if (low_latency) {  // combining: the rows are back
+      const Stage& st = s.stages()[0];
       for (int q = 0; q < num_ranks_; ++q) {
-        if (st.recv_counts[q] < 0) {
-          return s.Fail(absl::AbortedError(absl::StrCat(
-              "dispatch aborted: rank ", q, " rejected its input (see that rank's error)")));
+        if (st.send_counts[q] <= 0) continue;
+        if (ReadCount(st.back_recv.get() + st.send_displs[q] * row_bytes_ + q * kBlockHeader) <
+            0) {
+          return s.Fail(absl::AbortedError(
+              absl::StrCat("dispatch aborted: rank ", q, " saw a rejected input")));
         }
       }
-      st.recv_displs = Displacements(st.recv_counts);
-      st.num_recv = std::accumulate(st.recv_counts.begin(), st.recv_counts.end(), int64_t{0});
-      st.recv.Reserve(st.num_recv * record_bytes_);
-      posted = PostPayload(s, /*forward=*/true);
-    } else if (s.phase == Phase::kDispatching) {
-      if (s.stage + 1 == num_stages_) {
-        s.phase = Phase::kDispatched;
-        continue;
-      }
-      ForwardRecords(s);
-      ++s.stage;
-      posted = PostCounts(s);
-    } else {  // combining: stage s's rows are back
-      if (s.stage == 0) {
-        s.phase = Phase::kCombined;
-        continue;
-      }
+      s.phase = Phase::kCombined;
+    } else if (s.stage == 0) {
+      s.phase = Phase::kCombined;
+    } else {
       // A relay returns each forwarded record's row to where the record came from.
+      Stage& st = s.stages()[s.stage];
       Stage& prev = s.stages()[s.stage - 1];
       for (int64_t p = 0; p < st.num_send; ++p) {
         std::memcpy(prev.back_send.get() + st.send_from[p] * row_bytes_,
@@ -403,12 +702,46 @@ absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s, bool wait) {
       posted = PostPayload(s, /*forward=*/false);
     }
     if (!posted.ok()) return s.Fail(posted);
+    // Nothing to compute on a rank without slots: its combine goes out at once.
+    if (s.phase == Phase::kDispatched && local_slots_.empty()) {
+      posted = CollectDelivered(s);
+      if (posted.ok()) posted = BeginCombine(s);
+      if (!posted.ok()) return s.Fail(posted);
+    }
   }
 }
 
-absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking, const Tensor& x,
-                                                 absl::Span<const int32_t> expert_slots,
-                                                 absl::Span<const float> weights) {
+void Dispatcher::Track(DispatchHandle::State& s) {
+  if (std::find(in_flight_.begin(), in_flight_.end(), &s) == in_flight_.end()) {
+    in_flight_.push_back(&s);
+  }
+  if (progress_) progress_->Wake();
+}
+
+void Dispatcher::AdvanceAll() {
+  for (DispatchHandle::State* s : in_flight_) Advance(*s).IgnoreError();  // sticky in s
+  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(),
+                                  [](const DispatchHandle::State* s) { return !s->in_flight(); }),
+                   in_flight_.end());
+}
+
+absl::Status Dispatcher::Wait(DispatchHandle::State& s) {
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      AdvanceAll();
+      if (s.phase == Phase::kFailed) return s.status;
+      if (!s.in_flight()) return absl::OkStatus();
+    }
+    std::this_thread::yield();
+  }
+}
+
+absl::StatusOr<DispatchHandle> Dispatcher::StartDispatch(int micro_batch,
+                                                         ExchangeProtocol protocol,
+                                                         const Tensor& x,
+                                                         absl::Span<const int32_t> expert_slots,
+                                                         absl::Span<const float> weights) {
   if (micro_batch < 0 || micro_batch >= options_.micro_batches) {
     return absl::InvalidArgumentError(
         absl::StrCat("micro batch ", micro_batch, " not in [0, ", options_.micro_batches, ")"));
@@ -419,17 +752,22 @@ absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking,
   DispatchHandle::State& s = *state;
   s.micro_batch = micro_batch;
   s.comm = comms_[micro_batch];
-  s.blocking = blocking;
+  s.protocol = protocol;
+  const bool low_latency = protocol == ExchangeProtocol::kLowLatency;
+  s.step = low_latency ? Step::kBlocks : Step::kCounts;
   DispatchWorkspace& workspace = *workspaces_[micro_batch];
-  if (workspace.busy) {
-    return absl::FailedPreconditionError(absl::StrCat("rank ", rank_, ": micro batch ", micro_batch,
-                                                      " already has an exchange in flight"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // a failing exchange frees it from any thread
+    if (workspace.busy) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank_, ": micro batch ", micro_batch, " already has an exchange in flight"));
+    }
+    workspace.busy = true;
   }
-  workspace.busy = true;
   s.workspace = &workspace;
   Stage& st = s.stages()[0];
 
-  // Validate; a bad input still takes part in the count exchange, as a veto.
+  // Validate; a bad input still takes part in the exchange, as a veto.
   const int64_t tokens = x.empty() ? 0 : x.dim(0);
   if (!x.empty() && (x.rank() != 2 || x.dim(1) != d || !x.is_contiguous())) {
     s.status = absl::InvalidArgumentError(
@@ -451,9 +789,24 @@ absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking,
     }
   }
   if (!s.status.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const absl::Status error = s.status;
     st.send_counts.assign(num_ranks_, -1);
-    RETURN_IF_ERROR(PostCounts(s));
-    return Advance(s, /*wait=*/true).status();  // the local error
+    st.send_displs.assign(num_ranks_, 0);
+    absl::Status posted;
+    if (low_latency) {
+      st.send.Reserve(num_ranks_ * kBlockHeader);
+      for (int q = 0; q < num_ranks_; ++q) WriteCount(-1, st.send.get() + q * kBlockHeader);
+      posted = PostLowLatencyDispatch(s);
+    } else {
+      posted = PostCounts(s);
+    }
+    if (!posted.ok()) return s.Fail(posted);
+    while (s.in_flight()) {
+      absl::StatusOr<bool> done = Advance(s);
+      if (!done.ok()) break;
+    }
+    return s.Fail(error);  // the local error
   }
 
   // One origin record per (token, destination rank): its pairs sorted by (rank, slot).
@@ -487,80 +840,82 @@ absl::StatusOr<DispatchHandle> Dispatcher::Start(int micro_batch, bool blocking,
   std::vector<int32_t> items(origins);
   std::iota(items.begin(), items.end(), 0);
   std::vector<int> hops(origins);
-  for (int64_t i = 0; i < origins; ++i) hops[i] = NextHop(0, origin_dest[i]);
+  for (int64_t i = 0; i < origins; ++i) {
+    hops[i] = low_latency ? origin_dest[i] : NextHop(0, origin_dest[i]);
+  }
   GroupByHop(items, hops, num_ranks_, &st);
 
+  // Low latency: a block header before each destination's records (see
+  // PostLowLatencyDispatch); bulk: records only.
   const int64_t header = HeaderBytes(k);
-  st.send.Reserve(st.num_send * record_bytes_);
+  const int64_t block_header = low_latency ? kBlockHeader : 0;
+  st.send.Reserve(st.num_send * record_bytes_ + num_ranks_ * block_header);
+  for (int q = 0; q < num_ranks_ && low_latency; ++q) {
+    WriteCount(st.send_counts[q], st.send.get() + st.send_displs[q] * record_bytes_ + q * kBlockHeader);
+  }
   for (int64_t p = 0; p < st.num_send; ++p) {
     const int32_t i = st.send_from[p];
-    std::byte* record = st.send.get() + p * record_bytes_;
+    const int q = hops[i];
+    std::byte* record = st.send.get() + p * record_bytes_ + (q + 1) * block_header;
     WriteHeader(rank_, origin_dest[i], {pairs.data() + origin_first[i], size_t(origin_count[i])}, k,
                 record);
     EncodeRow(x.data() + s.origin_token[i] * d, d, record + header);
   }
-  RETURN_IF_ERROR(PostCounts(s));
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::Status posted = low_latency ? PostLowLatencyDispatch(s) : PostCounts(s);
+  if (!posted.ok()) return s.Fail(posted);
+  s.dispatcher = this;
+  Track(s);
   return DispatchHandle(std::move(state));
-}
-
-absl::StatusOr<DispatchHandle> Dispatcher::StartDispatch(int micro_batch, const Tensor& x,
-                                                         absl::Span<const int32_t> expert_slots,
-                                                         absl::Span<const float> weights) {
-  return Start(micro_batch, /*blocking=*/false, x, expert_slots, weights);
-}
-
-absl::StatusOr<DispatchHandle> Dispatcher::Dispatch(const Tensor& x,
-                                                    absl::Span<const int32_t> expert_slots,
-                                                    absl::Span<const float> weights,
-                                                    ExpertBatch* batch) {
-  ASSIGN_OR_RETURN(DispatchHandle handle, Start(0, /*blocking=*/true, x, expert_slots, weights));
-  RETURN_IF_ERROR(FinishDispatch(handle, batch));
-  return handle;
 }
 
 absl::StatusOr<bool> Dispatcher::Progress(DispatchHandle& handle) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
-  return Advance(*handle.state_, /*wait=*/false);
+  std::lock_guard<std::mutex> lock(mu_);
+  AdvanceAll();
+  DispatchHandle::State& s = *handle.state_;
+  if (s.phase == Phase::kFailed) return s.status;
+  return !s.in_flight();
 }
 
 absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* batch) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
   DispatchHandle::State& s = *handle.state_;
-  if (s.phase != Phase::kDispatching && s.phase != Phase::kDispatched &&
-      s.phase != Phase::kFailed) {
+  // A rank without slots may be combining already (see Advance).
+  const bool slotless = local_slots_.empty();
+  if (s.phase == Phase::kBatched || s.phase == Phase::kDone ||
+      (!slotless && s.phase != Phase::kDispatching && s.phase != Phase::kDispatched &&
+       s.phase != Phase::kFailed)) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishDispatch: the handle is past its dispatch"));
   }
-  RETURN_IF_ERROR(Advance(s, /*wait=*/true).status());
-
-  // The records addressed to this rank, ordered by source rank: each source's records to
-  // one destination travel one path and keep their order, so this order does not depend
-  // on the mode or on timing.
-  const int k = options_.top_k;
-  const int64_t d = options_.hidden;
-  std::vector<std::pair<int, int32_t>> arrived;
-  std::vector<int> source_counts(num_ranks_, 0);
-  for (int stage = 0; stage < num_stages_; ++stage) {
-    const Stage& st = s.stages()[stage];
-    for (int64_t j = 0; j < st.num_recv; ++j) {
-      const std::byte* record = st.recv.get() + j * record_bytes_;
-      if (RecordDest(record) != rank_) continue;
-      arrived.emplace_back(stage, static_cast<int32_t>(j));
-      ++source_counts[RecordSource(record)];
+  batch->x.clear();
+  batch->y.clear();
+  batch->slots.clear();
+  batch->weights.clear();
+  for (;;) {  // the dispatch only: a slot-less rank's combine may stay in flight
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      AdvanceAll();
+      if (s.phase == Phase::kFailed) return s.status;
+      if (s.phase != Phase::kDispatching) break;
     }
+    std::this_thread::yield();
   }
-  std::vector<int> cursor = Displacements(source_counts);
-  s.delivered.resize(arrived.size());
-  for (const auto& [stage, j] : arrived) {
-    const std::byte* record = s.stages()[stage].recv.get() + j * record_bytes_;
-    s.delivered[cursor[RecordSource(record)]++] = {stage, j};
-  }
+  if (slotless) return absl::OkStatus();
 
-  // Rows per local slot, then the rows themselves.
-  const int num_local = static_cast<int>(local_slots_.size());
-  std::vector<int64_t> slot_rows(num_local, 0);
-  for (const auto& [stage, j] : s.delivered) {
-    const std::byte* record = s.stages()[stage].recv.get() + j * record_bytes_;
+  RETURN_IF_ERROR(CollectDelivered(s));
+  const int k = options_.top_k;
+  const int64_t header = HeaderBytes(k);
+  const int64_t records = static_cast<int64_t>(s.delivered.size());
+  batch->x.resize(records);
+  batch->y.resize(records);
+  batch->slots.assign(records * k, -1);
+  batch->weights.assign(records * k, 0.0f);
+  for (int64_t r = 0; r < records; ++r) {
+    const std::byte* record = s.delivered[r].record;
+    batch->x[r] = RowInWire(record + header);
+    batch->y[r] = RowInWire(s.delivered[r].row);
     for (int p = 0; p < k; ++p) {
       const SlotWeight pair = RecordPair(record, p);
       if (pair.slot < 0) break;
@@ -570,96 +925,65 @@ absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* bat
             "rank ", rank_, " received a row for slot ", pair.slot, " it does not hold (rank ",
             RecordSource(record), " uses a different placement)")));
       }
-      ++slot_rows[local_index_of_slot_[pair.slot]];
-    }
-  }
-  batch->slots = local_slots_;
-  batch->offsets.assign(num_local + 1, 0);
-  std::partial_sum(slot_rows.begin(), slot_rows.end(), batch->offsets.begin() + 1);
-  s.batch_rows = batch->offsets.back();
-  Tensor& rows = s.workspace->rows;
-  if (rows.empty() || rows.dim(0) < s.batch_rows) {
-    rows = Tensor({GrownCapacity(s.batch_rows, rows.empty() ? 0 : rows.dim(0)), d});
-  }
-  batch->x = rows.Slice(0, 0, s.batch_rows);
-  batch->weights.resize(s.batch_rows);
-  std::vector<int64_t> next(batch->offsets.begin(), batch->offsets.end() - 1);
-  s.pair_row.assign(s.delivered.size() * k, -1);
-  const int64_t header = HeaderBytes(k);
-  for (size_t r = 0; r < s.delivered.size(); ++r) {
-    const auto& [stage, j] = s.delivered[r];
-    const std::byte* record = s.stages()[stage].recv.get() + j * record_bytes_;
-    for (int p = 0; p < k; ++p) {
-      const SlotWeight pair = RecordPair(record, p);
-      if (pair.slot < 0) break;
-      const int64_t row = next[local_index_of_slot_[pair.slot]]++;
-      DecodeRow(record + header, d, batch->x.data() + row * d);
-      batch->weights[row] = pair.weight;
-      s.pair_row[r * k + p] = row;
+      batch->slots[r * k + p] = pair.slot;
+      batch->weights[r * k + p] = pair.weight;
     }
   }
   s.phase = Phase::kBatched;
   return absl::OkStatus();
 }
 
-absl::Status Dispatcher::BeginCombine(DispatchHandle& handle, bool blocking, const Tensor& y) {
+absl::Status Dispatcher::BeginCombine(DispatchHandle::State& s) {
+  s.phase = Phase::kCombining;
+  if (s.protocol == ExchangeProtocol::kLowLatency) return PostLowLatencyCombine(s);
+  s.stage = num_stages_ - 1;
+  return PostPayload(s, /*forward=*/false);
+}
+
+absl::Status Dispatcher::StartCombine(DispatchHandle& handle) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
   DispatchHandle::State& s = *handle.state_;
+  if (local_slots_.empty()) {  // posted (or to be) as soon as the dispatch lands
+    return s.phase == Phase::kFailed ? s.status : absl::OkStatus();
+  }
   if (s.phase != Phase::kBatched) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": combine needs a finished dispatch"));
   }
-  const int64_t d = options_.hidden;
-  const int k = options_.top_k;
-  if (s.batch_rows > 0 &&
-      (y.rank() != 2 || y.dim(0) != s.batch_rows || y.dim(1) != d || !y.is_contiguous())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rank ", rank_, ": combine input must be a contiguous [", s.batch_rows, ", ",
-                     d, "] tensor, got ", ShapeToString(y.shape())));
-  }
-  s.blocking = blocking;
-  for (Stage& st : s.stages()) {
-    st.back_send.Reserve(st.num_recv * row_bytes_);
-    st.back_recv.Reserve(st.num_send * row_bytes_);
-  }
-  // Pre-reduce each delivered record's slots (ascending) into its combine row.
-  std::vector<float> sum(d);
-  for (size_t r = 0; r < s.delivered.size(); ++r) {
-    std::fill(sum.begin(), sum.end(), 0.0f);
-    for (int p = 0; p < k && s.pair_row[r * k + p] >= 0; ++p) {
-      const float* row = y.data() + s.pair_row[r * k + p] * d;
-      for (int64_t i = 0; i < d; ++i) sum[i] += row[i];
-    }
-    const auto& [stage, j] = s.delivered[r];
-    EncodeRow(sum.data(), d, s.stages()[stage].back_send.get() + j * row_bytes_);
-  }
-  s.phase = Phase::kCombining;
-  s.stage = num_stages_ - 1;
-  absl::Status posted = PostPayload(s, /*forward=*/false);
-  return posted.ok() ? posted : s.Fail(posted);
-}
-
-absl::Status Dispatcher::StartCombine(DispatchHandle& handle, const Tensor& y) {
-  return BeginCombine(handle, /*blocking=*/false, y);
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::Status posted = BeginCombine(s);
+  if (!posted.ok()) return s.Fail(posted);
+  Track(s);
+  return absl::OkStatus();
 }
 
 absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
   DispatchHandle::State& s = *handle.state_;
-  if (s.phase != Phase::kCombining && s.phase != Phase::kCombined && s.phase != Phase::kFailed) {
+  const bool started = s.phase == Phase::kCombining || s.phase == Phase::kCombined ||
+                       s.phase == Phase::kFailed ||
+                       (local_slots_.empty() && s.phase == Phase::kDispatching);
+  if (!started) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishCombine needs a started combine"));
   }
-  RETURN_IF_ERROR(Advance(s, /*wait=*/true).status());
+  RETURN_IF_ERROR(Wait(s));
 
   // out[t] sums its combine rows in origin order: destination ranks ascending.
   const int64_t d = options_.hidden;
   const Stage& st = s.stages()[0];
+  const int64_t block_header = s.protocol == ExchangeProtocol::kLowLatency ? kBlockHeader : 0;
   std::vector<int64_t> position(st.num_send);
-  for (int64_t p = 0; p < st.num_send; ++p) position[st.send_from[p]] = p;
+  std::vector<int> hop_of(st.num_send);
+  for (int q = 0; q < num_ranks_; ++q) {
+    for (int p = st.send_displs[q]; p < st.send_displs[q] + st.send_counts[q]; ++p) {
+      position[st.send_from[p]] = p;
+      hop_of[st.send_from[p]] = q;
+    }
+  }
   *out = Tensor({s.tokens, d});
   for (int64_t i = 0; i < st.num_send; ++i) {
-    DecodeAddRow(st.back_recv.get() + position[i] * row_bytes_, d,
+    DecodeAddRow(st.back_recv.get() + position[i] * row_bytes_ + (hop_of[i] + 1) * block_header, d,
                  out->data() + s.origin_token[i] * d);
   }
   s.phase = Phase::kDone;
@@ -667,8 +991,17 @@ absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
   return absl::OkStatus();
 }
 
-absl::Status Dispatcher::Combine(DispatchHandle& handle, const Tensor& y, Tensor* out) {
-  RETURN_IF_ERROR(BeginCombine(handle, /*blocking=*/true, y));
+absl::StatusOr<DispatchHandle> Dispatcher::Dispatch(ExchangeProtocol protocol, const Tensor& x,
+                                                    absl::Span<const int32_t> expert_slots,
+                                                    absl::Span<const float> weights,
+                                                    ExpertBatch* batch) {
+  ASSIGN_OR_RETURN(DispatchHandle handle, StartDispatch(0, protocol, x, expert_slots, weights));
+  RETURN_IF_ERROR(FinishDispatch(handle, batch));
+  return handle;
+}
+
+absl::Status Dispatcher::Combine(DispatchHandle& handle, Tensor* out) {
+  RETURN_IF_ERROR(StartCombine(handle));
   return FinishCombine(handle, out);
 }
 

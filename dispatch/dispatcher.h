@@ -213,12 +213,15 @@ class Dispatcher {
 
  private:
   friend class ProgressThread;
+  friend struct DispatchHandle::State;  // leaves the in-flight list when destroyed
   Dispatcher() = default;
 
   // Runs the handle's state machine until it blocks or its phase ends (with mu_ held).
   absl::StatusOr<bool> Advance(DispatchHandle::State& s);
   // Advances every in-flight exchange (with mu_ held); the progress thread's body.
   void AdvanceAll();
+  // Lists the handle's exchange as in flight and wakes the progress thread (with mu_ held).
+  void Track(DispatchHandle::State& s);
   // Advances until the handle's phase ends.
   absl::Status Wait(DispatchHandle::State& s);
   // The stage-`stage` hop of a record bound for `dest`.

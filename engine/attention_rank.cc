@@ -77,6 +77,10 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
   }
 
   const int k = config.num_experts_per_tok;
+  std::vector<ExchangeProtocol> protocol(micro_batches_);
+  for (int i = 0; i < micro_batches_; ++i) {
+    protocol[i] = executor_->dispatcher().ProtocolFor(MaxTokensPerRank(plan, i));
+  }
   auto stage = [&](int index, int layer) -> absl::Status {
     MicroBatch& mb = mbs[index];
     if (mb.step) {
@@ -86,8 +90,9 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
     } else {
       mb.routed = RoutedTokens{Tensor(), {}, {}, k};
     }
-    ASSIGN_OR_RETURN(mb.handle, executor_->Start(index, layer, mb.routed.x, mb.routed.expert_ids,
-                                                 mb.routed.weights, k));
+    ASSIGN_OR_RETURN(mb.handle,
+                     executor_->Start(index, protocol[index], layer, mb.routed.x,
+                                      mb.routed.expert_ids, mb.routed.weights, k));
     return absl::OkStatus();
   };
   for (int i = 0; i < micro_batches_; ++i) {

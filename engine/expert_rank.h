@@ -1,10 +1,11 @@
 // The expert-rank step loop: for every layer of a step, and every micro-batch in order, take
-// the routed tokens the attention ranks dispatched to this rank's slots, run each held expert
-// as grouped GEMMs over all of its rows (RoutedExperts, the in-process math), and return the
-// weighted outputs through the combine. A micro-batch's combine is finished only before that
-// micro-batch's next dispatch, so this rank computes one micro-batch while the other's
-// outputs travel back. The exchanges mirror MpiExpertExecutor's, in the order of
-// AttentionRank::RunStep (every layer, every micro-batch, even without tokens).
+// the records the attention ranks dispatched to this rank's slots, run each held expert as
+// grouped GEMMs straight off the received records (RoutedExperts, the in-process math), and
+// write each record's combine row into the send buffer. The next micro-batch's dispatch is
+// posted before this one computes, and a micro-batch's combine is finished only before its
+// next dispatch, so tokens arrive and outputs leave while this rank computes. The exchanges
+// mirror MpiExpertExecutor's, in the order of AttentionRank::RunStep (every layer, every
+// micro-batch, even without tokens), with the protocol the plan's token counts pick.
 #ifndef DSV4_ENGINE_EXPERT_RANK_H_
 #define DSV4_ENGINE_EXPERT_RANK_H_
 

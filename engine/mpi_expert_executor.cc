@@ -21,11 +21,13 @@ double Seconds(Clock::time_point since) {
 absl::Status MpiExpertExecutor::Run(int layer, const Tensor& x,
                                     absl::Span<const int32_t> expert_ids,
                                     absl::Span<const float> weights, int k, Tensor* out) {
-  ASSIGN_OR_RETURN(DispatchHandle handle, Start(0, layer, x, expert_ids, weights, k));
+  ASSIGN_OR_RETURN(DispatchHandle handle,
+                   Start(0, ExchangeProtocol::kBulk, layer, x, expert_ids, weights, k));
   return Finish(handle, out);
 }
 
-absl::StatusOr<DispatchHandle> MpiExpertExecutor::Start(int micro_batch, int layer, const Tensor& x,
+absl::StatusOr<DispatchHandle> MpiExpertExecutor::Start(int micro_batch, ExchangeProtocol protocol,
+                                                        int layer, const Tensor& x,
                                                         absl::Span<const int32_t> expert_ids,
                                                         absl::Span<const float> weights, int k) {
   if (k != dispatcher_->options().top_k) {
@@ -34,17 +36,7 @@ absl::StatusOr<DispatchHandle> MpiExpertExecutor::Start(int micro_batch, int lay
                      ", the dispatcher was built for k=", dispatcher_->options().top_k));
   }
   const std::vector<int32_t> slots = placement_->AssignReplicas(layer, expert_ids, replica_offset_);
-  ASSIGN_OR_RETURN(DispatchHandle handle,
-                   dispatcher_->StartDispatch(micro_batch, x, slots, weights));
-  // Drive the dispatch through (Open MPI advances it only inside MPI calls) and post this
-  // rank's share of the combine now, so the expert ranks' outputs can land while this rank
-  // computes another micro-batch.
-  const Clock::time_point start = Clock::now();
-  absl::Status status = dispatcher_->FinishDispatch(handle, &empty_batch_);
-  if (status.ok()) status = dispatcher_->StartCombine(handle, Tensor());
-  wait_seconds_ += Seconds(start);
-  if (!status.ok()) return status;
-  return handle;
+  return dispatcher_->StartDispatch(micro_batch, protocol, x, slots, weights);
 }
 
 absl::Status MpiExpertExecutor::Finish(DispatchHandle& handle, Tensor* out) {

@@ -5,10 +5,10 @@
 // Each token goes to one replica of each of its experts (ExpertPlacement::AssignReplicas,
 // rotated by `replica_offset` so attention ranks spread over replicas). Start/Finish run one
 // micro-batch's exchange so that the caller computes another micro-batch meanwhile; Run is
-// Start and Finish on micro-batch 0, which pairs with expert ranks serving one micro-batch
-// per layer (engine.micro_batches: 1). Expert ranks must post the same
-// non-blocking exchanges in the same order per micro-batch (expert_rank.h): MPI does not
-// match blocking collectives with non-blocking ones, so both sides always use the latter.
+// Start and Finish on micro-batch 0 with the bulk protocol, which pairs with expert ranks
+// serving one micro-batch per layer (engine.micro_batches: 1, low_latency_tokens: 0).
+// Expert ranks post the same exchanges, with the same protocol, in the same order per
+// micro-batch (expert_rank.h).
 #ifndef DSV4_ENGINE_MPI_EXPERT_EXECUTOR_H_
 #define DSV4_ENGINE_MPI_EXPERT_EXECUTOR_H_
 
@@ -34,18 +34,20 @@ class MpiExpertExecutor : public ExpertExecutor {
   absl::Status Run(int layer, const Tensor& x, absl::Span<const int32_t> expert_ids,
                    absl::Span<const float> weights, int k, Tensor* out) override;
 
-  // Dispatches layer `layer`'s routed tokens on micro-batch `micro_batch`'s communicator and
-  // posts this rank's (empty) share of the combine. Blocks until the expert ranks have taken
-  // the tokens: in the ping-pong they are then done with the other micro-batch, whose
-  // outputs this rank needs next anyway.
-  absl::StatusOr<DispatchHandle> Start(int micro_batch, int layer, const Tensor& x,
+  // Posts layer `layer`'s routed tokens on micro-batch `micro_batch`'s communicator with
+  // `protocol` (the same on every rank) and returns at once: the dispatcher's progress
+  // thread (or the next Finish) moves them, and this rank's (empty) share of the combine
+  // is posted as soon as they have landed.
+  absl::StatusOr<DispatchHandle> Start(int micro_batch, ExchangeProtocol protocol, int layer,
+                                       const Tensor& x,
                                        absl::Span<const int32_t> expert_ids,
                                        absl::Span<const float> weights, int k);
   // Waits for the combined outputs: out [T, d] as in ExpertExecutor::Run.
   absl::Status Finish(DispatchHandle& handle, Tensor* out);
 
-  // Seconds spent blocked in Start and Finish, and what this rank sent, since construction.
+  // Seconds spent blocked in Finish, and what this rank sent, since construction.
   double wait_seconds() const { return wait_seconds_; }
+  const Dispatcher& dispatcher() const { return *dispatcher_; }
   const ExchangeTraffic& traffic() const { return traffic_; }
 
  private:
@@ -54,7 +56,6 @@ class MpiExpertExecutor : public ExpertExecutor {
   int64_t replica_offset_;
   double wait_seconds_ = 0;
   ExchangeTraffic traffic_;
-  ExpertBatch empty_batch_;  // an attention rank holds no slots
 };
 
 }  // namespace dsv4

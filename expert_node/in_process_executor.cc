@@ -24,13 +24,16 @@ absl::Status InProcessExecutor::Run(int layer, const Tensor& x,
                                                    experts_->dim(), "] tensor, got ",
                                                    ShapeToString(x.shape())));
   }
-  if (out->shape() != x.shape()) {
-    *out = Tensor(x.shape());
-  } else {
-    std::fill(out->data(), out->data() + out->numel(), 0.0f);
+  if (out->shape() != x.shape()) *out = Tensor(x.shape());
+  const int64_t tokens = x.dim(0), d = x.dim(1);
+  x_rows_.resize(tokens);
+  out_rows_.resize(tokens);
+  for (int64_t t = 0; t < tokens; ++t) {
+    x_rows_[t] = x.data() + t * d;
+    out_rows_[t] = out->data() + t * d;
   }
-  return experts_->Accumulate(layer, x.data(), x.dim(0), expert_ids, weights, k,
-                              /*require_all=*/true, &scratch_, out->data());
+  return experts_->Run(layer, {x_rows_, out_rows_, expert_ids, weights, k},
+                       /*require_all=*/true, &scratch_);
 }
 
 }  // namespace dsv4

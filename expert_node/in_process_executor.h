@@ -4,6 +4,7 @@
 #define DSV4_EXPERT_NODE_IN_PROCESS_EXECUTOR_H_
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model_config.h"
@@ -31,6 +32,8 @@ class InProcessExecutor : public ExpertExecutor {
 
   std::unique_ptr<RoutedExperts> experts_;
   RoutedExperts::Scratch scratch_;
+  std::vector<const float*> x_rows_;
+  std::vector<float*> out_rows_;
 };
 
 }  // namespace dsv4

@@ -1,5 +1,6 @@
 #include "expert_node/routed_experts.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -37,31 +38,36 @@ absl::StatusOr<std::unique_ptr<RoutedExperts>> RoutedExperts::Load(const ModelCo
   return experts;
 }
 
-absl::Status RoutedExperts::Accumulate(int layer, const float* x, int64_t tokens,
-                                       absl::Span<const int32_t> expert_ids,
-                                       absl::Span<const float> weights, int k, bool require_all,
-                                       Scratch* scratch, float* out) const {
+absl::Status RoutedExperts::Run(int layer, const Rows& rows, bool require_all,
+                                Scratch* scratch) const {
   const int num_experts = config_.n_routed_experts;
-  if (k <= 0 || static_cast<int64_t>(expert_ids.size()) != tokens * k ||
-      weights.size() != expert_ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("routed experts: ", tokens, " tokens with k=", k,
-                                                   " need ", tokens * k, " ids and weights, got ",
-                                                   expert_ids.size(), " and ", weights.size()));
+  const int k = rows.k;
+  const int64_t n_rows = rows.size();
+  if (k <= 0 || static_cast<int64_t>(rows.out.size()) != n_rows ||
+      static_cast<int64_t>(rows.expert_ids.size()) != n_rows * k ||
+      rows.weights.size() != rows.expert_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "routed experts: ", n_rows, " rows with k=", k, " need ", n_rows, " outputs and ",
+        n_rows * k, " ids and weights, got ", rows.out.size(), ", ", rows.expert_ids.size(),
+        " and ", rows.weights.size()));
   }
-  // Group the (token, slot) pairs by expert.
+  // Group the pairs by expert.
   std::vector<std::vector<int64_t>>& groups = scratch->groups;
   groups.resize(num_experts);
   for (std::vector<int64_t>& group : groups) group.clear();
-  for (int64_t i = 0; i < tokens * k; ++i) {
-    const int32_t e = expert_ids[i];
+  for (int64_t i = 0; i < n_rows * k; ++i) {
+    const int32_t e = rows.expert_ids[i];
+    if (e == -1) continue;
     if (e < 0 || e >= num_experts) {
       return absl::InvalidArgumentError(
           absl::StrCat("routed experts: expert id ", e, " outside [0, ", num_experts, ")"));
     }
     groups[e].push_back(i);
   }
-  // The held experts with tokens, ascending; each computes into its own buffers.
+  // The held experts with pairs, ascending; each computes into its own buffers.
   std::vector<ExpertWork>& work = scratch->work;
+  std::vector<const float*>& pair_out = scratch->pair_out;
+  pair_out.assign(n_rows * k, nullptr);
   size_t active = 0;
   for (int e = 0; e < num_experts; ++e) {
     if (groups[e].empty()) continue;
@@ -87,21 +93,35 @@ absl::Status RoutedExperts::Accumulate(int layer, const float* x, int64_t tokens
       w.routing.resize(n);
       w.y.resize(n * d);
       for (int64_t r = 0; r < n; ++r) {
-        std::memcpy(w.x.data() + r * d, x + group[r] / k * d, d * sizeof(float));
-        w.routing[r] = weights[group[r]];
+        std::memcpy(w.x.data() + r * d, rows.x[group[r] / k], d * sizeof(float));
+        w.routing[r] = rows.weights[group[r]];
       }
       SwigluForward(*w.weights, w.x.data(), n, w.routing.data(), limit, /*accumulate=*/false,
                     w.y.data(), &w.hidden);
+      for (int64_t r = 0; r < n; ++r) pair_out[group[r]] = w.y.data() + r * d;
     }
   });
-  for (size_t i = 0; i < active; ++i) {
-    const std::vector<int64_t>& group = *work[i].group;
-    for (size_t r = 0; r < group.size(); ++r) {
-      float* dst = out + group[r] / k * d;
-      const float* src = work[i].y.data() + r * d;
-      for (int64_t j = 0; j < d; ++j) dst[j] += src[j];
+  // Each row sums its pairs in ascending expert id, written once into out[r].
+  ParallelFor(n_rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int> order(k);
+    for (int64_t r = begin; r < end; ++r) {
+      int n = 0;
+      for (int j = 0; j < k; ++j) {
+        if (pair_out[r * k + j] == nullptr) continue;
+        int at = n++;
+        for (; at > 0 && rows.expert_ids[r * k + order[at - 1]] > rows.expert_ids[r * k + j]; --at) {
+          order[at] = order[at - 1];
+        }
+        order[at] = j;
+      }
+      float* dst = rows.out[r];
+      std::fill(dst, dst + d, 0.0f);
+      for (int i = 0; i < n; ++i) {
+        const float* src = pair_out[r * k + order[i]];
+        for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+      }
     }
-  }
+  });
   return absl::OkStatus();
 }
 

@@ -38,25 +38,38 @@ class RoutedExperts {
   const WeightBytes& weight_bytes() const { return weight_bytes_; }
   int64_t dim() const { return config_.hidden_size; }
 
-  // One expert's group in a call: its rows, routing weights, outputs and SwiGLU scratch.
+  // Rows the routed experts run on, in place: row r reads x[r] and writes out[r] (d floats
+  // each), with up to k (expert, routing weight) pairs; expert −1 pads unused pairs.
+  struct Rows {
+    absl::Span<const float* const> x;
+    absl::Span<float* const> out;
+    absl::Span<const int32_t> expert_ids;  // [rows · k]
+    absl::Span<const float> weights;       // [rows · k]
+    int k = 0;
+
+    int64_t size() const { return static_cast<int64_t>(x.size()); }
+  };
+  // One expert's group in a call: its pairs, gathered inputs, routing weights, outputs and
+  // SwiGLU scratch.
   struct ExpertWork {
     const SwigluWeights* weights = nullptr;
-    const std::vector<int64_t>* group = nullptr;  // (token, slot) indices
+    const std::vector<int64_t>* group = nullptr;  // pair indices r·k + j
     std::vector<float> x, routing, y, hidden;
   };
-  // Buffers of Accumulate, kept by the caller to reuse their allocations.
+  // Buffers of Run, kept by the caller to reuse their allocations.
   struct Scratch {
-    std::vector<std::vector<int64_t>> groups;  // (token, slot) indices per expert
-    std::vector<ExpertWork> work;              // the experts with tokens, ascending
+    std::vector<std::vector<int64_t>> groups;  // pair indices per expert
+    std::vector<ExpertWork> work;              // the experts with pairs, ascending
+    std::vector<const float*> pair_out;        // [rows · k]: each pair's expert output row
   };
 
-  // out[t] += Σ_j weights[t·k+j] · Expert_{ids[t·k+j]}(x[t]) over the (t, j) whose expert
-  // this object holds, added expert by expert in ascending id (so the sum's order is fixed;
-  // the experts themselves run in parallel on the process's threads). x, out: [T, d] rows.
-  // FAILED_PRECONDITION if `require_all` and a routed expert is not held.
-  absl::Status Accumulate(int layer, const float* x, int64_t tokens,
-                          absl::Span<const int32_t> expert_ids, absl::Span<const float> weights,
-                          int k, bool require_all, Scratch* scratch, float* out) const;
+  // out[r] = Σ_j weights[r·k+j] · Expert_{ids[r·k+j]}(x[r]) over the pairs whose expert this
+  // object holds, summed from zero in ascending expert id (so the order is fixed; experts
+  // run in parallel on the process's threads, then rows are summed in parallel). Each
+  // expert gathers its rows into its GEMM's operand; the sum writes out[r] once, so the
+  // caller's rows may be a send buffer. FAILED_PRECONDITION if `require_all` and a routed
+  // expert is not held.
+  absl::Status Run(int layer, const Rows& rows, bool require_all, Scratch* scratch) const;
 
  private:
   explicit RoutedExperts(const ModelConfig& config) : config_(config) {}

@@ -2,7 +2,8 @@
 // first n world ranks with its own topology. The expert on slot e computes
 // f_e(x) = (e + 1)·x + e, weighted on the expert side; inputs and weights are multiples of
 // 1/8 and small, so every sum is exact and results compare with EXPECT_EQ whatever the
-// summation order.
+// summation order. Most checks run for both protocols, and low latency also with blocks
+// of 1 and 2 records, so that records overflow into the second message.
 #include <mpi.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/cluster_config.h"
@@ -69,36 +71,69 @@ std::vector<float> Reference(const Tokens& t, int k) {
   return out;
 }
 
-// The expert rank's work: y[row] = weight[row] · f_slot(x[row]).
-Tensor RunExperts(const ExpertBatch& batch) {
-  const int64_t d = batch.x.dim(1);
-  Tensor y({batch.rows(), d});
-  for (size_t i = 0; i < batch.slots.size(); ++i) {
-    for (int64_t row = batch.offsets[i]; row < batch.offsets[i + 1]; ++row) {
+// The expert rank's work: y[r] = Σ_j weight_j · f_{slot_j}(x[r]) over the record's pairs.
+void RunExperts(const ExpertBatch& batch, int64_t d, int k) {
+  for (int64_t r = 0; r < batch.records(); ++r) {
+    std::fill(batch.y[r], batch.y[r] + d, 0.0f);
+    for (int j = 0; j < k && batch.slots[r * k + j] >= 0; ++j) {
       for (int64_t c = 0; c < d; ++c) {
-        y.data()[row * d + c] = batch.weights[row] * F(batch.slots[i], batch.x.data()[row * d + c]);
+        batch.y[r][c] += batch.weights[r * k + j] * F(batch.slots[r * k + j], batch.x[r][c]);
       }
     }
   }
-  return y;
 }
 
+// A copy of what the expert side received (the batch itself views reused buffers).
+struct Received {
+  std::vector<float> x;  // the records' rows, concatenated
+  std::vector<int32_t> slots;
+  std::vector<float> weights;
+
+  Received() = default;
+  Received(const ExpertBatch& batch, int64_t d)
+      : slots(batch.slots), weights(batch.weights) {
+    for (const float* row : batch.x) x.insert(x.end(), row, row + d);
+  }
+  bool operator==(const Received&) const = default;
+};
+
 struct Result {
-  ExpertBatch batch;
+  Received batch;
   Tensor out;
   ExchangeTraffic traffic;
 };
 
-Result DispatchAndCombine(Dispatcher& dispatcher, const Tokens& t) {
+Result DispatchAndCombine(Dispatcher& dispatcher, const Tokens& t,
+                          ExchangeProtocol protocol = ExchangeProtocol::kBulk) {
+  const int64_t d = dispatcher.options().hidden;
+  const int k = dispatcher.options().top_k;
   Result r;
-  absl::StatusOr<DispatchHandle> handle = dispatcher.Dispatch(t.x, t.slots, t.weights, &r.batch);
+  ExpertBatch batch;
+  absl::StatusOr<DispatchHandle> handle =
+      dispatcher.Dispatch(protocol, t.x, t.slots, t.weights, &batch);
   EXPECT_TRUE(handle.ok()) << handle.status();
   if (!handle.ok()) return r;
-  const absl::Status combined = dispatcher.Combine(*handle, RunExperts(r.batch), &r.out);
+  r.batch = Received(batch, d);
+  RunExperts(batch, d, k);
+  const absl::Status combined = dispatcher.Combine(*handle, &r.out);
   EXPECT_TRUE(combined.ok()) << combined;
   r.traffic = handle->traffic();
   return r;
 }
+
+// The protocols every check runs with: bulk, then low latency with blocks of `capacity`.
+struct Variant {
+  ExchangeProtocol protocol;
+  int64_t capacity;  // records per low-latency block (0: the default)
+  std::string name() const {
+    return protocol == ExchangeProtocol::kBulk ? "bulk"
+                                               : "low latency, capacity " + std::to_string(capacity);
+  }
+};
+const Variant kVariants[] = {{ExchangeProtocol::kBulk, 0},
+                             {ExchangeProtocol::kLowLatency, 0},
+                             {ExchangeProtocol::kLowLatency, 1},
+                             {ExchangeProtocol::kLowLatency, 2}};
 
 // `supernodes` × 1 node × `chips` chips; ranks on chips per `rank_chips` (default r → r).
 Topology MakeTopology(std::vector<int> chips_per_supernode, int attention, int expert,
@@ -129,9 +164,14 @@ void OnRanks(int n, const std::function<void(MPI_Comm)>& body) {
 
 std::unique_ptr<Dispatcher> MakeDispatcher(MPI_Comm comm, const Topology& topology,
                                            std::vector<int> rank_of_slot, int64_t d, int k,
-                                           DispatchMode mode) {
+                                           DispatchMode mode, int64_t capacity = 0,
+                                           bool progress_thread = false) {
+  DispatcherOptions options{d, k, mode, 2};
+  options.low_latency_tokens = 64;
+  options.low_latency_capacity = capacity;
+  options.progress_thread = progress_thread;
   absl::StatusOr<std::unique_ptr<Dispatcher>> dispatcher =
-      Dispatcher::Create(comm, topology, std::move(rank_of_slot), {d, k, mode, 2});
+      Dispatcher::Create(comm, topology, std::move(rank_of_slot), options);
   EXPECT_TRUE(dispatcher.ok()) << dispatcher.status();
   return dispatcher.ok() ? *std::move(dispatcher) : nullptr;
 }
@@ -146,22 +186,26 @@ void ExpectMatchesReference(int attention, int expert, const Topology& topology,
                             DispatchMode mode) {
   constexpr int64_t kDim = 8;
   constexpr int kSlots = 12, kTopK = 3;
-  OnRanks(attention + expert, [&](MPI_Comm comm) {
-    const int rank = WorldRank();
-    auto dispatcher = MakeDispatcher(comm, topology, ContiguousPlacement(kSlots, attention, expert),
-                                     kDim, kTopK, mode);
-    const Tokens t = MakeTokens(rank < attention ? 5 + rank : 0, kDim, kSlots, kTopK, 7 + rank);
-    Result r = DispatchAndCombine(*dispatcher, t);
-    EXPECT_EQ(r.out.ToVector(), Reference(t, kTopK)) << "rank " << rank;
-    // Every (token, slot) pair reaches its slot's rank exactly once.
-    std::vector<int64_t> pairs(kSlots, 0);
-    for (int32_t s : t.slots) ++pairs[s];
-    MPI_Allreduce(MPI_IN_PLACE, pairs.data(), kSlots, MPI_INT64_T, MPI_SUM, comm);
-    for (size_t i = 0; i < r.batch.slots.size(); ++i) {
-      EXPECT_EQ(r.batch.offsets[i + 1] - r.batch.offsets[i], pairs[r.batch.slots[i]])
-          << "rank " << rank << " slot " << r.batch.slots[i];
-    }
-  });
+  for (const Variant& v : kVariants) {
+    OnRanks(attention + expert, [&](MPI_Comm comm) {
+      const int rank = WorldRank();
+      auto dispatcher = MakeDispatcher(
+          comm, topology, ContiguousPlacement(kSlots, attention, expert), kDim, kTopK, mode,
+          v.capacity);
+      const Tokens t = MakeTokens(rank < attention ? 5 + rank : 0, kDim, kSlots, kTopK, 7 + rank);
+      Result r = DispatchAndCombine(*dispatcher, t, v.protocol);
+      EXPECT_EQ(r.out.ToVector(), Reference(t, kTopK)) << v.name() << ", rank " << rank;
+      // Every (token, slot) pair reaches its slot's rank exactly once.
+      std::vector<int64_t> pairs(kSlots, 0), received(kSlots, 0);
+      for (int32_t s : t.slots) ++pairs[s];
+      for (int32_t s : r.batch.slots) received[s] += s >= 0;
+      MPI_Allreduce(MPI_IN_PLACE, pairs.data(), kSlots, MPI_INT64_T, MPI_SUM, comm);
+      for (int s = 0; s < kSlots; ++s) {
+        if (ContiguousPlacement(kSlots, attention, expert)[s] != rank) continue;
+        EXPECT_EQ(received[s], pairs[s]) << v.name() << ", rank " << rank << " slot " << s;
+      }
+    });
+  }
 }
 
 class DispatchTest : public MpiTest {};
@@ -200,8 +244,11 @@ TEST_F(DispatchTest, RanksHoldingTokensAndExperts) {
       auto dispatcher = MakeDispatcher(comm, MakeTopology({2, 2}, 2, 2),
                                        ContiguousPlacement(kSlots, 0, 4), kDim, kTopK, mode);
       const Tokens t = MakeTokens(6, kDim, kSlots, kTopK, 100 + rank);
-      EXPECT_EQ(DispatchAndCombine(*dispatcher, t).out.ToVector(), Reference(t, kTopK))
-          << "rank " << rank;
+      for (const Variant& v : {kVariants[0], kVariants[1]}) {
+        EXPECT_EQ(DispatchAndCombine(*dispatcher, t, v.protocol).out.ToVector(),
+                  Reference(t, kTopK))
+            << v.name() << ", rank " << rank;
+      }
     });
   }
 }
@@ -229,10 +276,8 @@ TEST_F(DispatchTest, HierarchicalMatchesFlatOnTwoSupernodes) {
                                      kTopK, DispatchMode::kHierarchical);
     EXPECT_TRUE(dispatcher->two_stage());
     Result hier = DispatchAndCombine(*dispatcher, t);
-    // Same rows in the same order, and bit-identical outputs.
-    EXPECT_EQ(hier.batch.offsets, flat.batch.offsets) << "rank " << rank;
-    EXPECT_EQ(hier.batch.x.ToVector(), flat.batch.x.ToVector()) << "rank " << rank;
-    EXPECT_EQ(hier.batch.weights, flat.batch.weights) << "rank " << rank;
+    // Same records in the same order, and bit-identical outputs.
+    EXPECT_TRUE(hier.batch == flat.batch) << "rank " << rank;
     EXPECT_EQ(hier.out.ToVector(), flat.out.ToVector()) << "rank " << rank;
 
     // 20 tokens × top-4 of 12 slots reach every expert rank from every attention rank: flat
@@ -266,8 +311,7 @@ TEST_F(DispatchTest, ZeroTokenRanks) {
 
     Result none = DispatchAndCombine(*dispatcher, Tokens{});
     EXPECT_EQ(none.out.numel(), 0);
-    EXPECT_EQ(none.batch.rows(), 0);
-    EXPECT_EQ(none.batch.slots.size(), rank < 2 ? 0u : 3u);
+    EXPECT_TRUE(none.batch.x.empty());
     EXPECT_EQ(none.traffic.dispatch.messages, (std::array<int64_t, kNumLinkClasses>{}));
   });
 }
@@ -284,12 +328,15 @@ TEST_F(DispatchTest, NonBlockingTwoMicroBatches) {
                        kTopK, DispatchMode::kHierarchical);
     const Tokens a = MakeTokens(rank < 2 ? 7 : 0, kDim, kSlots, kTopK, 21 + rank);
     const Tokens b = MakeTokens(rank < 2 ? 4 : 0, kDim, kSlots, kTopK, 31 + rank);
-    absl::StatusOr<DispatchHandle> ha = dispatcher->StartDispatch(0, a.x, a.slots, a.weights);
-    absl::StatusOr<DispatchHandle> hb = dispatcher->StartDispatch(1, b.x, b.slots, b.weights);
+    constexpr ExchangeProtocol kBulk = ExchangeProtocol::kBulk;
+    absl::StatusOr<DispatchHandle> ha =
+        dispatcher->StartDispatch(0, kBulk, a.x, a.slots, a.weights);
+    absl::StatusOr<DispatchHandle> hb =
+        dispatcher->StartDispatch(1, kBulk, b.x, b.slots, b.weights);
     ASSERT_TRUE(ha.ok() && hb.ok());
     EXPECT_EQ(hb->micro_batch(), 1);
     // One exchange per micro-batch at a time (a local check: nothing is posted).
-    EXPECT_EQ(dispatcher->StartDispatch(0, a.x, a.slots, a.weights).status().code(),
+    EXPECT_EQ(dispatcher->StartDispatch(0, kBulk, a.x, a.slots, a.weights).status().code(),
               absl::StatusCode::kFailedPrecondition);
     // Progress alone drives a's two stages to completion (every rank polls).
     absl::StatusOr<bool> done = false;
@@ -298,11 +345,13 @@ TEST_F(DispatchTest, NonBlockingTwoMicroBatches) {
 
     ExpertBatch batch_a, batch_b;
     EXPECT_TRUE(dispatcher->FinishDispatch(*hb, &batch_b).ok());
-    EXPECT_TRUE(dispatcher->StartCombine(*hb, RunExperts(batch_b)).ok());
+    RunExperts(batch_b, kDim, kTopK);
+    EXPECT_TRUE(dispatcher->StartCombine(*hb).ok());
     EXPECT_TRUE(dispatcher->FinishDispatch(*ha, &batch_a).ok());
-    // batch_a.x views micro-batch 0's buffer, which the blocking dispatch below reuses.
-    const std::vector<float> rows_a = batch_a.x.ToVector();
-    EXPECT_TRUE(dispatcher->StartCombine(*ha, RunExperts(batch_a)).ok());
+    // batch_a views micro-batch 0's buffers, which the blocking dispatch below reuses.
+    const Received received_a(batch_a, kDim);
+    RunExperts(batch_a, kDim, kTopK);
+    EXPECT_TRUE(dispatcher->StartCombine(*ha).ok());
     Tensor out_a, out_b;
     EXPECT_TRUE(dispatcher->FinishCombine(*ha, &out_a).ok());
     EXPECT_TRUE(dispatcher->FinishCombine(*hb, &out_b).ok());
@@ -311,7 +360,7 @@ TEST_F(DispatchTest, NonBlockingTwoMicroBatches) {
     EXPECT_EQ(dispatcher->FinishCombine(*ha, &out_a).code(), absl::StatusCode::kFailedPrecondition);
 
     Result blocking = DispatchAndCombine(*dispatcher, a);
-    EXPECT_EQ(blocking.batch.x.ToVector(), rows_a) << "rank " << rank;
+    EXPECT_TRUE(blocking.batch == received_a) << "rank " << rank;
     EXPECT_EQ(blocking.traffic.dispatch.bytes, ha->traffic().dispatch.bytes) << "rank " << rank;
   });
 }
@@ -374,16 +423,23 @@ TEST_F(DispatchTest, InvalidInputAbortsEveryRank) {
     Tokens t = MakeTokens(rank < 2 ? 2 : 0, kDim, kSlots, kTopK, 9 + rank);
     Tokens bad = t;
     if (rank == 1) bad.slots[1] = kSlots;
-    ExpertBatch batch;
-    absl::StatusOr<DispatchHandle> handle =
-        dispatcher->StartDispatch(0, bad.x, bad.slots, bad.weights);
-    absl::Status status = handle.status();
-    if (handle.ok()) status = dispatcher->FinishDispatch(*handle, &batch);
-    EXPECT_EQ(status.code(),
-              rank == 1 ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kAborted)
-        << "rank " << rank << ": " << status;
+    for (ExchangeProtocol protocol : {ExchangeProtocol::kBulk, ExchangeProtocol::kLowLatency}) {
+      // Low latency: the expert rank learns of the veto from the blocks, the other
+      // attention rank from the combine's header.
+      ExpertBatch batch;
+      Tensor out;
+      absl::StatusOr<DispatchHandle> handle =
+          dispatcher->StartDispatch(0, protocol, bad.x, bad.slots, bad.weights);
+      absl::Status status = handle.status();
+      if (status.ok()) status = dispatcher->FinishDispatch(*handle, &batch);
+      if (status.ok()) status = dispatcher->StartCombine(*handle);
+      if (status.ok()) status = dispatcher->FinishCombine(*handle, &out);
+      EXPECT_EQ(status.code(),
+                rank == 1 ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kAborted)
+          << "rank " << rank << ": " << status;
 
-    EXPECT_EQ(DispatchAndCombine(*dispatcher, t).out.ToVector(), Reference(t, kTopK));
+      EXPECT_EQ(DispatchAndCombine(*dispatcher, t, protocol).out.ToVector(), Reference(t, kTopK));
+    }
   });
 }
 

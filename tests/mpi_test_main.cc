@@ -54,7 +54,9 @@ void MpiTest::TearDown() {
 }  // namespace dsv4::testing
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // The dispatcher's progress thread calls MPI beside the rank's main thread.
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   ::testing::InitGoogleTest(&argc, argv);
   if (dsv4::testing::WorldRank() != 0) {
     ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
