@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/cluster_config.h"
@@ -406,6 +408,90 @@ TEST_F(DispatchTest, TrafficMatchesHandCount) {
       EXPECT_EQ(r.traffic.dispatch.messages, e.dispatch_messages) << name << " rank " << rank;
       EXPECT_EQ(r.traffic.combine.bytes, e.combine_bytes) << name << " rank " << rank;
       EXPECT_EQ(r.traffic.combine.messages, e.combine_messages) << name << " rank " << rank;
+    });
+  }
+}
+
+// Low latency, hand count (the layout of TrafficMatchesHandCount, flat). Every rank sends
+// each expert rank one block, an 8-byte count and its records, even when empty (no count
+// round tells it there is nothing): rank 0 sends 8 + 2·40 = 88 bytes to each expert rank,
+// rank 1 8 + 40 = 48, and expert ranks 2 and 3 send each other an empty block on their
+// node. Combine rows go back behind an 8-byte header: 8 + 2·16 to rank 0, 8 + 16 to rank 1.
+// With one-record blocks, rank 0's second record to each expert rank overflows into a
+// second message: the same bytes in one more message per destination.
+TEST_F(DispatchTest, LowLatencyTrafficMatchesHandCount) {
+  const std::vector<std::vector<int32_t>> slots = {{0, 1, 0, 2, 3, 2}, {1, 3}};
+  using Counts = std::array<int64_t, kNumLinkClasses>;  // intra-node, intra-SN, inter-SN
+  for (int64_t capacity : {0, 1}) {
+    const int64_t extra = capacity == 1 ? 1 : 0;  // overflow messages per destination
+    const std::vector<std::array<Counts, 4>> expected = {
+        {Counts{0, 0, 176}, Counts{0, 0, 2 + 2 * extra}, Counts{}, Counts{}},
+        {Counts{0, 0, 96}, Counts{0, 0, 2}, Counts{}, Counts{}},
+        {Counts{8, 0, 0}, Counts{1, 0, 0}, Counts{0, 0, 64}, Counts{0, 0, 2}},
+        {Counts{8, 0, 0}, Counts{1, 0, 0}, Counts{0, 0, 64}, Counts{0, 0, 2}}};
+    OnRanks(4, [&](MPI_Comm comm) {
+      const int rank = WorldRank();
+      auto dispatcher = MakeDispatcher(comm, MakeTopology({2, 2}, 2, 2), {2, 2, 3, 3}, 4, 2,
+                                       DispatchMode::kFlat, capacity);
+      Tokens t;
+      if (rank < 2) {
+        t = MakeTokens(static_cast<int64_t>(slots[rank].size()) / 2, 4, 4, 2, 5 + rank);
+        t.slots = slots[rank];
+      }
+      Result r = DispatchAndCombine(*dispatcher, t, ExchangeProtocol::kLowLatency);
+      EXPECT_EQ(r.out.ToVector(), Reference(t, 2));
+      const std::array<Counts, 4>& e = expected[rank];
+      EXPECT_EQ(r.traffic.dispatch.bytes, e[0]) << "capacity " << capacity << " rank " << rank;
+      EXPECT_EQ(r.traffic.dispatch.messages, e[1]) << "capacity " << capacity << " rank " << rank;
+      EXPECT_EQ(r.traffic.combine.bytes, e[2]) << "capacity " << capacity << " rank " << rank;
+      EXPECT_EQ(r.traffic.combine.messages, e[3]) << "capacity " << capacity << " rank " << rank;
+    });
+  }
+}
+
+// With a progress thread the expert rank gets its tokens while the token rank computes
+// (sleeps, making no MPI call) after StartDispatch; without one, the records wait for the
+// token rank's next call, since only that call posts them after the count round. The clock
+// is the machine's monotonic clock, shared by both processes.
+TEST_F(DispatchTest, ProgressThreadMovesTokensWhileTheSenderComputes) {
+  constexpr int64_t kDim = 8;
+  constexpr int kSlots = 4, kTopK = 2;
+  constexpr auto kCompute = std::chrono::milliseconds(500);
+  for (bool progress : {false, true}) {
+    OnRanks(2, [&](MPI_Comm comm) {
+      const int rank = WorldRank();
+      auto dispatcher = MakeDispatcher(comm, MakeTopology({2}, 1, 1), ContiguousPlacement(kSlots, 1, 1),
+                                       kDim, kTopK, DispatchMode::kFlat, 0, progress);
+      const Tokens t = MakeTokens(rank == 0 ? 6 : 0, kDim, kSlots, kTopK, 41);
+      MPI_Barrier(comm);
+      absl::StatusOr<DispatchHandle> handle =
+          dispatcher->StartDispatch(0, ExchangeProtocol::kBulk, t.x, t.slots, t.weights);
+      ASSERT_TRUE(handle.ok()) << handle.status();
+      double times[2] = {0, 0};  // rank 0: computed until; rank 1: tokens received at
+      auto now = [] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+      };
+      Tensor out;
+      if (rank == 0) {
+        std::this_thread::sleep_for(kCompute);
+        times[0] = now();
+      } else {
+        ExpertBatch batch;
+        ASSERT_TRUE(dispatcher->FinishDispatch(*handle, &batch).ok());
+        times[1] = now();
+        RunExperts(batch, kDim, kTopK);
+        ASSERT_TRUE(dispatcher->StartCombine(*handle).ok());
+      }
+      ASSERT_TRUE(dispatcher->FinishCombine(*handle, &out).ok());
+      EXPECT_EQ(out.ToVector(), Reference(t, kTopK));
+      MPI_Allreduce(MPI_IN_PLACE, times, 2, MPI_DOUBLE, MPI_MAX, comm);
+      if (progress) {
+        EXPECT_LT(times[1], times[0]) << "the records waited for the sender's next MPI call";
+      } else {
+        EXPECT_GE(times[1], times[0]) << "the records moved without the sender: the test "
+                                         "cannot tell the progress thread's effect";
+      }
     });
   }
 }

@@ -174,6 +174,44 @@ TEST_F(EngineTest, ChunkedPrefill) {
                    {Tokens(150, 0), Tokens(100, 1)}, 90, "2+2c");
 }
 
+// The exchange protocol and what drives it change no bit: bulk only without a progress
+// thread, low latency everywhere with one-record blocks (every block overflows) and a
+// progress thread, and the defaults (low latency for decode) give identical logits, and
+// they match `dsv4 run`.
+TEST_F(EngineTest, ProtocolsAndProgressGiveBitIdenticalLogits) {
+  const std::string base = OneNodeYaml(2, 2, 0, 48);
+  const std::vector<std::pair<std::string, std::string>> variants = {
+      {"bulk-calls", "engine:\n  low_latency_tokens: 0\n  progress: calls\n"},
+      {"ll-overflow-thread",
+       "engine:\n  low_latency_tokens: 100000\n  low_latency_capacity: 1\n  progress: thread\n"},
+      {"defaults", "engine:\n"}};
+  const std::string prompts = absl::StrCat(Tokens(100, 0), ";", Tokens(70, 1), ";", Tokens(40, 2));
+  std::vector<std::vector<float>> logits;
+  for (const auto& [name, engine] : variants) {
+    const std::string yaml =
+        WriteYaml(name + ".yaml", absl::StrReplaceAll(base, {{"engine:\n", engine}}));
+    const std::string out = Path(name + ".npy");
+    const testing::CommandResult run =
+        Engine(yaml, 4, absl::StrCat("--tokens '", prompts, "' --decode_from 30 --logits_out ", out));
+    ASSERT_EQ(run.exit_code, 0) << name << ": " << run.output;
+    std::vector<float> all;
+    for (int i = 0; i < 3; ++i) {
+      absl::StatusOr<NpyArray> a = ReadNpyF32(Path(absl::StrCat(name, ".", i, ".npy")));
+      ASSERT_TRUE(a.ok()) << a.status();
+      all.insert(all.end(), a->data.begin(), a->data.end());
+      if (name == "defaults") {
+        ExpectClose(Reference(i == 0 ? Tokens(100, 0) : i == 1 ? Tokens(70, 1) : Tokens(40, 2), 30),
+                    Path(absl::StrCat(name, ".", i, ".npy")));
+      }
+    }
+    logits.push_back(std::move(all));
+  }
+  for (size_t v = 1; v < variants.size(); ++v) {
+    EXPECT_TRUE(logits[v] == logits[0]) << variants[v].first << " differs from "
+                                        << variants[0].first;
+  }
+}
+
 TEST_F(EngineTest, FailingRankEndsTheJobNamingIt) {
   const std::string yaml = WriteYaml("2+2.yaml", OneNodeYaml(2, 2, 0));
   const auto start = std::chrono::steady_clock::now();
