@@ -156,6 +156,9 @@ class Dispatcher {
   const std::vector<int32_t>& local_slots() const { return local_slots_; }
   // Whether dispatch runs in two stages (hierarchical mode over more than one supernode).
   bool two_stage() const { return num_stages_ == 2; }
+  // Bytes of one dispatch record and of one combine row on the wire (the file comment).
+  int64_t record_bytes() const { return record_bytes_; }
+  int64_t row_bytes() const { return row_bytes_; }
 
   // Blocking dispatch; fills `batch` (empty on ranks holding no slots). x is [T, d] (an
   // empty Tensor means T = 0); expert_slots and weights hold T·k entries.

@@ -1,12 +1,22 @@
 #include "engine/expert_rank.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <vector>
 
 #include "core/status_macros.h"
 
 namespace dsv4 {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+}  // namespace
 
 absl::Status ExpertRank::RunStep(StepCost* cost) {
   const int micro_batches = dispatcher_->options().micro_batches;
@@ -16,11 +26,17 @@ absl::Status ExpertRank::RunStep(StepCost* cost) {
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
     for (int mb = 0; mb < micro_batches; ++mb) {
       if (pending[mb]) {
+        const Clock::time_point start = Clock::now();
         RETURN_IF_ERROR(dispatcher_->FinishCombine(*pending[mb], &out_));
+        wait_seconds_ += Seconds(start);
+        traffic_.dispatch += pending[mb]->traffic().dispatch;
+        traffic_.combine += pending[mb]->traffic().combine;
         pending[mb].reset();
       }
       ASSIGN_OR_RETURN(DispatchHandle handle, dispatcher_->StartDispatch(mb, Tensor(), {}, {}));
+      const Clock::time_point start = Clock::now();
       RETURN_IF_ERROR(dispatcher_->FinishDispatch(handle, &batch_));
+      wait_seconds_ += Seconds(start);
       // Every row is one (token, slot) pair: run it as a token with k = 1 through the same
       // grouped forward as the in-process executor (weight applied before w2).
       const int64_t rows = batch_.rows();
@@ -47,7 +63,11 @@ absl::Status ExpertRank::RunStep(StepCost* cost) {
   }
   for (std::optional<DispatchHandle>& handle : pending) {
     if (!handle) continue;
+    const Clock::time_point start = Clock::now();
     RETURN_IF_ERROR(dispatcher_->FinishCombine(*handle, &out_));
+    wait_seconds_ += Seconds(start);
+    traffic_.dispatch += handle->traffic().dispatch;
+    traffic_.combine += handle->traffic().combine;
   }
   return absl::OkStatus();
 }

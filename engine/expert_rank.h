@@ -30,6 +30,11 @@ class ExpertRank {
   // micro-batch with the rows actually received).
   absl::Status RunStep(StepCost* cost);
 
+  // Seconds spent blocked in FinishDispatch and FinishCombine, and what this rank sent,
+  // since construction.
+  double wait_seconds() const { return wait_seconds_; }
+  const ExchangeTraffic& traffic() const { return traffic_; }
+
  private:
   const ModelConfig& config_;
   const RoutedExperts* experts_;
@@ -39,6 +44,8 @@ class ExpertRank {
   Tensor y_, out_;
   std::vector<int32_t> row_experts_;
   RoutedExperts::Scratch scratch_;
+  double wait_seconds_ = 0;
+  ExchangeTraffic traffic_;
 };
 
 }  // namespace dsv4
