@@ -45,7 +45,7 @@ void PrintStatus(const v1::ClusterStatus& status) {
         e.id(), "RANK", "ROLE", "POSITION", "RESIDENT", "RELEASED", "BLOCKED");
     for (const v1::RankStatus& r : e.ranks()) {
       std::cout << absl::StrFormat(
-          "  %-5d %-10s %-20s %-11s %-11s %5.1f%%\n", r.rank(), r.role(), r.position(),
+          "  %-5d %-10s %-20s %-11s %-11s %.1f%%\n", r.rank(), r.role(), r.position(),
           FormatBytes(static_cast<double>(r.resident_bytes())),
           FormatBytes(static_cast<double>(r.released_bytes())), 100 * r.blocked_fraction());
     }
