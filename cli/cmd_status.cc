@@ -25,22 +25,29 @@ void PrintStatus(const v1::ClusterStatus& status) {
     std::cout << "no engine connected\n";
     return;
   }
-  std::cout << absl::StrFormat("\n%-16s %-11s %5s %8s %7s %11s %11s %8s\n", "ENGINE", "STATE",
-                               "RANKS", "RUNNING", "KV", "STEP ms", "MODEL ms", "RESTARTS");
+  // LINK/STEP: link bytes per step, measured / modelled, at the target's wire format.
+  std::cout << absl::StrFormat("\n%-16s %-11s %5s %8s %7s %11s %11s %-21s %8s\n", "ENGINE", "STATE",
+                               "RANKS", "RUNNING", "KV", "STEP ms", "MODEL ms",
+                               "LINK/STEP meas/model", "RESTARTS");
   for (const v1::EngineStatus& e : status.engines()) {
-    std::cout << absl::StrFormat("%-16s %-11s %5d %8d %6.1f%% %11.2f %11.3f %8d\n", e.id(),
+    const std::string link = absl::StrCat(FormatBytes(e.measured_link_bytes_per_step()), "/",
+                                          FormatBytes(e.modelled_link_bytes_per_step()));
+    std::cout << absl::StrFormat("%-16s %-11s %5d %8d %6.1f%% %11.2f %11.3f %-21s %8d\n", e.id(),
                                  e.state(), e.ranks_size(), e.running_requests(),
                                  100 * e.kv_usage(), e.measured_step_ms(), e.modelled_step_ms(),
-                                 e.restarts());
+                                 link, e.restarts());
   }
   for (const v1::EngineStatus& e : status.engines()) {
-    std::cout << absl::StrFormat("\n%s ranks (weight bytes):\n  %-5s %-10s %-20s %-11s %s\n",
-                                 e.id(), "RANK", "ROLE", "POSITION", "RESIDENT", "RELEASED");
+    // BLOCKED: share of the rank's step time spent waiting on the MoE dispatch and combine.
+    std::cout << absl::StrFormat(
+        "\n%s ranks (weight bytes; blocked on the data plane):\n  %-5s %-10s %-20s %-11s %-11s "
+        "%s\n",
+        e.id(), "RANK", "ROLE", "POSITION", "RESIDENT", "RELEASED", "BLOCKED");
     for (const v1::RankStatus& r : e.ranks()) {
-      std::cout << absl::StrFormat("  %-5d %-10s %-20s %-11s %s\n", r.rank(), r.role(),
-                                   r.position(),
-                                   FormatBytes(static_cast<double>(r.resident_bytes())),
-                                   FormatBytes(static_cast<double>(r.released_bytes())));
+      std::cout << absl::StrFormat(
+          "  %-5d %-10s %-20s %-11s %-11s %.1f%%\n", r.rank(), r.role(), r.position(),
+          FormatBytes(static_cast<double>(r.resident_bytes())),
+          FormatBytes(static_cast<double>(r.released_bytes())), 100 * r.blocked_fraction());
     }
   }
   if (!status.placement_summary().empty()) {

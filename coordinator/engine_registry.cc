@@ -268,6 +268,11 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
       rank->set_released_bytes(r.released_bytes());
       rank->set_host(r.host());
       rank->set_pid(r.pid());
+      // Indexed by world rank; r.rank() is the engine's claim, so bound it here.
+      const engine::v1::Heartbeat& hb = entry.heartbeat;
+      if (r.rank() >= 0 && r.rank() < hb.blocked_fraction_size()) {
+        rank->set_blocked_fraction(hb.blocked_fraction(r.rank()));
+      }
     }
     const engine::v1::Heartbeat& hb = entry.heartbeat;
     const engine::v1::Occupancy& occupancy = hb.occupancy();
@@ -278,6 +283,8 @@ void EngineRegistry::FillStatus(v1::ClusterStatus* status) const {
                              : 0.0);
     engine->set_measured_step_ms(hb.measured_step_ms());
     engine->set_modelled_step_ms(hb.modelled_step_ms());
+    engine->set_measured_link_bytes_per_step(hb.measured_link_bytes_per_step());
+    engine->set_modelled_link_bytes_per_step(hb.modelled_link_bytes_per_step());
     for (const auto& [layer, counts] : entry.expert_load) {
       std::vector<int64_t>& sum = load[layer];
       sum.resize(std::max(sum.size(), counts.size()), 0);

@@ -233,7 +233,8 @@ void EngineControlService::RecordOccupancy(const std::string& engine_id,
   }
 }
 
-absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& hb) const {
+absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& hb,
+                                                  int num_ranks) const {
   constexpr int64_t kMaxCount = int64_t{1} << 40;  // tokens, steps: far beyond any real run
   auto bad = [](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("heartbeat.", what));
@@ -242,6 +243,21 @@ absl::Status EngineControlService::CheckHeartbeat(const engine::v1::Heartbeat& h
   RETURN_IF_ERROR(CheckOccupancy(hb.occupancy(), "heartbeat.occupancy"));
   for (double ms : {hb.measured_step_ms(), hb.modelled_step_ms(), hb.engram_stall_ms()}) {
     if (!(ms >= 0 && ms < 1e12)) return bad("a time is negative, not finite or out of range");
+  }
+  for (double bytes : {hb.measured_link_bytes_per_step(), hb.modelled_link_bytes_per_step()}) {
+    if (!(bytes >= 0 && bytes < 1e18)) {
+      return bad("link bytes per step are negative, not finite or out of range");
+    }
+  }
+  if (hb.blocked_fraction_size() > num_ranks) {
+    return bad(absl::StrCat("blocked_fraction has ", hb.blocked_fraction_size(),
+                            " entries, more than the engine's ", num_ranks, " ranks"));
+  }
+  for (int r = 0; r < hb.blocked_fraction_size(); ++r) {
+    if (!(hb.blocked_fraction(r) >= 0 && hb.blocked_fraction(r) <= 1)) {
+      return bad(absl::StrCat("blocked_fraction[", r, "] must be in [0, 1], got ",
+                              hb.blocked_fraction(r)));
+    }
   }
   if (hb.expert_load_size() > expected_.num_layers) {
     return bad(absl::StrCat("expert_load has ", hb.expert_load_size(),
@@ -325,7 +341,7 @@ grpc::Status EngineControlService::Connect(
     scheduler_.EngineConnected(id, hello.max_running());
     while (stream->Read(&message)) {
       if (message.has_heartbeat()) {
-        if (absl::Status s = CheckHeartbeat(message.heartbeat()); !s.ok()) {
+        if (absl::Status s = CheckHeartbeat(message.heartbeat(), hello.ranks_size()); !s.ok()) {
           result = rpc::ToGrpc(s);
           break;
         }

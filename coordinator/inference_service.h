@@ -104,7 +104,8 @@ class EngineControlService final : public engine::v1::EngineControl::Service {
   absl::Status CheckHello(const engine::v1::Hello& hello) const;
   absl::Status CheckOccupancy(const engine::v1::Occupancy& occupancy,
                               absl::string_view field) const;
-  absl::Status CheckHeartbeat(const engine::v1::Heartbeat& heartbeat) const;
+  // `num_ranks`: the ranks the engine's Hello listed.
+  absl::Status CheckHeartbeat(const engine::v1::Heartbeat& heartbeat, int num_ranks) const;
   void RecordOccupancy(const std::string& engine_id, const engine::v1::Occupancy& occupancy);
   void RecordHeartbeat(const std::string& engine_id, const engine::v1::Heartbeat& heartbeat);
 

@@ -1016,6 +1016,13 @@ RankTime RankModelledTime(const StepCost& cost, const HardwareSpec& hw,
   return t;
 }
 
+StepCost WithExchangeBytes(StepCost cost, const std::array<double, kNumLinkClasses>& dispatch,
+                           const std::array<double, kNumLinkClasses>& combine) {
+  cost.dispatch.bytes = dispatch;
+  cost.combine.bytes = combine;
+  return cost;
+}
+
 StepTime ModelledTime(absl::Span<const StepCost> ranks, const HardwareSpec& hw,
                       const std::array<LinkSpec, kNumLinkClasses>& links,
                       const EngramPath& engram) {

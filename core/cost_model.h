@@ -191,6 +191,14 @@ StepTime ModelledTime(absl::Span<const StepCost> ranks, const HardwareSpec& hard
                       const std::array<LinkSpec, kNumLinkClasses>& links,
                       const EngramPath& engram = {});
 
+// `cost` with its exchange bytes replaced by `dispatch` and `combine` bytes per LinkClass
+// (e.g. what a rank's dispatcher measured), everything else (the exchange rounds, hops,
+// the work) kept: ModelledTime of the result prices the measured traffic instead of the
+// modelled one. The caller converts measured bytes to the target's wire format first if
+// the two differ.
+StepCost WithExchangeBytes(StepCost cost, const std::array<double, kNumLinkClasses>& dispatch,
+                           const std::array<double, kNumLinkClasses>& combine);
+
 // ---------------------------------------------------------------------------------------
 // Analytic builders.
 

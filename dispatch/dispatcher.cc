@@ -283,8 +283,19 @@ LinkTraffic& LinkTraffic::operator+=(const LinkTraffic& other) {
   for (int c = 0; c < kNumLinkClasses; ++c) {
     bytes[c] += other.bytes[c];
     messages[c] += other.messages[c];
+    copies[c] += other.copies[c];
   }
   return *this;
+}
+
+LinkTraffic LinkTraffic::operator-(const LinkTraffic& other) const {
+  LinkTraffic out;
+  for (int c = 0; c < kNumLinkClasses; ++c) {
+    out.bytes[c] = bytes[c] - other.bytes[c];
+    out.messages[c] = messages[c] - other.messages[c];
+    out.copies[c] = copies[c] - other.copies[c];
+  }
+  return out;
 }
 
 DispatchHandle::DispatchHandle() = default;
@@ -396,8 +407,9 @@ Dispatcher::~Dispatcher() {
 }
 
 ExchangeProtocol Dispatcher::ProtocolFor(int64_t max_tokens) const {
-  return max_tokens <= options_.low_latency_tokens ? ExchangeProtocol::kLowLatency
-                                                   : ExchangeProtocol::kBulk;
+  return options_.low_latency_tokens > 0 && max_tokens <= options_.low_latency_tokens
+             ? ExchangeProtocol::kLowLatency
+             : ExchangeProtocol::kBulk;
 }
 
 int Dispatcher::NextHop(int stage, int dest) const {
@@ -413,6 +425,7 @@ void Dispatcher::Account(const std::vector<int>& counts, int64_t item_bytes, int
     if (q == rank_ || (counts[q] == 0 && header_bytes == 0)) continue;
     const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
     traffic->bytes[c] += counts[q] * item_bytes + header_bytes;
+    traffic->copies[c] += counts[q];
     ++traffic->messages[c];
   }
 }
@@ -489,6 +502,7 @@ absl::Status Dispatcher::PostLowLatencyDispatch(DispatchHandle::State& s) {
     if (q != rank_) {
       const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
       s.traffic.dispatch.bytes[c] += header_bytes + n * record_bytes_;
+      s.traffic.dispatch.copies[c] += n;
       s.traffic.dispatch.messages[c] += n > first ? 2 : 1;
     }
   }
@@ -546,6 +560,7 @@ absl::Status Dispatcher::PostLowLatencyCombine(DispatchHandle::State& s) {
     if (q != rank_) {
       const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
       s.traffic.combine.bytes[c] += bytes;
+      s.traffic.combine.copies[c] += aborted ? 0 : st.recv_counts[q];
       ++s.traffic.combine.messages[c];
     }
   }

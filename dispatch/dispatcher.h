@@ -90,14 +90,18 @@
 
 namespace dsv4 {
 
-// Bytes and messages one rank sent, per link class (index: static_cast<int>(LinkClass)).
+// Bytes, messages and token copies (dispatch records or combine rows) one rank sent, per
+// link class (index: static_cast<int>(LinkClass)). Bytes include protocol headers; copies
+// count payload only, whatever the protocol.
 struct LinkTraffic {
   std::array<int64_t, kNumLinkClasses> bytes{};
   std::array<int64_t, kNumLinkClasses> messages{};
+  std::array<int64_t, kNumLinkClasses> copies{};
 
   int64_t bytes_on(LinkClass c) const { return bytes[static_cast<int>(c)]; }
   int64_t messages_on(LinkClass c) const { return messages[static_cast<int>(c)]; }
   LinkTraffic& operator+=(const LinkTraffic& other);
+  LinkTraffic operator-(const LinkTraffic& other) const;
 };
 
 struct ExchangeTraffic {
@@ -182,6 +186,7 @@ class Dispatcher {
   const std::vector<int32_t>& local_slots() const { return local_slots_; }
   // Whether dispatch runs in two stages (hierarchical mode over more than one supernode).
   bool two_stage() const { return num_stages_ == 2; }
+  // Bytes of one dispatch record and of one combine row on the wire (the file comment).
 
   // The protocol for an exchange in which no rank sends more than `max_tokens` tokens
   // (a bound every rank agrees on, e.g. from the step plan).

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "attention_node/model.h"
 #include "core/check.h"
@@ -35,7 +37,64 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// What one rank reports to the leader after a step, besides its StepCost.
+struct RankStepReport {
+  double seconds = 0;          // in the step
+  double blocked_seconds = 0;  // of them, blocked on the data plane
+  ExchangeTraffic sent;        // sent during the step
+};
+
+std::array<double, kNumLinkClasses> Scaled(const std::array<int64_t, kNumLinkClasses>& counts,
+                                           double factor) {
+  std::array<double, kNumLinkClasses> out{};
+  for (int c = 0; c < kNumLinkClasses; ++c) out[c] = static_cast<double>(counts[c]) * factor;
+  return out;
+}
+
+void Add(const std::array<double, kNumLinkClasses>& from, std::array<double, kNumLinkClasses>* to) {
+  for (int c = 0; c < kNumLinkClasses; ++c) (*to)[c] += from[c];
+}
+
+nlohmann::json LinkBytesJson(const std::array<double, kNumLinkClasses>& dispatch,
+                             const std::array<double, kNumLinkClasses>& combine) {
+  return {{"dispatch", dispatch}, {"combine", combine}};
+}
+
 }  // namespace
+
+// "blocked a0 12% a1 9% e2 40%": each rank's share of its step time blocked on the data
+// plane, by world rank (a: attention, e: expert).
+std::string Engine::BlockedSummary(const StepTiming& timing) const {
+  std::string out = "blocked";
+  for (int r = 0; r < size_; ++r) {
+    absl::StrAppend(&out, " ", topology_->role(r) == RankRole::kAttention ? "a" : "e", r, " ",
+                    static_cast<int>(std::lround(100 * timing.blocked_fraction(r))), "%");
+  }
+  return out;
+}
+
+// "link kB measured/modelled (FP8/BF16 wire): intra_node 72.4/72.4": dispatch + combine per
+// link class used, measured copies at the target's wire format (StepTiming).
+std::string Engine::LinkSummary(const StepTiming& timing) const {
+  std::string out = "link kB measured/modelled (FP8/BF16 wire):";
+  bool any = false;
+  for (int c = 0; c < kNumLinkClasses; ++c) {
+    const double measured = timing.measured_wire.dispatch[c] + timing.measured_wire.combine[c];
+    const double modelled = timing.modelled_bytes.dispatch[c] + timing.modelled_bytes.combine[c];
+    if (measured == 0 && modelled == 0) continue;
+    absl::StrAppend(&out, " ", LinkClassName(static_cast<LinkClass>(c)), " ",
+                    absl::StrFormat("%.1f/%.1f", measured * 1e-3, modelled * 1e-3));
+    any = true;
+  }
+  if (!any) absl::StrAppend(&out, " none");
+  return out;
+}
+
+double Engine::LinkBytes::total() const {
+  double sum = 0;
+  for (int c = 0; c < kNumLinkClasses; ++c) sum += dispatch[c] + combine[c];
+  return sum;
+}
 
 Engine::~Engine() = default;
 
@@ -150,6 +209,8 @@ absl::Status Engine::LoadExperts() {
                                  /*include_mtp=*/false));
   expert_rank_ =
       std::make_unique<ExpertRank>(config_, experts_.get(), placement_.get(), dispatcher_.get());
+  last_wait_seconds_ = 0;  // the new ExpertRank counts from zero
+  last_traffic_ = ExchangeTraffic();
   return absl::OkStatus();
 }
 
@@ -172,10 +233,20 @@ absl::StatusOr<Engine::StepTiming> Engine::RunStep(const StepPlan& plan,
   cost.micro_batches = cluster_.engine.micro_batches;
   RETURN_IF_ERROR(attention_ ? attention_rank_->RunStep(plan, &cost, sampled)
                              : expert_rank_->RunStep(plan, &cost));
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  step_seconds_ += seconds;
+  RankStepReport report;
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  step_seconds_ += report.seconds;
+  {
+    const double waited = attention_ ? executor_->wait_seconds() : expert_rank_->wait_seconds();
+    const ExchangeTraffic& traffic = attention_ ? executor_->traffic() : expert_rank_->traffic();
+    report.blocked_seconds = waited - last_wait_seconds_;
+    report.sent.dispatch = traffic.dispatch - last_traffic_.dispatch;
+    report.sent.combine = traffic.combine - last_traffic_.combine;
+    last_wait_seconds_ = waited;
+    last_traffic_ = traffic;
+  }
   std::vector<StepCost> costs = GatherToRoot(cost, 0, MPI_COMM_WORLD);
-  const std::vector<double> times = GatherToRoot(seconds, 0, MPI_COMM_WORLD);
+  const std::vector<RankStepReport> reports = GatherToRoot(report, 0, MPI_COMM_WORLD);
   StepTiming timing;
   if (rank_ != 0) return timing;
   // An expert rank receives what the attention ranks send and returns as much: it mirrors
@@ -195,7 +266,45 @@ absl::StatusOr<Engine::StepTiming> Engine::RunStep(const StepPlan& plan,
     costs[r].combine.exchanges = costs[0].combine.exchanges;
   }
   timing.modelled = ModelledTime(costs, cluster_.hardware, cluster_.topology.links);
-  timing.cpu_seconds = *std::max_element(times.begin(), times.end());
+  timing.modelled_bytes.dispatch = sent.dispatch.bytes;
+  timing.modelled_bytes.combine = sent.combine.bytes;
+
+  // Measured. The dispatchers count the token copies they send per link class (records
+  // and rows); the wire-format bytes price those copies as the target sends them (FP8
+  // dispatch, BF16 combine), as the model does. Raw bytes add this runtime's fp32 rows and
+  // headers.
+  const double dispatch_copy = DispatchBytesPerCopy(config_);
+  const double combine_copy = CombineBytesPerCopy(config_);
+  std::vector<StepCost> measured_costs = costs;
+  for (int r = 0; r < size_; ++r) {
+    const RankStepReport& rep = reports[r];
+    timing.rank_seconds.push_back(rep.seconds);
+    timing.blocked_seconds.push_back(rep.blocked_seconds);
+    const std::array<double, kNumLinkClasses> dispatch_raw = Scaled(rep.sent.dispatch.bytes, 1);
+    const std::array<double, kNumLinkClasses> combine_raw = Scaled(rep.sent.combine.bytes, 1);
+    const std::array<double, kNumLinkClasses> dispatch_wire =
+        Scaled(rep.sent.dispatch.copies, dispatch_copy);
+    const std::array<double, kNumLinkClasses> combine_wire =
+        Scaled(rep.sent.combine.copies, combine_copy);
+    Add(dispatch_raw, &timing.measured_raw.dispatch);
+    Add(combine_raw, &timing.measured_raw.combine);
+    Add(dispatch_wire, &timing.measured_wire.dispatch);
+    Add(combine_wire, &timing.measured_wire.combine);
+    // Each rank's StepCost counts the exchange it sends and the one it receives (see the
+    // mirror above). The received one is priced as the mirror of what the rank sent: one
+    // combine row comes back per dispatch record, and one record came in per combine row,
+    // over the same link class. Exact in flat mode; in hierarchical mode a relay also
+    // forwards other ranks' records and rows, which this keeps only in its role's direction.
+    const bool expert = r >= attention_ranks;
+    measured_costs[r] =
+        expert ? WithExchangeBytes(costs[r], Scaled(rep.sent.combine.copies, dispatch_copy),
+                                   combine_wire)
+               : WithExchangeBytes(costs[r], dispatch_wire,
+                                   Scaled(rep.sent.dispatch.copies, combine_copy));
+  }
+  timing.modelled_measured_traffic =
+      ModelledTime(measured_costs, cluster_.hardware, cluster_.topology.links);
+  timing.cpu_seconds = *std::max_element(timing.rank_seconds.begin(), timing.rank_seconds.end());
   return timing;
 }
 
@@ -213,6 +322,10 @@ absl::StatusOr<OneShotResult> Engine::RunOneShot(const std::vector<std::vector<i
                          attention_ranks, cluster_.engine.micro_batches);
   OneShotResult result;
   if (rank_ == 0) {
+    // Per step, link_bytes arrays are indexed by link class, in this order.
+    for (int c = 0; c < kNumLinkClasses; ++c) {
+      result.stats["link_classes"].push_back(LinkClassName(static_cast<LinkClass>(c)));
+    }
     for (const WeightBytes& w : weights_) {
       result.stats["resident_bytes"].push_back(w.resident);
       result.stats["released_bytes"].push_back(w.released);
@@ -229,14 +342,30 @@ absl::StatusOr<OneShotResult> Engine::RunOneShot(const std::vector<std::vector<i
     int64_t tokens = 0;
     for (const PlanEntry& e : plan.entries) tokens += static_cast<int64_t>(e.tokens.size());
     EngineLog()->info(
-        "step {}: {} tokens, {} sequences: cpu {:.3f} ms, modelled {:.3f} us on {} ({}-bound)",
+        "step {}: {} tokens, {} sequences: cpu {:.3f} ms, modelled {:.3f} us on {} ({}-bound), "
+        "{:.3f} us with the measured traffic; {}; {}",
         plan.step, tokens, plan.entries.size(), timing.cpu_seconds * 1e3,
         timing.modelled.total * 1e6, cluster_.hardware.name,
-        BottleneckName(timing.modelled.binding));
-    result.stats["steps"].push_back({{"step", plan.step},
-                                     {"tokens", tokens},
-                                     {"cpu_seconds", timing.cpu_seconds},
-                                     {"modelled_seconds", timing.modelled.total}});
+        BottleneckName(timing.modelled.binding), timing.modelled_measured_traffic.total * 1e6,
+        BlockedSummary(timing), LinkSummary(timing));
+    std::vector<double> blocked_fraction;
+    for (int r = 0; r < size_; ++r) blocked_fraction.push_back(timing.blocked_fraction(r));
+    result.stats["steps"].push_back(
+        {{"step", plan.step},
+         {"tokens", tokens},
+         {"cpu_seconds", timing.cpu_seconds},
+         {"modelled_seconds", timing.modelled.total},
+         {"modelled_seconds_measured_traffic", timing.modelled_measured_traffic.total},
+         {"rank_seconds", timing.rank_seconds},
+         {"blocked_seconds", timing.blocked_seconds},
+         {"blocked_fraction", blocked_fraction},
+         {"link_bytes",
+          {{"measured_raw",
+            LinkBytesJson(timing.measured_raw.dispatch, timing.measured_raw.combine)},
+           {"measured_wire",
+            LinkBytesJson(timing.measured_wire.dispatch, timing.measured_wire.combine)},
+           {"modelled",
+            LinkBytesJson(timing.modelled_bytes.dispatch, timing.modelled_bytes.combine)}}}});
   }
   if (engram_) EngineLog()->info("{}", engram::EngramReport(*engram_));
   // Overlap: how long attention ranks were blocked on the experts, of their step time.
@@ -373,7 +502,13 @@ absl::Status Engine::Serve(ControlClient* control, absl::Duration max_step) {
     double stall_ms = 0;
     if (plan.report_load) ReduceLoad(&load, &stall_ms);
     if (rank_ == 0) {
-      leader->StepDone(plan, sampled, timing.cpu_seconds, timing.modelled.total, load, stall_ms);
+      StepDataPlane data_plane;
+      data_plane.rank_seconds = std::move(timing.rank_seconds);
+      data_plane.blocked_seconds = std::move(timing.blocked_seconds);
+      data_plane.measured_link_bytes = timing.measured_wire.total();
+      data_plane.modelled_link_bytes = timing.modelled_bytes.total();
+      leader->StepDone(plan, sampled, timing.cpu_seconds, timing.modelled.total, load, stall_ms,
+                       data_plane);
     }
   }
   return status;  // the leader's destructor stops the heartbeats, closes a cleanly stopped stream

@@ -12,6 +12,7 @@
 #ifndef DSV4_ENGINE_ENGINE_H_
 #define DSV4_ENGINE_ENGINE_H_
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "core/cost_model.h"
 #include "core/model_config.h"
 #include "core/weight_loader.h"
+#include "dispatch/dispatcher.h"
 #include "engine/placement.h"
 #include "engine/step_plan.h"
 #include "nlohmann/json.hpp"
@@ -36,7 +38,6 @@ namespace dsv4 {
 class AttentionRank;
 class Checkpoint;
 class ControlClient;
-class Dispatcher;
 class ExpertRank;
 class Model;
 class MpiExpertExecutor;
@@ -117,12 +118,41 @@ class Engine {
   const ModelConfig& config() const { return config_; }
 
  private:
+  // Link bytes per LinkClass of one step, summed over the ranks.
+  struct LinkBytes {
+    std::array<double, kNumLinkClasses> dispatch{};
+    std::array<double, kNumLinkClasses> combine{};
+    double total() const;
+  };
   struct StepTiming {
     double cpu_seconds = 0;  // slowest rank
     StepTime modelled;
+    // Per world rank: its seconds in the step and the part of them it was blocked on the
+    // data plane (attention ranks: MpiExpertExecutor Start + Finish; expert ranks:
+    // FinishDispatch + FinishCombine, i.e. waiting for tokens as well as for the exchange).
+    std::vector<double> rank_seconds, blocked_seconds;
+    // Measured: what the dispatchers sent (raw: this runtime's fp32 records and rows, see
+    // dispatch/dispatcher.h), and the same records and rows at the target's wire format
+    // (FP8 dispatch copies, BF16 combine rows: DispatchBytesPerCopy, CombineBytesPerCopy).
+    // Modelled: what the attention ranks' StepCosts counted (AddAllToAllCost), at the
+    // target's wire format. Compare `measured_wire` with `modelled`: the ratio is then the
+    // ratio of token copies, which tests the routing and geometry assumptions, not the
+    // dtype (raw / wire is a fixed (8 + 8k + 4d) / (d + 4⌈d/128⌉ + 8k) for dispatch and 2
+    // for combine).
+    LinkBytes measured_raw, measured_wire, modelled_bytes;
+    // The step priced with each rank's measured traffic (at the target's wire format) in
+    // place of its modelled traffic (WithExchangeBytes).
+    StepTime modelled_measured_traffic;
+
+    double blocked_fraction(int rank) const {
+      return rank_seconds[rank] > 0 ? blocked_seconds[rank] / rank_seconds[rank] : 0;
+    }
   };
 
   Engine() = default;
+  // The step log's per-rank blocked shares and measured-vs-modelled link bytes.
+  std::string BlockedSummary(const StepTiming& timing) const;
+  std::string LinkSummary(const StepTiming& timing) const;
   absl::Status Setup(const EngineOptions& options);
   absl::Status LoadExperts();
   // The attention side for a run: keeps every logit row (one-shot) or only samples.
@@ -154,6 +184,9 @@ class Engine {
   std::unique_ptr<ExpertRank> expert_rank_;        // expert ranks
   std::vector<WeightBytes> weights_;               // rank 0: per rank
   double step_seconds_ = 0;                        // this rank's time in steps
+  // This rank's data-plane counters at the end of the last step (for per-step deltas).
+  double last_wait_seconds_ = 0;
+  ExchangeTraffic last_traffic_;
 };
 
 // Writes a one-shot run's outputs like `dsv4 run`: each prompt's logits as float32

@@ -32,6 +32,16 @@ void ServingLeader::HeartbeatLoop() {
       if (steps_ > 0) {
         heartbeat_.set_measured_step_ms(1e3 * step_seconds_ / steps_);
         heartbeat_.set_modelled_step_ms(1e3 * modelled_seconds_ / steps_);
+        heartbeat_.set_measured_link_bytes_per_step(measured_link_bytes_ / steps_);
+        heartbeat_.set_modelled_link_bytes_per_step(modelled_link_bytes_ / steps_);
+        if (!rank_seconds_.empty()) {
+          heartbeat_.clear_blocked_fraction();
+          for (size_t r = 0; r < rank_seconds_.size(); ++r) {
+            const double fraction =
+                rank_seconds_[r] > 0 ? blocked_seconds_[r] / rank_seconds_[r] : 0;
+            heartbeat_.add_blocked_fraction(std::clamp(fraction, 0.0, 1.0));
+          }
+        }
       }
       engine::v1::Heartbeat& hb = *message.mutable_heartbeat();
       hb = heartbeat_;
@@ -44,6 +54,9 @@ void ServingLeader::HeartbeatLoop() {
       }
       expert_load_.clear();
       step_seconds_ = modelled_seconds_ = 0;
+      measured_link_bytes_ = modelled_link_bytes_ = 0;
+      rank_seconds_.clear();
+      blocked_seconds_.clear();
       steps_ = 0;
       // Sent under the lock: a heartbeat never overtakes a newer Occupancy from the step loop.
       if (!control_.Send(message).ok()) return;
@@ -147,7 +160,8 @@ absl::Status ServingLeader::Rebalanced(const engine::v1::Rebalanced& rebalanced)
 
 void ServingLeader::StepDone(const StepPlan& plan, absl::Span<const SampledToken> sampled,
                              double cpu_seconds, double modelled_seconds,
-                             absl::Span<const int64_t> load, double engram_stall_ms) {
+                             absl::Span<const int64_t> load, double engram_stall_ms,
+                             const StepDataPlane& data_plane) {
   planner_.OnSampled(sampled);
   const bool ran = !plan.entries.empty() || !plan.release.empty();
   absl::MutexLock lock(&mu_);
@@ -158,6 +172,16 @@ void ServingLeader::StepDone(const StepPlan& plan, absl::Span<const SampledToken
     modelled_seconds_ += modelled_seconds;
     steps_ += 1;
     load_pending_ = true;
+    measured_link_bytes_ += data_plane.measured_link_bytes;
+    modelled_link_bytes_ += data_plane.modelled_link_bytes;
+    const size_t ranks =
+        std::min(data_plane.rank_seconds.size(), data_plane.blocked_seconds.size());
+    rank_seconds_.resize(std::max(rank_seconds_.size(), ranks), 0.0);
+    blocked_seconds_.resize(rank_seconds_.size(), 0.0);
+    for (size_t r = 0; r < ranks; ++r) {
+      rank_seconds_[r] += data_plane.rank_seconds[r];
+      blocked_seconds_[r] += data_plane.blocked_seconds[r];
+    }
   }
   if (plan.report_load) {
     load_pending_ = false;

@@ -37,6 +37,15 @@ struct ServingLeaderOptions {
   absl::Duration max_step = absl::Minutes(5);
 };
 
+// A step's data plane, from the engine's StepTiming: each world rank's seconds in the step
+// and the part of them it was blocked on the exchange, and the link bytes sent (dispatch +
+// combine, all ranks, at the target's wire format) as measured and as modelled.
+struct StepDataPlane {
+  std::vector<double> rank_seconds, blocked_seconds;
+  double measured_link_bytes = 0;
+  double modelled_link_bytes = 0;
+};
+
 class ServingLeader {
  public:
   // Starts heartbeating on a connected control stream, which must outlive the leader.
@@ -54,9 +63,11 @@ class ServingLeader {
 
   // What the plan NextPlan returned produced: the sampled tokens (all ranks'), the step's
   // times (when it ran entries) and, with `report_load`, the expert load summed over the
-  // ranks [layers · experts] and the attention ranks' Engram stall since start.
+  // ranks [layers · experts] and the attention ranks' Engram stall since start; and (when it
+  // ran entries) its data plane, which heartbeats report per rank over their interval.
   void StepDone(const StepPlan& plan, absl::Span<const SampledToken> sampled, double cpu_seconds,
-                double modelled_seconds, absl::Span<const int64_t> load, double engram_stall_ms);
+                double modelled_seconds, absl::Span<const int64_t> load, double engram_stall_ms,
+                const StepDataPlane& data_plane = {});
 
  private:
   void HeartbeatLoop();
@@ -78,6 +89,11 @@ class ServingLeader {
   double step_seconds_ ABSL_GUARDED_BY(mu_) = 0;           // since the last heartbeat
   double modelled_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int steps_ ABSL_GUARDED_BY(mu_) = 0;
+  // Per rank, since the last heartbeat: seconds in steps and blocked on the data plane.
+  std::vector<double> rank_seconds_ ABSL_GUARDED_BY(mu_);
+  std::vector<double> blocked_seconds_ ABSL_GUARDED_BY(mu_);
+  double measured_link_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  double modelled_link_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time progress_ ABSL_GUARDED_BY(mu_) = absl::Now();  // last step or idle wait
   absl::Notification stop_heartbeats_;
   std::thread heartbeats_;

@@ -394,6 +394,10 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
   hb->mutable_occupancy()->set_kv_budget_tokens(1024);
   hb->set_measured_step_ms(12.5);
   hb->set_modelled_step_ms(0.75);
+  hb->add_blocked_fraction(0.25);  // by rank: the fake engine has two
+  hb->add_blocked_fraction(0.625);
+  hb->set_measured_link_bytes_per_step(72400);
+  hb->set_modelled_link_bytes_per_step(73000);
   engine::v1::LayerExpertLoad* load = hb->add_expert_load();
   load->set_layer(1);
   load->add_tokens_per_expert(5);
@@ -419,6 +423,10 @@ TEST_F(CoordinatorServerTest, ConnectedEngineAppearsInClusterStatus) {
   EXPECT_EQ(e.ranks(1).role(), "expert");
   EXPECT_EQ(e.ranks(1).position(), "sn0/node0/chip1");
   EXPECT_EQ(e.ranks(1).resident_bytes(), 2000);
+  EXPECT_DOUBLE_EQ(e.ranks(0).blocked_fraction(), 0.25);
+  EXPECT_DOUBLE_EQ(e.ranks(1).blocked_fraction(), 0.625);
+  EXPECT_DOUBLE_EQ(e.measured_link_bytes_per_step(), 72400);
+  EXPECT_DOUBLE_EQ(e.modelled_link_bytes_per_step(), 73000);
   ASSERT_EQ(status.expert_load_size(), 1);
   EXPECT_THAT(status.expert_load(0).tokens_per_expert(), ::testing::ElementsAre(5, 7));
 
@@ -590,6 +598,23 @@ TEST_F(CoordinatorServerTest, StatusCommandPrintsTheTable) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("engine-7"));
   EXPECT_THAT(r.output, HasSubstr("sn0/node0/chip1"));
+
+  // A heartbeat's blocked fractions show per rank, its link bytes per engine.
+  engine::v1::EngineMessage heartbeat;
+  heartbeat.mutable_heartbeat()->set_measured_step_ms(3);
+  heartbeat.mutable_heartbeat()->add_blocked_fraction(0.125);
+  heartbeat.mutable_heartbeat()->add_blocked_fraction(0.75);
+  heartbeat.mutable_heartbeat()->set_measured_link_bytes_per_step(72400);
+  heartbeat.mutable_heartbeat()->set_modelled_link_bytes_per_step(1.5e6);
+  ASSERT_TRUE(engine.Send(heartbeat));
+  for (int i = 0; i < 500 && Status().engines(0).measured_step_ms() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  r = testing::RunCommand(testing::Dsv4() + " status --server " + server_->address());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("72.4 kB/1.5 MB"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("chip0 .* 12\\.5%"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("chip1 .* 75\\.0%"));
   EXPECT_TRUE(engine.Close().ok());
 }
 

@@ -355,6 +355,47 @@ TEST(CostModelTest, StepTimeCombinesStagesAndMicroBatches) {
               10 * (links[0].latency + hw.dispatch_overhead.value), 1e-15);
 }
 
+// Measured bytes replace the modelled ones per link class; the rounds, hops and work stay,
+// so the link time is the measured bytes over the link plus the same latency terms.
+TEST(CostModelTest, MeasuredExchangeBytesReplaceTheModelledOnes) {
+  const ClusterConfig cluster = ShippedClusterConfig("cluster-configs/local.yaml");
+  const HardwareSpec& hw = cluster.hardware;
+  const auto& links = cluster.topology.links;
+  const double eff = hw.Efficiency(OpClass::kAllToAll).value;
+  StepCost modelled;
+  modelled.at(CostComponent::kRoutedExperts).weight_bytes = hw.AchievableHbmBandwidth() * 0.001;
+  modelled.dispatch.bytes[0] = links[0].bandwidth * eff * 0.004;  // 4 ms intra-node
+  modelled.combine.bytes[1] = links[1].bandwidth * eff * 0.005;   // 5 ms intra-supernode
+  modelled.dispatch.exchanges = modelled.combine.exchanges = 2;
+
+  // Measured: 10 ms intra-node and 3 ms cross-supernode of dispatch, 2 ms intra-node of
+  // combine and nothing intra-supernode.
+  const std::array<double, kNumLinkClasses> dispatch = {links[0].bandwidth * eff * 0.010, 0,
+                                                        links[2].bandwidth * eff * 0.003};
+  const std::array<double, kNumLinkClasses> combine = {links[0].bandwidth * eff * 0.002, 0, 0};
+  const StepCost measured = WithExchangeBytes(modelled, dispatch, combine);
+  EXPECT_EQ(measured.dispatch.bytes, dispatch);
+  EXPECT_EQ(measured.combine.bytes, combine);
+  EXPECT_EQ(measured.dispatch.exchanges, 2);
+  EXPECT_EQ(measured.combine.exchanges, 2);
+  EXPECT_EQ(measured.hbm_bytes(), modelled.hbm_bytes());
+  EXPECT_EQ(modelled.dispatch.bytes[0], links[0].bandwidth * eff * 0.004);  // a copy
+
+  const RankTime t = RankModelledTime(measured, hw, links);
+  // Dispatch: scale-up 10 ms and scale-out 3 ms run in parallel; each of the 2 rounds pays
+  // the larger latency of the classes used (one hop) and the dispatch call's fixed cost.
+  EXPECT_NEAR(
+      t.dispatch,
+      0.010 + 2 * (std::max(links[0].latency, links[2].latency) + hw.dispatch_overhead.value),
+      1e-12);
+  EXPECT_NEAR(t.combine, 0.002 + 2 * (links[0].latency + hw.combine_overhead.value), 1e-12);
+  EXPECT_NEAR(t.link[0], 0.012, 1e-12);
+  EXPECT_EQ(t.link[1], 0);
+  EXPECT_NEAR(t.link[2], 0.003, 1e-12);
+  // Priced as a step (one rank with one role, one micro-batch): the loop sums the stages.
+  EXPECT_NEAR(ModelledTime({measured}, hw, links).total, 0.001 + t.dispatch + t.combine, 1e-12);
+}
+
 // The engine accumulates counters layer by layer from its batch; the planner sums
 // identical layers once. On a small layout (one attention and one expert rank, so the
 // busiest expert rank receives exactly the mean) both must give the same step time.

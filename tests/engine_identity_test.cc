@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <future>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -212,6 +213,29 @@ TEST_F(EngineIdentityTest, HeartbeatsAndOccupancyAreBounded) {
        [](auto* m) {
          m->mutable_heartbeat()->mutable_occupancy()->set_kv_used_tokens(10);
          m->mutable_heartbeat()->mutable_occupancy()->set_kv_budget_tokens(5);
+       }},
+      // The fake engine's Hello lists 2 ranks: blocked fractions are per rank, in [0, 1].
+      {"heartbeat.blocked_fraction[1] must be in [0, 1], got 1.5",
+       [](auto* m) {
+         m->mutable_heartbeat()->add_blocked_fraction(0.5);
+         m->mutable_heartbeat()->add_blocked_fraction(1.5);
+       }},
+      {"heartbeat.blocked_fraction[0] must be in [0, 1], got -0.25",
+       [](auto* m) { m->mutable_heartbeat()->add_blocked_fraction(-0.25); }},
+      {"heartbeat.blocked_fraction[0] must be in [0, 1], got nan",
+       [](auto* m) {
+         m->mutable_heartbeat()->add_blocked_fraction(std::numeric_limits<double>::quiet_NaN());
+       }},
+      {"heartbeat.blocked_fraction has 3 entries, more than the engine's 2 ranks",
+       [](auto* m) {
+         for (int r = 0; r < 3; ++r) m->mutable_heartbeat()->add_blocked_fraction(0.1);
+       }},
+      {"heartbeat.link bytes per step are negative",
+       [](auto* m) { m->mutable_heartbeat()->set_measured_link_bytes_per_step(-1); }},
+      {"heartbeat.link bytes per step are negative",
+       [](auto* m) {
+         m->mutable_heartbeat()->set_modelled_link_bytes_per_step(
+             std::numeric_limits<double>::infinity());
        }},
       {"occupancy: running_sequences or queued_sequences",
        [](auto* m) { m->mutable_occupancy()->set_queued_sequences(-1); }},

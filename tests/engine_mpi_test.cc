@@ -153,6 +153,67 @@ TEST_F(EngineMpiTest, OneShotLogitsMatchTheSingleProcessModel) {
   }
 }
 
+// Every step's stats give each rank's share of its step time blocked on the data plane, and
+// the link bytes the dispatchers sent: with one expert rank every token of a step goes to it
+// as one record per MoE layer (8 + 8·k + 4·d bytes) and comes back as one row (4·d bytes),
+// all on the one node's links. Counted as copies at the target's wire format, that is
+// exactly what the cost model counted.
+TEST_F(EngineMpiTest, OneShotStatsReportBlockedTimeAndExactLinkBytes) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const std::vector<std::vector<int32_t>> prompts = {
+      testing::TokenIds(20, 0), testing::TokenIds(12, 1), testing::TokenIds(7, 2)};
+  absl::StatusOr<OneShotResult> result = (*engine)->RunOneShot(prompts, /*decode_from=*/5);
+  ASSERT_TRUE(result.ok()) << result.status();
+  if (testing::WorldRank() != 0) return;
+  const ModelConfig& config = (*engine)->config();
+  const int64_t d = config.hidden_size, k = config.num_experts_per_tok;
+  const int64_t layers = config.num_hidden_layers;
+  const nlohmann::json& stats = result->stats;
+  EXPECT_EQ(stats["link_classes"],
+            nlohmann::json({"intra_node", "intra_supernode", "inter_supernode"}));
+  ASSERT_GT(stats["steps"].size(), 1u);
+  double expert_blocked = 0;
+  for (const nlohmann::json& step : stats["steps"]) {
+    SCOPED_TRACE(step.dump());
+    const int64_t tokens = step["tokens"].get<int64_t>();
+    ASSERT_EQ(step["blocked_fraction"].size(), 3u);
+    ASSERT_EQ(step["blocked_seconds"].size(), 3u);
+    for (int r = 0; r < 3; ++r) {
+      const double fraction = step["blocked_fraction"][r].get<double>();
+      EXPECT_GE(fraction, 0.0);
+      EXPECT_LE(fraction, 1.0);
+      EXPECT_LE(step["blocked_seconds"][r].get<double>(), step["rank_seconds"][r].get<double>());
+    }
+    expert_blocked += step["blocked_seconds"][2].get<double>();
+    // One record per token and layer (one expert rank), one row back; raw bytes add the
+    // low-latency blocks' 8-byte headers to the records and rows.
+    const nlohmann::json& raw = step["link_bytes"]["measured_raw"];
+    const double records = static_cast<double>(layers * tokens);
+    EXPECT_GE(raw["dispatch"][0].get<double>(), records * (8 + 8 * k + 4 * d));
+    EXPECT_EQ(std::fmod(raw["dispatch"][0].get<double>() - records * (8 + 8 * k + 4 * d), 8), 0);
+    EXPECT_GE(raw["combine"][0].get<double>(), records * 4 * d);
+    EXPECT_EQ(std::fmod(raw["combine"][0].get<double>() - records * 4 * d, 8), 0);
+    const nlohmann::json& wire = step["link_bytes"]["measured_wire"];
+    const nlohmann::json& modelled = step["link_bytes"]["modelled"];
+    for (const char* exchange : {"dispatch", "combine"}) {
+      for (int c = 0; c < 3; ++c) {
+        EXPECT_NEAR(wire[exchange][c].get<double>(), modelled[exchange][c].get<double>(),
+                    1e-9 * modelled[exchange][c].get<double>())
+            << exchange << " class " << c;
+      }
+    }
+    EXPECT_DOUBLE_EQ(wire["dispatch"][0].get<double>(),
+                     static_cast<double>(layers * tokens) * DispatchBytesPerCopy(config));
+    // The same copies priced: the measured-traffic step time is the modelled one.
+    EXPECT_NEAR(step["modelled_seconds_measured_traffic"].get<double>(),
+                step["modelled_seconds"].get<double>(),
+                1e-9 * step["modelled_seconds"].get<double>());
+  }
+  // The expert rank waits for the attention ranks' tokens every layer.
+  EXPECT_GT(expert_blocked, 0.0);
+}
+
 TEST_F(EngineMpiTest, ServesACoordinatorsRequestsUntilShutdown) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(Options());
   ASSERT_TRUE(engine.ok()) << engine.status();

@@ -156,14 +156,44 @@ TEST_F(EngineTest, ThreeAttentionThreeExpertsHierarchicalTwoSupernodes) {
   std::ifstream in(DSV4_SOURCE_DIR "/cluster-configs/two-supernodes-test.yaml");
   std::stringstream text;
   text << in.rdbuf();
-  // The copy lives in a temp dir, so its hardware path must be absolute.
-  const std::string yaml =
-      absl::StrReplaceAll(text.str(), {{"hardware/ascend-950dt.yaml", Hardware()}});
+  // The copy lives in a temp dir, so its hardware path must be absolute. Low-latency
+  // exchanges are direct, so bulk ones only: every exchange takes the relays.
+  const std::string yaml = absl::StrReplaceAll(
+      text.str(), {{"hardware/ascend-950dt.yaml", Hardware()},
+                   {"dispatch: hierarchical", "dispatch: hierarchical\n  low_latency_tokens: 0"}});
   ASSERT_NE(yaml.find("dispatch: hierarchical"), std::string::npos);
   const testing::CommandResult probe =
-      Engine(WriteYaml("3+3.yaml", yaml), 6, absl::StrCat("--tokens ", Tokens(8, 0)));
+      Engine(WriteYaml("3+3.yaml", yaml), 6,
+             absl::StrCat("--tokens ", Tokens(8, 0), " --stats_out ", Path("3+3-stats.json")));
   ASSERT_EQ(probe.exit_code, 0) << probe.output;
   EXPECT_NE(probe.output.find("hierarchical dispatch"), std::string::npos) << probe.output;
+  // The step's data plane: every rank's blocked share, and records crossing supernodes
+  // (whole fp32 records: 8 + 8·k + 4·d bytes each) in the dispatch and rows in the combine.
+  EXPECT_NE(probe.output.find("blocked a0 "), std::string::npos) << probe.output;
+  {
+    std::ifstream in(Path("3+3-stats.json"));
+    const nlohmann::json stats = nlohmann::json::parse(in);
+    absl::StatusOr<ModelConfig> config = LoadModelConfigFromDir(Checkpoint());
+    ASSERT_TRUE(config.ok()) << config.status();
+    const int64_t d = config->hidden_size, k = config->num_experts_per_tok;
+    ASSERT_EQ(stats["steps"].size(), 1u);
+    const nlohmann::json& step = stats["steps"][0];
+    ASSERT_EQ(step["blocked_fraction"].size(), 6u);
+    for (const nlohmann::json& f : step["blocked_fraction"]) {
+      EXPECT_GE(f.get<double>(), 0);
+      EXPECT_LE(f.get<double>(), 1);
+    }
+    // An 8-token prefill is a bulk exchange (low_latency_tokens: 0 in this YAML), so the
+    // cross-supernode bytes are whole records and rows; rows retrace the records' path.
+    const nlohmann::json& raw = step["link_bytes"]["measured_raw"];
+    const double cross_dispatch = raw["dispatch"][2].get<double>();
+    const double cross_combine = raw["combine"][2].get<double>();
+    EXPECT_GT(cross_dispatch, 0) << step.dump();
+    EXPECT_EQ(std::fmod(cross_dispatch, static_cast<double>(8 + 8 * k + 4 * d)), 0);
+    EXPECT_EQ(std::fmod(cross_combine, static_cast<double>(4 * d)), 0);
+    EXPECT_EQ(cross_dispatch / (8 + 8 * k + 4 * d), cross_combine / (4 * d));
+    EXPECT_GT(step["link_bytes"]["modelled"]["dispatch"][2].get<double>(), 0);
+  }
   ExpectMatchesRun(Path("3+3.yaml"), 6, {Tokens(150, 0), Tokens(130, 4), Tokens(100, 5)}, 90,
                    "3+3");
 }

@@ -144,6 +144,47 @@ TEST_F(ServingLeaderTest, HeartbeatsCarryTheReportedExpertLoadPerLayer) {
   EXPECT_EQ(with_load.occupancy().kv_used_tokens(), 0);  // the request finished, was released
 }
 
+// A step's per-rank blocked seconds over its per-rank seconds go out in the next heartbeat,
+// by rank and clamped to [0, 1] (timers may make blocked exceed the step), with the step's
+// measured and modelled link bytes.
+TEST_F(ServingLeaderTest, HeartbeatsCarryEachRanksBlockedFraction) {
+  Start();
+  coordinator_.Push(AdmitMessage("r1", 4, 1));
+  StepDataPlane data_plane;
+  data_plane.rank_seconds = {0.010, 0.010, 0.020};
+  data_plane.blocked_seconds = {0.002, 0.005, 0.021};
+  data_plane.measured_link_bytes = 1000;
+  data_plane.modelled_link_bytes = 1500;
+  bool ran = false;
+  for (int guard = 0; guard < 100 && !ran; ++guard) {
+    absl::StatusOr<StepPlan> plan = leader_->NextPlan();
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    std::vector<SampledToken> sampled;
+    for (const PlanEntry& e : plan->entries) {
+      if (e.sample) sampled.push_back({e.sequence, 3});
+    }
+    ran = !plan->entries.empty();
+    leader_->StepDone(*plan, sampled, 0.02, 0.001, {}, 0, ran ? data_plane : StepDataPlane{});
+  }
+  ASSERT_TRUE(ran);
+  engine::v1::Heartbeat heartbeat;
+  ASSERT_TRUE(coordinator_.WaitFor(
+      [&](const Received& r) {
+        for (const auto& m : r) {
+          if (m.has_heartbeat() && m.heartbeat().blocked_fraction_size() > 0) {
+            heartbeat = m.heartbeat();
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(10)));
+  EXPECT_THAT(heartbeat.blocked_fraction(), ElementsAre(::testing::DoubleNear(0.2, 1e-12),
+                                                        ::testing::DoubleNear(0.5, 1e-12), 1.0));
+  EXPECT_DOUBLE_EQ(heartbeat.measured_link_bytes_per_step(), 1000);
+  EXPECT_DOUBLE_EQ(heartbeat.modelled_link_bytes_per_step(), 1500);
+}
+
 // Between heartbeats, an Occupancy goes out after every step that changed what the engine
 // holds, and only then: the prompt, then one more token a step, then nothing.
 TEST_F(ServingLeaderTest, OccupancyFollowsEveryStepThatChangesIt) {

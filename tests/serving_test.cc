@@ -253,7 +253,7 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
     // first (a fast engine finishes before its next heartbeat).
     if (status.engines_size() == 1 && status.engines(0).measured_step_ms() > 0 &&
         status.engines(0).kv_usage() == 0 && status.engines(0).running_requests() == 0 &&
-        status.expert_load_size() > 0) {
+        status.expert_load_size() > 0 && status.engines(0).measured_link_bytes_per_step() > 0) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -264,6 +264,17 @@ TEST_F(ServingTest, GeneratesTheSingleProcessTokensAndFreesTheKvState) {
   EXPECT_GT(status.engines(0).measured_step_ms(), 0);
   EXPECT_GT(status.engines(0).modelled_step_ms(), 0);
   EXPECT_GT(status.expert_load_size(), 0);
+  // Each rank's share of its step time blocked on the data plane; the expert rank waits for
+  // tokens every layer. With one expert rank every token is one copy per layer, as modelled.
+  const v1::EngineStatus& engine = status.engines(0);
+  ASSERT_EQ(engine.ranks_size(), 2);
+  for (const v1::RankStatus& rank : engine.ranks()) {
+    EXPECT_GE(rank.blocked_fraction(), 0) << rank.rank();
+    EXPECT_LE(rank.blocked_fraction(), 1) << rank.rank();
+  }
+  EXPECT_GT(engine.ranks(1).blocked_fraction(), 0);
+  EXPECT_NEAR(engine.measured_link_bytes_per_step(), engine.modelled_link_bytes_per_step(),
+              1e-9 * engine.modelled_link_bytes_per_step());
 }
 
 TEST_F(ServingTest, DsvGenerateStreamsAndStatusPrintsTheCluster) {
@@ -281,6 +292,8 @@ TEST_F(ServingTest, DsvGenerateStreamsAndStatusPrintsTheCluster) {
   EXPECT_THAT(status.output, HasSubstr("engine-0"));
   EXPECT_THAT(status.output, HasSubstr("attention"));
   EXPECT_THAT(status.output, HasSubstr("placement: expert placement"));
+  EXPECT_THAT(status.output, HasSubstr("BLOCKED"));
+  EXPECT_THAT(status.output, HasSubstr("LINK/STEP meas/model"));
 }
 
 // TLS and a bearer token from the cluster YAML: the launched engine reads them from the same
