@@ -1,21 +1,25 @@
-// Dispatch + combine benchmark: time per MoE layer of Dispatcher::Dispatch + Combine (flat,
-// flat non-blocking, hierarchical) against a raw MPI_Alltoallv of the same byte matrices
-// (dispatch records out, combine rows back) in the same run, at the v4-mini (d 768, 32
-// experts) and V4-Flash (d 4096, 256 experts) shapes, top-6, 1–4096 tokens per attention
-// rank; plus the messages per link class that each mode sends. Writes
-// bench/results/dispatch.json.
+// Dispatch + combine benchmark: the whole data-plane path of one MoE layer against a raw
+// MPI_Alltoallv of the same bytes, in the same run, at the v4-mini (d 768, 32 experts) and
+// V4-Flash (d 4096, 256 experts) shapes, top-6, 1–4096 tokens per attention rank.
+// Writes bench/results/dispatch.json.
 //
 //   bench_dispatch [--np 2,4] [--max-tokens 4096] [--out bench/results/dispatch.json]
 //
 // Launched directly, it runs itself under `mpirun -np N` once per N and merges the results;
 // the ranks are half attention, half expert, on a modelled tree of 2 supernodes × 1 node ×
 // N/2 chips (attention ranks on supernode 0, expert ranks on supernode 1), so hierarchical
-// mode has real relays when N ≥ 4. The expert step is the identity (y = x): only the data
-// plane is timed, including the expert side's layout work (one row per local slot, then the
-// pre-reduction), which the raw exchange does not do and which is reported apart. Each half
-// (dispatch, combine) starts after a barrier and counts the slowest rank; variants are
-// interleaved so drift hits all. "best" adds the halves' fastest iterations: on a shared
-// 2-core machine the medians mostly measure preemption.
+// mode has real relays when N ≥ 4.
+//
+// The whole path is what the engine runs per layer: StartDispatch (pack records), the
+// exchange, FinishDispatch (list the records in place per slot), the expert step, which here
+// writes each record's combine row once (a copy of its token row: the least any expert
+// does), StartCombine, the exchange back, FinishCombine (sum each token's rows). The
+// headline is "engine": the protocol the engine picks (low latency up to 128 tokens per
+// rank, bulk above) with its progress thread, flat. The breakdown times each local part
+// on its own (exchanges driven to completion with Progress first). Each half (dispatch,
+// combine) starts after a barrier and counts the slowest rank; variants are interleaved
+// so drift hits all. "best" adds the halves' fastest iterations: on a shared 2-core machine
+// the medians mostly measure preemption.
 #include <mpi.h>
 #include <unistd.h>
 
@@ -23,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -66,13 +71,16 @@ json MachineJson() {
 }
 
 constexpr char kNotes[] =
-    "Times are per MoE layer (dispatch + combine, expert step = identity): per iteration each "
-    "half's time on the slowest rank, summed; best and median over iterations. raw_alltoallv "
-    "is two MPI_Alltoallv calls on preallocated buffers with the same byte matrices (records "
-    "out, rows back). flat_nonblocking.expert_layout_median_us is the expert side's share: "
-    "expanding each received record into one row per local slot (expert_rows_per_record "
-    "rows) and pre-reducing the outputs, work the raw exchange does not do. Traffic sums "
-    "every rank's sends (self excluded) over dispatch and combine. Runs with np above the "
+    "Times are per MoE layer: per iteration each half's time (dispatch; expert step + "
+    "combine) on the slowest rank, summed; best and median over iterations. raw_alltoallv is "
+    "two MPI_Alltoallv calls on preallocated buffers with the bulk protocol's byte matrices "
+    "(records out, rows back). engine = the protocol the engine picks (low latency at <= 128 "
+    "tokens per rank, bulk above), flat, with the progress thread; the other variants pin "
+    "one protocol or mode, without the thread. whole_over_raw is the headline: "
+    "engine.best_us / raw_alltoallv.best_us. breakdown_best_us times the engine variant's "
+    "local parts separately: pack (StartDispatch), list (FinishDispatch once the records "
+    "are in), expert (the identity expert writing combine rows), sum (FinishCombine once the "
+    "rows are in). Traffic sums every rank's sends (self excluded). Runs with np above the "
     "core count are oversubscribed: ranks share cores and MPI's polling competes with the "
     "copies.";
 
@@ -116,8 +124,8 @@ double Timed(const std::function<void()>& fn, MPI_Comm comm) {
 json TrafficJson(const LinkTraffic& t) {
   json j = json::object();
   for (int c = 0; c < kNumLinkClasses; ++c) {
-    j[std::string(LinkClassName(static_cast<LinkClass>(c)))] = {{"bytes", t.bytes[c]},
-                                                                {"messages", t.messages[c]}};
+    j[std::string(LinkClassName(static_cast<LinkClass>(c)))] = {
+        {"bytes", t.bytes[c]}, {"messages", t.messages[c]}, {"copies", t.copies[c]}};
   }
   return j;
 }
@@ -127,6 +135,7 @@ LinkTraffic SumOverRanks(const ExchangeTraffic& traffic, MPI_Comm comm) {
   t += traffic.combine;
   MPI_Allreduce(MPI_IN_PLACE, t.bytes.data(), kNumLinkClasses, MPI_INT64_T, MPI_SUM, comm);
   MPI_Allreduce(MPI_IN_PLACE, t.messages.data(), kNumLinkClasses, MPI_INT64_T, MPI_SUM, comm);
+  MPI_Allreduce(MPI_IN_PLACE, t.copies.data(), kNumLinkClasses, MPI_INT64_T, MPI_SUM, comm);
   return t;
 }
 
@@ -189,56 +198,49 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
   std::vector<char> raw_send(std::max(total(d_send), total(c_send)), 1);
   std::vector<char> raw_recv(std::max(total(d_recv), total(c_recv)), 0);
 
-  // The Dispatcher variants; the expert step between dispatch and combine is the identity.
-  struct Exchange {
-    std::unique_ptr<Dispatcher> dispatcher;
-    bool nonblocking = false;
-    ExpertBatch batch;
-    std::optional<DispatchHandle> handle;
-    Tensor out;
-    ExchangeTraffic traffic;
-    // Non-blocking only: per iteration, this rank's expert-side layout work, timed apart
-    // from the exchange (FinishDispatch once Progress has completed the exchange: the
-    // expansion into per-slot rows; StartCombine: the pre-reduction).
-    std::vector<double> layout_s;
-  };
   auto check = [rank](const absl::Status& status) {
     if (status.ok()) return;
     std::fprintf(stderr, "rank %d: %s\n", rank, status.ToString().c_str());
     MPI_Abort(MPI_COMM_WORLD, 1);
   };
-  auto make = [&](DispatchMode mode, bool nonblocking) {
+  // The identity expert: each record's combine row is its token row.
+  auto identity = [d](const ExpertBatch& batch) {
+    for (int64_t r = 0; r < batch.records(); ++r) {
+      std::memcpy(batch.y[r], batch.x[r], d * sizeof(float));
+    }
+  };
+
+  // The Dispatcher variants.
+  struct Exchange {
+    std::unique_ptr<Dispatcher> dispatcher;
+    ExchangeProtocol protocol = ExchangeProtocol::kBulk;
+    ExpertBatch batch;
+    std::optional<DispatchHandle> handle;
+    Tensor out;
+    ExchangeTraffic traffic;
+  };
+  constexpr int64_t kLowLatencyTokens = 128;  // the engine's default
+  auto make = [&](DispatchMode mode, std::optional<ExchangeProtocol> protocol, bool thread) {
     auto e = std::make_shared<Exchange>();
+    DispatcherOptions options{d, kTopK, mode, 1};
+    options.low_latency_tokens = kLowLatencyTokens;
+    options.progress_thread = thread;
     absl::StatusOr<std::unique_ptr<Dispatcher>> dispatcher =
-        Dispatcher::Create(MPI_COMM_WORLD, topology, rank_of_slot, {d, kTopK, mode, 1});
+        Dispatcher::Create(MPI_COMM_WORLD, topology, rank_of_slot, options);
     check(dispatcher.status());
     e->dispatcher = *std::move(dispatcher);
-    e->nonblocking = nonblocking;
+    e->protocol = protocol.value_or(e->dispatcher->ProtocolFor(tokens_per_rank));
     return e;
   };
   auto dispatch = [&](Exchange& e) {
     absl::StatusOr<DispatchHandle> handle =
-        e.nonblocking ? e.dispatcher->StartDispatch(0, ExchangeProtocol::kBulk, x, slots, weights)
-                      : e.dispatcher->Dispatch(ExchangeProtocol::kBulk, x, slots, weights, &e.batch);
+        e.dispatcher->Dispatch(e.protocol, x, slots, weights, &e.batch);
     check(handle.status());
     e.handle = *std::move(handle);
-    if (!e.nonblocking) return;
-    absl::StatusOr<bool> done = false;
-    while (done.ok() && !*done) done = e.dispatcher->Progress(*e.handle);
-    check(done.status());
-    const double t0 = MPI_Wtime();
-    check(e.dispatcher->FinishDispatch(*e.handle, &e.batch));
-    e.layout_s.push_back(MPI_Wtime() - t0);
   };
   auto combine = [&](Exchange& e) {
-    if (e.nonblocking) {
-      const double t0 = MPI_Wtime();
-      check(e.dispatcher->StartCombine(*e.handle));
-      e.layout_s.back() += MPI_Wtime() - t0;
-      check(e.dispatcher->FinishCombine(*e.handle, &e.out));
-    } else {
-      check(e.dispatcher->Combine(*e.handle, &e.out));
-    }
+    identity(e.batch);
+    check(e.dispatcher->Combine(*e.handle, &e.out));
     e.traffic = e.handle->traffic();
     e.handle.reset();
   };
@@ -248,13 +250,13 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
     std::function<void()> dispatch, combine;
     std::vector<double> dispatch_s, combine_s;
   };
-  std::vector<std::shared_ptr<Exchange>> exchanges = {make(DispatchMode::kFlat, false),
-                                                      make(DispatchMode::kFlat, true),
-                                                      make(DispatchMode::kHierarchical, false)};
+  const std::vector<std::pair<std::string, std::shared_ptr<Exchange>>> exchanges = {
+      {"engine", make(DispatchMode::kFlat, std::nullopt, true)},
+      {"bulk_flat", make(DispatchMode::kFlat, ExchangeProtocol::kBulk, false)},
+      {"bulk_hierarchical", make(DispatchMode::kHierarchical, ExchangeProtocol::kBulk, false)},
+      {"low_latency", make(DispatchMode::kFlat, ExchangeProtocol::kLowLatency, false)}};
   std::vector<Variant> variants;
-  for (auto [name, e] :
-       {std::pair{"flat", exchanges[0]}, std::pair{"flat_nonblocking", exchanges[1]},
-        std::pair{"hierarchical", exchanges[2]}}) {
+  for (const auto& [name, e] : exchanges) {
     variants.push_back({name, [&, e] { dispatch(*e); }, [&, e] { combine(*e); }, {}, {}});
   }
   variants.push_back({"raw_alltoallv",
@@ -270,6 +272,37 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
                       },
                       {},
                       {}});
+  // The breakdown: the engine variant's local parts, each timed once its exchange is done.
+  Exchange& engine = *exchanges[0].second;
+  std::vector<double> pack_s, list_s, expert_s, sum_s;
+  auto breakdown = [&] {
+    auto wait = [&] {
+      absl::StatusOr<bool> done = false;
+      while (done.ok() && !*done) done = engine.dispatcher->Progress(*engine.handle);
+      check(done.status());
+      MPI_Barrier(MPI_COMM_WORLD);
+    };
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    absl::StatusOr<DispatchHandle> handle =
+        engine.dispatcher->StartDispatch(0, engine.protocol, x, slots, weights);
+    pack_s.push_back(MPI_Wtime() - t0);
+    check(handle.status());
+    engine.handle = *std::move(handle);
+    wait();
+    t0 = MPI_Wtime();
+    check(engine.dispatcher->FinishDispatch(*engine.handle, &engine.batch));
+    list_s.push_back(MPI_Wtime() - t0);
+    t0 = MPI_Wtime();
+    identity(engine.batch);
+    expert_s.push_back(MPI_Wtime() - t0);
+    check(engine.dispatcher->StartCombine(*engine.handle));
+    wait();
+    t0 = MPI_Wtime();
+    check(engine.dispatcher->FinishCombine(*engine.handle, &engine.out));
+    sum_s.push_back(MPI_Wtime() - t0);
+    engine.handle.reset();
+  };
 
   // Warm up (buffers reach their size), then size the iteration count to ~0.6 s per case.
   double once = 0;
@@ -282,6 +315,7 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
       v.dispatch_s.push_back(Timed(v.dispatch, MPI_COMM_WORLD));
       v.combine_s.push_back(Timed(v.combine, MPI_COMM_WORLD));
     }
+    breakdown();
   }
 
   json c = {{"model", model.name},
@@ -289,13 +323,13 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
             {"experts", model.experts},
             {"top_k", kTopK},
             {"tokens_per_attention_rank", tokens_per_rank},
+            {"engine_protocol",
+             engine.protocol == ExchangeProtocol::kBulk ? "bulk" : "low_latency"},
             {"iterations", iters}};
-  int64_t sums[3] = {total(d_send), total(d_recv) / record_bytes, exchanges[0]->batch.records()};
-  MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  int64_t sums[2] = {total(d_send), total(c_send)};
+  MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   c["dispatch_bytes_all_ranks"] = sums[0];
-  // Rows the expert side writes per record received: the per-slot expansion of deduped
-  // tokens into contiguous per-expert rows, which the raw exchange does not do.
-  c["expert_rows_per_record"] = sums[1] > 0 ? static_cast<double>(sums[2]) / sums[1] : 0.0;
+  c["combine_bytes_all_ranks"] = sums[1];
   for (Variant& v : variants) {
     const Timing t = Summarize(v.dispatch_s, v.combine_s, MPI_COMM_WORLD);
     c[v.name] = {{"best_us", t.best * 1e6},
@@ -303,25 +337,25 @@ json RunCase(const Topology& topology, const Model& model, int tokens_per_rank) 
                  {"dispatch_median_us", t.dispatch_median * 1e6},
                  {"combine_median_us", t.combine_median * 1e6}};
   }
-  // Timed iterations only (the warm-up ran first).
-  std::vector<double> layout(exchanges[1]->layout_s.end() - iters, exchanges[1]->layout_s.end());
-  MPI_Allreduce(MPI_IN_PLACE, layout.data(), iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  c["flat_nonblocking"]["expert_layout_median_us"] = Median(layout) * 1e6;
-  c["flat_nonblocking"]["expert_layout_best_us"] =
-      *std::min_element(layout.begin(), layout.end()) * 1e6;
-  for (const char* name : {"flat", "flat_nonblocking", "hierarchical"}) {
-    c[std::string(name) + "_over_raw"] = {
-        {"best", c[name]["best_us"].get<double>() / c["raw_alltoallv"]["best_us"].get<double>()},
-        {"median",
-         c[name]["median_us"].get<double>() / c["raw_alltoallv"]["median_us"].get<double>()}};
+  const double raw_best = c["raw_alltoallv"]["best_us"].get<double>();
+  const double raw_median = c["raw_alltoallv"]["median_us"].get<double>();
+  c["whole_over_raw"] = {{"best", c["engine"]["best_us"].get<double>() / raw_best},
+                         {"median", c["engine"]["median_us"].get<double>() / raw_median}};
+  for (const char* name : {"bulk_flat", "bulk_hierarchical", "low_latency"}) {
+    c[std::string(name) + "_over_raw_best"] = c[name]["best_us"].get<double>() / raw_best;
   }
-  // The data plane without the expert-side layout work, against the raw exchange.
-  c["flat_excluding_layout_over_raw_best"] =
-      (c["flat"]["best_us"].get<double>() -
-       c["flat_nonblocking"]["expert_layout_best_us"].get<double>()) /
-      c["raw_alltoallv"]["best_us"].get<double>();
-  c["flat_traffic"] = TrafficJson(SumOverRanks(exchanges[0]->traffic, MPI_COMM_WORLD));
-  c["hierarchical_traffic"] = TrafficJson(SumOverRanks(exchanges[2]->traffic, MPI_COMM_WORLD));
+  json parts = json::object();
+  for (auto [name, times] : {std::pair{"pack", &pack_s}, std::pair{"list", &list_s},
+                             std::pair{"expert", &expert_s}, std::pair{"sum", &sum_s}}) {
+    MPI_Allreduce(MPI_IN_PLACE, times->data(), iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    parts[name] = *std::min_element(times->begin(), times->end()) * 1e6;
+  }
+  c["breakdown_best_us"] = parts;
+  c["flat_traffic"] = TrafficJson(SumOverRanks(exchanges[1].second->traffic, MPI_COMM_WORLD));
+  c["hierarchical_traffic"] =
+      TrafficJson(SumOverRanks(exchanges[2].second->traffic, MPI_COMM_WORLD));
+  c["low_latency_traffic"] =
+      TrafficJson(SumOverRanks(exchanges[3].second->traffic, MPI_COMM_WORLD));
   return c;
 }
 
@@ -344,25 +378,28 @@ int Worker(int max_tokens, const std::string& out) {
   if (rank == 0) {
     std::printf("np %d (%d attention + %d expert ranks), %s\n", size, size / 2, size / 2,
                 topology.Describe().c_str());
-    std::printf("%-18s %6s %9s %9s %9s %9s %9s %9s %8s %8s %9s\n", "model", "tokens", "flat best",
-                "flat med", "nonblk", "layout", "hier best", "raw best", "flat/raw", "-layout",
-                "x-SN msgs");
+    std::printf("%-18s %6s %4s %9s %9s %9s %9s %9s %9s %7s %7s %7s %7s %8s\n", "model", "tokens",
+                "eng", "engine", "raw", "bulk", "hier", "lowlat", "whole/raw", "pack", "list",
+                "expert", "sum", "x-SN msg");
   }
   for (const Model& model : models) {
     for (int tokens = 1; tokens <= max_tokens; tokens *= 4) {
       json c = RunCase(topology, model, tokens);
       if (rank == 0) {
         const char* inter = "inter_supernode";
+        const json& parts = c["breakdown_best_us"];
         std::printf(
-            "%-18s %6d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %8.2f %4lld/%-4lld\n",
-            model.name.c_str(), tokens, c["flat"]["best_us"].get<double>(),
-            c["flat"]["median_us"].get<double>(), c["flat_nonblocking"]["best_us"].get<double>(),
-            c["flat_nonblocking"]["expert_layout_best_us"].get<double>(),
-            c["hierarchical"]["best_us"].get<double>(), c["raw_alltoallv"]["best_us"].get<double>(),
-            c["flat_over_raw"]["best"].get<double>(),
-            c["flat_excluding_layout_over_raw_best"].get<double>(),
+            "%-18s %6d %4s %9.1f %9.1f %9.1f %9.1f %9.1f %9.2f %7.1f %7.1f %7.1f %7.1f %3lld/%-3lld\n",
+            model.name.c_str(), tokens, c["engine_protocol"] == "bulk" ? "bulk" : "ll",
+            c["engine"]["best_us"].get<double>(), c["raw_alltoallv"]["best_us"].get<double>(),
+            c["bulk_flat"]["best_us"].get<double>(),
+            c["bulk_hierarchical"]["best_us"].get<double>(),
+            c["low_latency"]["best_us"].get<double>(), c["whole_over_raw"]["best"].get<double>(),
+            parts["pack"].get<double>(), parts["list"].get<double>(),
+            parts["expert"].get<double>(), parts["sum"].get<double>(),
             c["flat_traffic"][inter]["messages"].get<long long>(),
             c["hierarchical_traffic"][inter]["messages"].get<long long>());
+        std::fflush(stdout);
       }
       cases.push_back(std::move(c));
     }
