@@ -10,6 +10,12 @@
 // layout also runs two sequences at once (one per attention rank: data parallelism).
 // With 2 cores, 2 ranks already fill the machine and 4 ranks oversubscribe it: Open MPI
 // ranks busy-poll while they wait, so waiting ranks take CPU from working ones.
+//
+// Overlap: each run also reports the share of their step time attention and expert ranks
+// spent blocked on the data plane, for prefill and decode (the engine's per-rank step
+// stats). The 1 + 1 layout with two sequences puts one in each micro-batch, so the two
+// micro-batches can hide each other's exchanges; it runs with the progress thread
+// (engine.progress: thread, the default) and without (calls).
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,8 +94,8 @@ int Main(int argc, char** argv) {
   }
   const std::string hardware =
       (bench::SourceRoot() / "cluster-configs/hardware/ascend-950dt.yaml").string();
-  auto yaml = [&](int attention, int experts) {
-    const std::string path = absl::StrCat(dir, "/", attention, "+", experts, ".yaml");
+  auto yaml = [&](int attention, int experts, const std::string& progress) {
+    const std::string path = absl::StrCat(dir, "/", attention, "+", experts, progress, ".yaml");
     std::ofstream(path) << "name: bench\nhardware: " << hardware
                         << "\ntopology:\n  supernodes: 1\n  nodes_per_supernode: 1\n"
                         << "  chips_per_node: " << attention + experts
@@ -97,7 +103,7 @@ int Main(int argc, char** argv) {
                         << "    intra_supernode: {bandwidth_GBps: 1000, latency_us: 2.1}\n"
                         << "    inter_supernode: {bandwidth_GBps: 50, latency_us: 5.0}\n"
                         << "roles: {attention_ranks: " << attention << ", expert_ranks: " << experts
-                        << "}\n";
+                        << "}\nengine: {progress: " << progress << "}\n";
     return path;
   };
   const int total = prompt + decode;
@@ -120,7 +126,8 @@ int Main(int argc, char** argv) {
     }
     return best;
   };
-  auto engine = [&](int attention, int experts, int sequences, json* extra) -> Throughput {
+  auto engine = [&](int attention, int experts, int sequences, const std::string& progress,
+                    json* extra) -> Throughput {
     Throughput best;
     std::vector<std::string> prompts;
     for (int s = 0; s < sequences; ++s) prompts.push_back(Prompt(total, s));
@@ -128,7 +135,7 @@ int Main(int argc, char** argv) {
       const std::string stats = dir + "/stats.json";
       const Output o = Shell(absl::StrCat(
           mpirun, " -np ", attention + experts, " ", bin.string(), "/dsv4-engine --cluster ",
-          yaml(attention, experts), " --checkpoint ", ckpt, " --tokens '",
+          yaml(attention, experts, progress), " --checkpoint ", ckpt, " --tokens '",
           absl::StrJoin(prompts, ";"), "' --decode_from ", prompt, " --stats_out ", stats));
       if (o.status != 0) {
         std::fprintf(stderr, "bench_engine: engine run failed:\n%s\n", o.text.c_str());
@@ -145,8 +152,25 @@ int Main(int argc, char** argv) {
           j["steps"][0]["tokens"].get<double>() / j["steps"][0]["cpu_seconds"].get<double>(),
           decode_tokens / decode_seconds};
       if (t.decode > best.decode) {
+        // Blocked share of the ranks' step time, per role, for the prefill step and decode.
+        const int ranks = attention + experts;
+        auto share = [&](size_t first, size_t last, bool attention_role) {
+          double blocked = 0, total = 0;
+          for (size_t s = first; s < last; ++s) {
+            for (int r = 0; r < ranks; ++r) {
+              if ((r < attention) != attention_role) continue;
+              blocked += j["steps"][s]["blocked_seconds"][r].get<double>();
+              total += j["steps"][s]["rank_seconds"][r].get<double>();
+            }
+          }
+          return total > 0 ? blocked / total : 0.0;
+        };
+        const size_t steps = j["steps"].size();
         (*extra)["attention_blocked_fraction"] =
             j["attention_wait_seconds"].get<double>() / j["attention_step_seconds"].get<double>();
+        (*extra)["blocked_fraction"] = {
+            {"prefill", {{"attention", share(0, 1, true)}, {"expert", share(0, 1, false)}}},
+            {"decode", {{"attention", share(1, steps, true)}, {"expert", share(1, steps, false)}}}};
       }
       best.prefill = std::max(best.prefill, t.prefill);
       best.decode = std::max(best.decode, t.decode);
@@ -169,20 +193,30 @@ int Main(int argc, char** argv) {
               base.decode);
   struct Layout {
     int attention, experts, sequences;
+    std::string progress;
   };
-  for (const Layout& l : {Layout{1, 1, 1}, Layout{2, 2, 1}, Layout{2, 2, 2}}) {
-    json run = {
-        {"attention_ranks", l.attention}, {"expert_ranks", l.experts}, {"sequences", l.sequences}};
-    const Throughput t = engine(l.attention, l.experts, l.sequences, &run);
+  for (const Layout& l : {Layout{1, 1, 1, "thread"}, Layout{1, 1, 2, "thread"},
+                          Layout{1, 1, 2, "calls"}, Layout{2, 2, 1, "thread"},
+                          Layout{2, 2, 2, "thread"}}) {
+    json run = {{"attention_ranks", l.attention},
+                {"expert_ranks", l.experts},
+                {"sequences", l.sequences},
+                {"progress", l.progress}};
+    const Throughput t = engine(l.attention, l.experts, l.sequences, l.progress, &run);
     run["prefill_tokens_per_s"] = t.prefill;
     run["decode_tokens_per_s"] = t.decode;
     run["prefill_ratio_vs_single"] = base.prefill > 0 ? t.prefill / base.prefill : 0;
     run["decode_ratio_vs_single"] = base.decode > 0 ? t.decode / base.decode : 0;
+    const json& blocked = run["blocked_fraction"];
     std::printf(
-        "engine %d+%d, %d sequence(s): prefill %.0f tokens/s (%.2fx), decode %.1f "
-        "tokens/s (%.2fx)\n",
-        l.attention, l.experts, l.sequences, t.prefill, t.prefill / base.prefill, t.decode,
-        t.decode / base.decode);
+        "engine %d+%d, %d sequence(s), progress %s: prefill %.0f tokens/s (%.2fx), decode %.1f "
+        "tokens/s (%.2fx); blocked attention/expert: prefill %.0f%%/%.0f%%, decode %.0f%%/%.0f%%\n",
+        l.attention, l.experts, l.sequences, l.progress.c_str(), t.prefill,
+        t.prefill / base.prefill, t.decode, t.decode / base.decode,
+        100 * blocked["prefill"]["attention"].get<double>(),
+        100 * blocked["prefill"]["expert"].get<double>(),
+        100 * blocked["decode"]["attention"].get<double>(),
+        100 * blocked["decode"]["expert"].get<double>());
     result["runs"].push_back(run);
   }
   std::filesystem::remove_all(dir);

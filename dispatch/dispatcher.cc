@@ -119,6 +119,12 @@ struct Stage {
   Buffer back_send, back_recv;  // combine rows, by recv position / by send position
 };
 
+// Waiting spins on MPI_Testall like MPI_Wait does, and yields the core now and then: a
+// yield costs more than a small exchange, but ranks may share cores (oversubscribed).
+void YieldNow(int spins) {
+  if (spins % 64 == 0) std::this_thread::yield();
+}
+
 // Low-latency messages start with an 8-byte count: records in the whole block (dispatch;
 // −1 vetoes the exchange) or rows that follow (combine; −1 aborts it).
 constexpr int64_t kBlockHeader = 8;
@@ -187,6 +193,7 @@ struct DispatchHandle::State {
 
   // Expert side: records that reached this rank, in source rank order.
   std::vector<Delivered> delivered;
+  bool dispatch_finished = false;  // FinishDispatch returned
 
   ExchangeTraffic traffic;
 
@@ -741,14 +748,14 @@ void Dispatcher::AdvanceAll() {
 }
 
 absl::Status Dispatcher::Wait(DispatchHandle::State& s) {
-  for (;;) {
+  for (int spins = 1;; ++spins) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       AdvanceAll();
       if (s.phase == Phase::kFailed) return s.status;
       if (!s.in_flight()) return absl::OkStatus();
     }
-    std::this_thread::yield();
+    YieldNow(spins);
   }
 }
 
@@ -890,6 +897,9 @@ absl::StatusOr<bool> Dispatcher::Progress(DispatchHandle& handle) {
   AdvanceAll();
   DispatchHandle::State& s = *handle.state_;
   if (s.phase == Phase::kFailed) return s.status;
+  // A slot-less rank's combine follows its dispatch on its own: the dispatch half is over
+  // once the records have left.
+  if (!s.dispatch_finished && s.phase != Phase::kDispatching) return true;
   return !s.in_flight();
 }
 
@@ -908,15 +918,16 @@ absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* bat
   batch->y.clear();
   batch->slots.clear();
   batch->weights.clear();
-  for (;;) {  // the dispatch only: a slot-less rank's combine may stay in flight
+  for (int spins = 1;; ++spins) {  // the dispatch only: a slot-less rank's combine may stay
     {
       std::lock_guard<std::mutex> lock(mu_);
       AdvanceAll();
       if (s.phase == Phase::kFailed) return s.status;
       if (s.phase != Phase::kDispatching) break;
     }
-    std::this_thread::yield();
+    YieldNow(spins);
   }
+  s.dispatch_finished = true;
   if (slotless) return absl::OkStatus();
 
   RETURN_IF_ERROR(CollectDelivered(s));
