@@ -27,6 +27,12 @@ void EncodeRow(const float* row, int64_t d, std::byte* wire) {
 const float* RowInWire(const std::byte* wire) { return reinterpret_cast<const float*>(wire); }
 float* RowInWire(std::byte* wire) { return reinterpret_cast<float*>(wire); }
 
+// row = 0 + wire: the first term of a sum from zero (+0 + −0 is +0).
+void DecodeRowPlusZero(const std::byte* wire, int64_t d, float* row) {
+  const float* values = reinterpret_cast<const float*>(wire);
+  for (int64_t i = 0; i < d; ++i) row[i] = 0.0f + values[i];
+}
+
 void DecodeAddRow(const std::byte* wire, int64_t d, float* row) {
   const float* values = reinterpret_cast<const float*>(wire);
   for (int64_t i = 0; i < d; ++i) row[i] += values[i];
@@ -1007,10 +1013,23 @@ absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
       hop_of[st.send_from[p]] = q;
     }
   }
-  *out = Tensor({s.tokens, d});
+  // The caller's tensor is reused when it has the shape: fresh pages cost as much as the sum.
+  // A token's first row is added to +0 as it lands (bitwise the sum from zero, no fill).
+  if (out->shape() != Shape{s.tokens, d}) *out = Tensor({s.tokens, d});
+  std::vector<bool> has_row(s.tokens, false);
   for (int64_t i = 0; i < st.num_send; ++i) {
-    DecodeAddRow(st.back_recv.get() + position[i] * row_bytes_ + (hop_of[i] + 1) * block_header, d,
-                 out->data() + s.origin_token[i] * d);
+    const std::byte* row =
+        st.back_recv.get() + position[i] * row_bytes_ + (hop_of[i] + 1) * block_header;
+    float* dst = out->data() + s.origin_token[i] * d;
+    if (has_row[s.origin_token[i]]) {
+      DecodeAddRow(row, d, dst);
+    } else {
+      DecodeRowPlusZero(row, d, dst);
+      has_row[s.origin_token[i]] = true;
+    }
+  }
+  for (int64_t t = 0; t < s.tokens; ++t) {
+    if (!has_row[t]) std::fill(out->data() + t * d, out->data() + (t + 1) * d, 0.0f);
   }
   s.phase = Phase::kDone;
   s.Release();
