@@ -15,7 +15,7 @@
 // spent blocked on the data plane, for prefill and decode (the engine's per-rank step
 // stats). The 1 + 1 layout with two sequences puts one in each micro-batch, so the two
 // micro-batches can hide each other's exchanges; it runs with the progress thread
-// (engine.progress: thread, the default) and without (calls).
+// (engine.progress: thread) and without (calls, the default, which the other runs use).
 #include <unistd.h>
 
 #include <algorithm>
@@ -195,9 +195,9 @@ int Main(int argc, char** argv) {
     int attention, experts, sequences;
     std::string progress;
   };
-  for (const Layout& l : {Layout{1, 1, 1, "thread"}, Layout{1, 1, 2, "thread"},
-                          Layout{1, 1, 2, "calls"}, Layout{2, 2, 1, "thread"},
-                          Layout{2, 2, 2, "thread"}}) {
+  for (const Layout& l :
+       {Layout{1, 1, 1, "calls"}, Layout{1, 1, 2, "calls"}, Layout{1, 1, 2, "thread"},
+        Layout{2, 2, 1, "calls"}, Layout{2, 2, 2, "calls"}, Layout{2, 2, 2, "thread"}}) {
     json run = {{"attention_ranks", l.attention},
                 {"expert_ranks", l.experts},
                 {"sequences", l.sequences},

@@ -177,8 +177,8 @@ RolesSpec ReadRoles(const YamlMap& root) {
 EngineSpec ReadEngine(const YamlMap& root) {
   const YamlMap engine = root.Map(
       "engine", {"max_seqs_per_rank", "max_seq_len", "kv_budget_tokens", "chunked_prefill_tokens",
-                 "micro_batches", "dispatch", "low_latency_tokens", "low_latency_capacity", "progress",
-                 "placement", "threads_per_rank", "max_step_seconds"});
+                 "micro_batches", "dispatch", "low_latency_tokens", "low_latency_capacity",
+                 "progress", "placement", "threads_per_rank", "max_step_seconds"});
   EngineSpec spec;
   const EngineSpec defaults;
   const int errors = engine.reader().error_count();
@@ -211,10 +211,10 @@ EngineSpec ReadEngine(const YamlMap& root) {
     engine.Fail("dispatch", absl::StrCat("expected flat or hierarchical, got \"", dispatch, "\""));
   }
 
-  const std::string progress = engine.String("progress", "thread");
-  if (progress == "calls") {
-    spec.progress_thread = false;
-  } else if (progress != "thread") {
+  const std::string progress = engine.String("progress", "calls");
+  if (progress == "thread") {
+    spec.progress_thread = true;
+  } else if (progress != "calls") {
     engine.Fail("progress", absl::StrCat("expected thread or calls, got \"", progress, "\""));
   }
 

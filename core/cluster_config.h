@@ -36,7 +36,7 @@
 //                                    # the count round (fixed blocks per peer); 0 = never
 //     low_latency_capacity: 0        # records per peer block (0 = low_latency_tokens);
 //                                    # more go in a second message, never dropped
-//     progress: thread               # thread | calls: what advances in-flight exchanges
+//     progress: calls                # calls | thread: what advances in-flight exchanges
 //     placement: {policy: hierarchical, redundant_experts: 0}   # hierarchical | global
 //     max_step_seconds: 300          # serving: a longer step stops the heartbeats, so the
 //                                    # coordinator declares the engine hung and relaunches it
@@ -122,8 +122,11 @@ struct EngineSpec {
   int low_latency_tokens = 128;
   int low_latency_capacity = 0;
   // A progress thread per rank advances in-flight exchanges while the rank computes;
-  // without it they advance only inside the rank's own MPI calls.
-  bool progress_thread = true;
+  // without it they advance only inside the rank's own MPI calls. Off by default: on one
+  // host Open MPI's shared-memory transport lets the receiver pull a large message without
+  // the sender's help, and the thread's polling costs the compute threads more than it
+  // saves (bench_engine).
+  bool progress_thread = false;
   PlacementPolicy placement = PlacementPolicy::kHierarchical;
   int redundant_experts = 0;
   // Threads of each engine rank's kernels; 0 = the cores the rank may run on (its affinity

@@ -337,9 +337,9 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
                      options.hidden, ", ", options.top_k, ", ", options.micro_batches));
   }
   if (options.low_latency_tokens < 0 || options.low_latency_capacity < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "low_latency_tokens and low_latency_capacity must be ≥ 0, got ",
-        options.low_latency_tokens, " and ", options.low_latency_capacity));
+    return absl::InvalidArgumentError(
+        absl::StrCat("low_latency_tokens and low_latency_capacity must be ≥ 0, got ",
+                     options.low_latency_tokens, " and ", options.low_latency_capacity));
   }
   if (options.progress_thread) {
     int provided = MPI_THREAD_SINGLE;
@@ -361,9 +361,9 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
   d->num_ranks_ = size;
   d->num_stages_ =
       options.mode == DispatchMode::kHierarchical && topology.num_supernodes() > 1 ? 2 : 1;
-  d->capacity_ = std::max<int64_t>(
-      1, options.low_latency_capacity > 0 ? options.low_latency_capacity
-                                          : options.low_latency_tokens);
+  d->capacity_ =
+      std::max<int64_t>(1, options.low_latency_capacity > 0 ? options.low_latency_capacity
+                                                            : options.low_latency_tokens);
   d->local_index_of_slot_.assign(rank_of_slot.size(), -1);
   d->holds_slots_.assign(size, false);
   for (int slot = 0; slot < static_cast<int>(rank_of_slot.size()); ++slot) {
@@ -382,9 +382,9 @@ absl::StatusOr<std::unique_ptr<Dispatcher>> Dispatcher::Create(MPI_Comm comm,
   d->record_bytes_ = HeaderBytes(options.top_k) + WireRowBytes(options.hidden);
   d->row_bytes_ = WireRowBytes(options.hidden);
   if (d->record_bytes_ * d->capacity_ + kBlockHeader > std::numeric_limits<int>::max()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a low-latency block of ", d->capacity_, " records of hidden size ",
-                     options.hidden, " exceeds 2 GiB: lower low_latency_capacity"));
+    return absl::InvalidArgumentError(absl::StrCat("a low-latency block of ", d->capacity_,
+                                                   " records of hidden size ", options.hidden,
+                                                   " exceeds 2 GiB: lower low_latency_capacity"));
   }
 
   int rc = MPI_Type_contiguous(static_cast<int>(d->record_bytes_), MPI_BYTE, &d->record_type_);
@@ -448,8 +448,8 @@ absl::Status Dispatcher::PostCounts(DispatchHandle::State& s) {
   st.recv_counts.assign(num_ranks_, 0);
   s.step = Step::kCounts;
   s.requests.assign(1, MPI_REQUEST_NULL);
-  const int rc = MPI_Ialltoall(st.send_counts.data(), 1, MPI_INT, st.recv_counts.data(), 1,
-                               MPI_INT, s.comm, &s.requests[0]);
+  const int rc = MPI_Ialltoall(st.send_counts.data(), 1, MPI_INT, st.recv_counts.data(), 1, MPI_INT,
+                               s.comm, &s.requests[0]);
   if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Ialltoall (counts)");
   return absl::OkStatus();
 }
@@ -472,8 +472,8 @@ absl::Status Dispatcher::PostPayload(DispatchHandle::State& s, bool forward) {
                                 rdispls.data(), type, s.comm, &s.requests[0]);
   if (rc != MPI_SUCCESS) {
     return MpiError(rc, rank_,
-                    absl::StrCat("MPI_Ialltoallv", forward ? " (dispatch stage " : " (combine stage ",
-                                 s.stage, ")"));
+                    absl::StrCat("MPI_Ialltoallv",
+                                 forward ? " (dispatch stage " : " (combine stage ", s.stage, ")"));
   }
   return absl::OkStatus();
 }
@@ -542,14 +542,13 @@ absl::Status Dispatcher::PostLowLatencyOverflow(DispatchHandle::State& s) {
     if (n <= capacity_) continue;
     w.overflow[q].Reserve((n - capacity_) * record_bytes_);
     s.requests.emplace_back();
-    const int rc =
-        MPI_Irecv(w.overflow[q].get(), static_cast<int>((n - capacity_) * record_bytes_), MPI_BYTE,
-                  q, kOverflowTag, s.comm, &s.requests.back());
+    const int rc = MPI_Irecv(w.overflow[q].get(), static_cast<int>((n - capacity_) * record_bytes_),
+                             MPI_BYTE, q, kOverflowTag, s.comm, &s.requests.back());
     if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Irecv (low-latency overflow)");
   }
   if (veto >= 0 && s.status.ok()) {
-    s.status = absl::AbortedError(
-        absl::StrCat("dispatch aborted: rank ", veto, " rejected its input (see that rank's error)"));
+    s.status = absl::AbortedError(absl::StrCat("dispatch aborted: rank ", veto,
+                                               " rejected its input (see that rank's error)"));
   }
   return absl::OkStatus();
 }
@@ -581,9 +580,8 @@ absl::Status Dispatcher::PostLowLatencyCombine(DispatchHandle::State& s) {
     if (st.send_counts[q] <= 0) continue;
     std::byte* block = st.back_recv.get() + st.send_displs[q] * row_bytes_ + q * kBlockHeader;
     s.requests.emplace_back();
-    const int rc =
-        MPI_Irecv(block, static_cast<int>(kBlockHeader + st.send_counts[q] * row_bytes_), MPI_BYTE,
-                  q, kCombineTag, s.comm, &s.requests.back());
+    const int rc = MPI_Irecv(block, static_cast<int>(kBlockHeader + st.send_counts[q] * row_bytes_),
+                             MPI_BYTE, q, kCombineTag, s.comm, &s.requests.back());
     if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Irecv (low-latency combine)");
   }
   return absl::OkStatus();
@@ -619,8 +617,8 @@ absl::Status Dispatcher::CollectDelivered(DispatchHandle::State& s) {
     st.back_recv.Reserve(st.num_send * row_bytes_ + num_ranks_ * kBlockHeader);
     const int64_t block_bytes = kBlockHeader + capacity_ * record_bytes_;
     for (int q = 0; q < num_ranks_; ++q) {
-      std::byte* rows = st.back_send.get() + st.recv_displs[q] * row_bytes_ +
-                        (q + 1) * kBlockHeader;
+      std::byte* rows =
+          st.back_send.get() + st.recv_displs[q] * row_bytes_ + (q + 1) * kBlockHeader;
       for (int64_t i = 0; i < st.recv_counts[q]; ++i) {
         const std::byte* record =
             i < capacity_ ? w.blocks.get() + q * block_bytes + kBlockHeader + i * record_bytes_
@@ -709,8 +707,7 @@ absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s) {
       const Stage& st = s.stages()[0];
       for (int q = 0; q < num_ranks_; ++q) {
         if (st.send_counts[q] <= 0) continue;
-        if (ReadCount(st.back_recv.get() + st.send_displs[q] * row_bytes_ + q * kBlockHeader) <
-            0) {
+        if (ReadCount(st.back_recv.get() + st.send_displs[q] * row_bytes_ + q * kBlockHeader) < 0) {
           return s.Fail(absl::AbortedError(
               absl::StrCat("dispatch aborted: rank ", q, " saw a rejected input")));
         }
@@ -765,8 +762,7 @@ absl::Status Dispatcher::Wait(DispatchHandle::State& s) {
   }
 }
 
-absl::StatusOr<DispatchHandle> Dispatcher::StartDispatch(int micro_batch,
-                                                         ExchangeProtocol protocol,
+absl::StatusOr<DispatchHandle> Dispatcher::StartDispatch(int micro_batch, ExchangeProtocol protocol,
                                                          const Tensor& x,
                                                          absl::Span<const int32_t> expert_slots,
                                                          absl::Span<const float> weights) {
@@ -879,7 +875,8 @@ absl::StatusOr<DispatchHandle> Dispatcher::StartDispatch(int micro_batch,
   const int64_t block_header = low_latency ? kBlockHeader : 0;
   st.send.Reserve(st.num_send * record_bytes_ + num_ranks_ * block_header);
   for (int q = 0; q < num_ranks_ && low_latency; ++q) {
-    WriteCount(st.send_counts[q], st.send.get() + st.send_displs[q] * record_bytes_ + q * kBlockHeader);
+    WriteCount(st.send_counts[q],
+               st.send.get() + st.send_displs[q] * record_bytes_ + q * kBlockHeader);
   }
   for (int64_t p = 0; p < st.num_send; ++p) {
     const int32_t i = st.send_from[p];

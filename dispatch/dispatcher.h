@@ -254,7 +254,7 @@ class Dispatcher {
   int64_t capacity_ = 0;  // low-latency records per peer block
   std::vector<int> rank_of_slot_;
   std::vector<int32_t> local_slots_;
-  std::vector<bool> holds_slots_;  // by rank: whether it holds any slot
+  std::vector<bool> holds_slots_;         // by rank: whether it holds any slot
   std::vector<int> local_index_of_slot_;  // slot → index into local_slots_, −1 elsewhere
   std::vector<MPI_Comm> comms_;           // one per micro-batch
   std::vector<std::unique_ptr<DispatchWorkspace>> workspaces_;  // one per micro-batch

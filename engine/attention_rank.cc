@@ -90,9 +90,8 @@ absl::Status AttentionRank::RunStep(const StepPlan& plan, StepCost* cost,
     } else {
       mb.routed = RoutedTokens{Tensor(), {}, {}, k};
     }
-    ASSIGN_OR_RETURN(mb.handle,
-                     executor_->Start(index, protocol[index], layer, mb.routed.x,
-                                      mb.routed.expert_ids, mb.routed.weights, k));
+    ASSIGN_OR_RETURN(mb.handle, executor_->Start(index, protocol[index], layer, mb.routed.x,
+                                                 mb.routed.expert_ids, mb.routed.weights, k));
     return absl::OkStatus();
   };
   for (int i = 0; i < micro_batches_; ++i) {

@@ -69,9 +69,8 @@ absl::Status ExpertRank::RunStep(const StepPlan& plan, StepCost* cost) {
       pairs += slot >= 0;
     }
     if (batch_.records() > 0) {
-      RETURN_IF_ERROR(experts_->Run(
-          layer, {batch_.x, batch_.y, record_experts_, batch_.weights, k}, /*require_all=*/true,
-          &scratch_));
+      RETURN_IF_ERROR(experts_->Run(layer, {batch_.x, batch_.y, record_experts_, batch_.weights, k},
+                                    /*require_all=*/true, &scratch_));
     }
     *cost += RoutedExpertCost(config_, static_cast<double>(pairs), local_slots);
     RETURN_IF_ERROR(dispatcher_->StartCombine(current));

@@ -39,8 +39,7 @@ class MpiExpertExecutor : public ExpertExecutor {
   // thread (or the next Finish) moves them, and this rank's (empty) share of the combine
   // is posted as soon as they have landed.
   absl::StatusOr<DispatchHandle> Start(int micro_batch, ExchangeProtocol protocol, int layer,
-                                       const Tensor& x,
-                                       absl::Span<const int32_t> expert_ids,
+                                       const Tensor& x, absl::Span<const int32_t> expert_ids,
                                        absl::Span<const float> weights, int k);
   // Waits for the combined outputs: out [T, d] as in ExpertExecutor::Run.
   absl::Status Finish(DispatchHandle& handle, Tensor* out);

@@ -46,10 +46,10 @@ absl::Status RoutedExperts::Run(int layer, const Rows& rows, bool require_all,
   if (k <= 0 || static_cast<int64_t>(rows.out.size()) != n_rows ||
       static_cast<int64_t>(rows.expert_ids.size()) != n_rows * k ||
       rows.weights.size() != rows.expert_ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "routed experts: ", n_rows, " rows with k=", k, " need ", n_rows, " outputs and ",
-        n_rows * k, " ids and weights, got ", rows.out.size(), ", ", rows.expert_ids.size(),
-        " and ", rows.weights.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("routed experts: ", n_rows, " rows with k=", k, " need ", n_rows,
+                     " outputs and ", n_rows * k, " ids and weights, got ", rows.out.size(), ", ",
+                     rows.expert_ids.size(), " and ", rows.weights.size()));
   }
   // Group the pairs by expert.
   std::vector<std::vector<int64_t>>& groups = scratch->groups;
@@ -109,7 +109,8 @@ absl::Status RoutedExperts::Run(int layer, const Rows& rows, bool require_all,
       for (int j = 0; j < k; ++j) {
         if (pair_out[r * k + j] == nullptr) continue;
         int at = n++;
-        for (; at > 0 && rows.expert_ids[r * k + order[at - 1]] > rows.expert_ids[r * k + j]; --at) {
+        for (; at > 0 && rows.expert_ids[r * k + order[at - 1]] > rows.expert_ids[r * k + j];
+             --at) {
           order[at] = order[at - 1];
         }
         order[at] = j;

@@ -92,8 +92,7 @@ struct Received {
   std::vector<float> weights;
 
   Received() = default;
-  Received(const ExpertBatch& batch, int64_t d)
-      : slots(batch.slots), weights(batch.weights) {
+  Received(const ExpertBatch& batch, int64_t d) : slots(batch.slots), weights(batch.weights) {
     for (const float* row : batch.x) x.insert(x.end(), row, row + d);
   }
   bool operator==(const Received&) const = default;
@@ -128,8 +127,9 @@ struct Variant {
   ExchangeProtocol protocol;
   int64_t capacity;  // records per low-latency block (0: the default)
   std::string name() const {
-    return protocol == ExchangeProtocol::kBulk ? "bulk"
-                                               : "low latency, capacity " + std::to_string(capacity);
+    return protocol == ExchangeProtocol::kBulk
+               ? "bulk"
+               : "low latency, capacity " + std::to_string(capacity);
   }
 };
 const Variant kVariants[] = {{ExchangeProtocol::kBulk, 0},
@@ -191,9 +191,9 @@ void ExpectMatchesReference(int attention, int expert, const Topology& topology,
   for (const Variant& v : kVariants) {
     OnRanks(attention + expert, [&](MPI_Comm comm) {
       const int rank = WorldRank();
-      auto dispatcher = MakeDispatcher(
-          comm, topology, ContiguousPlacement(kSlots, attention, expert), kDim, kTopK, mode,
-          v.capacity);
+      auto dispatcher =
+          MakeDispatcher(comm, topology, ContiguousPlacement(kSlots, attention, expert), kDim,
+                         kTopK, mode, v.capacity);
       const Tokens t = MakeTokens(rank < attention ? 5 + rank : 0, kDim, kSlots, kTopK, 7 + rank);
       Result r = DispatchAndCombine(*dispatcher, t, v.protocol);
       EXPECT_EQ(r.out.ToVector(), Reference(t, kTopK)) << v.name() << ", rank " << rank;
@@ -460,8 +460,9 @@ TEST_F(DispatchTest, ProgressThreadMovesTokensWhileTheSenderComputes) {
   for (bool progress : {false, true}) {
     OnRanks(2, [&](MPI_Comm comm) {
       const int rank = WorldRank();
-      auto dispatcher = MakeDispatcher(comm, MakeTopology({2}, 1, 1), ContiguousPlacement(kSlots, 1, 1),
-                                       kDim, kTopK, DispatchMode::kFlat, 0, progress);
+      auto dispatcher =
+          MakeDispatcher(comm, MakeTopology({2}, 1, 1), ContiguousPlacement(kSlots, 1, 1), kDim,
+                         kTopK, DispatchMode::kFlat, 0, progress);
       const Tokens t = MakeTokens(rank == 0 ? 6 : 0, kDim, kSlots, kTopK, 41);
       MPI_Barrier(comm);
       absl::StatusOr<DispatchHandle> handle =

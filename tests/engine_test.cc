@@ -221,8 +221,8 @@ TEST_F(EngineTest, ProtocolsAndProgressGiveBitIdenticalLogits) {
     const std::string yaml =
         WriteYaml(name + ".yaml", absl::StrReplaceAll(base, {{"engine:\n", engine}}));
     const std::string out = Path(name + ".npy");
-    const testing::CommandResult run =
-        Engine(yaml, 4, absl::StrCat("--tokens '", prompts, "' --decode_from 30 --logits_out ", out));
+    const testing::CommandResult run = Engine(
+        yaml, 4, absl::StrCat("--tokens '", prompts, "' --decode_from 30 --logits_out ", out));
     ASSERT_EQ(run.exit_code, 0) << name << ": " << run.output;
     std::vector<float> all;
     for (int i = 0; i < 3; ++i) {
@@ -230,15 +230,18 @@ TEST_F(EngineTest, ProtocolsAndProgressGiveBitIdenticalLogits) {
       ASSERT_TRUE(a.ok()) << a.status();
       all.insert(all.end(), a->data.begin(), a->data.end());
       if (name == "defaults") {
-        ExpectClose(Reference(i == 0 ? Tokens(100, 0) : i == 1 ? Tokens(70, 1) : Tokens(40, 2), 30),
+        ExpectClose(Reference(i == 0   ? Tokens(100, 0)
+                              : i == 1 ? Tokens(70, 1)
+                                       : Tokens(40, 2),
+                              30),
                     Path(absl::StrCat(name, ".", i, ".npy")));
       }
     }
     logits.push_back(std::move(all));
   }
   for (size_t v = 1; v < variants.size(); ++v) {
-    EXPECT_TRUE(logits[v] == logits[0]) << variants[v].first << " differs from "
-                                        << variants[0].first;
+    EXPECT_TRUE(logits[v] == logits[0])
+        << variants[v].first << " differs from " << variants[0].first;
   }
 }
 
