@@ -501,20 +501,19 @@ absl::Status Dispatcher::PostLowLatencyDispatch(DispatchHandle::State& s) {
     std::byte* block = st.send.get() + st.send_displs[q] * record_bytes_ + q * kBlockHeader;
     const int64_t n = st.send_counts[q] < 0 ? 0 : st.send_counts[q];
     const int64_t first = std::min(n, capacity_);
-    const int64_t header_bytes = kBlockHeader;
     s.requests.emplace_back();
-    int rc = MPI_Isend(block, static_cast<int>(header_bytes + first * record_bytes_), MPI_BYTE, q,
+    int rc = MPI_Isend(block, static_cast<int>(kBlockHeader + first * record_bytes_), MPI_BYTE, q,
                        kBlockTag, s.comm, &s.requests.back());
     if (rc == MPI_SUCCESS && n > first) {
       s.requests.emplace_back();
-      rc = MPI_Isend(block + header_bytes + first * record_bytes_,
+      rc = MPI_Isend(block + kBlockHeader + first * record_bytes_,
                      static_cast<int>((n - first) * record_bytes_), MPI_BYTE, q, kOverflowTag,
                      s.comm, &s.requests.back());
     }
     if (rc != MPI_SUCCESS) return MpiError(rc, rank_, "MPI_Isend (low-latency block)");
     if (q != rank_) {
       const int c = static_cast<int>(topology_->LinkBetween(rank_, q));
-      s.traffic.dispatch.bytes[c] += header_bytes + n * record_bytes_;
+      s.traffic.dispatch.bytes[c] += kBlockHeader + n * record_bytes_;
       s.traffic.dispatch.copies[c] += n;
       s.traffic.dispatch.messages[c] += n > first ? 2 : 1;
     }
@@ -911,11 +910,14 @@ absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* bat
   DispatchHandle::State& s = *handle.state_;
   // A rank without slots may be combining already (see Advance).
   const bool slotless = local_slots_.empty();
-  if (s.phase == Phase::kBatched || s.phase == Phase::kDone ||
-      (!slotless && s.phase != Phase::kDispatching && s.phase != Phase::kDispatched &&
-       s.phase != Phase::kFailed)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("rank ", rank_, ": FinishDispatch: the handle is past its dispatch"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // the progress thread may be advancing it
+    if (s.phase == Phase::kBatched || s.phase == Phase::kDone ||
+        (!slotless && s.phase != Phase::kDispatching && s.phase != Phase::kDispatched &&
+         s.phase != Phase::kFailed)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("rank ", rank_, ": FinishDispatch: the handle is past its dispatch"));
+    }
   }
   batch->x.clear();
   batch->y.clear();
@@ -973,6 +975,7 @@ absl::Status Dispatcher::StartCombine(DispatchHandle& handle) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
   DispatchHandle::State& s = *handle.state_;
   if (local_slots_.empty()) {  // posted (or to be) as soon as the dispatch lands
+    std::lock_guard<std::mutex> lock(mu_);
     return s.phase == Phase::kFailed ? s.status : absl::OkStatus();
   }
   if (s.phase != Phase::kBatched) {
@@ -989,9 +992,12 @@ absl::Status Dispatcher::StartCombine(DispatchHandle& handle) {
 absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
   if (!handle.state_) return absl::FailedPreconditionError("empty dispatch handle");
   DispatchHandle::State& s = *handle.state_;
-  const bool started = s.phase == Phase::kCombining || s.phase == Phase::kCombined ||
-                       s.phase == Phase::kFailed ||
-                       (local_slots_.empty() && s.phase == Phase::kDispatching);
+  bool started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // the progress thread may be advancing it
+    started = s.phase == Phase::kCombining || s.phase == Phase::kCombined ||
+              s.phase == Phase::kFailed || (local_slots_.empty() && s.phase == Phase::kDispatching);
+  }
   if (!started) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishCombine needs a started combine"));
