@@ -213,9 +213,11 @@ EngineSpec ReadEngine(const YamlMap& root) {
 
   const std::string progress = engine.String("progress", "calls");
   if (progress == "thread") {
-    spec.progress_thread = true;
+    spec.progress = ProgressMode::kThread;
+  } else if (progress == "auto") {
+    spec.progress = ProgressMode::kAuto;
   } else if (progress != "calls") {
-    engine.Fail("progress", absl::StrCat("expected thread or calls, got \"", progress, "\""));
+    engine.Fail("progress", absl::StrCat("expected auto, calls or thread, got \"", progress, "\""));
   }
 
   const YamlMap placement = engine.Map("placement", {"policy", "redundant_experts"});

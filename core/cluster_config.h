@@ -36,7 +36,8 @@
 //                                    # the count round (fixed blocks per peer); 0 = never
 //     low_latency_capacity: 0        # records per peer block (0 = low_latency_tokens);
 //                                    # more go in a second message, never dropped
-//     progress: calls                # calls | thread: what advances in-flight exchanges
+//     progress: calls                # calls | thread | auto: what advances in-flight
+//                                    # exchanges (auto: thread when ranks span hosts)
 //     placement: {policy: hierarchical, redundant_experts: 0}   # hierarchical | global
 //     max_step_seconds: 300          # serving: a longer step stops the heartbeats, so the
 //                                    # coordinator declares the engine hung and relaunches it
@@ -111,6 +112,7 @@ struct RolesSpec {
 
 enum class DispatchMode { kFlat, kHierarchical };
 enum class PlacementPolicy { kHierarchical, kGlobal };  // EPLB policies
+enum class ProgressMode { kAuto, kCalls, kThread };     // see EngineSpec::progress
 
 struct EngineSpec {
   int max_seqs_per_rank = 64;
@@ -122,11 +124,14 @@ struct EngineSpec {
   int low_latency_tokens = 128;
   int low_latency_capacity = 0;
   // A progress thread per rank advances in-flight exchanges while the rank computes;
-  // without it they advance only inside the rank's own MPI calls. Off by default: on one
-  // host Open MPI's shared-memory transport lets the receiver pull a large message without
-  // the sender's help, and the thread's polling costs the compute threads more than it
-  // saves (bench_engine).
-  bool progress_thread = false;
+  // without it (kCalls) they advance only inside the rank's own MPI calls. kAuto runs it
+  // when the ranks span several hosts: over TCP a message moves only while its sender is in
+  // MPI, and the thread cut attention ranks' blocked time by half (bench/netns_overlap.sh);
+  // on one host Open MPI's shared memory lets receivers pull large messages themselves,
+  // and the thread's polling cost more compute than it saved (bench_engine). Not the
+  // default: an engine started by Slurm's srun with the thread hung in a test (not
+  // understood yet), where mpirun-launched ones did not.
+  ProgressMode progress = ProgressMode::kCalls;
   PlacementPolicy placement = PlacementPolicy::kHierarchical;
   int redundant_experts = 0;
   // Threads of each engine rank's kernels; 0 = the cores the rank may run on (its affinity

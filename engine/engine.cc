@@ -113,13 +113,15 @@ absl::Status Engine::Setup(const EngineOptions& options) {
         absl::StrCat("threads must be ≥ 0 (0: the cluster YAML's), got ", options.threads));
   }
   ASSIGN_OR_RETURN(cluster_, LoadClusterConfig(options.cluster));
+  // The ranks on this host, and on the host with fewest: below the world, ranks span hosts.
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
+  int local_ranks = 1, fewest_local_ranks = 1;
+  MPI_Comm_size(local, &local_ranks);
+  MPI_Comm_free(&local);
+  MPI_Allreduce(&local_ranks, &fewest_local_ranks, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   int threads = options.threads > 0 ? options.threads : cluster_.engine.threads_per_rank;
   if (threads == 0) {  // the rank's cores, shared with the other ranks on this host
-    MPI_Comm local;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
-    int local_ranks = 1;
-    MPI_Comm_size(local, &local_ranks);
-    MPI_Comm_free(&local);
     threads = std::max(1, AvailableCores() / local_ranks);
   }
   SetThreads(threads);
@@ -160,7 +162,9 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   dispatch_options.micro_batches = cluster_.engine.micro_batches;
   dispatch_options.low_latency_tokens = cluster_.engine.low_latency_tokens;
   dispatch_options.low_latency_capacity = cluster_.engine.low_latency_capacity;
-  dispatch_options.progress_thread = cluster_.engine.progress_thread;
+  dispatch_options.progress_thread =
+      cluster_.engine.progress == ProgressMode::kThread ||
+      (cluster_.engine.progress == ProgressMode::kAuto && fewest_local_ranks < size_);
   ASSIGN_OR_RETURN(dispatcher_, Dispatcher::Create(MPI_COMM_WORLD, *topology_,
                                                    std::move(rank_of_slot), dispatch_options));
 
@@ -180,10 +184,13 @@ absl::Status Engine::Setup(const EngineOptions& options) {
   weights_ = GatherToRoot(weights, 0, MPI_COMM_WORLD);
   if (rank_ != 0) return absl::OkStatus();
   EngineLog()->info(
-      "{} attention + {} expert ranks, {} dispatch, {} slots ({} redundant), {} micro-batches",
+      "{} attention + {} expert ranks, {} dispatch, {} slots ({} redundant), {} micro-batches, "
+      "low latency up to {} tokens, progress {}",
       attention_ranks, topology_->num_expert_ranks(),
       dispatcher_->two_stage() ? "hierarchical" : "flat", placement_->num_slots(),
-      cluster_.engine.redundant_experts, cluster_.engine.micro_batches);
+      cluster_.engine.redundant_experts, cluster_.engine.micro_batches,
+      cluster_.engine.low_latency_tokens,
+      dispatcher_->options().progress_thread ? "thread" : "in MPI calls");
   for (int r = 0; r < size_; ++r) {
     EngineLog()->info("weights: rank {} ({}, {}) {} resident, {} as released ({:.2f}x)", r,
                       topology_->role(r) == RankRole::kAttention ? "attention" : "expert",

@@ -280,6 +280,27 @@ TEST(ClusterConfig, MaxStepSeconds) {
             kInline + ":15: engine.max_step_seconds: expected a positive integer, got \"0\"");
 }
 
+TEST(ClusterConfig, DataPlaneKeys) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(std::string(kValid), kInline);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->engine.low_latency_tokens, 128);
+  EXPECT_EQ(config->engine.low_latency_capacity, 0);
+  EXPECT_EQ(config->engine.progress, ProgressMode::kCalls);
+  config = ParseClusterConfig(std::string(kValid) +
+                                  "engine:\n  low_latency_tokens: 0\n  low_latency_capacity: 4\n"
+                                  "  progress: auto\n",
+                              kInline);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->engine.low_latency_tokens, 0);
+  EXPECT_EQ(config->engine.low_latency_capacity, 4);
+  EXPECT_EQ(config->engine.progress, ProgressMode::kAuto);
+  EXPECT_EQ(ErrorOf(std::string(kValid) + "engine:\n  progress: always\n"),
+            kInline + ":15: engine.progress: expected auto, calls or thread, got \"always\"");
+  EXPECT_EQ(
+      ErrorOf(std::string(kValid) + "engine:\n  low_latency_capacity: -2\n"),
+      kInline + ":15: engine.low_latency_capacity: expected a non-negative integer, got \"-2\"");
+}
+
 TEST(ClusterConfigErrors, DuplicateKey) {
   EXPECT_EQ(ErrorOf(Edit("  expert_ranks: 1\n", "  expert_ranks: 1\n  expert_ranks: 2\n")),
             kInline + ":14: roles.expert_ranks: duplicate key");

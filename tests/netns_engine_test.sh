@@ -12,7 +12,10 @@ ROOT=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$BIN/dsv4" checkpoint generate --preset v4-tiny --seed 7 --out "$work/ckpt" >/dev/null
-engine=("$BIN/dsv4-engine" --cluster "$ROOT/cluster-configs/local.yaml" --checkpoint "$work/ckpt"
+# engine.progress: auto, which runs the progress thread only when the ranks span hosts.
+sed "s/^engine:/engine:\n  progress: auto/; s#hardware/#$ROOT/cluster-configs/hardware/#" \
+  "$ROOT/cluster-configs/local.yaml" >"$work/auto.yaml"
+engine=("$BIN/dsv4-engine" --cluster "$work/auto.yaml" --checkpoint "$work/ckpt"
   --tokens '1,2,3;4,5' --decode_from 2)
 
 mpirun --oversubscribe -np 2 "${engine[@]}" --logits_out "$work/one.npy" >"$work/one.log" 2>&1 ||
@@ -26,7 +29,11 @@ mpirun --oversubscribe -np 2 "${engine[@]}" --logits_out "$work/one.npy" >"$work
 
 [ "$(cat "$work/host.0")" = h1 ] && [ "$(cat "$work/host.1")" = h2 ] ||
   { echo "ranks ran on $(cat "$work"/host.*), not h1 and h2"; exit 1; }
+grep -q "progress in MPI calls" "$work/one.log" ||
+  { echo "one host: expected progress in MPI calls"; cat "$work/one.log"; exit 1; }
+grep -q "progress thread" "$work/two.log" ||
+  { echo "two hosts: expected the progress thread"; cat "$work/two.log"; exit 1; }
 for i in 0 1; do
   cmp "$work/one.$i.npy" "$work/two.$i.npy" || { echo "sequence $i: logits differ"; exit 1; }
 done
-echo "netns_engine_test: ranks on h1 and h2 over TCP, logits equal the single-host run"
+echo "netns_engine_test: ranks on h1 and h2 over TCP (progress thread), logits equal the single-host run"
