@@ -37,7 +37,9 @@ for r in $(seq "$REPEATS"); do
   done
 done
 python3 - "$work" "$REPEATS" "$out" <<'PY'
-import json, os, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from machine import machine_json
 work, repeats, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 runs = {}
 for progress in ("calls", "thread"):
@@ -70,13 +72,7 @@ result = {
                    "a bridge), v4-tiny, 2 sequences of 128 prompt + 64 decode tokens, one per "
                    "micro-batch; engine.progress calls vs thread, alternated; every repeat",
     "runs": runs,
-    "machine": {
-        "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                           if l.startswith("model name")), "unknown"),
-        "logical_cores": os.cpu_count(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
-    },
+    "machine": machine_json(),
 }
 json.dump(result, open(out, "w"), indent=2)
 print("wrote", out)

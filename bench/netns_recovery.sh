@@ -14,7 +14,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY
 DSV4_RECOVERY_JSON=$raw scripts/netns-cluster.sh run /usr/bin/python3 \
   tests/netns_faults_test.py "$BUILD/bin" . "$BUILD/python"
 python3 - "$raw" "$out" <<'PY'
-import json, os, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from machine import machine_json
 raw, out = sys.argv[1:3]
 result = {
     "benchmark": "netns_recovery",
@@ -22,13 +24,7 @@ result = {
                    "(network + UTS namespaces on one machine, TCP over a bridge); heartbeats "
                    "every 500 ms; seconds from the fault",
     "recovery": json.load(open(raw)),
-    "machine": {
-        "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                           if l.startswith("model name")), "unknown"),
-        "logical_cores": os.cpu_count(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
-    },
+    "machine": machine_json(),
 }
 json.dump(result, open(out, "w"), indent=2)
 print("wrote", out)
