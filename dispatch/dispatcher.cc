@@ -605,7 +605,7 @@ void Dispatcher::ForwardRecords(DispatchHandle::State& s) {
   }
 }
 
-absl::Status Dispatcher::CollectDelivered(DispatchHandle::State& s) {
+void Dispatcher::CollectDelivered(DispatchHandle::State& s) {
   std::vector<std::pair<int, Delivered>> arrived;  // (source, record)
   if (s.protocol == ExchangeProtocol::kLowLatency) {
     Stage& st = s.stages()[0];
@@ -645,7 +645,6 @@ absl::Status Dispatcher::CollectDelivered(DispatchHandle::State& s) {
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   s.delivered.clear();
   for (const auto& [source, d] : arrived) s.delivered.push_back(d);
-  return absl::OkStatus();
 }
 
 absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s) {
@@ -670,8 +669,8 @@ absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s) {
       } else if (!local_slots_.empty()) {
         // A veto: the ranks waiting for rows from here learn it from the combine header.
         absl::Status abort = s.status;
-        posted = CollectDelivered(s);
-        if (posted.ok()) posted = PostLowLatencyCombine(s);
+        CollectDelivered(s);
+        posted = PostLowLatencyCombine(s);
         if (posted.ok()) {
           MPI_Waitall(static_cast<int>(s.requests.size()), s.requests.data(), MPI_STATUSES_IGNORE);
           s.requests.clear();
@@ -728,8 +727,8 @@ absl::StatusOr<bool> Dispatcher::Advance(DispatchHandle::State& s) {
     if (!posted.ok()) return s.Fail(posted);
     // Nothing to compute on a rank without slots: its combine goes out at once.
     if (s.phase == Phase::kDispatched && local_slots_.empty()) {
-      posted = CollectDelivered(s);
-      if (posted.ok()) posted = BeginCombine(s);
+      CollectDelivered(s);
+      posted = BeginCombine(s);
       if (!posted.ok()) return s.Fail(posted);
     }
   }
@@ -749,13 +748,14 @@ void Dispatcher::AdvanceAll() {
                    in_flight_.end());
 }
 
-absl::Status Dispatcher::Wait(DispatchHandle::State& s) {
+absl::Status Dispatcher::Wait(DispatchHandle::State& s, bool dispatch_only) {
   for (int spins = 1;; ++spins) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       AdvanceAll();
       if (s.phase == Phase::kFailed) return s.status;
-      if (!s.in_flight()) return absl::OkStatus();
+      const bool waiting = dispatch_only ? s.phase == Phase::kDispatching : s.in_flight();
+      if (!waiting) return absl::OkStatus();
     }
     YieldNow(spins);
   }
@@ -923,19 +923,12 @@ absl::Status Dispatcher::FinishDispatch(DispatchHandle& handle, ExpertBatch* bat
   batch->y.clear();
   batch->slots.clear();
   batch->weights.clear();
-  for (int spins = 1;; ++spins) {  // the dispatch only: a slot-less rank's combine may stay
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      AdvanceAll();
-      if (s.phase == Phase::kFailed) return s.status;
-      if (s.phase != Phase::kDispatching) break;
-    }
-    YieldNow(spins);
-  }
+  // The dispatch only: a slot-less rank's combine may stay in flight.
+  RETURN_IF_ERROR(Wait(s, /*dispatch_only=*/true));
   s.dispatch_finished = true;
   if (slotless) return absl::OkStatus();
 
-  RETURN_IF_ERROR(CollectDelivered(s));
+  CollectDelivered(s);
   const int k = options_.top_k;
   const int64_t header = HeaderBytes(k);
   const int64_t records = static_cast<int64_t>(s.delivered.size());
@@ -1002,7 +995,7 @@ absl::Status Dispatcher::FinishCombine(DispatchHandle& handle, Tensor* out) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank ", rank_, ": FinishCombine needs a started combine"));
   }
-  RETURN_IF_ERROR(Wait(s));
+  RETURN_IF_ERROR(Wait(s, /*dispatch_only=*/false));
 
   // out[t] sums its combine rows in origin order: destination ranks ascending.
   const int64_t d = options_.hidden;

@@ -227,8 +227,9 @@ class Dispatcher {
   void AdvanceAll();
   // Lists the handle's exchange as in flight and wakes the progress thread (with mu_ held).
   void Track(DispatchHandle::State& s);
-  // Advances until the handle's phase ends.
-  absl::Status Wait(DispatchHandle::State& s);
+  // Advances until the handle's phase ends (its dispatch only: until the records landed,
+  // even where the combine follows on its own).
+  absl::Status Wait(DispatchHandle::State& s, bool dispatch_only);
   // The stage-`stage` hop of a record bound for `dest`.
   int NextHop(int stage, int dest) const;
   absl::Status PostCounts(DispatchHandle::State& s);
@@ -239,7 +240,7 @@ class Dispatcher {
   // Builds stage s + 1's send buffer from the records stage s delivered to relays.
   void ForwardRecords(DispatchHandle::State& s);
   // Lists the records delivered here (by source rank) and their combine rows.
-  absl::Status CollectDelivered(DispatchHandle::State& s);
+  void CollectDelivered(DispatchHandle::State& s);
   absl::Status BeginCombine(DispatchHandle::State& s);
   // Accounts `counts[q]` items of `item_bytes` (plus `header_bytes` per message) sent to
   // each rank q.
